@@ -1,0 +1,456 @@
+//! One actor per execution: it drives provider attempts (with retries and failover), assigns
+//! seq numbers, appends every event to the log, and publishes each event to live subscribers
+//! once the log holds it durably. It stops when the execution is terminal.
+
+use actix::prelude::*;
+use futures_util::stream;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::registry::{Deregister, Registry};
+use crate::domain::{
+    now_ms, Attempt, AttemptOutcome, Event, EventKind, ExecutionRecord, SharedEvent, Status, Usage,
+};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::providers::{spawn_attempt, AttemptEvent, AttemptHandle, ProviderError, StreamItem, UpstreamRequest};
+use crate::routing::{self, continuation_messages, Decision, FailureContext, Reconciler, Route};
+use crate::settings::{ContinuationStrategy, Settings};
+use crate::store::Store;
+
+/// What every execution needs from the process.
+pub struct ExecutionDeps {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub providers: Arc<crate::providers::Providers>,
+}
+
+/// Mid-stream switches allowed per execution before it fails.
+const MAX_SWITCHES: u32 = 3;
+
+/// The try in flight.
+struct Running {
+    id: u64,
+    handle: AttemptHandle,
+    stream: SpawnHandle,
+    strategy: Option<ContinuationStrategy>,
+    started: Instant,
+    chunks: u64,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+}
+
+pub struct Execution {
+    deps: Arc<ExecutionDeps>,
+    record: ExecutionRecord,
+    routes: Vec<Route>,
+    live: broadcast::Sender<SharedEvent>,
+    registry: Addr<Registry>,
+    next_seq: u64,
+    /// Everything emitted as chunks so far: the base of any continuation.
+    emitted: String,
+    /// Appended but not yet durable, with the group-commit ticket that covers each.
+    unpublished: VecDeque<(u64, SharedEvent)>,
+    awaiting_commit: bool,
+    running: Option<Running>,
+    attempt_seq: u64,
+    retry_timer: Option<SpawnHandle>,
+    route_index: usize,
+    tries_on_route: u32,
+    switches: u32,
+    reconciler: Option<Reconciler>,
+    /// Terminal: waiting for the last events to become durable before stopping.
+    finishing: bool,
+    done_waiters: Vec<oneshot::Sender<ExecutionRecord>>,
+}
+
+/// Cancels the execution; resolves with the final record once durable.
+#[derive(Message)]
+#[rtype(result = "Result<ExecutionRecord, ApiError>")]
+pub struct Cancel;
+
+impl Execution {
+    pub fn new(
+        record: ExecutionRecord,
+        deps: Arc<ExecutionDeps>,
+        live: broadcast::Sender<SharedEvent>,
+        registry: Addr<Registry>,
+    ) -> Execution {
+        let routes = routing::plan(&deps.settings, &deps.providers, &record.model).unwrap_or_default();
+        Execution {
+            deps,
+            record,
+            routes,
+            live,
+            registry,
+            next_seq: 1,
+            emitted: String::new(),
+            unpublished: VecDeque::new(),
+            awaiting_commit: false,
+            running: None,
+            attempt_seq: 0,
+            retry_timer: None,
+            route_index: 0,
+            tries_on_route: 0,
+            switches: 0,
+            reconciler: None,
+            finishing: false,
+            done_waiters: Vec::new(),
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    // ---- the log: append, then publish once durable ----
+
+    fn emit(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
+        let event = Arc::new(build(self.next_seq));
+        self.next_seq += 1;
+        if let Err(err) = self.deps.store.append_event(&self.record.id, &event) {
+            tracing::error!(execution_id = %self.record.id, error = %err, "event append failed");
+        }
+        let ticket = self.deps.store.commit.ticket();
+        self.unpublished.push_back((ticket, event));
+        self.await_commit(ctx);
+    }
+
+    fn await_commit(&mut self, ctx: &mut Context<Self>) {
+        let Some(&(ticket, _)) = self.unpublished.back() else { return };
+        if self.awaiting_commit {
+            return;
+        }
+        self.awaiting_commit = true;
+        let wait = self.deps.store.commit.wait(ticket);
+        ctx.spawn(wait.into_actor(self).map(|durable, act, ctx| {
+            act.awaiting_commit = false;
+            while act.unpublished.front().is_some_and(|(t, _)| *t <= durable) {
+                let (_, event) = act.unpublished.pop_front().expect("checked above");
+                // No receiver is fine: readers that are not caught up read the log.
+                let _ = act.live.send(event);
+            }
+            if !act.unpublished.is_empty() {
+                act.await_commit(ctx);
+            } else if act.finishing {
+                for waiter in act.done_waiters.drain(..) {
+                    let _ = waiter.send(act.record.clone());
+                }
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn persist(&self) {
+        if let Err(err) = self.deps.store.put_execution(&self.record) {
+            tracing::error!(execution_id = %self.record.id, error = %err, "record write failed");
+        }
+    }
+
+    // ---- attempts ----
+
+    fn start_attempt(&mut self, ctx: &mut Context<Self>, strategy: Option<ContinuationStrategy>) {
+        self.retry_timer = None;
+        let route = self.routes[self.route_index].clone();
+        let strategy = match strategy {
+            None if !self.emitted.is_empty() => Some(route.provider.settings.continuation()),
+            s => s,
+        };
+        let messages = match strategy {
+            Some(s) => continuation_messages(&self.record.request.messages, &self.emitted, s),
+            None => self.record.request.messages.clone(),
+        };
+        let request = UpstreamRequest {
+            model: route.model.clone(),
+            messages,
+            params: self.record.request.params.clone(),
+        };
+        let (rx, handle) = spawn_attempt(route.provider.clone(), request);
+        self.attempt_seq += 1;
+        let id = self.attempt_seq;
+        let events = stream::unfold(rx, |mut rx: mpsc::Receiver<AttemptEvent>| async move {
+            rx.recv().await.map(|ev| (ev, rx))
+        });
+        let stream = ctx.add_stream(futures_util::StreamExt::map(events, move |ev| Tagged(id, ev)));
+        self.reconciler = strategy.map(|_| Reconciler::new(&self.emitted));
+        self.running = Some(Running {
+            id,
+            handle,
+            stream,
+            strategy,
+            started: Instant::now(),
+            chunks: 0,
+            finish_reason: None,
+            usage: None,
+        });
+        self.record.attempts.push(Attempt {
+            provider: route.provider.name().to_string(),
+            model: route.model,
+            strategy: strategy.map_or("initial", |s| s.as_str()).to_string(),
+            outcome: AttemptOutcome::Running,
+            chunks_delivered: 0,
+            error_code: None,
+            error_message: None,
+            usage: None,
+            started_at_ms: now_ms(),
+            first_chunk_ms: None,
+            ended_at_ms: None,
+        });
+        self.persist();
+        tracing::debug!(execution_id = %self.record.id, provider = %self.routes[self.route_index].provider.name(), attempt = id, "attempt started");
+    }
+
+    /// Stops the try in flight (if any), recording how it ended.
+    fn end_attempt(&mut self, ctx: &mut Context<Self>, outcome: AttemptOutcome, error: Option<&ProviderError>) {
+        let Some(running) = self.running.take() else { return };
+        running.handle.abort();
+        ctx.cancel_future(running.stream);
+        if let Some(attempt) = self.record.attempts.last_mut() {
+            attempt.outcome = outcome;
+            attempt.chunks_delivered = running.chunks;
+            attempt.usage = running.usage;
+            attempt.ended_at_ms = Some(now_ms());
+            attempt.error_code = error.map(|e| e.code);
+            attempt.error_message = error.map(|e| e.message.clone());
+        }
+    }
+
+    fn on_text(&mut self, ctx: &mut Context<Self>, text: String) {
+        let text = match self.reconciler.as_mut() {
+            Some(r) => r.push(&text),
+            None => Some(text),
+        };
+        if let Some(text) = text {
+            self.emit_chunk(ctx, text);
+        }
+    }
+
+    fn emit_chunk(&mut self, ctx: &mut Context<Self>, text: String) {
+        if let Some(running) = self.running.as_mut() {
+            running.chunks += 1;
+            if running.chunks == 1 {
+                if let Some(a) = self.record.attempts.last_mut() {
+                    a.first_chunk_ms = Some(running.started.elapsed().as_millis() as u64);
+                }
+            }
+        }
+        self.emit(ctx, |seq| Event::chunk(seq, &text));
+        self.emitted.push_str(&text);
+    }
+
+    fn on_finished(&mut self, ctx: &mut Context<Self>) {
+        if let Some(tail) = self.reconciler.as_mut().and_then(|r| r.finish()) {
+            self.emit_chunk(ctx, tail);
+        }
+        let usage = self.running.as_ref().and_then(|r| r.usage);
+        self.end_attempt(ctx, AttemptOutcome::Succeeded, None);
+        self.record.usage = usage;
+        self.terminate(ctx, Status::Completed, None);
+    }
+
+    fn on_failed(&mut self, ctx: &mut Context<Self>, err: ProviderError) {
+        // A stream that stalls or drops after its finish reason has delivered the answer.
+        if self.running.as_ref().is_some_and(|r| r.finish_reason.is_some()) {
+            return self.on_finished(ctx);
+        }
+        let strategy = self.running.as_ref().and_then(|r| r.strategy);
+        let from = self.routes[self.route_index].provider.name().to_string();
+        tracing::warn!(execution_id = %self.record.id, provider = %from, code = %err.code, error = %err.message, "attempt failed");
+        self.end_attempt(ctx, AttemptOutcome::Failed, Some(&err));
+        self.persist();
+        let failure = FailureContext {
+            route_index: self.route_index,
+            route_count: self.routes.len(),
+            tries_on_route: self.tries_on_route,
+            max_tries_on_route: self.routes[self.route_index].provider.settings.max_attempts,
+            emitted_any: !self.emitted.is_empty(),
+            switches: self.switches,
+            max_switches: MAX_SWITCHES,
+            strategy,
+        };
+        match routing::decide(&failure, &err) {
+            Decision::Fail => self.terminate(ctx, Status::Failed, Some(err.body())),
+            Decision::Retry { delay, strategy } => {
+                self.tries_on_route += 1;
+                self.announce_failover(ctx, &from, &err);
+                self.retry_timer = Some(ctx.run_later(delay, move |act, ctx| {
+                    act.start_attempt(ctx, strategy)
+                }));
+            }
+            Decision::Next { index } => {
+                self.route_index = index;
+                self.tries_on_route = 1;
+                self.announce_failover(ctx, &from, &err);
+                self.start_attempt(ctx, None);
+            }
+        }
+    }
+
+    /// Tells subscribers the answer continues elsewhere (only once text was emitted, or when
+    /// the route changes).
+    fn announce_failover(&mut self, ctx: &mut Context<Self>, from: &str, err: &ProviderError) {
+        let to = self.routes[self.route_index].provider.name().to_string();
+        if self.emitted.is_empty() && from == to {
+            return;
+        }
+        if !self.emitted.is_empty() {
+            self.switches += 1;
+        }
+        #[derive(serde::Serialize)]
+        struct Payload<'a> {
+            seq: u64,
+            from: &'a str,
+            to: &'a str,
+            reason: ErrorCode,
+            message: &'a str,
+        }
+        self.emit(ctx, |seq| {
+            Event::from_payload(seq, EventKind::Failover, &Payload { seq, from, to: &to, reason: err.code, message: &err.message })
+        });
+    }
+
+    // ---- the end ----
+
+    fn terminate(&mut self, ctx: &mut Context<Self>, status: Status, error: Option<ErrorBody>) {
+        if self.finishing || !self.record.status.can_move_to(status) {
+            return;
+        }
+        let outcome = if status == Status::Cancelled {
+            AttemptOutcome::Cancelled
+        } else {
+            AttemptOutcome::Failed
+        };
+        self.end_attempt(ctx, outcome, None);
+        if let Some(timer) = self.retry_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if let Some(error) = &error {
+            self.emit(ctx, |seq| Event::error(seq, error));
+        }
+        self.record.status = status;
+        self.record.error = error;
+        self.record.output_text = Some(std::mem::take(&mut self.emitted));
+        self.record.completed_at_ms = Some(now_ms());
+        self.persist();
+        let view = self.record.view(None);
+        self.emit(ctx, |seq| Event::from_payload(seq, EventKind::Done, &view));
+        self.finishing = true;
+        tracing::info!(execution_id = %self.record.id, status = status.as_str(), duration_ms = self.record.duration_ms(), "execution finished");
+    }
+
+    /// Picks up a record left `processing` by a previous process: rebuild the emitted text and
+    /// seq from the log, then continue from it.
+    fn resume_from_log(&mut self) -> bool {
+        let store = &self.deps.store;
+        let (text, last) = match (store.emitted_text(self.id()), store.last_seq(self.id())) {
+            (Ok(t), Ok(l)) => (t, l),
+            _ => return false,
+        };
+        self.emitted = text;
+        self.next_seq = last + 1;
+        for attempt in &mut self.record.attempts {
+            if attempt.outcome == AttemptOutcome::Running {
+                attempt.outcome = AttemptOutcome::Interrupted;
+                attempt.ended_at_ms = Some(now_ms());
+            }
+        }
+        true
+    }
+}
+
+/// An attempt event tagged with its attempt number, so events of an abandoned try are ignored.
+struct Tagged(u64, AttemptEvent);
+
+impl Actor for Execution {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let limit = Duration::from_millis(self.deps.settings.limits.max_execution_ms);
+        let age = Duration::from_millis(now_ms().saturating_sub(self.record.created_at_ms));
+        ctx.run_later(limit.saturating_sub(age), move |act, ctx| {
+            let error = ErrorBody::new(
+                ErrorCode::ProviderTimeout,
+                format!("execution exceeded its maximum duration of {} ms", limit.as_millis()),
+            );
+            act.terminate(ctx, Status::Expired, Some(error));
+        });
+        if self.routes.is_empty() {
+            let error = ErrorBody::new(ErrorCode::ProviderUnavailable, "model has no usable route");
+            return self.terminate(ctx, Status::Failed, Some(error));
+        }
+        self.tries_on_route = 1;
+        match self.record.status {
+            Status::Pending => {
+                self.next_seq = self.deps.store.last_seq(self.id()).unwrap_or(1) + 1;
+                self.record.status = Status::Processing;
+                self.record.started_at_ms = Some(now_ms());
+                self.emit(ctx, |seq| Event::status(seq, Status::Processing));
+                self.start_attempt(ctx, None);
+            }
+            Status::Processing => {
+                if !self.resume_from_log() {
+                    let error = ErrorBody::new(ErrorCode::Internal, "cannot read the execution log to resume");
+                    return self.terminate(ctx, Status::Failed, Some(error));
+                }
+                tracing::info!(execution_id = %self.record.id, emitted_chars = self.emitted.len(), "resuming execution after restart");
+                if !self.emitted.is_empty() {
+                    let err = ProviderError::cut("the gateway restarted mid-stream");
+                    let from = self.record.attempts.last().map(|a| a.provider.clone()).unwrap_or_default();
+                    self.announce_failover(ctx, &from, &err);
+                }
+                self.start_attempt(ctx, None);
+            }
+            _ => ctx.stop(),
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(running) = self.running.take() {
+            running.handle.abort();
+        }
+        self.registry.do_send(Deregister(self.record.id.clone()));
+    }
+}
+
+impl StreamHandler<Tagged> for Execution {
+    fn handle(&mut self, Tagged(attempt, event): Tagged, ctx: &mut Context<Self>) {
+        if self.finishing || self.running.as_ref().is_none_or(|r| r.id != attempt) {
+            return;
+        }
+        match event {
+            AttemptEvent::Item(StreamItem::Delta(delta)) => {
+                if let Some(running) = self.running.as_mut() {
+                    running.finish_reason = delta.finish_reason.or(running.finish_reason.take());
+                    running.usage = delta.usage.or(running.usage);
+                }
+                if let Some(text) = delta.text {
+                    self.on_text(ctx, text);
+                }
+            }
+            AttemptEvent::Item(StreamItem::Skipped { reason, .. }) => {
+                tracing::warn!(execution_id = %self.record.id, %reason, "skipped a provider event");
+            }
+            AttemptEvent::Finished => self.on_finished(ctx),
+            AttemptEvent::Failed(err) => self.on_failed(ctx, err),
+        }
+    }
+
+    /// An attempt's stream ending is reported by its own `Finished`/`Failed` event; the actor
+    /// must not stop with it (the default would).
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<Cancel> for Execution {
+    type Result = ResponseFuture<Result<ExecutionRecord, ApiError>>;
+
+    fn handle(&mut self, _: Cancel, ctx: &mut Context<Self>) -> Self::Result {
+        if self.finishing || self.record.status.is_terminal() {
+            return Box::pin(async { Err(ApiError::new(ErrorCode::Conflict, "execution already finished")) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.done_waiters.push(tx);
+        self.terminate(ctx, Status::Cancelled, None);
+        Box::pin(async move { rx.await.map_err(|_| ApiError::new(ErrorCode::Internal, "execution stopped before cancelling")) })
+    }
+}

@@ -1,0 +1,7 @@
+//! The actors: one `Registry` per process, one `Execution` per running execution.
+
+pub mod execution;
+pub mod registry;
+
+pub use execution::Execution;
+pub use registry::{CancelExecution, LiveExecutions, Registry, StartExecution, Subscribe};

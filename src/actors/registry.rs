@@ -1,0 +1,115 @@
+//! The registry: execution id → its live actor and event fan-out. It starts executions,
+//! hands out live subscriptions, forwards cancels, and forgets an execution when it stops.
+
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+use super::execution::{Cancel, Execution, ExecutionDeps};
+use crate::domain::{ExecutionRecord, SharedEvent};
+use crate::error::{ApiError, ErrorCode};
+
+/// Live events a subscriber may fall behind by before it reads the log instead.
+const LIVE_BUFFER: usize = 1024;
+
+struct Live {
+    addr: Addr<Execution>,
+    events: broadcast::Sender<SharedEvent>,
+}
+
+pub struct Registry {
+    deps: Arc<ExecutionDeps>,
+    live: HashMap<String, Live>,
+}
+
+impl Registry {
+    pub fn new(deps: Arc<ExecutionDeps>) -> Registry {
+        Registry {
+            deps,
+            live: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+}
+
+/// Runs an accepted (pending) or recovered (processing) execution.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartExecution(pub ExecutionRecord);
+
+/// A live subscription, or `None` when the execution is not running (its log is complete).
+#[derive(Message)]
+#[rtype(result = "Option<broadcast::Receiver<SharedEvent>>")]
+pub struct Subscribe(pub String);
+
+/// Cancels a running execution; answers the final record once its `done` event is durable.
+#[derive(Message)]
+#[rtype(result = "Result<ExecutionRecord, ApiError>")]
+pub struct CancelExecution(pub String);
+
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct LiveExecutions;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Deregister(pub String);
+
+impl Handler<StartExecution> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartExecution, ctx: &mut Context<Self>) {
+        let id = msg.0.id.clone();
+        if self.live.contains_key(&id) {
+            return;
+        }
+        let (events, _) = broadcast::channel(LIVE_BUFFER);
+        let addr = Execution::new(msg.0, self.deps.clone(), events.clone(), ctx.address()).start();
+        self.live.insert(id, Live { addr, events });
+    }
+}
+
+impl Handler<Subscribe> for Registry {
+    type Result = Option<broadcast::Receiver<SharedEvent>>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        self.live.get(&msg.0).map(|l| l.events.subscribe())
+    }
+}
+
+impl Handler<CancelExecution> for Registry {
+    type Result = ResponseFuture<Result<ExecutionRecord, ApiError>>;
+
+    fn handle(&mut self, msg: CancelExecution, _: &mut Context<Self>) -> Self::Result {
+        let addr = self.live.get(&msg.0).map(|l| l.addr.clone());
+        Box::pin(async move {
+            let finished =
+                || ApiError::new(ErrorCode::Conflict, "execution already finished");
+            match addr {
+                Some(addr) => addr.send(Cancel).await.map_err(|_| finished())?,
+                None => Err(finished()),
+            }
+        })
+    }
+}
+
+impl Handler<LiveExecutions> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, _: LiveExecutions, _: &mut Context<Self>) -> usize {
+        self.live.len()
+    }
+}
+
+impl Handler<Deregister> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deregister, _: &mut Context<Self>) {
+        // Dropping the last sender ends every live subscription; readers finish from the log.
+        self.live.remove(&msg.0);
+    }
+}

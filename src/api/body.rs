@@ -1,0 +1,82 @@
+//! JSON request bodies: a size limit, and errors that name the offending field.
+
+use actix_web::{http::header, web, HttpRequest};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ErrorCode};
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body is larger than {limit} bytes"),
+    )
+}
+
+/// Reads and parses the body, refusing more than `limit` bytes (early, from Content-Length,
+/// when the client announces it).
+pub async fn read_json<T: DeserializeOwned>(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let mut buf = BytesMut::with_capacity(announced.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    parse_json(&buf)
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid("request body is empty: expected a JSON object"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::invalid(format!("malformed JSON: {inner}"))
+        } else if path == "." {
+            ApiError::invalid(inner.to_string())
+        } else {
+            ApiError::invalid(format!("{path}: {inner}"))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SubmitBody;
+
+    fn msg(body: &str) -> String {
+        parse_json::<SubmitBody>(body.as_bytes()).unwrap_err().body.message
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let m = msg(r#"{"model":"m","idempotency_key":"k","messages":[{"role":"user","content":"x"}],"params":{"temperature":"hot"}}"#);
+        assert!(m.starts_with("params.temperature: invalid type"), "{m}");
+        let m = msg(r#"{"model":"m","idempotency_key":"k","messages":[{"role":"robot","content":"x"}]}"#);
+        assert!(m.starts_with("messages[0].role: unknown variant `robot`"), "{m}");
+        let m = msg(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#);
+        assert!(m.contains("missing field `idempotency_key`"), "{m}");
+        let m = msg(r#"{"model": "m", "#);
+        assert!(m.starts_with("malformed JSON"), "{m}");
+        assert!(msg("  ").contains("empty"));
+    }
+}

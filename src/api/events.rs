@@ -1,0 +1,60 @@
+//! `GET /v1/executions/{id}/events`: the event log as Server-Sent Events, resumable with
+//! `Last-Event-ID` or `?after=`, live until `done`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::stream;
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use super::{executions::owned, AppState, Principal};
+use crate::actors::Subscribe;
+use crate::cursor::Cursor;
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<u64>,
+}
+
+const KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
+
+pub async fn stream(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<String>,
+    query: web::Query<EventsQuery>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let record = owned(&state, &principal, &id)?;
+    let after = match req.headers().get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| ApiError::invalid("Last-Event-ID: must be an event seq number"))?,
+        None => query.after.unwrap_or(0),
+    };
+    // Subscribe before the cursor reads the log, so nothing falls between the two.
+    let live = state
+        .registry
+        .send(Subscribe(record.id.clone()))
+        .await
+        .map_err(ApiError::internal)?;
+    let cursor = Cursor::new(state.store.clone(), record.id, after, live);
+    let keepalive = Duration::from_millis(state.settings.limits.sse_keepalive_ms);
+    let body = stream::unfold(cursor, move |mut cursor| async move {
+        match tokio::time::timeout(keepalive, cursor.next()).await {
+            Ok(Some(event)) => Some((Ok::<_, Infallible>(event.sse_frame()), cursor)),
+            Ok(None) => None,
+            Err(_) => Some((Ok(KEEPALIVE), cursor)),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(body))
+}

@@ -1,0 +1,215 @@
+//! `/v1/executions`: submit (async, idempotent), read, list, cancel.
+
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{body::read_json, AppState, Principal};
+use crate::actors::{CancelExecution, StartExecution};
+use crate::domain::{ids, now_ms, rfc3339, Event, ExecutionRecord, Status, SubmitBody};
+use crate::error::{ApiError, ErrorCode};
+use crate::store::{SubmitOutcome, WsTokenRecord};
+
+pub async fn submit(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body: SubmitBody = read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
+    body.validate()?;
+    let model = resolve_model(&state, &body.model)?;
+    let record = ExecutionRecord {
+        id: ids::execution_id(),
+        project_id: principal.project_id.clone(),
+        status: Status::Pending,
+        model,
+        request: body.chat_request(),
+        idempotency_key: body.idempotency_key.clone(),
+        fingerprint: body.fingerprint(),
+        metadata: body.metadata.clone(),
+        webhook_url: body.webhook_url.clone(),
+        channel_id: ids::channel_id(),
+        output_text: None,
+        error: None,
+        usage: None,
+        attempts: Vec::new(),
+        created_at_ms: now_ms(),
+        started_at_ms: None,
+        completed_at_ms: None,
+    };
+    let outcome = state.store.create_execution(&record, &Event::status(1, Status::Pending))?;
+    let (record, status) = match outcome {
+        SubmitOutcome::Created => (record, actix_web::http::StatusCode::ACCEPTED),
+        SubmitOutcome::Existing { id, same_body: true } => {
+            let existing = state
+                .store
+                .get_execution(&id)?
+                .ok_or_else(|| ApiError::internal("idempotency entry without execution"))?;
+            (existing, actix_web::http::StatusCode::OK)
+        }
+        SubmitOutcome::Existing { .. } => {
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyConflict,
+                "idempotency_key was already used with a different request body",
+            ))
+        }
+    };
+    let token = issue_ws_token(&state, &record)?;
+    // The 202 promises the execution survives a crash: wait for the group commit.
+    state.store.commit.sync().await;
+    if status == actix_web::http::StatusCode::ACCEPTED {
+        state.registry.do_send(StartExecution(record.clone()));
+    }
+    Ok(HttpResponse::build(status)
+        .insert_header((header::LOCATION, format!("/v1/executions/{}", record.id)))
+        .json(submit_view(&req, &record, &token)))
+}
+
+/// `auto` picks the first model that has a usable route; any other slug must be configured.
+fn resolve_model(state: &AppState, slug: &str) -> Result<String, ApiError> {
+    if slug == "auto" {
+        return state
+            .settings
+            .models
+            .iter()
+            .find(|m| {
+                m.routes.iter().any(|r| {
+                    state.providers.get(&r.provider).is_some_and(|p| p.usable())
+                })
+            })
+            .map(|m| m.slug.clone())
+            .ok_or_else(|| ApiError::new(ErrorCode::ProviderUnavailable, "no model has a usable provider"));
+    }
+    match state.settings.model(slug) {
+        Some(m) => Ok(m.slug.clone()),
+        None => Err(ApiError::invalid(format!(
+            "model: unknown model `{slug}` (configured: {})",
+            state.settings.models.iter().map(|m| m.slug.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+fn websocket_channel(record: &ExecutionRecord) -> String {
+    format!("ai_response:{}:{}", record.project_id, record.channel_id)
+}
+
+fn issue_ws_token(state: &AppState, record: &ExecutionRecord) -> Result<String, ApiError> {
+    let token = ids::ws_token();
+    state.store.put_ws_token(
+        &token,
+        &WsTokenRecord {
+            project_id: record.project_id.clone(),
+            execution_id: record.id.clone(),
+            channel: websocket_channel(record),
+            expires_at_ms: now_ms() + state.settings.limits.ws_token_ttl_ms,
+        },
+    )?;
+    Ok(token)
+}
+
+fn submit_view(req: &HttpRequest, record: &ExecutionRecord, token: &str) -> serde_json::Value {
+    let conn = req.connection_info();
+    let scheme = if conn.scheme() == "https" { "wss" } else { "ws" };
+    json!({
+        "id": record.id,
+        "object": "execution",
+        "status": record.status,
+        "model": record.model,
+        "channel_id": record.channel_id,
+        "websocket_url": format!("{scheme}://{}/v1/ws", conn.host()),
+        "websocket_channel": websocket_channel(record),
+        "ws_token": token,
+        "events_url": format!("/v1/executions/{}/events", record.id),
+        "created_at": rfc3339(record.created_at_ms),
+    })
+}
+
+/// The execution if the caller's project owns it; unknown and foreign ids look the same.
+pub(super) fn owned(state: &AppState, principal: &Principal, id: &str) -> Result<ExecutionRecord, ApiError> {
+    state
+        .store
+        .get_project_execution(&principal.project_id, id)?
+        .ok_or_else(|| ApiError::not_found("execution", id))
+}
+
+pub(super) fn full_view(state: &AppState, record: &ExecutionRecord) -> Result<serde_json::Value, ApiError> {
+    let live_text = if record.output_text.is_none() {
+        Some(state.store.emitted_text(&record.id)?)
+    } else {
+        None
+    };
+    Ok(record.view(live_text.as_deref()))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let record = owned(&state, &principal, &id)?;
+    Ok(HttpResponse::Ok().json(full_view(&state, &record)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+const MAX_PAGE: usize = 100;
+
+pub async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "status: must be one of pending, processing, completed, failed, cancelled, expired; got `{s}`"
+            ))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit: must be between 1 and {MAX_PAGE}")));
+    }
+    let cursor = match &query.cursor {
+        Some(c) => Some(hex::decode(c).map_err(|_| ApiError::invalid("cursor: not a cursor from a previous page"))?),
+        None => None,
+    };
+    let page = state
+        .store
+        .list_executions(&principal.project_id, status, limit, cursor.as_deref())?;
+    let data: Vec<_> = page.records.iter().map(|r| r.view(None)).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": data,
+        "has_more": page.next_cursor.is_some(),
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+pub async fn cancel(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let record = owned(&state, &principal, &id)?;
+    if record.status.is_terminal() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("execution is already {}", record.status.as_str()),
+        ));
+    }
+    let cancelled = state
+        .registry
+        .send(CancelExecution(record.id.clone()))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(HttpResponse::Ok().json(cancelled.view(None)))
+}

@@ -1,0 +1,116 @@
+//! `/v1/keys`: admin keys create, list, rotate and revoke their project's keys; admins of the
+//! `default` project may also create the first keys of a new project.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{auth::DEFAULT_PROJECT, body::read_json, AppState, Principal};
+use crate::domain::rfc3339;
+use crate::error::ApiError;
+use crate::store::{KeyRecord, KeyRole};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    role: Option<KeyRole>,
+    #[serde(default)]
+    project_id: Option<String>,
+}
+
+fn view(key: &KeyRecord, secret: Option<&str>) -> serde_json::Value {
+    let mut v = json!({
+        "id": key.id,
+        "object": "api_key",
+        "project_id": key.project_id,
+        "name": key.name,
+        "role": key.role,
+        "prefix": key.prefix,
+        "created_at": rfc3339(key.created_at_ms),
+        "rotated_at": key.rotated_at_ms.map(rfc3339),
+        "revoked_at": key.revoked_at_ms.map(rfc3339),
+    });
+    if let Some(secret) = secret {
+        v["key"] = json!(secret);
+    }
+    v
+}
+
+fn valid_project_id(p: &str) -> bool {
+    (1..=64).contains(&p.len())
+        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let body: CreateKey = read_json(&req, payload, 64 * 1024).await?;
+    let project = body.project_id.unwrap_or_else(|| principal.project_id.clone());
+    if !valid_project_id(&project) {
+        return Err(ApiError::invalid(
+            "project_id: 1 to 64 letters, digits, `_` or `-`",
+        ));
+    }
+    if project != principal.project_id && principal.project_id != DEFAULT_PROJECT {
+        return Err(ApiError::new(
+            crate::error::ErrorCode::Forbidden,
+            "only admin keys of the default project create keys for other projects",
+        ));
+    }
+    if body.name.as_ref().is_some_and(|n| n.len() > 200) {
+        return Err(ApiError::invalid("name: at most 200 characters"));
+    }
+    let (key, secret) = state
+        .store
+        .create_key(&project, body.role.unwrap_or(KeyRole::Member), body.name)?;
+    state.store.commit.sync().await;
+    tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key created");
+    Ok(HttpResponse::Created().json(view(&key, Some(&secret))))
+}
+
+pub async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let keys = state.store.list_keys(&principal.project_id)?;
+    let data: Vec<_> = keys.iter().map(|k| view(k, None)).collect();
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
+}
+
+fn owned_key(state: &AppState, principal: &Principal, id: &str) -> Result<KeyRecord, ApiError> {
+    principal.require_admin()?;
+    state
+        .store
+        .project_key(&principal.project_id, id)?
+        .filter(|k| k.revoked_at_ms.is_none())
+        .ok_or_else(|| ApiError::not_found("api key", id))
+}
+
+pub async fn revoke(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = owned_key(&state, &principal, &id)?;
+    let key = state.store.revoke_key(key)?;
+    state.store.commit.sync().await;
+    tracing::info!(key_id = %key.id, by = %principal.key_id, "api key revoked");
+    Ok(HttpResponse::Ok().json(view(&key, None)))
+}
+
+pub async fn rotate(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = owned_key(&state, &principal, &id)?;
+    let (key, secret) = state.store.rotate_key(key)?;
+    state.store.commit.sync().await;
+    tracing::info!(key_id = %key.id, by = %principal.key_id, "api key rotated");
+    Ok(HttpResponse::Ok().json(view(&key, Some(&secret))))
+}

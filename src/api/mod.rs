@@ -1,0 +1,58 @@
+//! The HTTP surface: one file per resource; [`configure`] lists every route.
+
+mod auth;
+mod body;
+mod events;
+mod executions;
+mod health;
+mod keys;
+
+pub use auth::{Principal, DEFAULT_PROJECT};
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse};
+use std::sync::Arc;
+
+use crate::actors::Registry;
+use crate::error::{ApiError, ErrorCode};
+use crate::providers::Providers;
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// Shared by every handler (one instance per process, cloned into each worker).
+pub struct AppState {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub providers: Arc<Providers>,
+    pub registry: Addr<Registry>,
+    /// SHA-256 of `SWITCHYARD_ADMIN_KEY`, when set.
+    pub env_admin_key_hash: Option<String>,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::invalid(format!("invalid query string: {err}")).into()
+    }))
+    .app_data(web::PathConfig::default().error_handler(|err, _| {
+        ApiError::invalid(format!("invalid path: {err}")).into()
+    }))
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/v1/executions", web::post().to(executions::submit))
+    .route("/v1/executions", web::get().to(executions::list))
+    .route("/v1/executions/{id}", web::get().to(executions::get))
+    .route("/v1/executions/{id}/cancel", web::post().to(executions::cancel))
+    .route("/v1/executions/{id}/events", web::get().to(events::stream))
+    .route("/v1/keys", web::post().to(keys::create))
+    .route("/v1/keys", web::get().to(keys::list))
+    .route("/v1/keys/{id}", web::delete().to(keys::revoke))
+    .route("/v1/keys/{id}/rotate", web::post().to(keys::rotate))
+    .default_service(web::to(no_route));
+}
+
+async fn no_route(req: HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}

@@ -1,0 +1,97 @@
+//! A reader's position in one execution's event log: "everything after seq N, then keep me
+//! posted". It replays from the log, switches to the live feed once caught up, and falls back
+//! to the log whenever the live feed lags, skips or closes — so every reader (SSE, WebSocket,
+//! late or reconnecting) sees each seq exactly once, in order.
+
+use std::collections::VecDeque;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::domain::{EventKind, SharedEvent};
+use crate::store::Store;
+
+/// Events read from the log per batch.
+const LOG_BATCH: usize = 256;
+
+pub struct Cursor {
+    store: Store,
+    id: String,
+    last: u64,
+    live: Option<broadcast::Receiver<SharedEvent>>,
+    backlog: VecDeque<SharedEvent>,
+    caught_up: bool,
+    ended: bool,
+}
+
+impl Cursor {
+    /// `live` must be subscribed before the cursor first reads the log: an event published
+    /// after that is in the feed, one published before is already in the log.
+    pub fn new(
+        store: Store,
+        id: String,
+        after: u64,
+        live: Option<broadcast::Receiver<SharedEvent>>,
+    ) -> Cursor {
+        Cursor {
+            store,
+            id,
+            last: after,
+            live,
+            backlog: VecDeque::new(),
+            caught_up: false,
+            ended: false,
+        }
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last
+    }
+
+    /// The next event, or `None` after `done` (or when a finished log has nothing more).
+    pub async fn next(&mut self) -> Option<SharedEvent> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(event) = self.backlog.pop_front() {
+                if event.seq <= self.last {
+                    continue;
+                }
+                return Some(self.deliver(event));
+            }
+            if !self.caught_up {
+                match self.store.events_after(&self.id, self.last, LOG_BATCH) {
+                    Ok(batch) if batch.is_empty() => self.caught_up = true,
+                    Ok(batch) => self.backlog.extend(batch),
+                    Err(err) => {
+                        tracing::error!(execution_id = %self.id, error = %err, "event log read failed");
+                        self.ended = true;
+                    }
+                }
+                continue;
+            }
+            let Some(live) = self.live.as_mut() else {
+                // Not running: the log was everything.
+                self.ended = true;
+                continue;
+            };
+            match live.recv().await {
+                Ok(event) if event.seq <= self.last => {}
+                Ok(event) if event.seq == self.last + 1 => return Some(self.deliver(event)),
+                // A gap, a lag or the end of the feed: the log has everything published.
+                Ok(_) | Err(RecvError::Lagged(_)) => self.caught_up = false,
+                Err(RecvError::Closed) => {
+                    self.live = None;
+                    self.caught_up = false;
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, event: SharedEvent) -> SharedEvent {
+        self.last = event.seq;
+        if event.kind == EventKind::Done {
+            self.ended = true;
+        }
+        event
+    }
+}

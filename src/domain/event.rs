@@ -1,0 +1,181 @@
+//! One entry of an execution's event log: serialized once, shared by every reader.
+//!
+//! The JSON `data` is encoded when the event is created and never again; the SSE frame is built
+//! from it at most once (on first use) and then handed to every SSE subscriber as a cheap
+//! `Bytes` clone.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use std::sync::{Arc, OnceLock};
+
+use crate::error::ErrorBody;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Status,
+    Chunk,
+    Failover,
+    Done,
+    Error,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Status => "status",
+            EventKind::Chunk => "chunk",
+            EventKind::Failover => "failover",
+            EventKind::Done => "done",
+            EventKind::Error => "error",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            EventKind::Status => 1,
+            EventKind::Chunk => 2,
+            EventKind::Failover => 3,
+            EventKind::Done => 4,
+            EventKind::Error => 5,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<EventKind> {
+        Some(match tag {
+            1 => EventKind::Status,
+            2 => EventKind::Chunk,
+            3 => EventKind::Failover,
+            4 => EventKind::Done,
+            5 => EventKind::Error,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Event {
+    pub seq: u64,
+    pub kind: EventKind,
+    /// The event's JSON object, exactly as every transport sends it.
+    pub data: Bytes,
+    sse: OnceLock<Bytes>,
+}
+
+pub type SharedEvent = Arc<Event>;
+
+impl Event {
+    pub fn new(seq: u64, kind: EventKind, data: Bytes) -> Event {
+        Event {
+            seq,
+            kind,
+            data,
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// Builds an event whose data is `payload` serialized to JSON.
+    pub fn from_payload(seq: u64, kind: EventKind, payload: &impl Serialize) -> Event {
+        let data = serde_json::to_vec(payload).expect("event payloads serialize");
+        Event::new(seq, kind, Bytes::from(data))
+    }
+
+    pub fn status(seq: u64, status: super::Status) -> Event {
+        #[derive(Serialize)]
+        struct Payload {
+            seq: u64,
+            status: super::Status,
+        }
+        Event::from_payload(seq, EventKind::Status, &Payload { seq, status })
+    }
+
+    pub fn chunk(seq: u64, delta: &str) -> Event {
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            seq: u64,
+            delta: &'a str,
+        }
+        Event::from_payload(seq, EventKind::Chunk, &Payload { seq, delta })
+    }
+
+    pub fn error(seq: u64, error: &ErrorBody) -> Event {
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            seq: u64,
+            error: &'a ErrorBody,
+        }
+        Event::from_payload(seq, EventKind::Error, &Payload { seq, error })
+    }
+
+    /// The text of a chunk event (the log is the source of an execution's output).
+    pub fn chunk_delta(&self) -> Option<String> {
+        if self.kind != EventKind::Chunk {
+            return None;
+        }
+        #[derive(serde::Deserialize)]
+        struct Payload {
+            delta: String,
+        }
+        serde_json::from_slice::<Payload>(&self.data)
+            .ok()
+            .map(|p| p.delta)
+    }
+
+    /// `id: <seq>\nevent: <kind>\ndata: <json>\n\n`, built once.
+    pub fn sse_frame(&self) -> Bytes {
+        self.sse
+            .get_or_init(|| {
+                let mut buf = BytesMut::with_capacity(self.data.len() + 40);
+                buf.put_slice(b"id: ");
+                buf.put_slice(self.seq.to_string().as_bytes());
+                buf.put_slice(b"\nevent: ");
+                buf.put_slice(self.kind.as_str().as_bytes());
+                buf.put_slice(b"\ndata: ");
+                buf.put_slice(&self.data);
+                buf.put_slice(b"\n\n");
+                buf.freeze()
+            })
+            .clone()
+    }
+
+    /// Storage form: one tag byte, then the JSON data.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.data.len() + 1);
+        out.push(self.kind.tag());
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    pub fn decode(seq: u64, stored: &[u8]) -> Option<Event> {
+        let (&tag, data) = stored.split_first()?;
+        Some(Event::new(
+            seq,
+            EventKind::from_tag(tag)?,
+            Bytes::copy_from_slice(data),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_frame_has_id_event_and_data() {
+        let ev = Event::chunk(7, "he said \"hi\"\n");
+        let frame = ev.sse_frame();
+        assert_eq!(
+            std::str::from_utf8(&frame).unwrap(),
+            "id: 7\nevent: chunk\ndata: {\"seq\":7,\"delta\":\"he said \\\"hi\\\"\\n\"}\n\n"
+        );
+        assert_eq!(ev.chunk_delta().as_deref(), Some("he said \"hi\"\n"));
+    }
+
+    #[test]
+    fn storage_round_trips() {
+        let ev = Event::status(1, crate::domain::Status::Pending);
+        let back = Event::decode(1, &ev.encode()).unwrap();
+        assert_eq!(back.kind, EventKind::Status);
+        assert_eq!(back.data, ev.data);
+        assert!(Event::decode(1, &[99, b'{']).is_none());
+    }
+}

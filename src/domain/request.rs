@@ -1,0 +1,250 @@
+//! The submit body as clients send it, its validation, and the canonical chat request that
+//! providers translate into their own wire formats.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Message {
+        Message {
+            role,
+            content: content.into(),
+            name: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Sampling parameters passed through to providers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+}
+
+/// `POST /v1/executions` body. Unknown fields are rejected so that typos do not pass silently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub idempotency_key: String,
+    #[serde(default)]
+    pub params: Params,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+}
+
+/// What a provider is asked: the conversation and the sampling parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub params: Params,
+}
+
+const MAX_MESSAGES: usize = 2048;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+const MAX_METADATA_KEYS: usize = 50;
+const MAX_METADATA_KEY_LEN: usize = 40;
+const MAX_METADATA_VALUE_LEN: usize = 500;
+
+fn range(field: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::invalid(format!(
+            "{field}: must be between {lo} and {hi}, got {v}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+impl SubmitBody {
+    /// Checks everything that does not need the configuration (the model slug is checked
+    /// against the routing table by the caller).
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.model.trim().is_empty() {
+            return Err(ApiError::invalid("model: must not be empty"));
+        }
+        if self.idempotency_key.is_empty() || self.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(ApiError::invalid(format!(
+                "idempotency_key: must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+            )));
+        }
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid("messages: must contain at least one message"));
+        }
+        if self.messages.len() > MAX_MESSAGES {
+            return Err(ApiError::invalid(format!(
+                "messages: at most {MAX_MESSAGES} messages"
+            )));
+        }
+        if !self.messages.iter().any(|m| m.role != Role::System) {
+            return Err(ApiError::invalid(
+                "messages: needs at least one non-system message",
+            ));
+        }
+        let p = &self.params;
+        range("params.temperature", p.temperature, 0.0, 2.0)?;
+        range("params.top_p", p.top_p, 0.0, 1.0)?;
+        range("params.presence_penalty", p.presence_penalty, -2.0, 2.0)?;
+        range("params.frequency_penalty", p.frequency_penalty, -2.0, 2.0)?;
+        if p.max_tokens == Some(0) {
+            return Err(ApiError::invalid("params.max_tokens: must be at least 1"));
+        }
+        if let Some(Stop::Many(stops)) = &p.stop {
+            if stops.len() > 4 {
+                return Err(ApiError::invalid("params.stop: at most 4 sequences"));
+            }
+        }
+        self.validate_metadata()?;
+        if let Some(hook) = &self.webhook_url {
+            let ok = url::Url::parse(hook)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(ApiError::invalid(
+                    "webhook_url: must be an absolute http or https URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_metadata(&self) -> Result<(), ApiError> {
+        if self.metadata.len() > MAX_METADATA_KEYS {
+            return Err(ApiError::invalid(format!(
+                "metadata: at most {MAX_METADATA_KEYS} keys"
+            )));
+        }
+        for (key, value) in &self.metadata {
+            if key.is_empty() || key.len() > MAX_METADATA_KEY_LEN {
+                return Err(ApiError::invalid(format!(
+                    "metadata: keys must be 1 to {MAX_METADATA_KEY_LEN} characters"
+                )));
+            }
+            match value {
+                Value::String(s) if s.len() <= MAX_METADATA_VALUE_LEN => {}
+                Value::String(_) => {
+                    return Err(ApiError::invalid(format!(
+                        "metadata.{key}: at most {MAX_METADATA_VALUE_LEN} characters"
+                    )))
+                }
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "metadata.{key}: values must be strings"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A stable fingerprint of the whole body: same key + same fingerprint is a retry,
+    /// same key + another fingerprint is a conflict. Field order is fixed by the struct and
+    /// metadata keys are sorted, so equal bodies always hash equal.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let bytes = serde_json::to_vec(self).expect("submit body serializes");
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    pub fn chat_request(&self) -> ChatRequest {
+        ChatRequest {
+            messages: self.messages.clone(),
+            params: self.params.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: Value) -> SubmitBody {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn base() -> Value {
+        serde_json::json!({"model": "chat-default", "idempotency_key": "k1",
+            "messages": [{"role": "user", "content": "hi"}]})
+    }
+
+    #[test]
+    fn a_minimal_body_is_valid() {
+        body(base()).validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_params_name_the_field() {
+        let mut v = base();
+        v["params"] = serde_json::json!({"temperature": 3.5});
+        let err = body(v).validate().unwrap_err();
+        assert!(err.body.message.starts_with("params.temperature"), "{err}");
+    }
+
+    #[test]
+    fn metadata_values_must_be_strings() {
+        let mut v = base();
+        v["metadata"] = serde_json::json!({"user": 5});
+        let err = body(v).validate().unwrap_err();
+        assert!(err.body.message.contains("metadata.user"));
+    }
+
+    #[test]
+    fn fingerprint_ignores_metadata_key_order_but_not_content() {
+        let mut a = base();
+        a["metadata"] = serde_json::json!({"a": "1", "b": "2"});
+        let b: SubmitBody =
+            serde_json::from_str(r#"{"model":"chat-default","idempotency_key":"k1","messages":[{"role":"user","content":"hi"}],"metadata":{"b":"2","a":"1"}}"#).unwrap();
+        assert_eq!(body(a.clone()).fingerprint(), b.fingerprint());
+        a["messages"][0]["content"] = "other".into();
+        assert_ne!(body(a).fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn bad_webhook_urls_are_rejected() {
+        let mut v = base();
+        v["webhook_url"] = "ftp://x".into();
+        assert!(body(v).validate().is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! Switchyard: an actor-based streaming router for AI providers.
+//!
+//! Data flow, one module each:
+//! - [`api`]: REST submit, reads, keys, SSE — HTTP in, JSON and event streams out
+//! - [`actors`]: the `Registry` singleton and one `Execution` actor per execution
+//! - [`routing`]: route plans, failover decisions and continuation requests (pure functions)
+//! - [`providers`]: wire formats (openai, mock), timeouts, error classification
+//! - [`store`]: sled trees behind typed functions, with group commit
+//! - [`cursor`]: a reader's position in an event log (replay, then live)
+//! - [`domain`]: ids, requests, statuses, events and the execution record
+//! - [`settings`]: the TOML configuration; [`error`]: the API error type; [`startup`]: assembly
+
+pub mod actors;
+pub mod api;
+pub mod cursor;
+pub mod domain;
+pub mod error;
+pub mod providers;
+pub mod routing;
+pub mod settings;
+pub mod startup;
+pub mod store;

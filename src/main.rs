@@ -1,0 +1,53 @@
+//! The `switchyard` binary: parse the command line, load the settings, run.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use switchyard::settings::Settings;
+use switchyard::startup::Application;
+
+/// Actor-based streaming router for AI providers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file (default: the embedded config, mock provider, ./data).
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, overriding the config (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory, overriding the config.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,actix_server=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Some(listen) = cli.listen {
+        settings.listen = listen;
+    }
+    if let Some(dir) = cli.data_dir {
+        settings.data_dir = dir;
+    }
+    settings.read_secrets_from_env();
+
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        if let Some(key) = app.bootstrap_admin_key() {
+            println!("created the admin key of project `default` (shown once, only its hash is stored):");
+            println!("  {key}");
+        }
+        println!("switchyard listening on http://{}", app.address());
+        app.run_until_stopped().await?;
+        Ok(())
+    })
+}

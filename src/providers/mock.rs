@@ -1,0 +1,157 @@
+//! The built-in mock provider: deterministic text with configurable length and pacing, no
+//! network. It understands continuations (prefill and instruction), so failover and crash
+//! resumption can be demonstrated with it.
+
+use futures_util::stream::{self, StreamExt};
+use std::time::Duration;
+
+use super::{approx_tokens, Delta, ProviderStream, StreamItem, UpstreamRequest};
+use crate::domain::{Role, Usage};
+use crate::routing::CONTINUE_INSTRUCTION;
+use crate::settings::ProviderSettings;
+
+const VOCABULARY: &[&str] = &[
+    "switchyard", "routes", "every", "chunk", "through", "one", "ordered", "log", "so", "streams",
+    "survive", "failover", "and", "restarts", "without", "repeating", "or", "losing", "a",
+    "single", "word", "while", "subscribers", "follow", "along", "live", "the", "answer",
+];
+
+pub struct Mock {
+    chunks: u32,
+    interval: Duration,
+}
+
+impl Mock {
+    pub fn new(settings: &ProviderSettings) -> Mock {
+        Mock {
+            chunks: settings.mock_chunks,
+            interval: Duration::from_millis(settings.mock_chunk_interval_ms),
+        }
+    }
+
+    pub fn open(&self, req: &UpstreamRequest) -> ProviderStream {
+        let words = answer(req, self.chunks);
+        let start = continuation_offset(req, &words);
+        let prompt_tokens: u64 = req.messages.iter().map(|m| approx_tokens(&m.content)).sum();
+        let completion_tokens = (words.len() - start) as u64;
+        let interval = self.interval;
+        let body = stream::iter(words.into_iter().skip(start)).then(move |word| async move {
+            if !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            Ok(StreamItem::Delta(Delta {
+                text: Some(word),
+                ..Delta::default()
+            }))
+        });
+        let finish = stream::once(async move {
+            Ok(StreamItem::Delta(Delta {
+                text: None,
+                finish_reason: Some("stop".into()),
+                usage: Some(Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens: prompt_tokens + completion_tokens,
+                }),
+            }))
+        });
+        body.chain(finish).boxed()
+    }
+}
+
+/// The full answer for this conversation: chunk `i` is one word and a space, chosen from the
+/// vocabulary by a hash of the first user message (stable across continuations).
+fn answer(req: &UpstreamRequest, chunks: u32) -> Vec<String> {
+    let prompt = req
+        .messages
+        .iter()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .unwrap_or_default();
+    let seed = prompt
+        .bytes()
+        .fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+    (0..chunks as u64)
+        .map(|i| {
+            let w = VOCABULARY[((seed >> 7).wrapping_add(i * 11) % VOCABULARY.len() as u64) as usize];
+            format!("{w} ")
+        })
+        .collect()
+}
+
+/// How many chunks a continuation already has: the trailing assistant text (prefill, or the
+/// assistant turn before the continue instruction) when it is a chunk-aligned prefix.
+fn continuation_offset(req: &UpstreamRequest, words: &[String]) -> usize {
+    let msgs = &req.messages;
+    let prior = match msgs.last() {
+        Some(m) if m.role == Role::Assistant => Some(m),
+        Some(m) if m.role == Role::User && m.content == CONTINUE_INSTRUCTION => msgs
+            .len()
+            .checked_sub(2)
+            .map(|i| &msgs[i])
+            .filter(|m| m.role == Role::Assistant),
+        _ => None,
+    };
+    let Some(prior) = prior else { return 0 };
+    let mut acc = String::new();
+    for (i, w) in words.iter().enumerate() {
+        if acc == prior.content {
+            return i;
+        }
+        acc.push_str(w);
+    }
+    if acc == prior.content {
+        words.len()
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Message, Params};
+
+    fn req(messages: Vec<Message>) -> UpstreamRequest {
+        UpstreamRequest {
+            model: "mock-1".into(),
+            messages,
+            params: Params::default(),
+        }
+    }
+
+    fn collect(mock: &Mock, r: &UpstreamRequest) -> String {
+        let items: Vec<_> = crate::providers::block_on_test(mock.open(r).collect());
+        items
+            .into_iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Delta(d)) => d.text,
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_answer_is_deterministic_and_continues_from_a_prefill() {
+        let mock = Mock {
+            chunks: 6,
+            interval: Duration::ZERO,
+        };
+        let user = Message::new(Role::User, "hello");
+        let full = collect(&mock, &req(vec![user.clone()]));
+        assert_eq!(full, collect(&mock, &req(vec![user.clone()])));
+        assert_eq!(full.split_whitespace().count(), 6);
+        let head: String = full.split_inclusive(' ').take(2).collect();
+        let rest = collect(&mock, &req(vec![user.clone(), Message::new(Role::Assistant, head.clone())]));
+        assert_eq!(format!("{head}{rest}"), full);
+        let rest = collect(
+            &mock,
+            &req(vec![
+                user,
+                Message::new(Role::Assistant, head.clone()),
+                Message::new(Role::User, CONTINUE_INSTRUCTION),
+            ]),
+        );
+        assert_eq!(format!("{head}{rest}"), full);
+    }
+}

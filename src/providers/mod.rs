@@ -1,0 +1,144 @@
+//! Provider wire formats behind one interface: a canonical request in, a stream of canonical
+//! deltas out, and every failure classified into exactly one normalized code.
+
+mod attempt;
+mod error;
+mod mock;
+mod openai;
+
+pub use attempt::{spawn_attempt, AttemptEvent, AttemptHandle};
+pub use error::ProviderError;
+
+use futures_util::stream::BoxStream;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::domain::{Message, Params, Usage};
+use crate::settings::{ProviderKind, ProviderSettings, Settings};
+
+/// What one provider event carried, in canonical form.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    pub text: Option<String>,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    Delta(Delta),
+    /// An event that could not be understood; skipped and recorded, not fatal.
+    Skipped { raw: String, reason: String },
+}
+
+/// Ends (`None`) only after a clean finish; an interrupted stream ends with an `Err`.
+pub type ProviderStream = BoxStream<'static, Result<StreamItem, ProviderError>>;
+
+/// The request as sent to one route.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub params: Params,
+}
+
+enum Client {
+    OpenAi(openai::OpenAi),
+    Mock(mock::Mock),
+}
+
+/// One configured provider, ready to open streams.
+pub struct Provider {
+    pub settings: ProviderSettings,
+    client: Client,
+}
+
+impl Provider {
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Whether it can be called at all (an OpenAI-compatible provider needs its key, unless it
+    /// is configured without `api_key_env`, as local servers often are).
+    pub fn usable(&self) -> bool {
+        match self.settings.kind {
+            ProviderKind::Mock => true,
+            ProviderKind::Openai => {
+                self.settings.api_key_env.is_none() || self.settings.api_key.is_some()
+            }
+        }
+    }
+
+    /// Sends the request and returns the stream once response headers say it is a success.
+    pub async fn open(&self, req: &UpstreamRequest) -> Result<ProviderStream, ProviderError> {
+        match &self.client {
+            Client::OpenAi(p) => p.open(req).await,
+            Client::Mock(p) => Ok(p.open(req)),
+        }
+    }
+}
+
+/// Every configured provider by name, sharing one HTTP client (one connection pool).
+pub struct Providers {
+    by_name: HashMap<String, Arc<Provider>>,
+}
+
+impl Providers {
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Providers> {
+        let connect_timeout = settings
+            .providers
+            .iter()
+            .map(|p| p.connect_timeout())
+            .max()
+            .unwrap_or_default();
+        let http = reqwest::Client::builder()
+            // Without it a kept-alive request can wait ~40 ms on a delayed ACK.
+            .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build()?;
+        let by_name = settings
+            .providers
+            .iter()
+            .map(|p| {
+                let client = match p.kind {
+                    ProviderKind::Openai => Client::OpenAi(openai::OpenAi::new(p, http.clone())),
+                    ProviderKind::Mock => Client::Mock(mock::Mock::new(p)),
+                };
+                let provider = Provider {
+                    settings: p.clone(),
+                    client,
+                };
+                (p.name.clone(), Arc::new(provider))
+            })
+            .collect();
+        Ok(Providers { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.by_name.get(name)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.by_name.values()
+    }
+
+    pub fn any_usable(&self) -> bool {
+        self.all().any(|p| p.usable())
+    }
+}
+
+/// A rough token count for providers that report none (the mock): words.
+pub fn approx_tokens(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// Runs a future to completion on a throwaway runtime (unit tests of stream adapters).
+#[cfg(test)]
+pub(crate) fn block_on_test<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("test runtime")
+        .block_on(f)
+}

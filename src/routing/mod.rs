@@ -1,0 +1,207 @@
+//! Route plans and failover decisions as pure functions: which route next, and the request a
+//! continuation sends. The execution actor asks; nothing here does I/O.
+
+mod continuation;
+
+pub use continuation::{continuation_messages, Reconciler, CONTINUE_INSTRUCTION};
+
+use std::sync::Arc;
+
+use crate::error::ErrorCode;
+use crate::providers::{Provider, ProviderError, Providers};
+use crate::settings::{ContinuationStrategy, Settings};
+
+/// One way to answer a model slug: a provider and its upstream model name.
+#[derive(Clone)]
+pub struct Route {
+    pub provider: Arc<Provider>,
+    pub model: String,
+}
+
+/// The ordered routes of a model slug.
+pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Vec<Route>> {
+    let model = settings.model(slug)?;
+    Some(
+        model
+            .routes
+            .iter()
+            .filter_map(|r| {
+                Some(Route {
+                    provider: providers.get(&r.provider)?.clone(),
+                    model: r.model.clone(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Where an execution stands when an attempt fails.
+#[derive(Debug, Clone)]
+pub struct FailureContext {
+    pub route_index: usize,
+    pub route_count: usize,
+    /// Tries already made on this route (including the failed one).
+    pub tries_on_route: u32,
+    pub max_tries_on_route: u32,
+    /// Whether any chunk has been emitted to subscribers.
+    pub emitted_any: bool,
+    /// Mid-stream switches made so far, and the cap.
+    pub switches: u32,
+    pub max_switches: u32,
+    /// The strategy the failed try used (`None` for an initial request).
+    pub strategy: Option<ContinuationStrategy>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Try the same route again after `delay`, with `strategy` if continuing.
+    Retry {
+        delay: std::time::Duration,
+        strategy: Option<ContinuationStrategy>,
+    },
+    /// Move on to route `index`.
+    Next { index: usize },
+    /// Give up with this error.
+    Fail,
+}
+
+const BACKOFF_BASE_MS: u64 = 100;
+const BACKOFF_CAP_MS: u64 = 2_000;
+const RETRY_AFTER_CAP_MS: u64 = 10_000;
+
+/// Capped exponential backoff for try `n` (1-based), honouring a provider's Retry-After.
+pub fn backoff(n: u32, retry_after: Option<std::time::Duration>) -> std::time::Duration {
+    let exp = BACKOFF_BASE_MS.saturating_mul(1 << n.saturating_sub(1).min(10));
+    let ms = exp.min(BACKOFF_CAP_MS);
+    match retry_after {
+        Some(ra) => ra.min(std::time::Duration::from_millis(RETRY_AFTER_CAP_MS)),
+        None => std::time::Duration::from_millis(ms),
+    }
+}
+
+/// What to do after `err` ended a try.
+pub fn decide(ctx: &FailureContext, err: &ProviderError) -> Decision {
+    // A content-filter rejection is the answer: no other route should be asked to get around it.
+    if err.code == ErrorCode::ContentFiltered || err.code == ErrorCode::Cancelled {
+        return Decision::Fail;
+    }
+    if ctx.emitted_any && ctx.switches >= ctx.max_switches {
+        return Decision::Fail;
+    }
+    // The route refused the continuation's form: same route, next strategy.
+    if ctx.emitted_any && err.rejects_message_form() {
+        if let Some(next) = ctx.strategy.and_then(next_strategy) {
+            return Decision::Retry {
+                delay: std::time::Duration::ZERO,
+                strategy: Some(next),
+            };
+        }
+    }
+    // A silent provider is not asked again; other transient faults are, a bounded number of times.
+    let silent = err.code == ErrorCode::ProviderTimeout;
+    if err.is_retryable() && !silent && ctx.tries_on_route < ctx.max_tries_on_route {
+        return Decision::Retry {
+            delay: backoff(ctx.tries_on_route, err.retry_after),
+            strategy: ctx.strategy,
+        };
+    }
+    if ctx.route_index + 1 < ctx.route_count {
+        return Decision::Next {
+            index: ctx.route_index + 1,
+        };
+    }
+    // The only route left, mid-stream, transient: continue on it once more.
+    if ctx.emitted_any && err.is_retryable() && ctx.tries_on_route < ctx.max_tries_on_route + 1 {
+        return Decision::Retry {
+            delay: backoff(ctx.tries_on_route, err.retry_after),
+            strategy: ctx.strategy,
+        };
+    }
+    Decision::Fail
+}
+
+/// The fallback order when a route rejects a continuation form.
+pub fn next_strategy(s: ContinuationStrategy) -> Option<ContinuationStrategy> {
+    match s {
+        ContinuationStrategy::Prefill => Some(ContinuationStrategy::Instruction),
+        ContinuationStrategy::Instruction => Some(ContinuationStrategy::Restart),
+        ContinuationStrategy::Restart => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ctx() -> FailureContext {
+        FailureContext {
+            route_index: 0,
+            route_count: 2,
+            tries_on_route: 1,
+            max_tries_on_route: 2,
+            emitted_any: false,
+            switches: 0,
+            max_switches: 3,
+            strategy: None,
+        }
+    }
+
+    #[test]
+    fn transient_errors_retry_the_route_then_move_on() {
+        let e = ProviderError::from_status(503, None, "{}");
+        assert!(matches!(decide(&ctx(), &e), Decision::Retry { .. }));
+        let exhausted = FailureContext { tries_on_route: 2, ..ctx() };
+        assert_eq!(decide(&exhausted, &e), Decision::Next { index: 1 });
+    }
+
+    #[test]
+    fn silent_providers_are_not_retried() {
+        let e = ProviderError::no_response(Duration::from_secs(1));
+        assert_eq!(decide(&ctx(), &e), Decision::Next { index: 1 });
+    }
+
+    #[test]
+    fn content_filter_fails_at_once() {
+        let e = ProviderError::from_status(400, None, r#"{"error":{"code":"content_filter"}}"#);
+        assert_eq!(decide(&ctx(), &e), Decision::Fail);
+    }
+
+    #[test]
+    fn context_length_moves_to_the_next_route() {
+        let e = ProviderError::from_status(400, None, r#"{"error":{"code":"context_length_exceeded"}}"#);
+        assert_eq!(decide(&ctx(), &e), Decision::Next { index: 1 });
+        let last = FailureContext { route_index: 1, ..ctx() };
+        assert_eq!(decide(&last, &e), Decision::Fail);
+    }
+
+    #[test]
+    fn a_rejected_prefill_retries_with_the_instruction_form() {
+        let e = ProviderError::from_status(400, None, r#"{"error":{"message":"assistant prefill is not supported"}}"#);
+        let c = FailureContext {
+            emitted_any: true,
+            strategy: Some(ContinuationStrategy::Prefill),
+            ..ctx()
+        };
+        assert_eq!(
+            decide(&c, &e),
+            Decision::Retry { delay: Duration::ZERO, strategy: Some(ContinuationStrategy::Instruction) }
+        );
+    }
+
+    #[test]
+    fn mid_stream_switches_are_capped() {
+        let e = ProviderError::cut("reset");
+        let c = FailureContext { emitted_any: true, switches: 3, ..ctx() };
+        assert_eq!(decide(&c, &e), Decision::Fail);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        assert_eq!(backoff(1, None), Duration::from_millis(100));
+        assert_eq!(backoff(2, None), Duration::from_millis(200));
+        assert_eq!(backoff(20, None), Duration::from_millis(2_000));
+        assert_eq!(backoff(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(backoff(1, Some(Duration::from_secs(60))), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,346 @@
+//! The TOML configuration: parsing with field names in every error, validation of values, and
+//! secrets read from the environment (never from the file).
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration used when no file is given.
+pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub limits: Limits,
+    pub providers: Vec<ProviderSettings>,
+    pub models: Vec<ModelSettings>,
+    /// From `SWITCHYARD_ADMIN_KEY`; never read from the file.
+    #[serde(skip)]
+    pub admin_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// An execution still running after this long ends as `expired`.
+    pub max_execution_ms: u64,
+    /// How long SIGTERM waits for open connections before closing them.
+    pub shutdown_timeout_ms: u64,
+    /// Idle SSE streams get a comment line this often so proxies keep them open.
+    pub sse_keepalive_ms: u64,
+    /// Single-use WebSocket tokens stop working after this long.
+    pub ws_token_ttl_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_execution_ms: 10 * 60 * 1000,
+            shutdown_timeout_ms: 5_000,
+            sse_keepalive_ms: 15_000,
+            ws_token_ttl_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible chat completions API.
+    Openai,
+    /// Built in, no network: deterministic text with configurable pacing.
+    Mock,
+}
+
+/// How an interrupted answer is continued on the next try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContinuationStrategy {
+    /// The emitted text as a final assistant message, which the model extends.
+    Prefill,
+    /// The emitted text as an assistant turn, then a user instruction to continue it.
+    Instruction,
+    /// The original request again; the repeated head is skipped when reconciling.
+    Restart,
+}
+
+impl ContinuationStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContinuationStrategy::Prefill => "prefill",
+            ContinuationStrategy::Instruction => "instruction",
+            ContinuationStrategy::Restart => "restart",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    pub name: String,
+    pub kind: ProviderKind,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "defaults::first_chunk_timeout_ms")]
+    pub first_chunk_timeout_ms: u64,
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "defaults::total_timeout_ms")]
+    pub total_timeout_ms: u64,
+    /// Tries of one route before the next route is used.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Default per kind: `instruction` for openai, `prefill` for mock.
+    #[serde(default)]
+    pub continuation: Option<ContinuationStrategy>,
+    /// Mock only: chunks per answer.
+    #[serde(default = "defaults::mock_chunks")]
+    pub mock_chunks: u32,
+    /// Mock only: pause between chunks.
+    #[serde(default = "defaults::mock_chunk_interval_ms")]
+    pub mock_chunk_interval_ms: u64,
+    /// Read from `api_key_env` at start.
+    #[serde(skip)]
+    pub api_key: Option<String>,
+}
+
+mod defaults {
+    pub fn connect_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn first_chunk_timeout_ms() -> u64 {
+        15_000
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn total_timeout_ms() -> u64 {
+        300_000
+    }
+    pub fn max_attempts() -> u32 {
+        2
+    }
+    pub fn mock_chunks() -> u32 {
+        24
+    }
+    pub fn mock_chunk_interval_ms() -> u64 {
+        40
+    }
+}
+
+impl ProviderSettings {
+    pub fn continuation(&self) -> ContinuationStrategy {
+        self.continuation.unwrap_or(match self.kind {
+            ProviderKind::Openai => ContinuationStrategy::Instruction,
+            ProviderKind::Mock => ContinuationStrategy::Prefill,
+        })
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn first_chunk_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_chunk_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn total_timeout(&self) -> Duration {
+        Duration::from_millis(self.total_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    pub slug: String,
+    pub routes: Vec<RouteSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    pub provider: String,
+    pub model: String,
+}
+
+impl Settings {
+    /// Parses and validates a TOML document.
+    pub fn parse(text: &str) -> anyhow::Result<Settings> {
+        let settings: Settings =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn embedded_default() -> Settings {
+        Settings::parse(DEFAULT_CONFIG).expect("the embedded default config is valid")
+    }
+
+    /// The file at `path`, or the embedded default.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+                Settings::parse(&text)
+            }
+            None => Ok(Settings::embedded_default()),
+        }
+    }
+
+    /// Reads each provider's key from its `api_key_env` variable, and the admin key.
+    pub fn read_secrets_from_env(&mut self) {
+        for p in &mut self.providers {
+            if let Some(var) = &p.api_key_env {
+                p.api_key = std::env::var(var).ok().filter(|k| !k.is_empty());
+                if p.api_key.is_none() {
+                    tracing::warn!(provider = %p.name, variable = %var, "provider api key variable is not set");
+                }
+            }
+        }
+        self.admin_key = std::env::var("SWITCHYARD_ADMIN_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderSettings> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+
+    pub fn model(&self, slug: &str) -> Option<&ModelSettings> {
+        self.models.iter().find(|m| m.slug == slug)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let fail = |field: String, msg: &str| Err(anyhow::anyhow!("invalid config: {field}: {msg}"));
+        if self.providers.is_empty() {
+            return fail("providers".into(), "at least one provider is required");
+        }
+        if self.models.is_empty() {
+            return fail("models".into(), "at least one model is required");
+        }
+        let l = &self.limits;
+        for (field, v) in [
+            ("limits.max_body_bytes", l.max_body_bytes as u64),
+            ("limits.max_execution_ms", l.max_execution_ms),
+            ("limits.sse_keepalive_ms", l.sse_keepalive_ms),
+            ("limits.ws_token_ttl_ms", l.ws_token_ttl_ms),
+        ] {
+            if v == 0 {
+                return fail(field.into(), "must be greater than 0");
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = |f: &str| format!("providers[{i}].{f}");
+            if p.name.trim().is_empty() {
+                return fail(at("name"), "must not be empty");
+            }
+            if !names.insert(p.name.as_str()) {
+                return fail(at("name"), &format!("duplicate provider name `{}`", p.name));
+            }
+            if p.kind != ProviderKind::Mock {
+                match &p.base_url {
+                    None => return fail(at("base_url"), "is required for this kind"),
+                    Some(u) => {
+                        let ok = url::Url::parse(u)
+                            .map(|u| matches!(u.scheme(), "http" | "https"))
+                            .unwrap_or(false);
+                        if !ok {
+                            return fail(at("base_url"), "must be an http or https URL");
+                        }
+                    }
+                }
+            }
+            for (f, v) in [
+                ("connect_timeout_ms", p.connect_timeout_ms),
+                ("first_chunk_timeout_ms", p.first_chunk_timeout_ms),
+                ("idle_timeout_ms", p.idle_timeout_ms),
+                ("total_timeout_ms", p.total_timeout_ms),
+                ("max_attempts", p.max_attempts as u64),
+                ("mock_chunks", p.mock_chunks as u64),
+            ] {
+                if v == 0 {
+                    return fail(at(f), "must be greater than 0");
+                }
+            }
+        }
+        let mut slugs = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.slug.trim().is_empty() || m.slug == "auto" {
+                return fail(format!("models[{i}].slug"), "must be a non-empty name other than `auto`");
+            }
+            if !slugs.insert(m.slug.as_str()) {
+                return fail(format!("models[{i}].slug"), &format!("duplicate slug `{}`", m.slug));
+            }
+            if m.routes.is_empty() {
+                return fail(format!("models[{i}].routes"), "at least one route is required");
+            }
+            for (j, r) in m.routes.iter().enumerate() {
+                if self.provider(&r.provider).is_none() {
+                    return fail(
+                        format!("models[{i}].routes[{j}].provider"),
+                        &format!("unknown provider `{}`", r.provider),
+                    );
+                }
+                if r.model.trim().is_empty() {
+                    return fail(format!("models[{i}].routes[{j}].model"), "must not be empty");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_routes_chat_default_to_the_mock() {
+        let s = Settings::embedded_default();
+        let m = s.model("chat-default").unwrap();
+        assert_eq!(s.provider(&m.routes[0].provider).unwrap().kind, ProviderKind::Mock);
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let text = DEFAULT_CONFIG.replace("mock_chunks = 24", "mock_chunkz = 24");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("mock_chunkz"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let text = DEFAULT_CONFIG.replace("provider = \"mock\", model = \"mock-1\"", "provider = \"nope\", model = \"m\"");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("models[0].routes[0].provider"), "{err}");
+        let text = DEFAULT_CONFIG.replace("127.0.0.1:8080", "not an address");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+        let text = format!("{DEFAULT_CONFIG}\n[limits]\nmax_execution_ms = 0\n");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("limits.max_execution_ms"), "{err}");
+    }
+
+    #[test]
+    fn openai_providers_need_a_base_url() {
+        let text = DEFAULT_CONFIG.replace("kind = \"mock\"", "kind = \"openai\"");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("providers[0].base_url"), "{err}");
+    }
+}

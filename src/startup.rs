@@ -1,0 +1,111 @@
+//! Assembly: open the store, bootstrap the admin key, start the singleton actors, recover
+//! unfinished executions, bind (port 0 works) and serve.
+
+use actix::Actor;
+use actix_web::{dev::Server, web, App, HttpServer};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::actors::{execution::ExecutionDeps, Registry, StartExecution};
+use crate::api::{self, AppState};
+use crate::providers::Providers;
+use crate::settings::Settings;
+use crate::store::{hash_secret, KeyRole, Store};
+
+pub struct Application {
+    address: SocketAddr,
+    server: Server,
+    store: Store,
+    bootstrap_admin_key: Option<String>,
+    recovered: usize,
+}
+
+impl Application {
+    /// Must run inside an actix system (the actors and the group committer live on it).
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let store = Store::open(&settings.data_dir)?;
+        let bootstrap_admin_key = bootstrap_admin(&store, &settings)?;
+        let settings = Arc::new(settings);
+        let providers = Arc::new(Providers::from_settings(&settings)?);
+        let registry = Registry::new(Arc::new(ExecutionDeps {
+            store: store.clone(),
+            settings: settings.clone(),
+            providers: providers.clone(),
+        }))
+        .start();
+
+        let unfinished = store.unfinished_executions()?;
+        let recovered = unfinished.len();
+        for record in unfinished {
+            tracing::info!(execution_id = %record.id, status = record.status.as_str(), "recovering unfinished execution");
+            registry.do_send(StartExecution(record));
+        }
+
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            settings: settings.clone(),
+            providers,
+            registry,
+            env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
+        });
+        let listener = TcpListener::bind(settings.listen)?;
+        let address = listener.local_addr()?;
+        let shutdown = Duration::from_millis(settings.limits.shutdown_timeout_ms);
+        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
+            .listen(listener)?
+            .shutdown_timeout(shutdown.as_secs().max(1))
+            .run();
+        Ok(Application {
+            address,
+            server,
+            store,
+            bootstrap_admin_key,
+            recovered,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// The admin key created on the first start (printed once, then only its hash exists).
+    pub fn bootstrap_admin_key(&self) -> Option<&str> {
+        self.bootstrap_admin_key.as_deref()
+    }
+
+    /// Executions found unfinished at start and resumed.
+    pub fn recovered(&self) -> usize {
+        self.recovered
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or a stop through the handle), then makes the store durable.
+    /// Running executions keep their log; the next start resumes them.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        if let Err(err) = self.store.flush() {
+            tracing::error!(error = %err, "final store flush failed");
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Without `SWITCHYARD_ADMIN_KEY` and without an admin key in the store, creates one and
+/// returns its secret (the only time it exists outside the caller's hands).
+fn bootstrap_admin(store: &Store, settings: &Settings) -> anyhow::Result<Option<String>> {
+    if settings.admin_key.is_some() || store.has_admin_key(api::DEFAULT_PROJECT)? {
+        return Ok(None);
+    }
+    let (_, secret) = store.create_key(api::DEFAULT_PROJECT, KeyRole::Admin, Some("bootstrap admin".into()))?;
+    store.flush()?;
+    Ok(Some(secret))
+}

@@ -1,0 +1,81 @@
+//! Group commit: many writers, one fsync.
+//!
+//! A writer inserts into sled (memory only), takes a ticket, and waits until the durable
+//! watermark reaches it. One task flushes in a loop: it reads the newest ticket, runs one
+//! `flush` (write + fsync) on the blocking pool, and then publishes that ticket as durable, so
+//! every write made before the ticket was taken is on disk. Under load one fsync covers
+//! thousands of events; when idle a lone write waits for exactly one fsync.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{watch, Notify};
+
+#[derive(Clone)]
+pub struct GroupCommit {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requested: AtomicU64,
+    wake: Notify,
+    durable: watch::Sender<u64>,
+}
+
+impl GroupCommit {
+    pub fn start(db: sled::Db) -> GroupCommit {
+        let inner = Arc::new(Inner {
+            requested: AtomicU64::new(0),
+            wake: Notify::new(),
+            durable: watch::Sender::new(0),
+        });
+        // The task lives as long as the runtime it runs on (the server's actix system).
+        let task_inner = inner.clone();
+        tokio::spawn(async move {
+            let inner = task_inner;
+            loop {
+                let target = inner.requested.load(Ordering::Acquire);
+                if target <= *inner.durable.borrow() {
+                    inner.wake.notified().await;
+                    continue;
+                }
+                let db = db.clone();
+                match tokio::task::spawn_blocking(move || db.flush()).await {
+                    Ok(Ok(_)) => {
+                        inner.durable.send_replace(target);
+                    }
+                    Ok(Err(err)) => {
+                        tracing::error!(error = %err, "store flush failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        GroupCommit { inner }
+    }
+
+    /// Takes a ticket covering every write made before this call.
+    pub fn ticket(&self) -> u64 {
+        let t = self.inner.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        self.inner.wake.notify_one();
+        t
+    }
+
+    /// Resolves once `ticket` is durable, with the durable watermark (≥ `ticket`).
+    pub fn wait(&self, ticket: u64) -> impl std::future::Future<Output = u64> + 'static {
+        let mut rx = self.inner.durable.subscribe();
+        async move {
+            match rx.wait_for(|d| *d >= ticket).await {
+                Ok(d) => *d,
+                // The store is gone (shutdown): nothing will become durable any more.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn sync(&self) -> u64 {
+        let t = self.ticket();
+        self.wait(t).await
+    }
+}

@@ -1,0 +1,65 @@
+//! The per-execution event log: keys are `execution id ‖ 0 ‖ seq (big-endian)`, so one
+//! execution's events are contiguous and ordered by seq.
+
+use std::sync::Arc;
+
+use super::Store;
+use crate::domain::{Event, SharedEvent};
+
+impl Store {
+    pub(super) fn event_key(id: &str, seq: u64) -> Vec<u8> {
+        super::joined(id, &seq.to_be_bytes())
+    }
+
+    /// Appends one event (memory only until the next group commit covers it).
+    pub fn append_event(&self, id: &str, event: &Event) -> sled::Result<()> {
+        self.events
+            .insert(Self::event_key(id, event.seq), event.encode())?;
+        Ok(())
+    }
+
+    /// Up to `limit` events with seq > `after`, in order.
+    pub fn events_after(&self, id: &str, after: u64, limit: usize) -> sled::Result<Vec<SharedEvent>> {
+        let start = Self::event_key(id, after.saturating_add(1));
+        let end = Self::event_key(id, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.events.range(start..=end).take(limit) {
+            let (key, value) = item?;
+            let seq = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8-byte seq"));
+            match Event::decode(seq, &value) {
+                Some(ev) => out.push(Arc::new(ev)),
+                None => tracing::error!(execution_id = %id, seq, "undecodable event in log"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every event of the execution, in order.
+    pub fn all_events(&self, id: &str) -> sled::Result<Vec<SharedEvent>> {
+        self.events_after(id, 0, usize::MAX)
+    }
+
+    /// The concatenated chunk text of an execution, read from its log.
+    pub fn emitted_text(&self, id: &str) -> sled::Result<String> {
+        let mut text = String::new();
+        for ev in self.all_events(id)? {
+            if let Some(delta) = ev.chunk_delta() {
+                text.push_str(&delta);
+            }
+        }
+        Ok(text)
+    }
+
+    /// The highest seq in the log (0 when empty).
+    pub fn last_seq(&self, id: &str) -> sled::Result<u64> {
+        let start = Self::event_key(id, 0);
+        let end = Self::event_key(id, u64::MAX);
+        Ok(match self.events.range(start..=end).next_back() {
+            Some(item) => {
+                let (key, _) = item?;
+                u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8-byte seq"))
+            }
+            None => 0,
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! One integration binary: real HTTP on 127.0.0.1 port 0, a temp sled dir per app, fake
+//! providers as real HTTP servers.
+
+mod fake_openai;
+mod helpers;
+
+mod bad_input;
+mod durability;
+mod events;
+mod executions;
+mod keys;
