@@ -43,7 +43,9 @@ fn main() -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         if let Some(key) = app.bootstrap_admin_key() {
-            println!("created the admin key of project `default` (shown once, only its hash is stored):");
+            println!(
+                "created the admin key of project `default` (shown once, only its hash is stored):"
+            );
             println!("  {key}");
         }
         println!("switchyard listening on http://{}", app.address());

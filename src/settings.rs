@@ -225,7 +225,8 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let fail = |field: String, msg: &str| Err(anyhow::anyhow!("invalid config: {field}: {msg}"));
+        let fail =
+            |field: String, msg: &str| Err(anyhow::anyhow!("invalid config: {field}: {msg}"));
         if self.providers.is_empty() {
             return fail("providers".into(), "at least one provider is required");
         }
@@ -281,13 +282,22 @@ impl Settings {
         let mut slugs = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
             if m.slug.trim().is_empty() || m.slug == "auto" {
-                return fail(format!("models[{i}].slug"), "must be a non-empty name other than `auto`");
+                return fail(
+                    format!("models[{i}].slug"),
+                    "must be a non-empty name other than `auto`",
+                );
             }
             if !slugs.insert(m.slug.as_str()) {
-                return fail(format!("models[{i}].slug"), &format!("duplicate slug `{}`", m.slug));
+                return fail(
+                    format!("models[{i}].slug"),
+                    &format!("duplicate slug `{}`", m.slug),
+                );
             }
             if m.routes.is_empty() {
-                return fail(format!("models[{i}].routes"), "at least one route is required");
+                return fail(
+                    format!("models[{i}].routes"),
+                    "at least one route is required",
+                );
             }
             for (j, r) in m.routes.iter().enumerate() {
                 if self.provider(&r.provider).is_none() {
@@ -297,7 +307,10 @@ impl Settings {
                     );
                 }
                 if r.model.trim().is_empty() {
-                    return fail(format!("models[{i}].routes[{j}].model"), "must not be empty");
+                    return fail(
+                        format!("models[{i}].routes[{j}].model"),
+                        "must not be empty",
+                    );
                 }
             }
         }
@@ -313,7 +326,10 @@ mod tests {
     fn the_embedded_default_routes_chat_default_to_the_mock() {
         let s = Settings::embedded_default();
         let m = s.model("chat-default").unwrap();
-        assert_eq!(s.provider(&m.routes[0].provider).unwrap().kind, ProviderKind::Mock);
+        assert_eq!(
+            s.provider(&m.routes[0].provider).unwrap().kind,
+            ProviderKind::Mock
+        );
         assert_eq!(s.data_dir, PathBuf::from("./data"));
     }
 
@@ -326,7 +342,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let text = DEFAULT_CONFIG.replace("provider = \"mock\", model = \"mock-1\"", "provider = \"nope\", model = \"m\"");
+        let text = DEFAULT_CONFIG.replace(
+            "provider = \"mock\", model = \"mock-1\"",
+            "provider = \"nope\", model = \"m\"",
+        );
         let err = Settings::parse(&text).unwrap_err().to_string();
         assert!(err.contains("models[0].routes[0].provider"), "{err}");
         let text = DEFAULT_CONFIG.replace("127.0.0.1:8080", "not an address");

@@ -52,10 +52,11 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)?;
         let address = listener.local_addr()?;
         let shutdown = Duration::from_millis(settings.limits.shutdown_timeout_ms);
-        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
-            .listen(listener)?
-            .shutdown_timeout(shutdown.as_secs().max(1))
-            .run();
+        let server =
+            HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
+                .listen(listener)?
+                .shutdown_timeout(shutdown.as_secs().max(1))
+                .run();
         Ok(Application {
             address,
             server,
@@ -105,7 +106,11 @@ fn bootstrap_admin(store: &Store, settings: &Settings) -> anyhow::Result<Option<
     if settings.admin_key.is_some() || store.has_admin_key(api::DEFAULT_PROJECT)? {
         return Ok(None);
     }
-    let (_, secret) = store.create_key(api::DEFAULT_PROJECT, KeyRole::Admin, Some("bootstrap admin".into()))?;
+    let (_, secret) = store.create_key(
+        api::DEFAULT_PROJECT,
+        KeyRole::Admin,
+        Some("bootstrap admin".into()),
+    )?;
     store.flush()?;
     Ok(Some(secret))
 }

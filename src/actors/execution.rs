@@ -14,7 +14,9 @@ use crate::domain::{
     now_ms, Attempt, AttemptOutcome, Event, EventKind, ExecutionRecord, SharedEvent, Status, Usage,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::providers::{spawn_attempt, AttemptEvent, AttemptHandle, ProviderError, StreamItem, UpstreamRequest};
+use crate::providers::{
+    spawn_attempt, AttemptEvent, AttemptHandle, ProviderError, StreamItem, UpstreamRequest,
+};
 use crate::routing::{self, continuation_messages, Decision, FailureContext, Reconciler, Route};
 use crate::settings::{ContinuationStrategy, Settings};
 use crate::store::Store;
@@ -77,7 +79,8 @@ impl Execution {
         live: broadcast::Sender<SharedEvent>,
         registry: Addr<Registry>,
     ) -> Execution {
-        let routes = routing::plan(&deps.settings, &deps.providers, &record.model).unwrap_or_default();
+        let routes =
+            routing::plan(&deps.settings, &deps.providers, &record.model).unwrap_or_default();
         Execution {
             deps,
             record,
@@ -118,7 +121,9 @@ impl Execution {
     }
 
     fn await_commit(&mut self, ctx: &mut Context<Self>) {
-        let Some(&(ticket, _)) = self.unpublished.back() else { return };
+        let Some(&(ticket, _)) = self.unpublished.back() else {
+            return;
+        };
         if self.awaiting_commit {
             return;
         }
@@ -172,7 +177,9 @@ impl Execution {
         let events = stream::unfold(rx, |mut rx: mpsc::Receiver<AttemptEvent>| async move {
             rx.recv().await.map(|ev| (ev, rx))
         });
-        let stream = ctx.add_stream(futures_util::StreamExt::map(events, move |ev| Tagged(id, ev)));
+        let stream = ctx.add_stream(futures_util::StreamExt::map(events, move |ev| {
+            Tagged(id, ev)
+        }));
         self.reconciler = strategy.map(|_| Reconciler::new(&self.emitted));
         self.running = Some(Running {
             id,
@@ -202,8 +209,15 @@ impl Execution {
     }
 
     /// Stops the try in flight (if any), recording how it ended.
-    fn end_attempt(&mut self, ctx: &mut Context<Self>, outcome: AttemptOutcome, error: Option<&ProviderError>) {
-        let Some(running) = self.running.take() else { return };
+    fn end_attempt(
+        &mut self,
+        ctx: &mut Context<Self>,
+        outcome: AttemptOutcome,
+        error: Option<&ProviderError>,
+    ) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
         running.handle.abort();
         ctx.cancel_future(running.stream);
         if let Some(attempt) = self.record.attempts.last_mut() {
@@ -251,7 +265,11 @@ impl Execution {
 
     fn on_failed(&mut self, ctx: &mut Context<Self>, err: ProviderError) {
         // A stream that stalls or drops after its finish reason has delivered the answer.
-        if self.running.as_ref().is_some_and(|r| r.finish_reason.is_some()) {
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.finish_reason.is_some())
+        {
             return self.on_finished(ctx);
         }
         let strategy = self.running.as_ref().and_then(|r| r.strategy);
@@ -274,9 +292,8 @@ impl Execution {
             Decision::Retry { delay, strategy } => {
                 self.tries_on_route += 1;
                 self.announce_failover(ctx, &from, &err);
-                self.retry_timer = Some(ctx.run_later(delay, move |act, ctx| {
-                    act.start_attempt(ctx, strategy)
-                }));
+                self.retry_timer =
+                    Some(ctx.run_later(delay, move |act, ctx| act.start_attempt(ctx, strategy)));
             }
             Decision::Next { index } => {
                 self.route_index = index;
@@ -306,7 +323,17 @@ impl Execution {
             message: &'a str,
         }
         self.emit(ctx, |seq| {
-            Event::from_payload(seq, EventKind::Failover, &Payload { seq, from, to: &to, reason: err.code, message: &err.message })
+            Event::from_payload(
+                seq,
+                EventKind::Failover,
+                &Payload {
+                    seq,
+                    from,
+                    to: &to,
+                    reason: err.code,
+                    message: &err.message,
+                },
+            )
         });
     }
 
@@ -371,7 +398,10 @@ impl Actor for Execution {
         ctx.run_later(limit.saturating_sub(age), move |act, ctx| {
             let error = ErrorBody::new(
                 ErrorCode::ProviderTimeout,
-                format!("execution exceeded its maximum duration of {} ms", limit.as_millis()),
+                format!(
+                    "execution exceeded its maximum duration of {} ms",
+                    limit.as_millis()
+                ),
             );
             act.terminate(ctx, Status::Expired, Some(error));
         });
@@ -390,13 +420,21 @@ impl Actor for Execution {
             }
             Status::Processing => {
                 if !self.resume_from_log() {
-                    let error = ErrorBody::new(ErrorCode::Internal, "cannot read the execution log to resume");
+                    let error = ErrorBody::new(
+                        ErrorCode::Internal,
+                        "cannot read the execution log to resume",
+                    );
                     return self.terminate(ctx, Status::Failed, Some(error));
                 }
                 tracing::info!(execution_id = %self.record.id, emitted_chars = self.emitted.len(), "resuming execution after restart");
                 if !self.emitted.is_empty() {
                     let err = ProviderError::cut("the gateway restarted mid-stream");
-                    let from = self.record.attempts.last().map(|a| a.provider.clone()).unwrap_or_default();
+                    let from = self
+                        .record
+                        .attempts
+                        .last()
+                        .map(|a| a.provider.clone())
+                        .unwrap_or_default();
                     self.announce_failover(ctx, &from, &err);
                 }
                 self.start_attempt(ctx, None);
@@ -446,11 +484,20 @@ impl Handler<Cancel> for Execution {
 
     fn handle(&mut self, _: Cancel, ctx: &mut Context<Self>) -> Self::Result {
         if self.finishing || self.record.status.is_terminal() {
-            return Box::pin(async { Err(ApiError::new(ErrorCode::Conflict, "execution already finished")) });
+            return Box::pin(async {
+                Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "execution already finished",
+                ))
+            });
         }
         let (tx, rx) = oneshot::channel();
         self.done_waiters.push(tx);
         self.terminate(ctx, Status::Cancelled, None);
-        Box::pin(async move { rx.await.map_err(|_| ApiError::new(ErrorCode::Internal, "execution stopped before cancelling")) })
+        Box::pin(async move {
+            rx.await.map_err(|_| {
+                ApiError::new(ErrorCode::Internal, "execution stopped before cancelling")
+            })
+        })
     }
 }

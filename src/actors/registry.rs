@@ -87,8 +87,7 @@ impl Handler<CancelExecution> for Registry {
     fn handle(&mut self, msg: CancelExecution, _: &mut Context<Self>) -> Self::Result {
         let addr = self.live.get(&msg.0).map(|l| l.addr.clone());
         Box::pin(async move {
-            let finished =
-                || ApiError::new(ErrorCode::Conflict, "execution already finished");
+            let finished = || ApiError::new(ErrorCode::Conflict, "execution already finished");
             match addr {
                 Some(addr) => addr.send(Cancel).await.map_err(|_| finished())?,
                 None => Err(finished()),

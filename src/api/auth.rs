@@ -22,7 +22,10 @@ impl Principal {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
             KeyRole::Admin => Ok(()),
-            KeyRole::Member => Err(ApiError::new(ErrorCode::Forbidden, "this action needs an admin key")),
+            KeyRole::Member => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this action needs an admin key",
+            )),
         }
     }
 
@@ -53,7 +56,10 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
             "missing api key: send `Authorization: Bearer <key>`",
         )
     };
-    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(missing)?;
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(missing)?;
     let value = value.to_str().map_err(|_| missing())?;
     let (scheme, token) = value.trim().split_once(' ').ok_or_else(missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {

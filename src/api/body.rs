@@ -31,7 +31,8 @@ pub async fn read_json<T: DeserializeOwned>(
     }
     let mut buf = BytesMut::with_capacity(announced.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }
@@ -42,7 +43,9 @@ pub async fn read_json<T: DeserializeOwned>(
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("request body is empty: expected a JSON object"));
+        return Err(ApiError::invalid(
+            "request body is empty: expected a JSON object",
+        ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {
@@ -64,15 +67,25 @@ mod tests {
     use crate::domain::SubmitBody;
 
     fn msg(body: &str) -> String {
-        parse_json::<SubmitBody>(body.as_bytes()).unwrap_err().body.message
+        parse_json::<SubmitBody>(body.as_bytes())
+            .unwrap_err()
+            .body
+            .message
     }
 
     #[test]
     fn errors_name_the_field() {
-        let m = msg(r#"{"model":"m","idempotency_key":"k","messages":[{"role":"user","content":"x"}],"params":{"temperature":"hot"}}"#);
+        let m = msg(
+            r#"{"model":"m","idempotency_key":"k","messages":[{"role":"user","content":"x"}],"params":{"temperature":"hot"}}"#,
+        );
         assert!(m.starts_with("params.temperature: invalid type"), "{m}");
-        let m = msg(r#"{"model":"m","idempotency_key":"k","messages":[{"role":"robot","content":"x"}]}"#);
-        assert!(m.starts_with("messages[0].role: unknown variant `robot`"), "{m}");
+        let m = msg(
+            r#"{"model":"m","idempotency_key":"k","messages":[{"role":"robot","content":"x"}]}"#,
+        );
+        assert!(
+            m.starts_with("messages[0].role: unknown variant `robot`"),
+            "{m}"
+        );
         let m = msg(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#);
         assert!(m.contains("missing field `idempotency_key`"), "{m}");
         let m = msg(r#"{"model": "m", "#);

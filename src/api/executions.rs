@@ -38,10 +38,15 @@ pub async fn submit(
         started_at_ms: None,
         completed_at_ms: None,
     };
-    let outcome = state.store.create_execution(&record, &Event::status(1, Status::Pending))?;
+    let outcome = state
+        .store
+        .create_execution(&record, &Event::status(1, Status::Pending))?;
     let (record, status) = match outcome {
         SubmitOutcome::Created => (record, actix_web::http::StatusCode::ACCEPTED),
-        SubmitOutcome::Existing { id, same_body: true } => {
+        SubmitOutcome::Existing {
+            id,
+            same_body: true,
+        } => {
             let existing = state
                 .store
                 .get_execution(&id)?
@@ -74,18 +79,29 @@ fn resolve_model(state: &AppState, slug: &str) -> Result<String, ApiError> {
             .models
             .iter()
             .find(|m| {
-                m.routes.iter().any(|r| {
-                    state.providers.get(&r.provider).is_some_and(|p| p.usable())
-                })
+                m.routes
+                    .iter()
+                    .any(|r| state.providers.get(&r.provider).is_some_and(|p| p.usable()))
             })
             .map(|m| m.slug.clone())
-            .ok_or_else(|| ApiError::new(ErrorCode::ProviderUnavailable, "no model has a usable provider"));
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::ProviderUnavailable,
+                    "no model has a usable provider",
+                )
+            });
     }
     match state.settings.model(slug) {
         Some(m) => Ok(m.slug.clone()),
         None => Err(ApiError::invalid(format!(
             "model: unknown model `{slug}` (configured: {})",
-            state.settings.models.iter().map(|m| m.slug.as_str()).collect::<Vec<_>>().join(", ")
+            state
+                .settings
+                .models
+                .iter()
+                .map(|m| m.slug.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -110,7 +126,11 @@ fn issue_ws_token(state: &AppState, record: &ExecutionRecord) -> Result<String, 
 
 fn submit_view(req: &HttpRequest, record: &ExecutionRecord, token: &str) -> serde_json::Value {
     let conn = req.connection_info();
-    let scheme = if conn.scheme() == "https" { "wss" } else { "ws" };
+    let scheme = if conn.scheme() == "https" {
+        "wss"
+    } else {
+        "ws"
+    };
     json!({
         "id": record.id,
         "object": "execution",
@@ -126,14 +146,21 @@ fn submit_view(req: &HttpRequest, record: &ExecutionRecord, token: &str) -> serd
 }
 
 /// The execution if the caller's project owns it; unknown and foreign ids look the same.
-pub(super) fn owned(state: &AppState, principal: &Principal, id: &str) -> Result<ExecutionRecord, ApiError> {
+pub(super) fn owned(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<ExecutionRecord, ApiError> {
     state
         .store
         .get_project_execution(&principal.project_id, id)?
         .ok_or_else(|| ApiError::not_found("execution", id))
 }
 
-pub(super) fn full_view(state: &AppState, record: &ExecutionRecord) -> Result<serde_json::Value, ApiError> {
+pub(super) fn full_view(
+    state: &AppState,
+    record: &ExecutionRecord,
+) -> Result<serde_json::Value, ApiError> {
     let live_text = if record.output_text.is_none() {
         Some(state.store.emitted_text(&record.id)?)
     } else {
@@ -176,15 +203,21 @@ pub async fn list(
     };
     let limit = query.limit.unwrap_or(20);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(format!("limit: must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::invalid(format!(
+            "limit: must be between 1 and {MAX_PAGE}"
+        )));
     }
     let cursor = match &query.cursor {
-        Some(c) => Some(hex::decode(c).map_err(|_| ApiError::invalid("cursor: not a cursor from a previous page"))?),
+        Some(c) => Some(
+            hex::decode(c)
+                .map_err(|_| ApiError::invalid("cursor: not a cursor from a previous page"))?,
+        ),
         None => None,
     };
-    let page = state
-        .store
-        .list_executions(&principal.project_id, status, limit, cursor.as_deref())?;
+    let page =
+        state
+            .store
+            .list_executions(&principal.project_id, status, limit, cursor.as_deref())?;
     let data: Vec<_> = page.records.iter().map(|r| r.view(None)).collect();
     Ok(HttpResponse::Ok().json(json!({
         "object": "list",

@@ -41,7 +41,8 @@ fn view(key: &KeyRecord, secret: Option<&str>) -> serde_json::Value {
 
 fn valid_project_id(p: &str) -> bool {
     (1..=64).contains(&p.len())
-        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 pub async fn create(
@@ -52,7 +53,9 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let body: CreateKey = read_json(&req, payload, 64 * 1024).await?;
-    let project = body.project_id.unwrap_or_else(|| principal.project_id.clone());
+    let project = body
+        .project_id
+        .unwrap_or_else(|| principal.project_id.clone());
     if !valid_project_id(&project) {
         return Err(ApiError::invalid(
             "project_id: 1 to 64 letters, digits, `_` or `-`",
@@ -67,15 +70,19 @@ pub async fn create(
     if body.name.as_ref().is_some_and(|n| n.len() > 200) {
         return Err(ApiError::invalid("name: at most 200 characters"));
     }
-    let (key, secret) = state
-        .store
-        .create_key(&project, body.role.unwrap_or(KeyRole::Member), body.name)?;
+    let (key, secret) =
+        state
+            .store
+            .create_key(&project, body.role.unwrap_or(KeyRole::Member), body.name)?;
     state.store.commit.sync().await;
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key created");
     Ok(HttpResponse::Created().json(view(&key, Some(&secret))))
 }
 
-pub async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let keys = state.store.list_keys(&principal.project_id)?;
     let data: Vec<_> = keys.iter().map(|k| view(k, None)).collect();

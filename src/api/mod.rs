@@ -30,18 +30,24 @@ pub struct AppState {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
-        ApiError::invalid(format!("invalid query string: {err}")).into()
-    }))
-    .app_data(web::PathConfig::default().error_handler(|err, _| {
-        ApiError::invalid(format!("invalid path: {err}")).into()
-    }))
+    cfg.app_data(
+        web::QueryConfig::default().error_handler(|err, _| {
+            ApiError::invalid(format!("invalid query string: {err}")).into()
+        }),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError::invalid(format!("invalid path: {err}")).into()),
+    )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/v1/executions", web::post().to(executions::submit))
     .route("/v1/executions", web::get().to(executions::list))
     .route("/v1/executions/{id}", web::get().to(executions::get))
-    .route("/v1/executions/{id}/cancel", web::post().to(executions::cancel))
+    .route(
+        "/v1/executions/{id}/cancel",
+        web::post().to(executions::cancel),
+    )
     .route("/v1/executions/{id}/events", web::get().to(events::stream))
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))

@@ -111,7 +111,9 @@ impl SubmitBody {
             )));
         }
         if self.messages.is_empty() {
-            return Err(ApiError::invalid("messages: must contain at least one message"));
+            return Err(ApiError::invalid(
+                "messages: must contain at least one message",
+            ));
         }
         if self.messages.len() > MAX_MESSAGES {
             return Err(ApiError::invalid(format!(

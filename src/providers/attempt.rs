@@ -102,4 +102,3 @@ async fn drive(
         }
     }
 }
-

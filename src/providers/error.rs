@@ -60,7 +60,10 @@ impl ProviderError {
     pub fn total_timeout(after: Duration) -> ProviderError {
         Self::new(
             ErrorCode::ProviderTimeout,
-            format!("attempt exceeded its total timeout of {} ms", after.as_millis()),
+            format!(
+                "attempt exceeded its total timeout of {} ms",
+                after.as_millis()
+            ),
         )
     }
 
@@ -181,16 +184,28 @@ mod tests {
         assert_eq!(c(429, "{}"), ErrorCode::RateLimited);
         assert_eq!(c(500, "{}"), ErrorCode::ProviderUnavailable);
         assert_eq!(c(503, "{}"), ErrorCode::ProviderUnavailable);
-        assert_eq!(c(401, r#"{"error":{"code":"invalid_api_key"}}"#), ErrorCode::ProviderError);
         assert_eq!(
-            c(400, r#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}}"#),
+            c(401, r#"{"error":{"code":"invalid_api_key"}}"#),
+            ErrorCode::ProviderError
+        );
+        assert_eq!(
+            c(
+                400,
+                r#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}}"#
+            ),
             ErrorCode::ContextLengthExceeded
         );
         assert_eq!(
-            c(400, r#"{"error":{"message":"filtered by the content management policy","code":"content_filter"}}"#),
+            c(
+                400,
+                r#"{"error":{"message":"filtered by the content management policy","code":"content_filter"}}"#
+            ),
             ErrorCode::ContentFiltered
         );
-        assert_eq!(c(400, r#"{"error":{"message":"bad"}}"#), ErrorCode::ProviderError);
+        assert_eq!(
+            c(400, r#"{"error":{"message":"bad"}}"#),
+            ErrorCode::ProviderError
+        );
     }
 
     #[test]

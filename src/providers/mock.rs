@@ -11,9 +11,34 @@ use crate::routing::CONTINUE_INSTRUCTION;
 use crate::settings::ProviderSettings;
 
 const VOCABULARY: &[&str] = &[
-    "switchyard", "routes", "every", "chunk", "through", "one", "ordered", "log", "so", "streams",
-    "survive", "failover", "and", "restarts", "without", "repeating", "or", "losing", "a",
-    "single", "word", "while", "subscribers", "follow", "along", "live", "the", "answer",
+    "switchyard",
+    "routes",
+    "every",
+    "chunk",
+    "through",
+    "one",
+    "ordered",
+    "log",
+    "so",
+    "streams",
+    "survive",
+    "failover",
+    "and",
+    "restarts",
+    "without",
+    "repeating",
+    "or",
+    "losing",
+    "a",
+    "single",
+    "word",
+    "while",
+    "subscribers",
+    "follow",
+    "along",
+    "live",
+    "the",
+    "answer",
 ];
 
 pub struct Mock {
@@ -68,12 +93,13 @@ fn answer(req: &UpstreamRequest, chunks: u32) -> Vec<String> {
         .find(|m| m.role == Role::User)
         .map(|m| m.content.as_str())
         .unwrap_or_default();
-    let seed = prompt
-        .bytes()
-        .fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+    let seed = prompt.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(1099511628211)
+    });
     (0..chunks as u64)
         .map(|i| {
-            let w = VOCABULARY[((seed >> 7).wrapping_add(i * 11) % VOCABULARY.len() as u64) as usize];
+            let w =
+                VOCABULARY[((seed >> 7).wrapping_add(i * 11) % VOCABULARY.len() as u64) as usize];
             format!("{w} ")
         })
         .collect()
@@ -142,7 +168,13 @@ mod tests {
         assert_eq!(full, collect(&mock, &req(vec![user.clone()])));
         assert_eq!(full.split_whitespace().count(), 6);
         let head: String = full.split_inclusive(' ').take(2).collect();
-        let rest = collect(&mock, &req(vec![user.clone(), Message::new(Role::Assistant, head.clone())]));
+        let rest = collect(
+            &mock,
+            &req(vec![
+                user.clone(),
+                Message::new(Role::Assistant, head.clone()),
+            ]),
+        );
         assert_eq!(format!("{head}{rest}"), full);
         let rest = collect(
             &mock,

@@ -28,7 +28,10 @@ pub struct Delta {
 pub enum StreamItem {
     Delta(Delta),
     /// An event that could not be understood; skipped and recorded, not fatal.
-    Skipped { raw: String, reason: String },
+    Skipped {
+        raw: String,
+        reason: String,
+    },
 }
 
 /// Ends (`None`) only after a clean finish; an interrupted stream ends with an `Err`.

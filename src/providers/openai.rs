@@ -43,7 +43,11 @@ impl OpenAi {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             let body = resp.text().await.unwrap_or_default();
-            return Err(ProviderError::from_status(status.as_u16(), retry_after, &body));
+            return Err(ProviderError::from_status(
+                status.as_u16(),
+                retry_after,
+                &body,
+            ));
         }
         Ok(parse_stream(resp.bytes_stream()))
     }
@@ -143,31 +147,29 @@ where
         if st.over {
             return None;
         }
-        loop {
-            match st.events.next().await {
-                Some(Ok(ev)) => match parse_data(&ev.data) {
-                    Parsed::Done => return None,
-                    Parsed::Error(e) => {
-                        st.over = true;
-                        return Some((Err(e), st));
-                    }
-                    Parsed::Item(item) => {
-                        if let StreamItem::Delta(d) = &item {
-                            st.saw_finish |= d.finish_reason.is_some();
-                        }
-                        return Some((Ok(item), st));
-                    }
-                },
-                // A stream that ends cleanly after its finish reason is complete, [DONE] or not.
-                Some(Err(_)) | None if st.saw_finish => return None,
-                Some(Err(e)) => {
+        match st.events.next().await {
+            Some(Ok(ev)) => match parse_data(&ev.data) {
+                Parsed::Done => None,
+                Parsed::Error(e) => {
                     st.over = true;
-                    return Some((Err(ProviderError::cut(&e.to_string())), st));
+                    Some((Err(e), st))
                 }
-                None => {
-                    st.over = true;
-                    return Some((Err(ProviderError::cut("connection closed")), st));
+                Parsed::Item(item) => {
+                    if let StreamItem::Delta(d) = &item {
+                        st.saw_finish |= d.finish_reason.is_some();
+                    }
+                    Some((Ok(item), st))
                 }
+            },
+            // A stream that ends cleanly after its finish reason is complete, [DONE] or not.
+            Some(Err(_)) | None if st.saw_finish => None,
+            Some(Err(e)) => {
+                st.over = true;
+                Some((Err(ProviderError::cut(&e.to_string())), st))
+            }
+            None => {
+                st.over = true;
+                Some((Err(ProviderError::cut("connection closed")), st))
             }
         }
     })
@@ -213,12 +215,17 @@ mod tests {
     fn a_cut_stream_ends_with_stream_interrupted() {
         let items = run("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
         assert_eq!(items.len(), 2);
-        assert_eq!(items[1].as_ref().unwrap_err().code, ErrorCode::StreamInterrupted);
+        assert_eq!(
+            items[1].as_ref().unwrap_err().code,
+            ErrorCode::StreamInterrupted
+        );
     }
 
     #[test]
     fn finish_without_done_completes() {
-        let items = run("data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\n");
+        let items = run(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\n",
+        );
         assert_eq!(items.len(), 1);
         assert!(items[0].is_ok());
     }
@@ -231,7 +238,10 @@ mod tests {
             "data: {\"choices\":[{\"delta\":{\"content\":\"never\"}}]}\n\n",
         ));
         assert!(matches!(items[0], Ok(StreamItem::Skipped { .. })));
-        assert_eq!(items[1].as_ref().unwrap_err().code, ErrorCode::StreamInterrupted);
+        assert_eq!(
+            items[1].as_ref().unwrap_err().code,
+            ErrorCode::StreamInterrupted
+        );
         assert_eq!(items.len(), 2);
     }
 }

@@ -151,7 +151,10 @@ mod tests {
     fn transient_errors_retry_the_route_then_move_on() {
         let e = ProviderError::from_status(503, None, "{}");
         assert!(matches!(decide(&ctx(), &e), Decision::Retry { .. }));
-        let exhausted = FailureContext { tries_on_route: 2, ..ctx() };
+        let exhausted = FailureContext {
+            tries_on_route: 2,
+            ..ctx()
+        };
         assert_eq!(decide(&exhausted, &e), Decision::Next { index: 1 });
     }
 
@@ -169,15 +172,26 @@ mod tests {
 
     #[test]
     fn context_length_moves_to_the_next_route() {
-        let e = ProviderError::from_status(400, None, r#"{"error":{"code":"context_length_exceeded"}}"#);
+        let e = ProviderError::from_status(
+            400,
+            None,
+            r#"{"error":{"code":"context_length_exceeded"}}"#,
+        );
         assert_eq!(decide(&ctx(), &e), Decision::Next { index: 1 });
-        let last = FailureContext { route_index: 1, ..ctx() };
+        let last = FailureContext {
+            route_index: 1,
+            ..ctx()
+        };
         assert_eq!(decide(&last, &e), Decision::Fail);
     }
 
     #[test]
     fn a_rejected_prefill_retries_with_the_instruction_form() {
-        let e = ProviderError::from_status(400, None, r#"{"error":{"message":"assistant prefill is not supported"}}"#);
+        let e = ProviderError::from_status(
+            400,
+            None,
+            r#"{"error":{"message":"assistant prefill is not supported"}}"#,
+        );
         let c = FailureContext {
             emitted_any: true,
             strategy: Some(ContinuationStrategy::Prefill),
@@ -185,14 +199,21 @@ mod tests {
         };
         assert_eq!(
             decide(&c, &e),
-            Decision::Retry { delay: Duration::ZERO, strategy: Some(ContinuationStrategy::Instruction) }
+            Decision::Retry {
+                delay: Duration::ZERO,
+                strategy: Some(ContinuationStrategy::Instruction)
+            }
         );
     }
 
     #[test]
     fn mid_stream_switches_are_capped() {
         let e = ProviderError::cut("reset");
-        let c = FailureContext { emitted_any: true, switches: 3, ..ctx() };
+        let c = FailureContext {
+            emitted_any: true,
+            switches: 3,
+            ..ctx()
+        };
         assert_eq!(decide(&c, &e), Decision::Fail);
     }
 
@@ -201,7 +222,13 @@ mod tests {
         assert_eq!(backoff(1, None), Duration::from_millis(100));
         assert_eq!(backoff(2, None), Duration::from_millis(200));
         assert_eq!(backoff(20, None), Duration::from_millis(2_000));
-        assert_eq!(backoff(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(backoff(1, Some(Duration::from_secs(60))), Duration::from_secs(10));
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(60))),
+            Duration::from_secs(10)
+        );
     }
 }

@@ -19,7 +19,12 @@ impl Store {
     }
 
     /// Up to `limit` events with seq > `after`, in order.
-    pub fn events_after(&self, id: &str, after: u64, limit: usize) -> sled::Result<Vec<SharedEvent>> {
+    pub fn events_after(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> sled::Result<Vec<SharedEvent>> {
         let start = Self::event_key(id, after.saturating_add(1));
         let end = Self::event_key(id, u64::MAX);
         let mut out = Vec::new();

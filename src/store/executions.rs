@@ -10,10 +10,7 @@ use crate::domain::{Event, ExecutionRecord, Status};
 /// idempotency key created.
 pub enum SubmitOutcome {
     Created,
-    Existing {
-        id: String,
-        same_body: bool,
-    },
+    Existing { id: String, same_body: bool },
 }
 
 pub struct ListPage {
@@ -27,9 +24,8 @@ fn encode(record: &ExecutionRecord) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8]) -> sled::Result<ExecutionRecord> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        sled::Error::Unsupported(format!("corrupt execution record: {e}"))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| sled::Error::Unsupported(format!("corrupt execution record: {e}")))
 }
 
 fn index_key(record: &ExecutionRecord) -> Vec<u8> {
@@ -54,7 +50,12 @@ impl Store {
         let index = index_key(record);
         let event_key = Self::event_key(&record.id, first_event.seq);
         let event_value = first_event.encode();
-        let result = (&self.idempotency, &self.executions, &self.project_index, &self.events)
+        let result = (
+            &self.idempotency,
+            &self.executions,
+            &self.project_index,
+            &self.events,
+        )
             .transaction(|(idem, execs, idx, events)| {
                 if let Some(existing) = idem.get(&idem_key)? {
                     let mut parts = existing.splitn(2, |b| *b == 0);
@@ -88,9 +89,7 @@ impl Store {
         project: &str,
         id: &str,
     ) -> sled::Result<Option<ExecutionRecord>> {
-        Ok(self
-            .get_execution(id)?
-            .filter(|r| r.project_id == project))
+        Ok(self.get_execution(id)?.filter(|r| r.project_id == project))
     }
 
     /// Overwrites the record; durable at the writer's next group-commit ticket.
@@ -131,7 +130,9 @@ impl Store {
                 break;
             }
             let id = String::from_utf8_lossy(&key[prefix.len() + 8..]).into_owned();
-            let Some(record) = self.get_execution(&id)? else { continue };
+            let Some(record) = self.get_execution(&id)? else {
+                continue;
+            };
             last_key = Some(key[prefix.len()..].to_vec());
             if status.is_none_or(|s| record.status == s) {
                 records.push(record);
@@ -139,7 +140,11 @@ impl Store {
         }
         Ok(ListPage {
             records,
-            next_cursor: if more { last_key.map(hex::encode) } else { None },
+            next_cursor: if more {
+                last_key.map(hex::encode)
+            } else {
+                None
+            },
         })
     }
 

@@ -158,7 +158,11 @@ impl TestApp {
 
     pub async fn create_key(&self, project: &str, role: &str) -> String {
         let res = self
-            .post("/v1/keys", ADMIN_KEY, &json!({"project_id": project, "role": role}))
+            .post(
+                "/v1/keys",
+                ADMIN_KEY,
+                &json!({"project_id": project, "role": role}),
+            )
             .await;
         assert_eq!(res.status(), 201);
         let v: Value = res.json().await.unwrap();
@@ -230,7 +234,11 @@ impl SseStream {
 /// Checks the contract's sequence rules: seq 1, 2, 3, … (from `first`), one `done`, last.
 pub fn assert_gapless(events: &[SseEvent], first: u64) {
     for (i, ev) in events.iter().enumerate() {
-        assert_eq!(ev.id, first + i as u64, "seq gap or duplicate at {i}: {events:?}");
+        assert_eq!(
+            ev.id,
+            first + i as u64,
+            "seq gap or duplicate at {i}: {events:?}"
+        );
     }
     assert_eq!(events.last().unwrap().event, "done");
     assert_eq!(events.iter().filter(|e| e.event == "done").count(), 1);
