@@ -19,7 +19,7 @@ use crate::providers::{
 };
 use crate::routing::{self, continuation_messages, Decision, FailureContext, Reconciler, Route};
 use crate::settings::{ContinuationStrategy, Settings};
-use crate::store::Store;
+use crate::store::{AttemptLog, Store};
 
 /// What every execution needs from the process.
 pub struct ExecutionDeps {
@@ -171,7 +171,12 @@ impl Execution {
             messages,
             params: self.record.request.params.clone(),
         };
-        let (rx, handle) = spawn_attempt(route.provider.clone(), request);
+        let log = AttemptLog::new(
+            self.deps.store.clone(),
+            &self.record.id,
+            self.record.attempts.len() as u32,
+        );
+        let (rx, handle) = spawn_attempt(route.provider.clone(), request, log);
         self.attempt_seq += 1;
         let id = self.attempt_seq;
         let events = stream::unfold(rx, |mut rx: mpsc::Receiver<AttemptEvent>| async move {

@@ -2,6 +2,7 @@
 
 mod auth;
 mod body;
+mod debug_log;
 mod events;
 mod executions;
 mod health;
@@ -49,6 +50,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::post().to(executions::cancel),
     )
     .route("/v1/executions/{id}/events", web::get().to(events::stream))
+    .route("/v1/executions/{id}/log", web::get().to(debug_log::get))
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
     .route("/v1/keys/{id}", web::delete().to(keys::revoke))

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 
 use super::{Provider, ProviderError, StreamItem, UpstreamRequest};
+use crate::store::{AttemptLog, LogEntry};
 
 #[derive(Debug)]
 pub enum AttemptEvent {
@@ -33,9 +34,10 @@ impl AttemptHandle {
 pub fn spawn_attempt(
     provider: Arc<Provider>,
     request: UpstreamRequest,
+    log: AttemptLog,
 ) -> (mpsc::Receiver<AttemptEvent>, AttemptHandle) {
     let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(run(provider, request, tx));
+    let task = tokio::spawn(run(provider, request, tx, log));
     (
         rx,
         AttemptHandle {
@@ -44,15 +46,34 @@ pub fn spawn_attempt(
     )
 }
 
-async fn run(provider: Arc<Provider>, request: UpstreamRequest, tx: mpsc::Sender<AttemptEvent>) {
+async fn run(
+    provider: Arc<Provider>,
+    request: UpstreamRequest,
+    tx: mpsc::Sender<AttemptEvent>,
+    log: AttemptLog,
+) {
     let s = &provider.settings;
     let started = Instant::now();
     let total_deadline = started + s.total_timeout();
     let first_deadline = (started + s.first_chunk_timeout()).min(total_deadline);
-    let outcome = drive(&provider, &request, &tx, first_deadline, total_deadline).await;
+    let outcome = drive(
+        &provider,
+        &request,
+        &tx,
+        &log,
+        first_deadline,
+        total_deadline,
+    )
+    .await;
     let last = match outcome {
         Ok(()) => AttemptEvent::Finished,
-        Err(e) => AttemptEvent::Failed(e),
+        Err(e) => {
+            log.record(LogEntry::Error {
+                code: e.code.as_str(),
+                message: &e.message,
+            });
+            AttemptEvent::Failed(e)
+        }
     };
     let _ = tx.send(last).await;
 }
@@ -61,11 +82,12 @@ async fn drive(
     provider: &Provider,
     request: &UpstreamRequest,
     tx: &mpsc::Sender<AttemptEvent>,
+    log: &AttemptLog,
     first_deadline: Instant,
     total_deadline: Instant,
 ) -> Result<(), ProviderError> {
     let s = &provider.settings;
-    let mut stream = match timeout_at(first_deadline, provider.open(request)).await {
+    let mut stream = match timeout_at(first_deadline, provider.open(request, log)).await {
         Ok(opened) => opened?,
         Err(_) => return Err(ProviderError::no_response(s.first_chunk_timeout())),
     };

@@ -9,6 +9,7 @@ use super::{approx_tokens, Delta, ProviderStream, StreamItem, UpstreamRequest};
 use crate::domain::{Role, Usage};
 use crate::routing::CONTINUE_INSTRUCTION;
 use crate::settings::ProviderSettings;
+use crate::store::{AttemptLog, LogEntry};
 
 const VOCABULARY: &[&str] = &[
     "switchyard",
@@ -54,20 +55,30 @@ impl Mock {
         }
     }
 
-    pub fn open(&self, req: &UpstreamRequest) -> ProviderStream {
+    pub fn open(&self, req: &UpstreamRequest, log: &AttemptLog) -> ProviderStream {
+        log.record(LogEntry::Request {
+            url: "mock://local",
+            headers: Vec::new(),
+            body: &serde_json::json!({"model": req.model, "messages": req.messages}),
+        });
         let words = answer(req, self.chunks);
         let start = continuation_offset(req, &words);
         let prompt_tokens: u64 = req.messages.iter().map(|m| approx_tokens(&m.content)).sum();
         let completion_tokens = (words.len() - start) as u64;
         let interval = self.interval;
-        let body = stream::iter(words.into_iter().skip(start)).then(move |word| async move {
-            if !interval.is_zero() {
-                tokio::time::sleep(interval).await;
+        let log = log.clone();
+        let body = stream::iter(words.into_iter().skip(start)).then(move |word| {
+            let log = log.clone();
+            async move {
+                if !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+                log.record(LogEntry::Chunk { data: &word });
+                Ok(StreamItem::Delta(Delta {
+                    text: Some(word),
+                    ..Delta::default()
+                }))
             }
-            Ok(StreamItem::Delta(Delta {
-                text: Some(word),
-                ..Delta::default()
-            }))
         });
         let finish = stream::once(async move {
             Ok(StreamItem::Delta(Delta {
@@ -147,7 +158,8 @@ mod tests {
     }
 
     fn collect(mock: &Mock, r: &UpstreamRequest) -> String {
-        let items: Vec<_> = crate::providers::block_on_test(mock.open(r).collect());
+        let items: Vec<_> =
+            crate::providers::block_on_test(mock.open(r, &AttemptLog::disabled()).collect());
         items
             .into_iter()
             .filter_map(|i| match i {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::domain::{Message, Params, Usage};
 use crate::settings::{ProviderKind, ProviderSettings, Settings};
+use crate::store::AttemptLog;
 
 /// What one provider event carried, in canonical form.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,10 +74,15 @@ impl Provider {
     }
 
     /// Sends the request and returns the stream once response headers say it is a success.
-    pub async fn open(&self, req: &UpstreamRequest) -> Result<ProviderStream, ProviderError> {
+    /// Every request, response and raw chunk is written to `log`.
+    pub async fn open(
+        &self,
+        req: &UpstreamRequest,
+        log: &AttemptLog,
+    ) -> Result<ProviderStream, ProviderError> {
         match &self.client {
-            Client::OpenAi(p) => p.open(req).await,
-            Client::Mock(p) => Ok(p.open(req)),
+            Client::OpenAi(p) => p.open(req, log).await,
+            Client::Mock(p) => Ok(p.open(req, log)),
         }
     }
 }

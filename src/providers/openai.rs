@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
 use crate::domain::Usage;
 use crate::settings::ProviderSettings;
+use crate::store::{redacted_headers, AttemptLog, LogEntry};
 
 pub struct OpenAi {
     url: String,
@@ -25,16 +26,43 @@ impl OpenAi {
         }
     }
 
-    pub async fn open(&self, req: &UpstreamRequest) -> Result<ProviderStream, ProviderError> {
-        let mut builder = self.http.post(&self.url).json(&request_body(req));
+    pub async fn open(
+        &self,
+        req: &UpstreamRequest,
+        log: &AttemptLog,
+    ) -> Result<ProviderStream, ProviderError> {
+        let body = request_body(req);
+        let mut builder = self.http.post(&self.url).json(&body);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        let resp = builder
-            .send()
+        let request = builder
+            .build()
+            .map_err(|e| ProviderError::from_transport(&e))?;
+        log.record(LogEntry::Request {
+            url: request.url().as_str(),
+            headers: redacted_headers(
+                request
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_bytes())),
+            ),
+            body: &body,
+        });
+        let resp = self
+            .http
+            .execute(request)
             .await
             .map_err(|e| ProviderError::from_transport(&e))?;
         let status = resp.status();
+        log.record(LogEntry::Response {
+            status: status.as_u16(),
+            headers: redacted_headers(
+                resp.headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_bytes())),
+            ),
+        });
         if !status.is_success() {
             let retry_after = resp
                 .headers()
@@ -43,13 +71,14 @@ impl OpenAi {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             let body = resp.text().await.unwrap_or_default();
+            log.record(LogEntry::Chunk { data: &body });
             return Err(ProviderError::from_status(
                 status.as_u16(),
                 retry_after,
                 &body,
             ));
         }
-        Ok(parse_stream(resp.bytes_stream()))
+        Ok(parse_stream(resp.bytes_stream(), log.clone()))
     }
 }
 
@@ -130,16 +159,18 @@ fn parse_data(data: &str) -> Parsed {
 
 struct ParseState<S> {
     events: S,
+    log: AttemptLog,
     saw_finish: bool,
     over: bool,
 }
 
-fn parse_stream<B>(bytes: B) -> ProviderStream
+fn parse_stream<B>(bytes: B, log: AttemptLog) -> ProviderStream
 where
     B: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
 {
     let state = ParseState {
         events: Box::pin(bytes.eventsource()),
+        log,
         saw_finish: false,
         over: false,
     };
@@ -149,16 +180,28 @@ where
         }
         match st.events.next().await {
             Some(Ok(ev)) => match parse_data(&ev.data) {
-                Parsed::Done => None,
-                Parsed::Error(e) => {
-                    st.over = true;
-                    Some((Err(e), st))
+                Parsed::Item(StreamItem::Skipped { raw, reason }) => {
+                    st.log.record(LogEntry::Skipped {
+                        data: &raw,
+                        reason: &reason,
+                    });
+                    Some((Ok(StreamItem::Skipped { raw, reason }), st))
                 }
-                Parsed::Item(item) => {
-                    if let StreamItem::Delta(d) = &item {
-                        st.saw_finish |= d.finish_reason.is_some();
+                parsed => {
+                    st.log.record(LogEntry::Chunk { data: &ev.data });
+                    match parsed {
+                        Parsed::Done => None,
+                        Parsed::Error(e) => {
+                            st.over = true;
+                            Some((Err(e), st))
+                        }
+                        Parsed::Item(item) => {
+                            if let StreamItem::Delta(d) = &item {
+                                st.saw_finish |= d.finish_reason.is_some();
+                            }
+                            Some((Ok(item), st))
+                        }
                     }
-                    Some((Ok(item), st))
                 }
             },
             // A stream that ends cleanly after its finish reason is complete, [DONE] or not.
@@ -183,7 +226,7 @@ mod tests {
 
     fn run(body: &'static str) -> Vec<Result<StreamItem, ProviderError>> {
         let bytes = stream::iter(vec![Ok(bytes::Bytes::from_static(body.as_bytes()))]);
-        crate::providers::block_on_test(parse_stream(bytes).collect())
+        crate::providers::block_on_test(parse_stream(bytes, AttemptLog::disabled()).collect())
     }
 
     fn text(item: &Result<StreamItem, ProviderError>) -> Option<&str> {

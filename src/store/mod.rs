@@ -3,14 +3,17 @@
 //! Trees: `executions` (id → record), `events` (id ‖ 0 ‖ seq BE → event), `idempotency`
 //! (project ‖ 0 ‖ key → id ‖ 0 ‖ fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id →
 //! ()), `keys` (key id → key record), `key_hashes` (sha256(secret) → key id), `ws_tokens`
-//! (sha256(token) → token record), `meta`.
+//! (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖ attempt ‖ entry → debug entry),
+//! `meta`.
 
+mod attempt_log;
 mod commit;
 mod events;
 mod executions;
 mod keys;
 mod tokens;
 
+pub use attempt_log::{redacted_headers, AttemptLog, LogEntry};
 pub use commit::GroupCommit;
 pub use executions::{ListPage, SubmitOutcome};
 pub use keys::{hash_secret, KeyRecord, KeyRole};
@@ -28,6 +31,7 @@ pub struct Store {
     keys: sled::Tree,
     key_hashes: sled::Tree,
     ws_tokens: sled::Tree,
+    attempt_log: sled::Tree,
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
@@ -55,6 +59,7 @@ impl Store {
             keys: tree("keys")?,
             key_hashes: tree("key_hashes")?,
             ws_tokens: tree("ws_tokens")?,
+            attempt_log: tree("attempt_log")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(db.clone()),
             db,

@@ -294,3 +294,43 @@ async fn the_list_is_newest_first_and_filters_by_status() {
     assert!(none["data"].as_array().unwrap().is_empty());
     assert_eq!(none["has_more"], false);
 }
+
+#[actix_web::test]
+async fn the_debug_log_shows_the_request_response_and_raw_chunks_with_secrets_redacted() {
+    let fake = FakeOpenAi::start().await.with_words(5);
+    let toml = config(&[&fake]).replace(
+        "idle_timeout_ms = 500\n",
+        "idle_timeout_ms = 500\napi_key_env = \"SWITCHYARD_TEST_FAKE_KEY_LOG\"\n",
+    );
+    let app = spawn_app_with(&toml, |s| {
+        s.providers[1].api_key = Some("sk-very-secret".into());
+    })
+    .await;
+    let sub = app.submit(ADMIN_KEY, &chat_body("log1", "Hi", "fake")).await;
+    let id = sub["id"].as_str().unwrap();
+    app.wait_terminal(ADMIN_KEY, id).await;
+    assert_eq!(fake.request_header(0, "authorization").as_deref(), Some("Bearer sk-very-secret"));
+
+    let res = app.get(&format!("/v1/executions/{id}/log"), ADMIN_KEY).await;
+    assert_eq!(res.status(), 200);
+    let log: serde_json::Value = res.json().await.unwrap();
+    assert!(!log.to_string().contains("sk-very-secret"), "secrets are redacted");
+    let attempt = &log["attempts"][0];
+    assert_eq!(attempt["provider"], "fake0");
+    let entries = attempt["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["type"], "request");
+    assert_eq!(entries[0]["body"], fake.requests()[0]);
+    let auth = entries[0]["headers"].as_array().unwrap().iter().find(|h| h[0] == "authorization").unwrap();
+    assert_eq!(auth[1], "[redacted]");
+    assert_eq!(entries[1]["type"], "response");
+    assert_eq!(entries[1]["status"], 200);
+    let chunks: Vec<&serde_json::Value> = entries.iter().filter(|e| e["type"] == "chunk").collect();
+    // 5 words, the finish chunk, the usage chunk and [DONE], each as received.
+    assert_eq!(chunks.len(), 8);
+    assert_eq!(chunks.last().unwrap()["data"], "[DONE]");
+    assert!(chunks[0]["data"].as_str().unwrap().contains("\"w0 \""));
+    assert!(entries.iter().all(|e| e["elapsed_ms"].as_f64().is_some()));
+
+    let unknown = app.get("/v1/executions/exec_nope/log", ADMIN_KEY).await;
+    assert_eq!(unknown.status(), 404);
+}
