@@ -102,6 +102,12 @@ pub struct ProviderSettings {
     /// Tries of one route before the next route is used.
     #[serde(default = "defaults::max_attempts")]
     pub max_attempts: u32,
+    /// Consecutive failures that open the provider's circuit breaker.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps the provider out of rotation before one probe.
+    #[serde(default = "defaults::breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
     /// Default per kind: `instruction` for openai, `prefill` for mock.
     #[serde(default)]
     pub continuation: Option<ContinuationStrategy>,
@@ -131,6 +137,12 @@ mod defaults {
     }
     pub fn max_attempts() -> u32 {
         2
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_cooldown_ms() -> u64 {
+        5_000
     }
     pub fn mock_chunks() -> u32 {
         24
@@ -272,6 +284,8 @@ impl Settings {
                 ("idle_timeout_ms", p.idle_timeout_ms),
                 ("total_timeout_ms", p.total_timeout_ms),
                 ("max_attempts", p.max_attempts as u64),
+                ("breaker_failures", p.breaker_failures as u64),
+                ("breaker_cooldown_ms", p.breaker_cooldown_ms),
                 ("mock_chunks", p.mock_chunks as u64),
             ] {
                 if v == 0 {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::actors::{execution::ExecutionDeps, Registry, StartExecution};
 use crate::api::{self, AppState};
 use crate::providers::Providers;
+use crate::routing::HealthBoard;
 use crate::settings::Settings;
 use crate::store::{hash_secret, KeyRole, Store};
 
@@ -28,10 +29,12 @@ impl Application {
         let bootstrap_admin_key = bootstrap_admin(&store, &settings)?;
         let settings = Arc::new(settings);
         let providers = Arc::new(Providers::from_settings(&settings)?);
+        let health = Arc::new(HealthBoard::new(&settings));
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
             providers: providers.clone(),
+            health: health.clone(),
         }))
         .start();
 
@@ -46,6 +49,7 @@ impl Application {
             store: store.clone(),
             settings: settings.clone(),
             providers,
+            health,
             registry,
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
         });

@@ -17,7 +17,9 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::providers::{
     spawn_attempt, AttemptEvent, AttemptHandle, ProviderError, StreamItem, UpstreamRequest,
 };
-use crate::routing::{self, continuation_messages, Decision, FailureContext, Reconciler, Route};
+use crate::routing::{
+    self, continuation_messages, Decision, FailureContext, HealthBoard, Outcome, Reconciler, Route,
+};
 use crate::settings::{ContinuationStrategy, Settings};
 use crate::store::{AttemptLog, Store};
 
@@ -26,6 +28,7 @@ pub struct ExecutionDeps {
     pub store: Store,
     pub settings: Arc<Settings>,
     pub providers: Arc<crate::providers::Providers>,
+    pub health: Arc<HealthBoard>,
 }
 
 /// Mid-stream switches allowed per execution before it fails.
@@ -34,6 +37,8 @@ const MAX_SWITCHES: u32 = 3;
 /// The try in flight.
 struct Running {
     id: u64,
+    /// Index of the route this try runs on.
+    route: usize,
     handle: AttemptHandle,
     stream: SpawnHandle,
     strategy: Option<ContinuationStrategy>,
@@ -176,6 +181,9 @@ impl Execution {
             &self.record.id,
             self.record.attempts.len() as u32,
         );
+        self.deps
+            .health
+            .begin(route.provider.name(), tokio::time::Instant::now());
         let (rx, handle) = spawn_attempt(route.provider.clone(), request, log);
         self.attempt_seq += 1;
         let id = self.attempt_seq;
@@ -188,6 +196,7 @@ impl Execution {
         self.reconciler = strategy.map(|_| Reconciler::new(&self.emitted));
         self.running = Some(Running {
             id,
+            route: self.route_index,
             handle,
             stream,
             strategy,
@@ -225,6 +234,23 @@ impl Execution {
         };
         running.handle.abort();
         ctx.cancel_future(running.stream);
+        let health = match (outcome, error) {
+            (AttemptOutcome::Succeeded, _) => Outcome::Success {
+                latency: running.started.elapsed(),
+                first_chunk: self
+                    .record
+                    .attempts
+                    .last()
+                    .and_then(|a| a.first_chunk_ms)
+                    .map(Duration::from_millis),
+            },
+            (_, Some(e)) if e.counts_against_provider() => Outcome::Failure,
+            _ => Outcome::Neutral,
+        };
+        let provider = self.routes[running.route].provider.name();
+        self.deps
+            .health
+            .end(provider, tokio::time::Instant::now(), health);
         if let Some(attempt) = self.record.attempts.last_mut() {
             attempt.outcome = outcome;
             attempt.chunks_delivered = running.chunks;
@@ -295,13 +321,20 @@ impl Execution {
         match routing::decide(&failure, &err) {
             Decision::Fail => self.terminate(ctx, Status::Failed, Some(err.body())),
             Decision::Retry { delay, strategy } => {
+                let delay = if err.retry_after.is_some() {
+                    delay
+                } else {
+                    routing::jitter(delay)
+                };
                 self.tries_on_route += 1;
                 self.announce_failover(ctx, &from, &err);
                 self.retry_timer =
                     Some(ctx.run_later(delay, move |act, ctx| act.start_attempt(ctx, strategy)));
             }
             Decision::Next { index } => {
-                self.route_index = index;
+                let now = tokio::time::Instant::now();
+                self.route_index = routing::pick_route(&self.routes, index, &self.deps.health, now)
+                    .unwrap_or(index);
                 self.tries_on_route = 1;
                 self.announce_failover(ctx, &from, &err);
                 self.start_attempt(ctx, None);
@@ -415,6 +448,9 @@ impl Actor for Execution {
             return self.terminate(ctx, Status::Failed, Some(error));
         }
         self.tries_on_route = 1;
+        let now = tokio::time::Instant::now();
+        self.route_index =
+            routing::pick_route(&self.routes, 0, &self.deps.health, now).unwrap_or(0);
         match self.record.status {
             Status::Pending => {
                 self.next_seq = self.deps.store.last_seq(self.id()).unwrap_or(1) + 1;
@@ -451,6 +487,10 @@ impl Actor for Execution {
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let Some(running) = self.running.take() {
             running.handle.abort();
+            let provider = self.routes[running.route].provider.name();
+            self.deps
+                .health
+                .end(provider, tokio::time::Instant::now(), Outcome::Neutral);
         }
         self.registry.do_send(Deregister(self.record.id.clone()));
     }

@@ -48,7 +48,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|err| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -58,7 +58,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             ApiError::invalid(format!("{path}: {inner}"))
         }
-    })
+    })?;
+    // Anything but whitespace after the object is not one JSON document.
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -91,5 +95,9 @@ mod tests {
         let m = msg(r#"{"model": "m", "#);
         assert!(m.starts_with("malformed JSON"), "{m}");
         assert!(msg("  ").contains("empty"));
+        let m = msg(
+            r#"{"model":"m","idempotency_key":"k","messages":[{"role":"user","content":"x"}]} garbage"#,
+        );
+        assert!(m.starts_with("malformed JSON: trailing characters"), "{m}");
     }
 }

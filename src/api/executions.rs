@@ -182,7 +182,8 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<String>,
-    limit: Option<usize>,
+    /// Text, so that a non-number gets an error naming `limit`.
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
@@ -201,7 +202,10 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = query.limit.unwrap_or(20);
+    let limit = match query.limit.as_deref() {
+        None => 20,
+        Some(text) => text.parse::<usize>().unwrap_or(0),
+    };
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid(format!(
             "limit: must be between 1 and {MAX_PAGE}"

@@ -7,6 +7,7 @@ mod events;
 mod executions;
 mod health;
 mod keys;
+mod routing_status;
 
 pub use auth::{Principal, DEFAULT_PROJECT};
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use crate::actors::Registry;
 use crate::error::{ApiError, ErrorCode};
 use crate::providers::Providers;
+use crate::routing::HealthBoard;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -25,6 +27,7 @@ pub struct AppState {
     pub store: Store,
     pub settings: Arc<Settings>,
     pub providers: Arc<Providers>,
+    pub health: Arc<HealthBoard>,
     pub registry: Addr<Registry>,
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`, when set.
     pub env_admin_key_hash: Option<String>,
@@ -51,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/executions/{id}/events", web::get().to(events::stream))
     .route("/v1/executions/{id}/log", web::get().to(debug_log::get))
+    .route("/v1/routing/status", web::get().to(routing_status::get))
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
     .route("/v1/keys/{id}", web::delete().to(keys::revoke))

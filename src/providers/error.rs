@@ -31,6 +31,19 @@ impl ProviderError {
         self.code.retryable()
     }
 
+    /// Whether this failure says something about the provider's health (as opposed to a
+    /// request it rightly refused).
+    pub fn counts_against_provider(&self) -> bool {
+        match self.code {
+            ErrorCode::ProviderUnavailable
+            | ErrorCode::ProviderTimeout
+            | ErrorCode::StreamInterrupted
+            | ErrorCode::RateLimited => true,
+            ErrorCode::ProviderError => matches!(self.status, None | Some(401 | 403)),
+            _ => false,
+        }
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody::new(self.code, self.message.clone())
     }

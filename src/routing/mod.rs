@@ -2,8 +2,10 @@
 //! continuation sends. The execution actor asks; nothing here does I/O.
 
 mod continuation;
+pub mod health;
 
 pub use continuation::{continuation_messages, Reconciler, CONTINUE_INSTRUCTION};
+pub use health::{HealthBoard, Outcome};
 
 use std::sync::Arc;
 
@@ -33,6 +35,21 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
             })
             .collect(),
     )
+}
+
+/// The first route at or after `from` whose provider's breaker admits an attempt; when every
+/// one is open, the one that failed longest ago (rather than failing at once).
+pub fn pick_route(
+    routes: &[Route],
+    from: usize,
+    health: &HealthBoard,
+    now: tokio::time::Instant,
+) -> Option<usize> {
+    let candidates = from..routes.len();
+    candidates
+        .clone()
+        .find(|&i| health.admits(routes[i].provider.name(), now))
+        .or_else(|| candidates.min_by_key(|&i| health.last_failure(routes[i].provider.name())))
 }
 
 /// Where an execution stands when an attempt fails.
@@ -77,6 +94,13 @@ pub fn backoff(n: u32, retry_after: Option<std::time::Duration>) -> std::time::D
         Some(ra) => ra.min(std::time::Duration::from_millis(RETRY_AFTER_CAP_MS)),
         None => std::time::Duration::from_millis(ms),
     }
+}
+
+/// Spreads retries of many executions over `[delay/2, delay]` so they do not arrive together.
+pub fn jitter(delay: std::time::Duration) -> std::time::Duration {
+    use rand::Rng;
+    let half = delay / 2;
+    half + half.mul_f64(rand::thread_rng().gen::<f64>())
 }
 
 /// What to do after `err` ended a try.

@@ -306,21 +306,36 @@ async fn the_debug_log_shows_the_request_response_and_raw_chunks_with_secrets_re
         s.providers[1].api_key = Some("sk-very-secret".into());
     })
     .await;
-    let sub = app.submit(ADMIN_KEY, &chat_body("log1", "Hi", "fake")).await;
+    let sub = app
+        .submit(ADMIN_KEY, &chat_body("log1", "Hi", "fake"))
+        .await;
     let id = sub["id"].as_str().unwrap();
     app.wait_terminal(ADMIN_KEY, id).await;
-    assert_eq!(fake.request_header(0, "authorization").as_deref(), Some("Bearer sk-very-secret"));
+    assert_eq!(
+        fake.request_header(0, "authorization").as_deref(),
+        Some("Bearer sk-very-secret")
+    );
 
-    let res = app.get(&format!("/v1/executions/{id}/log"), ADMIN_KEY).await;
+    let res = app
+        .get(&format!("/v1/executions/{id}/log"), ADMIN_KEY)
+        .await;
     assert_eq!(res.status(), 200);
     let log: serde_json::Value = res.json().await.unwrap();
-    assert!(!log.to_string().contains("sk-very-secret"), "secrets are redacted");
+    assert!(
+        !log.to_string().contains("sk-very-secret"),
+        "secrets are redacted"
+    );
     let attempt = &log["attempts"][0];
     assert_eq!(attempt["provider"], "fake0");
     let entries = attempt["entries"].as_array().unwrap();
     assert_eq!(entries[0]["type"], "request");
     assert_eq!(entries[0]["body"], fake.requests()[0]);
-    let auth = entries[0]["headers"].as_array().unwrap().iter().find(|h| h[0] == "authorization").unwrap();
+    let auth = entries[0]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "authorization")
+        .unwrap();
     assert_eq!(auth[1], "[redacted]");
     assert_eq!(entries[1]["type"], "response");
     assert_eq!(entries[1]["status"], 200);

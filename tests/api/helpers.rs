@@ -99,6 +99,47 @@ pub fn chat_body(key: &str, prompt: &str, model: &str) -> Value {
            "messages": [{"role": "user", "content": prompt}]})
 }
 
+/// Checks an error answer: its status, and a body of exactly
+/// `{"error": {"code", "message", "retryable"}}` with this `code`. Returns the message.
+pub async fn assert_error(res: reqwest::Response, status: u16, code: &str) -> String {
+    let actual = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    assert_eq!(actual, status, "unexpected status, body: {text}");
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    let outer = body.as_object().expect("error body is an object");
+    assert_eq!(outer.len(), 1, "only `error` at the top level: {text}");
+    let error = outer["error"].as_object().expect("`error` is an object");
+    let mut fields: Vec<_> = error.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["code", "message", "retryable"],
+        "error fields: {text}"
+    );
+    assert_eq!(error["code"], code, "error code: {text}");
+    assert!(
+        error["retryable"].is_boolean(),
+        "retryable is a bool: {text}"
+    );
+    // Asking again unchanged cannot succeed for these.
+    let permanent = [
+        "invalid_request",
+        "payload_too_large",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "conflict",
+        "idempotency_conflict",
+    ];
+    if permanent.contains(&code) {
+        assert_eq!(error["retryable"], false, "{code} is not retryable: {text}");
+    }
+    let message = error["message"].as_str().expect("message is a string");
+    assert!(!message.is_empty(), "message is not empty: {text}");
+    message.to_string()
+}
+
 #[derive(Debug, Clone)]
 pub struct SseEvent {
     pub id: u64,

@@ -9,3 +9,4 @@ mod durability;
 mod events;
 mod executions;
 mod keys;
+mod routing;

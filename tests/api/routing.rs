@@ -1,0 +1,115 @@
+//! Provider health: the breaker opens on a failing primary, traffic skips it, and one probe
+//! after the cooldown brings it back.
+
+use std::time::Duration;
+
+use crate::fake_openai::{FakeOpenAi, Fault};
+use crate::helpers::*;
+
+async fn status(app: &TestApp) -> serde_json::Value {
+    let res = app.get("/v1/routing/status", ADMIN_KEY).await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+#[actix_web::test]
+async fn a_primary_that_is_down_for_a_while_is_skipped_then_probed_back_into_use() {
+    let primary = FakeOpenAi::start()
+        .await
+        .with_words(4)
+        .with_default(Fault::status(503));
+    let backup = FakeOpenAi::start().await.with_words(4);
+    let app = spawn_app_with(&config(&[&primary, &backup]), |s| {
+        s.providers[1].max_attempts = 1;
+        s.providers[1].breaker_failures = 2;
+        s.providers[1].breaker_cooldown_ms = 300;
+    })
+    .await;
+    let run = |key: &'static str| {
+        let app = &app;
+        async move {
+            let sub = app.submit(ADMIN_KEY, &chat_body(key, "Hi", "fake")).await;
+            app.wait_terminal(ADMIN_KEY, sub["id"].as_str().unwrap())
+                .await
+        }
+    };
+
+    for key in ["b1", "b2"] {
+        let exec = run(key).await;
+        assert_eq!(exec["status"], "completed");
+        assert_eq!(exec["attempts"][0]["provider"], "fake0");
+        assert_eq!(exec["attempts"][0]["error_code"], "provider_unavailable");
+        assert_eq!(exec["attempts"][1]["provider"], "fake1");
+    }
+    assert_eq!(primary.request_count(), 2);
+    let s = status(&app).await;
+    assert_eq!(s["providers"][1]["name"], "fake0");
+    assert_eq!(s["providers"][1]["state"], "open");
+    assert_eq!(s["providers"][1]["consecutive_failures"], 2);
+    assert!(s["providers"][1]["cooldown_remaining_ms"].as_u64().unwrap() > 0);
+    assert_eq!(s["providers"][2]["state"], "closed");
+
+    // Open: the primary is not called at all.
+    let exec = run("b3").await;
+    assert_eq!(exec["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(exec["attempts"][0]["provider"], "fake1");
+    assert_eq!(primary.request_count(), 2);
+
+    // It recovers; after the cooldown one probe closes the breaker.
+    primary.set_default(Fault::None);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(status(&app).await["providers"][1]["state"], "half_open");
+    let exec = run("b4").await;
+    assert_eq!(exec["attempts"][0]["provider"], "fake0");
+    assert_eq!(exec["attempts"][0]["outcome"], "succeeded");
+    let s = status(&app).await;
+    assert_eq!(s["providers"][1]["state"], "closed");
+    assert_eq!(s["providers"][1]["in_flight"], 0);
+    assert!(s["providers"][1]["latency_ms_ewma"].as_f64().is_some());
+}
+
+#[actix_web::test]
+async fn when_every_route_is_open_the_least_recently_failed_is_still_tried() {
+    let only = FakeOpenAi::start()
+        .await
+        .with_words(3)
+        .with_script(vec![Fault::status(503)]);
+    let app = spawn_app_with(&config(&[&only]), |s| {
+        s.providers[1].max_attempts = 1;
+        s.providers[1].breaker_failures = 1;
+        s.providers[1].breaker_cooldown_ms = 60_000;
+    })
+    .await;
+    let first = app.submit(ADMIN_KEY, &chat_body("o1", "Hi", "fake")).await;
+    let exec = app
+        .wait_terminal(ADMIN_KEY, first["id"].as_str().unwrap())
+        .await;
+    assert_eq!(exec["status"], "failed");
+    let st = status(&app).await;
+    assert_eq!(st["providers"][1]["state"], "open", "{st}");
+    let second = app.submit(ADMIN_KEY, &chat_body("o2", "Hi", "fake")).await;
+    let exec = app
+        .wait_terminal(ADMIN_KEY, second["id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        exec["status"], "completed",
+        "tried rather than failed at once"
+    );
+    assert_eq!(only.request_count(), 2);
+}
+
+#[actix_web::test]
+async fn routing_status_needs_a_key() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(app.url("/v1/routing/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let s = status(&app).await;
+    assert_eq!(s["providers"][0]["name"], "mock");
+    assert_eq!(s["models"][0]["slug"], "chat-default");
+    assert_eq!(s["models"][0]["routes"][0]["admitted"], true);
+}
