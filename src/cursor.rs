@@ -20,6 +20,8 @@ pub struct Cursor {
     backlog: VecDeque<SharedEvent>,
     caught_up: bool,
     ended: bool,
+    /// Set when the live feed overflowed: the last seq delivered before falling back to the log.
+    lagged_after: Option<u64>,
 }
 
 impl Cursor {
@@ -39,11 +41,18 @@ impl Cursor {
             backlog: VecDeque::new(),
             caught_up: false,
             ended: false,
+            lagged_after: None,
         }
     }
 
     pub fn last_seq(&self) -> u64 {
         self.last
+    }
+
+    /// Whether the reader fell behind the live feed since the last call (and from which seq it
+    /// catches up from the log): transports tell their client.
+    pub fn take_lag(&mut self) -> Option<u64> {
+        self.lagged_after.take()
     }
 
     /// The next event, or `None` after `done` (or when a finished log has nothing more).
@@ -77,8 +86,12 @@ impl Cursor {
             match live.recv().await {
                 Ok(event) if event.seq <= self.last => {}
                 Ok(event) if event.seq == self.last + 1 => return Some(self.deliver(event)),
-                // A gap, a lag or the end of the feed: the log has everything published.
-                Ok(_) | Err(RecvError::Lagged(_)) => self.caught_up = false,
+                // A gap or the end of the feed: the log has everything published.
+                Ok(_) => self.caught_up = false,
+                Err(RecvError::Lagged(_)) => {
+                    self.lagged_after.get_or_insert(self.last);
+                    self.caught_up = false;
+                }
                 Err(RecvError::Closed) => {
                     self.live = None;
                     self.caught_up = false;

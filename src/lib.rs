@@ -7,14 +7,18 @@
 //! - [`providers`]: wire formats (openai, mock), timeouts, error classification
 //! - [`store`]: sled trees behind typed functions, with group commit
 //! - [`cursor`]: a reader's position in an event log (replay, then live)
+//! - [`channels`]: WebSocket channel names and the project status feed
+//! - [`metrics`]: every Prometheus collector
 //! - [`domain`]: ids, requests, statuses, events and the execution record
 //! - [`settings`]: the TOML configuration; [`error`]: the API error type; [`startup`]: assembly
 
 pub mod actors;
 pub mod api;
+pub mod channels;
 pub mod cursor;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod providers;
 pub mod routing;
 pub mod settings;

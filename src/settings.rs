@@ -37,6 +37,10 @@ pub struct Limits {
     pub sse_keepalive_ms: u64,
     /// Single-use WebSocket tokens stop working after this long.
     pub ws_token_ttl_ms: u64,
+    /// The server pings every WebSocket this often.
+    pub ws_heartbeat_ms: u64,
+    /// A WebSocket silent for this long (no pong, no frame) is closed.
+    pub ws_client_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -47,6 +51,8 @@ impl Default for Limits {
             shutdown_timeout_ms: 5_000,
             sse_keepalive_ms: 15_000,
             ws_token_ttl_ms: 5 * 60 * 1000,
+            ws_heartbeat_ms: 5_000,
+            ws_client_timeout_ms: 15_000,
         }
     }
 }
@@ -251,6 +257,8 @@ impl Settings {
             ("limits.max_execution_ms", l.max_execution_ms),
             ("limits.sse_keepalive_ms", l.sse_keepalive_ms),
             ("limits.ws_token_ttl_ms", l.ws_token_ttl_ms),
+            ("limits.ws_heartbeat_ms", l.ws_heartbeat_ms),
+            ("limits.ws_client_timeout_ms", l.ws_client_timeout_ms),
         ] {
             if v == 0 {
                 return fail(field.into(), "must be greater than 0");

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use crate::actors::{execution::ExecutionDeps, Registry, StartExecution};
 use crate::api::{self, AppState};
+use crate::channels::ProjectFeed;
+use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::routing::HealthBoard;
 use crate::settings::Settings;
@@ -30,11 +32,14 @@ impl Application {
         let settings = Arc::new(settings);
         let providers = Arc::new(Providers::from_settings(&settings)?);
         let health = Arc::new(HealthBoard::new(&settings));
+        let metrics = Arc::new(Metrics::new());
+        let project_feed = Arc::new(ProjectFeed::default());
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
             providers: providers.clone(),
             health: health.clone(),
+            project_feed: project_feed.clone(),
         }))
         .start();
 
@@ -51,6 +56,8 @@ impl Application {
             providers,
             health,
             registry,
+            metrics,
+            project_feed,
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
         });
         let listener = TcpListener::bind(settings.listen)?;

@@ -29,6 +29,7 @@ pub struct ExecutionDeps {
     pub settings: Arc<Settings>,
     pub providers: Arc<crate::providers::Providers>,
     pub health: Arc<HealthBoard>,
+    pub project_feed: Arc<crate::channels::ProjectFeed>,
 }
 
 /// Mid-stream switches allowed per execution before it fails.
@@ -138,6 +139,17 @@ impl Execution {
             act.awaiting_commit = false;
             while act.unpublished.front().is_some_and(|(t, _)| *t <= durable) {
                 let (_, event) = act.unpublished.pop_front().expect("checked above");
+                if matches!(event.kind, EventKind::Status | EventKind::Done) {
+                    let status = if event.kind == EventKind::Done {
+                        act.record.status
+                    } else {
+                        act.status_of(&event)
+                    };
+                    let r = &act.record;
+                    act.deps
+                        .project_feed
+                        .publish(&r.project_id, &r.id, &r.model, status);
+                }
                 // No receiver is fine: readers that are not caught up read the log.
                 let _ = act.live.send(event);
             }
@@ -150,6 +162,17 @@ impl Execution {
                 ctx.stop();
             }
         }));
+    }
+
+    /// The status a `status` event announces.
+    fn status_of(&self, event: &Event) -> Status {
+        #[derive(serde::Deserialize)]
+        struct Payload {
+            status: Status,
+        }
+        serde_json::from_slice::<Payload>(&event.data)
+            .map(|p| p.status)
+            .unwrap_or(self.record.status)
     }
 
     fn persist(&self) {
@@ -304,6 +327,7 @@ impl Execution {
             return self.on_finished(ctx);
         }
         let strategy = self.running.as_ref().and_then(|r| r.strategy);
+        let delivered = self.running.as_ref().is_some_and(|r| r.chunks > 0);
         let from = self.routes[self.route_index].provider.name().to_string();
         tracing::warn!(execution_id = %self.record.id, provider = %from, code = %err.code, error = %err.message, "attempt failed");
         self.end_attempt(ctx, AttemptOutcome::Failed, Some(&err));
@@ -314,6 +338,7 @@ impl Execution {
             tries_on_route: self.tries_on_route,
             max_tries_on_route: self.routes[self.route_index].provider.settings.max_attempts,
             emitted_any: !self.emitted.is_empty(),
+            attempt_delivered: delivered,
             switches: self.switches,
             max_switches: MAX_SWITCHES,
             strategy,
@@ -327,7 +352,7 @@ impl Execution {
                     routing::jitter(delay)
                 };
                 self.tries_on_route += 1;
-                self.announce_failover(ctx, &from, &err);
+                self.announce_failover(ctx, &from, &err, delivered);
                 self.retry_timer =
                     Some(ctx.run_later(delay, move |act, ctx| act.start_attempt(ctx, strategy)));
             }
@@ -336,17 +361,23 @@ impl Execution {
                 self.route_index = routing::pick_route(&self.routes, index, &self.deps.health, now)
                     .unwrap_or(index);
                 self.tries_on_route = 1;
-                self.announce_failover(ctx, &from, &err);
+                self.announce_failover(ctx, &from, &err, delivered);
                 self.start_attempt(ctx, None);
             }
         }
     }
 
-    /// Tells subscribers the answer continues elsewhere (only once text was emitted, or when
-    /// the route changes).
-    fn announce_failover(&mut self, ctx: &mut Context<Self>, from: &str, err: &ProviderError) {
+    /// Tells subscribers the answer continues elsewhere: when the route changes, or when the
+    /// failed try had delivered text. A quiet retry of the same route is not news.
+    fn announce_failover(
+        &mut self,
+        ctx: &mut Context<Self>,
+        from: &str,
+        err: &ProviderError,
+        delivered: bool,
+    ) {
         let to = self.routes[self.route_index].provider.name().to_string();
-        if self.emitted.is_empty() && from == to {
+        if from == to && !delivered {
             return;
         }
         if !self.emitted.is_empty() {
@@ -476,7 +507,7 @@ impl Actor for Execution {
                         .last()
                         .map(|a| a.provider.clone())
                         .unwrap_or_default();
-                    self.announce_failover(ctx, &from, &err);
+                    self.announce_failover(ctx, &from, &err, true);
                 }
                 self.start_attempt(ctx, None);
             }

@@ -19,8 +19,10 @@ pub async fn submit(
     let body: SubmitBody = read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
     body.validate()?;
     let model = resolve_model(&state, &body.model)?;
+    let id = ids::execution_id();
     let record = ExecutionRecord {
-        id: ids::execution_id(),
+        channel_id: crate::channels::channel_id_for(&id),
+        id,
         project_id: principal.project_id.clone(),
         status: Status::Pending,
         model,
@@ -29,7 +31,6 @@ pub async fn submit(
         fingerprint: body.fingerprint(),
         metadata: body.metadata.clone(),
         webhook_url: body.webhook_url.clone(),
-        channel_id: ids::channel_id(),
         output_text: None,
         error: None,
         usage: None,
@@ -107,7 +108,7 @@ fn resolve_model(state: &AppState, slug: &str) -> Result<String, ApiError> {
 }
 
 fn websocket_channel(record: &ExecutionRecord) -> String {
-    format!("ai_response:{}:{}", record.project_id, record.channel_id)
+    crate::channels::execution_channel(&record.project_id, &record.id)
 }
 
 fn issue_ws_token(state: &AppState, record: &ExecutionRecord) -> Result<String, ApiError> {

@@ -8,6 +8,7 @@ mod executions;
 mod health;
 mod keys;
 mod routing_status;
+mod ws;
 
 pub use auth::{Principal, DEFAULT_PROJECT};
 
@@ -16,7 +17,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 
 use crate::actors::Registry;
+use crate::channels::ProjectFeed;
 use crate::error::{ApiError, ErrorCode};
+use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::routing::HealthBoard;
 use crate::settings::Settings;
@@ -29,6 +32,8 @@ pub struct AppState {
     pub providers: Arc<Providers>,
     pub health: Arc<HealthBoard>,
     pub registry: Addr<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub project_feed: Arc<ProjectFeed>,
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`, when set.
     pub env_admin_key_hash: Option<String>,
 }
@@ -44,6 +49,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .error_handler(|err, _| ApiError::invalid(format!("invalid path: {err}")).into()),
     )
     .route("/healthz", web::get().to(health::healthz))
+    .route("/metrics", web::get().to(health::metrics))
+    .route("/v1/ws", web::get().to(ws::connect))
     .route("/readyz", web::get().to(health::readyz))
     .route("/v1/executions", web::post().to(executions::submit))
     .route("/v1/executions", web::get().to(executions::list))

@@ -59,6 +59,8 @@ pub struct Event {
     /// The event's JSON object, exactly as every transport sends it.
     pub data: Bytes,
     sse: OnceLock<Bytes>,
+    /// An event belongs to one execution, hence to one channel: its frame is built once.
+    ws: OnceLock<bytestring::ByteString>,
 }
 
 pub type SharedEvent = Arc<Event>;
@@ -70,6 +72,7 @@ impl Event {
             kind,
             data,
             sse: OnceLock::new(),
+            ws: OnceLock::new(),
         }
     }
 
@@ -137,6 +140,26 @@ impl Event {
             .clone()
     }
 
+    /// `{"channel": …, "event": <kind>, "seq": n, "data": <json>}`, built once and shared by
+    /// every WebSocket session on the channel.
+    pub fn ws_frame(&self, channel: &str) -> bytestring::ByteString {
+        self.ws
+            .get_or_init(|| {
+                let mut buf = String::with_capacity(self.data.len() + channel.len() + 48);
+                buf.push_str("{\"channel\":");
+                buf.push_str(&serde_json::to_string(channel).expect("strings serialize"));
+                buf.push_str(",\"event\":\"");
+                buf.push_str(self.kind.as_str());
+                buf.push_str("\",\"seq\":");
+                buf.push_str(&self.seq.to_string());
+                buf.push_str(",\"data\":");
+                buf.push_str(std::str::from_utf8(&self.data).expect("event data is JSON text"));
+                buf.push('}');
+                buf.into()
+            })
+            .clone()
+    }
+
     /// Storage form: one tag byte, then the JSON data.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.data.len() + 1);
@@ -168,6 +191,21 @@ mod tests {
             "id: 7\nevent: chunk\ndata: {\"seq\":7,\"delta\":\"he said \\\"hi\\\"\\n\"}\n\n"
         );
         assert_eq!(ev.chunk_delta().as_deref(), Some("he said \"hi\"\n"));
+    }
+
+    #[test]
+    fn ws_frame_wraps_the_data_once() {
+        let ev = Event::chunk(3, "hi");
+        let frame = ev.ws_frame("ai_response:p:ch_1");
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(v["channel"], "ai_response:p:ch_1");
+        assert_eq!(v["event"], "chunk");
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["data"]["delta"], "hi");
+        assert!(std::ptr::eq(
+            frame.as_ptr(),
+            ev.ws_frame("ai_response:p:ch_1").as_ptr()
+        ));
     }
 
     #[test]

@@ -20,10 +20,6 @@ pub fn key_id() -> String {
     format!("key_{}", random_token(20))
 }
 
-pub fn channel_id() -> String {
-    format!("ch_{}", random_token(20))
-}
-
 /// A fresh API key secret; only its hash is ever stored.
 pub fn api_key_secret() -> String {
     format!("sy_{}", random_token(40))

@@ -62,6 +62,8 @@ pub struct FailureContext {
     pub max_tries_on_route: u32,
     /// Whether any chunk has been emitted to subscribers.
     pub emitted_any: bool,
+    /// Whether the failed try itself delivered chunks: a fault in the middle of its stream.
+    pub attempt_delivered: bool,
     /// Mid-stream switches made so far, and the cap.
     pub switches: u32,
     pub max_switches: u32,
@@ -121,9 +123,14 @@ pub fn decide(ctx: &FailureContext, err: &ProviderError) -> Decision {
             };
         }
     }
-    // A silent provider is not asked again; other transient faults are, a bounded number of times.
+    // A silent provider is not asked again; other transient faults are, a bounded number of
+    // times. A stream that broke in the middle continues elsewhere when it can.
     let silent = err.code == ErrorCode::ProviderTimeout;
-    if err.is_retryable() && !silent && ctx.tries_on_route < ctx.max_tries_on_route {
+    if err.is_retryable()
+        && !silent
+        && !ctx.attempt_delivered
+        && ctx.tries_on_route < ctx.max_tries_on_route
+    {
         return Decision::Retry {
             delay: backoff(ctx.tries_on_route, err.retry_after),
             strategy: ctx.strategy,
@@ -134,8 +141,8 @@ pub fn decide(ctx: &FailureContext, err: &ProviderError) -> Decision {
             index: ctx.route_index + 1,
         };
     }
-    // The only route left, mid-stream, transient: continue on it once more.
-    if ctx.emitted_any && err.is_retryable() && ctx.tries_on_route < ctx.max_tries_on_route + 1 {
+    // The only route left, mid-stream, transient: continue on it.
+    if ctx.attempt_delivered && err.is_retryable() && ctx.tries_on_route <= ctx.max_tries_on_route {
         return Decision::Retry {
             delay: backoff(ctx.tries_on_route, err.retry_after),
             strategy: ctx.strategy,
@@ -165,6 +172,7 @@ mod tests {
             tries_on_route: 1,
             max_tries_on_route: 2,
             emitted_any: false,
+            attempt_delivered: false,
             switches: 0,
             max_switches: 3,
             strategy: None,
@@ -228,6 +236,29 @@ mod tests {
                 strategy: Some(ContinuationStrategy::Instruction)
             }
         );
+    }
+
+    #[test]
+    fn a_stream_broken_mid_way_moves_to_the_next_route_before_retrying() {
+        let e = ProviderError::cut("reset");
+        let mid = FailureContext {
+            emitted_any: true,
+            attempt_delivered: true,
+            ..ctx()
+        };
+        assert_eq!(decide(&mid, &e), Decision::Next { index: 1 });
+        let last = FailureContext {
+            route_index: 1,
+            ..mid.clone()
+        };
+        assert!(matches!(decide(&last, &e), Decision::Retry { .. }));
+        // A continuation that failed before delivering anything is retried like a first try.
+        let quiet = FailureContext {
+            emitted_any: true,
+            ..ctx()
+        };
+        let e503 = ProviderError::from_status(503, None, "{}");
+        assert!(matches!(decide(&quiet, &e503), Decision::Retry { .. }));
     }
 
     #[test]

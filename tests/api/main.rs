@@ -8,5 +8,7 @@ mod bad_input;
 mod durability;
 mod events;
 mod executions;
+mod failover;
 mod keys;
 mod routing;
+mod websocket;

@@ -1,0 +1,348 @@
+//! `GET /v1/ws`: one actor per WebSocket connection (actix-web-actors, kept to this one file).
+//!
+//! Each joined channel is a [`Cursor`] stream added to this session's own context. actix polls
+//! that context only while the socket can take more bytes, so a slow client holds back only its
+//! own cursors; their live feed lags and they catch up from the event log (the client gets a
+//! `lagged` frame with the last seq it had). Frames queued in one poll leave in one write.
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use bytestring::ByteString;
+use futures_util::stream::{self, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{AppState, Principal};
+use crate::actors::Subscribe;
+use crate::channels::{self, ChannelRef};
+use crate::cursor::Cursor;
+use crate::domain::now_ms;
+
+/// Close codes (4000–4999 are the application's): documented in the README.
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4408;
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+    api_key: Option<String>,
+}
+
+/// What the connection may join.
+enum Grant {
+    /// A single-use token: exactly one execution channel.
+    Token {
+        project: String,
+        channel: String,
+    },
+    /// An API key: any channel of its project.
+    Key {
+        project: String,
+    },
+    Refused(&'static str),
+}
+
+pub async fn connect(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    query: web::Query<WsQuery>,
+) -> actix_web::Result<HttpResponse> {
+    let header_key = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::to_string);
+    let grant = match (&query.token, query.api_key.clone().or(header_key)) {
+        (Some(token), _) => match state.store.take_ws_token(token) {
+            Ok(Some(t)) if t.expires_at_ms > now_ms() => Grant::Token {
+                project: t.project_id,
+                channel: t.channel,
+            },
+            Ok(Some(_)) => Grant::Refused("token expired"),
+            _ => Grant::Refused("invalid or already used token"),
+        },
+        (None, Some(key)) => match Principal::from_secret(&state, &key) {
+            Ok(p) => Grant::Key {
+                project: p.project_id,
+            },
+            Err(_) => Grant::Refused("invalid api key"),
+        },
+        (None, None) => Grant::Refused("missing token or api key"),
+    };
+    let session = WsSession {
+        state: state.into_inner(),
+        grant,
+        channels: HashMap::new(),
+        last_seen: Instant::now(),
+    };
+    ws::start(session, &req, body)
+}
+
+pub struct WsSession {
+    state: Arc<AppState>,
+    grant: Grant,
+    channels: HashMap<String, SpawnHandle>,
+    last_seen: Instant,
+}
+
+/// A frame for the client, or the end of a channel's stream.
+enum ChannelItem {
+    Frame(ByteString),
+    Lagged { channel: String, last_seq: u64 },
+    Ended(String),
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientFrame {
+    Join {
+        channel: String,
+        #[serde(default)]
+        after: u64,
+    },
+    Leave {
+        channel: String,
+    },
+    Ping,
+}
+
+impl WsSession {
+    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: impl Into<ByteString>) {
+        self.state.metrics.ws_frames_sent.inc();
+        ctx.text(frame);
+    }
+
+    fn error(&self, ctx: &mut ws::WebsocketContext<Self>, code: &str, message: &str) {
+        let frame = json!({"event": "error", "data": {"code": code, "message": message}});
+        self.send(ctx, frame.to_string());
+    }
+
+    fn project(&self) -> &str {
+        match &self.grant {
+            Grant::Token { project, .. } | Grant::Key { project } => project,
+            Grant::Refused(_) => "",
+        }
+    }
+
+    fn on_client_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => return self.error(ctx, "invalid_request", &format!("bad frame: {e}")),
+        };
+        match frame {
+            ClientFrame::Ping => self.send(ctx, r#"{"event":"pong"}"#),
+            ClientFrame::Leave { channel } => match self.channels.remove(&channel) {
+                Some(handle) => {
+                    ctx.cancel_future(handle);
+                    self.state.metrics.ws_channels.dec();
+                    self.send(
+                        ctx,
+                        json!({"channel": channel, "event": "left"}).to_string(),
+                    );
+                }
+                None => self.error(ctx, "not_found", &format!("not joined to `{channel}`")),
+            },
+            ClientFrame::Join { channel, after } => self.join(channel, after, ctx),
+        }
+    }
+
+    fn join(&mut self, channel: String, after: u64, ctx: &mut ws::WebsocketContext<Self>) {
+        let not_found = || format!("no channel `{channel}`");
+        let target = channels::parse(&channel).filter(|target| match (target, &self.grant) {
+            (
+                _,
+                Grant::Token {
+                    channel: allowed, ..
+                },
+            ) => *allowed == channel,
+            (
+                ChannelRef::Execution { project, .. } | ChannelRef::Project { project },
+                Grant::Key { project: own },
+            ) => project == own,
+            (_, Grant::Refused(_)) => false,
+        });
+        let items = match target {
+            Some(ChannelRef::Execution { execution_id, .. }) => {
+                match self
+                    .state
+                    .store
+                    .get_project_execution(self.project(), &execution_id)
+                {
+                    Ok(Some(_)) => self
+                        .execution_items(channel.clone(), execution_id, after)
+                        .boxed_local(),
+                    _ => return self.error(ctx, "not_found", &not_found()),
+                }
+            }
+            Some(ChannelRef::Project { project }) => {
+                self.project_items(channel.clone(), &project).boxed_local()
+            }
+            None => return self.error(ctx, "not_found", &not_found()),
+        };
+        if let Some(old) = self.channels.remove(&channel) {
+            ctx.cancel_future(old);
+        } else {
+            self.state.metrics.ws_channels.inc();
+        }
+        self.send(
+            ctx,
+            json!({"channel": channel, "event": "joined"}).to_string(),
+        );
+        let handle = ctx.add_stream(items);
+        self.channels.insert(channel, handle);
+    }
+
+    /// The execution's log from `after`, then live, as frames, then `Ended`.
+    fn execution_items(
+        &self,
+        channel: String,
+        id: String,
+        after: u64,
+    ) -> impl Stream<Item = ChannelItem> + 'static {
+        let registry = self.state.registry.clone();
+        let store = self.state.store.clone();
+        let start = async move {
+            // Subscribe before the cursor reads the log, so nothing falls between the two.
+            let live = registry.send(Subscribe(id.clone())).await.ok().flatten();
+            (Cursor::new(store, id, after, live), channel, Vec::new())
+        };
+        stream::once(start).flat_map(|state| {
+            stream::unfold(Some(state), |state| async move {
+                let (mut cursor, channel, mut pending) = state?;
+                if let Some(item) = pending.pop() {
+                    return Some((item, Some((cursor, channel, pending))));
+                }
+                match cursor.next().await {
+                    Some(event) => {
+                        let frame = ChannelItem::Frame(event.ws_frame(&channel));
+                        let item = match cursor.take_lag() {
+                            Some(last_seq) => {
+                                pending.push(frame);
+                                ChannelItem::Lagged {
+                                    channel: channel.clone(),
+                                    last_seq,
+                                }
+                            }
+                            None => frame,
+                        };
+                        Some((item, Some((cursor, channel, pending))))
+                    }
+                    None => Some((ChannelItem::Ended(channel), None)),
+                }
+            })
+        })
+    }
+
+    /// The project's live status notes.
+    fn project_items(
+        &self,
+        channel: String,
+        project: &str,
+    ) -> impl Stream<Item = ChannelItem> + 'static {
+        let rx = self.state.project_feed.subscribe(project);
+        stream::unfold((rx, channel), |(mut rx, channel)| async move {
+            match rx.recv().await {
+                Ok(frame) => Some((ChannelItem::Frame(frame), (rx, channel))),
+                Err(RecvError::Lagged(_)) => {
+                    let item = ChannelItem::Lagged {
+                        channel: channel.clone(),
+                        last_seq: 0,
+                    };
+                    Some((item, (rx, channel)))
+                }
+                Err(RecvError::Closed) => None,
+            }
+        })
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.state.metrics.ws_sockets.inc();
+        if let Grant::Refused(reason) = self.grant {
+            ctx.close(Some(ws::CloseReason {
+                code: ws::CloseCode::Other(CLOSE_UNAUTHORIZED),
+                description: Some(reason.to_string()),
+            }));
+            return ctx.stop();
+        }
+        let limits = &self.state.settings.limits;
+        let timeout = Duration::from_millis(limits.ws_client_timeout_ms);
+        ctx.run_interval(
+            Duration::from_millis(limits.ws_heartbeat_ms),
+            move |act, ctx| {
+                if act.last_seen.elapsed() > timeout {
+                    ctx.close(Some(ws::CloseReason {
+                        code: ws::CloseCode::Other(CLOSE_HEARTBEAT_TIMEOUT),
+                        description: Some("heartbeat timeout".into()),
+                    }));
+                    ctx.stop();
+                } else {
+                    ctx.ping(b"");
+                }
+            },
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.state.metrics.ws_sockets.dec();
+        self.state
+            .metrics
+            .ws_channels
+            .sub(self.channels.len() as i64);
+        self.channels.clear();
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        match msg {
+            Ok(ws::Message::Text(text)) => self.on_client_text(&text, ctx),
+            Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(ws::Message::Binary(_)) => {
+                self.error(ctx, "invalid_request", "frames are JSON text")
+            }
+            Ok(_) => {}
+            Err(_) => ctx.stop(),
+        }
+    }
+}
+
+impl StreamHandler<ChannelItem> for WsSession {
+    fn handle(&mut self, item: ChannelItem, ctx: &mut Self::Context) {
+        match item {
+            ChannelItem::Frame(frame) => self.send(ctx, frame),
+            ChannelItem::Lagged { channel, last_seq } => {
+                self.state.metrics.ws_lagged.inc();
+                let frame =
+                    json!({"channel": channel, "event": "lagged", "data": {"last_seq": last_seq}});
+                self.send(ctx, frame.to_string());
+            }
+            ChannelItem::Ended(channel) => {
+                if self.channels.remove(&channel).is_some() {
+                    self.state.metrics.ws_channels.dec();
+                }
+            }
+        }
+    }
+
+    /// A channel's stream ending must not end the connection.
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
