@@ -8,6 +8,7 @@ mod executions;
 mod health;
 mod keys;
 mod routing_status;
+mod static_files;
 mod ws;
 
 pub use auth::{Principal, DEFAULT_PROJECT};
@@ -48,6 +49,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::PathConfig::default()
             .error_handler(|err, _| ApiError::invalid(format!("invalid path: {err}")).into()),
     )
+    .route("/", web::get().to(static_files::index))
+    .route("/static/{name}", web::get().to(static_files::file))
     .route("/healthz", web::get().to(health::healthz))
     .route("/metrics", web::get().to(health::metrics))
     .route("/v1/ws", web::get().to(ws::connect))
