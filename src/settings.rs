@@ -17,6 +17,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub compat: Compat,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
     /// From `SWITCHYARD_ADMIN_KEY`; never read from the file.
@@ -55,6 +57,15 @@ impl Default for Limits {
             ws_client_timeout_ms: 15_000,
         }
     }
+}
+
+/// The OpenAI-compatible endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Compat {
+    /// Cancel the execution when a `/v1/chat/completions` client goes away before the end
+    /// (by default it runs on, and stays readable under its execution id).
+    pub cancel_on_disconnect: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

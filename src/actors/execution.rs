@@ -312,6 +312,7 @@ impl Execution {
             self.emit_chunk(ctx, tail);
         }
         let usage = self.running.as_ref().and_then(|r| r.usage);
+        self.record.finish_reason = self.running.as_ref().and_then(|r| r.finish_reason.clone());
         self.end_attempt(ctx, AttemptOutcome::Succeeded, None);
         self.record.usage = usage;
         self.terminate(ctx, Status::Completed, None);
@@ -388,9 +389,12 @@ impl Execution {
             seq: u64,
             from: &'a str,
             to: &'a str,
+            /// The upstream model that continues the answer.
+            model: &'a str,
             reason: ErrorCode,
             message: &'a str,
         }
+        let model = self.routes[self.route_index].model.clone();
         self.emit(ctx, |seq| {
             Event::from_payload(
                 seq,
@@ -399,6 +403,7 @@ impl Execution {
                     seq,
                     from,
                     to: &to,
+                    model: &model,
                     reason: err.code,
                     message: &err.message,
                 },
@@ -487,7 +492,9 @@ impl Actor for Execution {
                 self.next_seq = self.deps.store.last_seq(self.id()).unwrap_or(1) + 1;
                 self.record.status = Status::Processing;
                 self.record.started_at_ms = Some(now_ms());
-                self.emit(ctx, |seq| Event::status(seq, Status::Processing));
+                let route = &self.routes[self.route_index];
+                let (provider, model) = (route.provider.name().to_string(), route.model.clone());
+                self.emit(ctx, |seq| Event::processing(seq, &provider, &model));
                 self.start_attempt(ctx, None);
             }
             Status::Processing => {

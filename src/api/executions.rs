@@ -17,8 +17,29 @@ pub async fn submit(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body: SubmitBody = read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
+    let (record, created, token) = accept(&state, &principal, &body, true).await?;
+    let token = token.unwrap_or_default();
+    let status = if created {
+        actix_web::http::StatusCode::ACCEPTED
+    } else {
+        actix_web::http::StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header((header::LOCATION, format!("/v1/executions/{}", record.id)))
+        .json(submit_view(&req, &record, &token)))
+}
+
+/// Validates and persists a submit, durably, and starts it: `(record, true, _)` for a new
+/// execution, `(original, false, _)` for a retry with the same idempotency key and body;
+/// with a fresh WebSocket token when asked (made durable by the same group commit).
+pub(super) async fn accept(
+    state: &AppState,
+    principal: &Principal,
+    body: &SubmitBody,
+    with_token: bool,
+) -> Result<(ExecutionRecord, bool, Option<String>), ApiError> {
     body.validate()?;
-    let model = resolve_model(&state, &body.model)?;
+    let model = resolve_model(state, &body.model)?;
     let id = ids::execution_id();
     let record = ExecutionRecord {
         channel_id: crate::channels::channel_id_for(&id),
@@ -33,6 +54,7 @@ pub async fn submit(
         webhook_url: body.webhook_url.clone(),
         output_text: None,
         error: None,
+        finish_reason: None,
         usage: None,
         attempts: Vec::new(),
         created_at_ms: now_ms(),
@@ -42,8 +64,8 @@ pub async fn submit(
     let outcome = state
         .store
         .create_execution(&record, &Event::status(1, Status::Pending))?;
-    let (record, status) = match outcome {
-        SubmitOutcome::Created => (record, actix_web::http::StatusCode::ACCEPTED),
+    let (record, created) = match outcome {
+        SubmitOutcome::Created => (record, true),
         SubmitOutcome::Existing {
             id,
             same_body: true,
@@ -52,7 +74,7 @@ pub async fn submit(
                 .store
                 .get_execution(&id)?
                 .ok_or_else(|| ApiError::internal("idempotency entry without execution"))?;
-            (existing, actix_web::http::StatusCode::OK)
+            (existing, false)
         }
         SubmitOutcome::Existing { .. } => {
             return Err(ApiError::new(
@@ -61,15 +83,17 @@ pub async fn submit(
             ))
         }
     };
-    let token = issue_ws_token(&state, &record)?;
-    // The 202 promises the execution survives a crash: wait for the group commit.
+    let token = if with_token {
+        Some(issue_ws_token(state, &record)?)
+    } else {
+        None
+    };
+    // Accepting promises the execution survives a crash: wait for the group commit.
     state.store.commit.sync().await;
-    if status == actix_web::http::StatusCode::ACCEPTED {
+    if created {
         state.registry.do_send(StartExecution(record.clone()));
     }
-    Ok(HttpResponse::build(status)
-        .insert_header((header::LOCATION, format!("/v1/executions/{}", record.id)))
-        .json(submit_view(&req, &record, &token)))
+    Ok((record, created, token))
 }
 
 /// `auto` picks the first model that has a usable route; any other slug must be configured.

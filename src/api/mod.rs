@@ -2,11 +2,14 @@
 
 mod auth;
 mod body;
+mod chat_completions;
 mod debug_log;
 mod events;
 mod executions;
 mod health;
 mod keys;
+mod models;
+mod openai_error;
 mod routing_status;
 mod static_files;
 mod ws;
@@ -64,6 +67,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/executions/{id}/events", web::get().to(events::stream))
     .route("/v1/executions/{id}/log", web::get().to(debug_log::get))
+    .route(
+        "/v1/chat/completions",
+        web::post().to(chat_completions::create),
+    )
+    .route("/v1/models", web::get().to(models::list))
     .route("/v1/routing/status", web::get().to(routing_status::get))
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))

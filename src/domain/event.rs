@@ -91,6 +91,28 @@ impl Event {
         Event::from_payload(seq, EventKind::Status, &Payload { seq, status })
     }
 
+    /// `processing`, with the route the first try goes to.
+    pub fn processing(seq: u64, provider: &str, model: &str) -> Event {
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            seq: u64,
+            status: super::Status,
+            provider: &'a str,
+            model: &'a str,
+        }
+        let status = super::Status::Processing;
+        Event::from_payload(
+            seq,
+            EventKind::Status,
+            &Payload {
+                seq,
+                status,
+                provider,
+                model,
+            },
+        )
+    }
+
     pub fn chunk(seq: u64, delta: &str) -> Event {
         #[derive(Serialize)]
         struct Payload<'a> {

@@ -62,6 +62,9 @@ pub struct ExecutionRecord {
     /// The final text; while running, the text is the concatenation of the log's chunks.
     pub output_text: Option<String>,
     pub error: Option<ErrorBody>,
+    /// Why the provider stopped (`stop`, `length`, …), when it completed.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
     pub attempts: Vec<Attempt>,
     pub created_at_ms: u64,
@@ -105,6 +108,7 @@ impl ExecutionRecord {
             "model": self.model,
             "output": text.map(|t| serde_json::json!({"text": t})),
             "error": self.error,
+            "finish_reason": self.finish_reason,
             "usage": self.usage,
             "attempts": attempts,
             "metadata": self.metadata,

@@ -59,6 +59,9 @@ pub struct Params {
     pub frequency_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
+    /// OpenAI's `{"type": "text" | "json_object" | "json_schema", …}`, passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
 }
 
 /// `POST /v1/executions` body. Unknown fields are rejected so that typos do not pass silently.
@@ -136,6 +139,14 @@ impl SubmitBody {
         if let Some(Stop::Many(stops)) = &p.stop {
             if stops.len() > 4 {
                 return Err(ApiError::invalid("params.stop: at most 4 sequences"));
+            }
+        }
+        if let Some(format) = &p.response_format {
+            let kind = format.get("type").and_then(Value::as_str);
+            if !matches!(kind, Some("text" | "json_object" | "json_schema")) {
+                return Err(ApiError::invalid(
+                    "params.response_format.type: must be text, json_object or json_schema",
+                ));
             }
         }
         self.validate_metadata()?;

@@ -10,5 +10,6 @@ mod events;
 mod executions;
 mod failover;
 mod keys;
+mod openai_compat;
 mod routing;
 mod websocket;

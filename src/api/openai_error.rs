@@ -1,0 +1,61 @@
+//! Errors in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`) for the
+//! OpenAI-compatible endpoints, so the official SDKs raise their typed exceptions. The status
+//! and `code` are the same normalized ones as everywhere else.
+
+use actix_web::{http::header, HttpResponse, ResponseError};
+use serde_json::{json, Value};
+use std::fmt;
+
+use crate::error::{ApiError, ErrorCode};
+
+#[derive(Debug)]
+pub struct OpenAiError(pub ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(err: ApiError) -> Self {
+        OpenAiError(err)
+    }
+}
+
+impl fmt::Display for OpenAiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+fn openai_type(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Unauthorized => "authentication_error",
+        ErrorCode::Forbidden => "permission_error",
+        ErrorCode::NotFound => "not_found_error",
+        ErrorCode::RateLimited => "rate_limit_error",
+        ErrorCode::ProviderTimeout
+        | ErrorCode::ProviderUnavailable
+        | ErrorCode::ProviderError
+        | ErrorCode::StreamInterrupted
+        | ErrorCode::Internal => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+impl OpenAiError {
+    pub fn body(&self) -> Value {
+        let b = &self.0.body;
+        json!({"message": b.message, "type": openai_type(b.code), "param": null, "code": b.code})
+    }
+}
+
+impl ResponseError for OpenAiError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        self.0.code().status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if self.0.code() == ErrorCode::RateLimited {
+            let after = self.0.retry_after.map_or(1, |d| d.as_secs().max(1));
+            res.insert_header((header::RETRY_AFTER, after.to_string()));
+        }
+        res.json(json!({"error": self.body()}))
+    }
+}

@@ -1,0 +1,195 @@
+//! The OpenAI-compatible surface over real HTTP: stream and non-stream, failover behind it,
+//! errors in OpenAI's shape. (The official Python SDK runs against it in tests/sdk.)
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::fake_openai::{FakeOpenAi, Fault};
+use crate::helpers::*;
+
+fn request(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null },
+           "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "Hello"}]}]})
+}
+
+async fn post(app: &TestApp, body: &Value) -> reqwest::Response {
+    let mut body = body.clone();
+    if body["stream_options"].is_null() {
+        body.as_object_mut().unwrap().remove("stream_options");
+    }
+    app.post("/v1/chat/completions", ADMIN_KEY, &body).await
+}
+
+async fn chunks(res: reqwest::Response) -> (Vec<Value>, bool) {
+    let mut out = Vec::new();
+    let mut done = false;
+    let mut events = res.bytes_stream().eventsource();
+    while let Some(Ok(ev)) = events.next().await {
+        if ev.data == "[DONE]" {
+            done = true;
+            break;
+        }
+        out.push(serde_json::from_str(&ev.data).unwrap());
+    }
+    (out, done)
+}
+
+#[actix_web::test]
+async fn a_non_streaming_completion_has_openais_shape_and_the_execution_behind_it() {
+    let fake = FakeOpenAi::start().await.with_words(6);
+    let app = spawn_with_fakes(&[&fake]).await;
+    let res = post(&app, &request("fake", false)).await;
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["x-switchyard-execution-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "up-0");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(body["choices"][0]["message"]["content"], fake.full_text());
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+    // The request went upstream as a streaming chat request with the system turn kept.
+    assert_eq!(fake.requests()[0]["messages"][0]["role"], "system");
+    assert_eq!(fake.requests()[0]["messages"][1]["content"], "Hello");
+    let exec = app.execution(ADMIN_KEY, &id).await;
+    assert_eq!(exec["status"], "completed");
+}
+
+#[actix_web::test]
+async fn a_streamed_completion_survives_a_mid_stream_failover_with_the_exact_text() {
+    let primary = FakeOpenAi::start().await.with_default(Fault::CutAfter(7));
+    let backup = FakeOpenAi::start().await;
+    let app = spawn_with_fakes(&[&primary, &backup]).await;
+    let res = post(&app, &request("fake", true)).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["x-switchyard-execution-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("exec_"));
+    let (chunks, done) = chunks(res).await;
+    assert!(done, "a completed stream ends with [DONE]");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, backup.full_text());
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let finish = chunks
+        .iter()
+        .find(|c| c["choices"][0]["finish_reason"] == "stop")
+        .unwrap();
+    assert_eq!(finish["model"], "up-1", "the model that actually answered");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 13);
+}
+
+#[actix_web::test]
+async fn an_unrecoverable_stream_ends_with_an_error_event_not_a_clean_finish() {
+    let fake = FakeOpenAi::start().await.with_default(Fault::CutAfter(3));
+    let app = spawn_app_with(&config(&[&fake]), |s| s.providers[1].max_attempts = 1).await;
+    let res = post(&app, &request("fake", true)).await;
+    let mut events = res.bytes_stream().eventsource();
+    let mut last = None;
+    while let Some(Ok(ev)) = events.next().await {
+        assert_ne!(ev.data, "[DONE]");
+        last = Some(ev.data);
+    }
+    let last: Value = serde_json::from_str(&last.unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted");
+    assert_eq!(last["error"]["type"], "server_error");
+}
+
+#[actix_web::test]
+async fn errors_come_in_openais_shape_with_the_right_status() {
+    let fake = FakeOpenAi::start()
+        .await
+        .with_default(Fault::context_length());
+    let app = spawn_with_fakes(&[&fake]).await;
+    let res = post(&app, &request("fake", false)).await;
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maximum context length"));
+
+    let res = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&request("fake", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["type"],
+        "authentication_error"
+    );
+
+    for (patch, field) in [
+        (json!({"n": 2}), "n"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+        ),
+        (json!({"model": "nope"}), "model"),
+        (json!({"bogus": 1}), "bogus"),
+    ] {
+        let mut body = request("fake", false);
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let res = post(&app, &body).await;
+        assert_eq!(res.status(), 400, "{patch}");
+        let msg = res.json::<Value>().await.unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains(field), "{patch}: {msg}");
+    }
+}
+
+#[actix_web::test]
+async fn models_lists_the_configured_slugs_and_idempotency_keys_are_honoured() {
+    let fake = FakeOpenAi::start().await.with_words(3);
+    let app = spawn_with_fakes(&[&fake]).await;
+    let models: Value = app.get("/v1/models", ADMIN_KEY).await.json().await.unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["chat-default", "fake", "auto"]);
+    assert_eq!(models["object"], "list");
+
+    let send = || {
+        app.client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(ADMIN_KEY)
+            .header("idempotency-key", "same-call")
+            .json(&request("fake", false))
+            .send()
+    };
+    let a = send().await.unwrap();
+    let b = send().await.unwrap();
+    assert_eq!(
+        a.headers()["x-switchyard-execution-id"],
+        b.headers()["x-switchyard-execution-id"]
+    );
+    assert_eq!(
+        b.json::<Value>().await.unwrap()["choices"][0]["message"]["content"],
+        fake.full_text()
+    );
+    assert_eq!(fake.request_count(), 1);
+}
