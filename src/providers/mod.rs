@@ -5,6 +5,7 @@ mod attempt;
 mod error;
 mod mock;
 mod openai;
+mod sse;
 
 pub use attempt::{spawn_attempt, AttemptEvent, AttemptHandle};
 pub use error::ProviderError;
