@@ -1,6 +1,7 @@
 //! One integration binary: real HTTP on 127.0.0.1 port 0, a temp sled dir per app, fake
 //! providers as real HTTP servers.
 
+mod fake_http;
 mod fake_openai;
 mod helpers;
 
