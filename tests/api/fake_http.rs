@@ -450,6 +450,12 @@ pub fn chunk_prefix(content: &str, words: usize) -> Option<usize> {
     None
 }
 
+/// Whether a fault placed after `k` content chunks fires once `sent` of `total` went out; one
+/// placed past the end fires before the closing events.
+pub fn due(k: usize, sent: usize, total: usize) -> bool {
+    k == sent || (k > total && sent == total)
+}
+
 /// The usual prompt token count of the fakes: whitespace-separated words.
 pub fn word_tokens(text: &str) -> usize {
     text.split_whitespace().count()

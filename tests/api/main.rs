@@ -1,6 +1,8 @@
 //! One integration binary: real HTTP on 127.0.0.1 port 0, a temp sled dir per app, fake
 //! providers as real HTTP servers.
 
+mod fake_anthropic;
+mod fake_gemini;
 mod fake_http;
 mod fake_openai;
 mod helpers;
@@ -11,5 +13,6 @@ mod events;
 mod executions;
 mod failover;
 mod keys;
+mod providers;
 mod routing;
 mod websocket;
