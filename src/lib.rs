@@ -4,7 +4,7 @@
 //! - [`api`]: REST submit, reads, keys, SSE — HTTP in, JSON and event streams out
 //! - [`actors`]: the `Registry` singleton and one `Execution` actor per execution
 //! - [`routing`]: route plans, failover decisions and continuation requests (pure functions)
-//! - [`providers`]: wire formats (openai, mock), timeouts, error classification
+//! - [`providers`]: wire formats (openai, anthropic, gemini, mock), timeouts, error classification
 //! - [`store`]: sled trees behind typed functions, with group commit
 //! - [`cursor`]: a reader's position in an event log (replay, then live)
 //! - [`channels`]: WebSocket channel names and the project status feed

@@ -73,6 +73,10 @@ pub struct Compat {
 pub enum ProviderKind {
     /// Any OpenAI-compatible chat completions API.
     Openai,
+    /// The Anthropic Messages API (`{base_url}/messages`).
+    Anthropic,
+    /// The Gemini API (`{base_url}/models/{model}:streamGenerateContent`).
+    Gemini,
     /// Built in, no network: deterministic text with configurable pacing.
     Mock,
 }
@@ -125,7 +129,8 @@ pub struct ProviderSettings {
     /// How long an open breaker keeps the provider out of rotation before one probe.
     #[serde(default = "defaults::breaker_cooldown_ms")]
     pub breaker_cooldown_ms: u64,
-    /// Default per kind: `instruction` for openai, `prefill` for mock.
+    /// Default per kind: `prefill` where the API continues a final assistant message (anthropic,
+    /// mock), `instruction` elsewhere (openai, gemini).
     #[serde(default)]
     pub continuation: Option<ContinuationStrategy>,
     /// Mock only: chunks per answer.
@@ -172,8 +177,8 @@ mod defaults {
 impl ProviderSettings {
     pub fn continuation(&self) -> ContinuationStrategy {
         self.continuation.unwrap_or(match self.kind {
-            ProviderKind::Openai => ContinuationStrategy::Instruction,
-            ProviderKind::Mock => ContinuationStrategy::Prefill,
+            ProviderKind::Openai | ProviderKind::Gemini => ContinuationStrategy::Instruction,
+            ProviderKind::Anthropic | ProviderKind::Mock => ContinuationStrategy::Prefill,
         })
     }
 
@@ -390,9 +395,33 @@ mod tests {
     }
 
     #[test]
-    fn openai_providers_need_a_base_url() {
-        let text = DEFAULT_CONFIG.replace("kind = \"mock\"", "kind = \"openai\"");
-        let err = Settings::parse(&text).unwrap_err().to_string();
-        assert!(err.contains("providers[0].base_url"), "{err}");
+    fn network_providers_need_a_base_url() {
+        for kind in ["openai", "anthropic", "gemini"] {
+            let text = DEFAULT_CONFIG.replace("kind = \"mock\"", &format!("kind = \"{kind}\""));
+            let err = Settings::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("providers[0].base_url"), "{kind}: {err}");
+        }
+    }
+
+    #[test]
+    fn continuation_defaults_follow_the_kind() {
+        let text = DEFAULT_CONFIG.replace(
+            "kind = \"mock\"",
+            "kind = \"gemini\"\nbase_url = \"http://127.0.0.1:1/v1beta\"",
+        );
+        let s = Settings::parse(&text).unwrap();
+        assert_eq!(s.providers[0].kind, ProviderKind::Gemini);
+        let mut p = s.providers[0].clone();
+        for (kind, want) in [
+            (ProviderKind::Openai, ContinuationStrategy::Instruction),
+            (ProviderKind::Gemini, ContinuationStrategy::Instruction),
+            (ProviderKind::Anthropic, ContinuationStrategy::Prefill),
+            (ProviderKind::Mock, ContinuationStrategy::Prefill),
+        ] {
+            p.kind = kind;
+            assert_eq!(p.continuation(), want, "{kind:?}");
+        }
+        p.continuation = Some(ContinuationStrategy::Restart);
+        assert_eq!(p.continuation(), ContinuationStrategy::Restart);
     }
 }

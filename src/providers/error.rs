@@ -144,7 +144,9 @@ impl ProviderError {
             && (lower.contains("prefill")
                 || lower.contains("assistant")
                 || lower.contains("final message")
-                || lower.contains("last message"))
+                || lower.contains("last message")
+                // Gemini, which has no prefill: "… requests ends with a user role …"
+                || lower.contains("with a user role"))
     }
 }
 
@@ -237,5 +239,11 @@ mod tests {
         );
         assert!(e.rejects_message_form());
         assert!(!ProviderError::from_status(400, None, "{}").rejects_message_form());
+        let gemini = ProviderError::from_status(
+            400,
+            None,
+            r#"{"error":{"code":400,"message":"Please ensure that multiturn requests ends with a user role or a function response.","status":"INVALID_ARGUMENT"}}"#,
+        );
+        assert!(gemini.rejects_message_form());
     }
 }

@@ -1,10 +1,14 @@
 //! Provider wire formats behind one interface: a canonical request in, a stream of canonical
 //! deltas out, and every failure classified into exactly one normalized code.
 
+mod anthropic;
 mod attempt;
 mod error;
+mod gemini;
 mod mock;
 mod openai;
+mod sse;
+mod turns;
 
 pub use attempt::{spawn_attempt, AttemptEvent, AttemptHandle};
 pub use error::ProviderError;
@@ -48,6 +52,8 @@ pub struct UpstreamRequest {
 
 enum Client {
     OpenAi(openai::OpenAi),
+    Anthropic(anthropic::Anthropic),
+    Gemini(gemini::Gemini),
     Mock(mock::Mock),
 }
 
@@ -62,12 +68,12 @@ impl Provider {
         &self.settings.name
     }
 
-    /// Whether it can be called at all (an OpenAI-compatible provider needs its key, unless it
-    /// is configured without `api_key_env`, as local servers often are).
+    /// Whether it can be called at all (a network provider needs its key, unless it is
+    /// configured without `api_key_env`, as local servers and proxies often are).
     pub fn usable(&self) -> bool {
         match self.settings.kind {
             ProviderKind::Mock => true,
-            ProviderKind::Openai => {
+            ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Gemini => {
                 self.settings.api_key_env.is_none() || self.settings.api_key.is_some()
             }
         }
@@ -82,6 +88,8 @@ impl Provider {
     ) -> Result<ProviderStream, ProviderError> {
         match &self.client {
             Client::OpenAi(p) => p.open(req, log).await,
+            Client::Anthropic(p) => p.open(req, log).await,
+            Client::Gemini(p) => p.open(req, log).await,
             Client::Mock(p) => Ok(p.open(req, log)),
         }
     }
@@ -112,6 +120,10 @@ impl Providers {
             .map(|p| {
                 let client = match p.kind {
                     ProviderKind::Openai => Client::OpenAi(openai::OpenAi::new(p, http.clone())),
+                    ProviderKind::Anthropic => {
+                        Client::Anthropic(anthropic::Anthropic::new(p, http.clone()))
+                    }
+                    ProviderKind::Gemini => Client::Gemini(gemini::Gemini::new(p, http.clone())),
                     ProviderKind::Mock => Client::Mock(mock::Mock::new(p)),
                 };
                 let provider = Provider {

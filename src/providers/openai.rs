@@ -1,14 +1,12 @@
 //! The OpenAI chat completions wire format, for any OpenAI-compatible API.
 
-use eventsource_stream::Eventsource;
-use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
-use std::time::Duration;
 
+use super::sse::{self, Parsed};
 use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
 use crate::domain::Usage;
 use crate::settings::ProviderSettings;
-use crate::store::{redacted_headers, AttemptLog, LogEntry};
+use crate::store::AttemptLog;
 
 pub struct OpenAi {
     url: String,
@@ -36,49 +34,10 @@ impl OpenAi {
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        let request = builder
-            .build()
-            .map_err(|e| ProviderError::from_transport(&e))?;
-        log.record(LogEntry::Request {
-            url: request.url().as_str(),
-            headers: redacted_headers(
-                request
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_bytes())),
-            ),
-            body: &body,
-        });
-        let resp = self
-            .http
-            .execute(request)
-            .await
-            .map_err(|e| ProviderError::from_transport(&e))?;
-        let status = resp.status();
-        log.record(LogEntry::Response {
-            status: status.as_u16(),
-            headers: redacted_headers(
-                resp.headers()
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_bytes())),
-            ),
-        });
-        if !status.is_success() {
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let body = resp.text().await.unwrap_or_default();
-            log.record(LogEntry::Chunk { data: &body });
-            return Err(ProviderError::from_status(
-                status.as_u16(),
-                retry_after,
-                &body,
-            ));
-        }
-        Ok(parse_stream(resp.bytes_stream(), log.clone()))
+        let resp = sse::send(&self.http, builder, &body, log, ProviderError::from_status).await?;
+        Ok(sse::parse_stream(resp.bytes_stream(), log.clone(), |ev| {
+            parse_data(&ev.data)
+        }))
     }
 }
 
@@ -124,12 +83,6 @@ struct DeltaPayload {
 }
 
 /// One SSE `data:` payload → a canonical item, an error event, or the end marker.
-enum Parsed {
-    Item(StreamItem),
-    Error(ProviderError),
-    Done,
-}
-
 fn parse_data(data: &str) -> Parsed {
     if data.trim() == "[DONE]" {
         return Parsed::Done;
@@ -150,73 +103,8 @@ fn parse_data(data: &str) -> Parsed {
                 usage: chunk.usage,
             }))
         }
-        Err(e) => Parsed::Item(StreamItem::Skipped {
-            raw: data.chars().take(2_000).collect(),
-            reason: format!("unparseable event: {e}"),
-        }),
+        Err(e) => sse::skipped(data, &e),
     }
-}
-
-struct ParseState<S> {
-    events: S,
-    log: AttemptLog,
-    saw_finish: bool,
-    over: bool,
-}
-
-fn parse_stream<B>(bytes: B, log: AttemptLog) -> ProviderStream
-where
-    B: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
-{
-    let state = ParseState {
-        events: Box::pin(bytes.eventsource()),
-        log,
-        saw_finish: false,
-        over: false,
-    };
-    stream::unfold(state, |mut st| async move {
-        if st.over {
-            return None;
-        }
-        match st.events.next().await {
-            Some(Ok(ev)) => match parse_data(&ev.data) {
-                Parsed::Item(StreamItem::Skipped { raw, reason }) => {
-                    st.log.record(LogEntry::Skipped {
-                        data: &raw,
-                        reason: &reason,
-                    });
-                    Some((Ok(StreamItem::Skipped { raw, reason }), st))
-                }
-                parsed => {
-                    st.log.record(LogEntry::Chunk { data: &ev.data });
-                    match parsed {
-                        Parsed::Done => None,
-                        Parsed::Error(e) => {
-                            st.over = true;
-                            Some((Err(e), st))
-                        }
-                        Parsed::Item(item) => {
-                            if let StreamItem::Delta(d) = &item {
-                                st.saw_finish |= d.finish_reason.is_some();
-                            }
-                            Some((Ok(item), st))
-                        }
-                    }
-                }
-            },
-            // A stream that ends cleanly after its finish reason is complete, [DONE] or not.
-            Some(Err(_)) | None if st.saw_finish => None,
-            Some(Err(e)) => {
-                st.over = true;
-                Some((Err(ProviderError::cut(&e.to_string())), st))
-            }
-            None => {
-                st.over = true;
-                Some((Err(ProviderError::cut("connection closed")), st))
-            }
-        }
-    })
-    .boxed()
 }
 
 #[cfg(test)]
@@ -225,8 +113,7 @@ mod tests {
     use crate::error::ErrorCode;
 
     fn run(body: &'static str) -> Vec<Result<StreamItem, ProviderError>> {
-        let bytes = stream::iter(vec![Ok(bytes::Bytes::from_static(body.as_bytes()))]);
-        crate::providers::block_on_test(parse_stream(bytes, AttemptLog::disabled()).collect())
+        sse::run_recorded(body, |ev| parse_data(&ev.data))
     }
 
     fn text(item: &Result<StreamItem, ProviderError>) -> Option<&str> {

@@ -1,9 +1,5 @@
-//! Fault-injecting fake of an OpenAI-compatible chat completions server.
-//!
-//! A real HTTP/1.1 server on `127.0.0.1:0` built directly on
-//! `tokio::net::TcpListener` with a hand-written, minimal request parser, so
-//! that faults can be injected at the byte / socket level (clean FIN
-//! mid-stream, RST, stalls, malformed SSE events, HTTP error statuses, ...).
+//! Fault-injecting fake of an OpenAI-compatible chat completions server, on the HTTP core of
+//! [`crate::fake_http`].
 //!
 //! The answer is always the same known word sequence (`"w0 "`, `"w1 "`, ...),
 //! one word per SSE chunk, and requests that carry an assistant prefix made of
@@ -12,22 +8,22 @@
 //! that nothing was repeated or lost across a failover.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-/// How long `StallAfter` / `NoResponse` hold a connection open at most.
-const HOLD_OPEN: Duration = Duration::from_secs(600);
+use crate::fake_http::{
+    chunk_prefix, cut, json_str, reset_after_pause, text_range, word_tokens, write_chunk,
+    write_json_response, write_last_chunk, write_sse_head, After, Core, Fake, Plan, Request, Wire,
+};
+
 /// Fixed `created` timestamp of every response.
 const CREATED: u64 = 1_700_000_000;
-/// Largest accepted request head (request line + headers).
-const MAX_HEAD: usize = 64 * 1024;
 
 /// A fault applied to one chat completions request.
 ///
@@ -202,610 +198,43 @@ pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&
     Value::Object(root).to_string()
 }
 
-/// One request received on the chat completions path.
-#[derive(Clone, Debug)]
-pub struct RecordedRequest {
-    pub method: String,
-    /// Request target without the query string.
-    pub path: String,
-    /// Header names lowercased, in arrival order.
-    pub headers: Vec<(String, String)>,
-    /// Parsed JSON body, or `Value::String(raw)` if it was not valid JSON.
-    pub body: Value,
-    /// The fault that was applied to this request.
-    pub fault: Fault,
-    /// Index of the first content chunk this request was answered from
-    /// (0 unless it was a recognised continuation).
-    pub start_chunk: usize,
-}
+/// The OpenAI chat completions wire format.
+pub struct OpenAi;
 
-#[derive(Debug)]
-struct Config {
-    words: usize,
-    chunk_delay: Duration,
-    first_chunk_delay: Duration,
-    script: VecDeque<Fault>,
-    default_fault: Fault,
-}
+pub type FakeOpenAi = Fake<OpenAi>;
+pub type RecordedRequest = crate::fake_http::RecordedRequest<Fault>;
 
-#[derive(Debug)]
-struct Shared {
-    addr: std::net::SocketAddr,
-    config: Mutex<Config>,
-    requests: Mutex<Vec<RecordedRequest>>,
-    connections_accepted: AtomicUsize,
-    open_connections: AtomicUsize,
-    client_disconnects: AtomicUsize,
-    completed_responses: AtomicUsize,
-}
+impl Wire for OpenAi {
+    type Fault = Fault;
+    const NAME: &'static str = "fake openai";
+    const BASE_PATH: &'static str = "/v1";
 
-impl Shared {
-    fn config(&self) -> MutexGuard<'_, Config> {
-        self.config.lock().unwrap_or_else(|e| e.into_inner())
+    fn no_fault() -> Fault {
+        Fault::None
     }
 
-    fn requests(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
-        self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    fn handle<'a>(
+        core: Arc<Core<Self>>,
+        socket: &'a mut TcpStream,
+        req: Request,
+    ) -> BoxFuture<'a, io::Result<After>> {
+        Box::pin(async move { handle_request(socket, &core, req).await })
     }
 }
 
-/// Handle to a running fake server. Cheap to clone; all clones share state.
-#[derive(Clone, Debug)]
-pub struct FakeOpenAi {
-    shared: Arc<Shared>,
-}
-
-impl FakeOpenAi {
-    /// Bind `127.0.0.1:0` and start serving with defaults: 20 words, no
-    /// delays, empty script, default fault `Fault::None`.
-    pub async fn start() -> FakeOpenAi {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("fake openai: bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("fake openai: local_addr");
-        let shared = Arc::new(Shared {
-            addr,
-            config: Mutex::new(Config {
-                words: 20,
-                chunk_delay: Duration::ZERO,
-                first_chunk_delay: Duration::ZERO,
-                script: VecDeque::new(),
-                default_fault: Fault::None,
-            }),
-            requests: Mutex::new(Vec::new()),
-            connections_accepted: AtomicUsize::new(0),
-            open_connections: AtomicUsize::new(0),
-            client_disconnects: AtomicUsize::new(0),
-            completed_responses: AtomicUsize::new(0),
-        });
-        let server = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((socket, _)) => {
-                        server.connections_accepted.fetch_add(1, Ordering::SeqCst);
-                        server.open_connections.fetch_add(1, Ordering::SeqCst);
-                        let conn = server.clone();
-                        tokio::spawn(async move {
-                            let _guard = OpenGuard(conn.clone());
-                            serve_connection(socket, conn).await;
-                        });
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        });
-        FakeOpenAi { shared }
-    }
-
-    // ----- builder-style configuration (consumes and returns the handle) -----
-
-    /// Number of words (content chunks) in the answer.
-    pub fn with_words(self, n: usize) -> Self {
-        self.set_words(n);
-        self
-    }
-
-    /// Delay between consecutive content chunks.
-    pub fn with_chunk_delay(self, delay: Duration) -> Self {
-        self.set_chunk_delay(delay);
-        self
-    }
-
-    /// Delay between the response headers and the first chunk.
-    pub fn with_first_chunk_delay(self, delay: Duration) -> Self {
-        self.set_first_chunk_delay(delay);
-        self
-    }
-
-    /// Replace the fault script (consumed one fault per request).
-    pub fn with_script(self, script: Vec<Fault>) -> Self {
-        self.set_script(script);
-        self
-    }
-
-    /// Fault used when the script is empty.
-    pub fn with_default(self, fault: Fault) -> Self {
-        self.set_default(fault);
-        self
-    }
-
-    // ----- runtime configuration -----
-
-    pub fn set_words(&self, n: usize) {
-        self.shared.config().words = n;
-    }
-
-    pub fn set_chunk_delay(&self, delay: Duration) {
-        self.shared.config().chunk_delay = delay;
-    }
-
-    pub fn set_first_chunk_delay(&self, delay: Duration) {
-        self.shared.config().first_chunk_delay = delay;
-    }
-
-    pub fn set_script(&self, script: Vec<Fault>) {
-        self.shared.config().script = script.into();
-    }
-
-    /// Append one fault to the end of the script.
-    pub fn push_fault(&self, fault: Fault) {
-        self.shared.config().script.push_back(fault);
-    }
-
-    /// Change the fault used when the script is empty.
-    pub fn set_default(&self, fault: Fault) {
-        self.shared.config().default_fault = fault;
-    }
-
-    /// Faults still waiting in the script.
-    pub fn script_remaining(&self) -> usize {
-        self.shared.config().script.len()
-    }
-
-    // ----- answer text -----
-
-    /// The chunks of an `n`-word answer: `"w0 "`, `"w1 "`, ...
-    pub fn words(n: usize) -> Vec<String> {
-        (0..n).map(chunk_text).collect()
-    }
-
-    /// Concatenation of chunks `start..end`.
-    pub fn text_range(start: usize, end: usize) -> String {
-        (start..end).map(chunk_text).collect()
-    }
-
-    /// Number of words currently configured.
-    pub fn word_count(&self) -> usize {
-        self.shared.config().words
-    }
-
-    /// Full answer text for the configured word count.
-    pub fn full_text(&self) -> String {
-        Self::text_range(0, self.word_count())
-    }
-
-    /// The first `k` chunks of the answer (a valid continuation prefix).
-    pub fn prefix(&self, k: usize) -> String {
-        Self::text_range(0, k.min(self.word_count()))
-    }
-
-    // ----- addresses -----
-
-    /// `http://127.0.0.1:PORT/v1`
-    pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.shared.addr)
-    }
-
+impl Fake<OpenAi> {
     /// `http://127.0.0.1:PORT/v1/chat/completions`
     pub fn chat_url(&self) -> String {
         format!("{}/chat/completions", self.base_url())
     }
-
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.shared.addr
-    }
-
-    // ----- inspection -----
-
-    /// Every chat completions request body received, in order.
-    pub fn requests(&self) -> Vec<Value> {
-        self.shared
-            .requests()
-            .iter()
-            .map(|r| r.body.clone())
-            .collect()
-    }
-
-    /// Full records (method, path, headers, body, applied fault, start chunk).
-    pub fn recorded(&self) -> Vec<RecordedRequest> {
-        self.shared.requests().clone()
-    }
-
-    pub fn request_count(&self) -> usize {
-        self.shared.requests().len()
-    }
-
-    /// Body of request `i`. Panics if there is no such request.
-    pub fn request(&self, i: usize) -> Value {
-        self.record(i).body
-    }
-
-    /// Headers of request `i` (names lowercased; repeated headers joined with
-    /// `", "`). Panics if there is no such request.
-    pub fn request_headers(&self, i: usize) -> HashMap<String, String> {
-        let mut map: HashMap<String, String> = HashMap::new();
-        for (name, value) in self.record(i).headers {
-            map.entry(name)
-                .and_modify(|v| {
-                    v.push_str(", ");
-                    v.push_str(&value);
-                })
-                .or_insert(value);
-        }
-        map
-    }
-
-    /// One header of request `i` (name matched case-insensitively).
-    pub fn request_header(&self, i: usize, name: &str) -> Option<String> {
-        self.request_headers(i).remove(&name.to_ascii_lowercase())
-    }
-
-    /// Chunk index each request was answered from (continuation offsets).
-    pub fn start_chunks(&self) -> Vec<usize> {
-        self.shared
-            .requests()
-            .iter()
-            .map(|r| r.start_chunk)
-            .collect()
-    }
-
-    /// Fault applied to each request, in order.
-    pub fn applied_faults(&self) -> Vec<Fault> {
-        self.shared
-            .requests()
-            .iter()
-            .map(|r| r.fault.clone())
-            .collect()
-    }
-
-    /// TCP connections accepted so far.
-    pub fn connections_accepted(&self) -> usize {
-        self.shared.connections_accepted.load(Ordering::SeqCst)
-    }
-
-    /// TCP connections currently open (server side).
-    pub fn open_connections(&self) -> usize {
-        self.shared.open_connections.load(Ordering::SeqCst)
-    }
-
-    /// Responses the client abandoned: write failures mid-response, or the
-    /// client closing while a `StallAfter` / `NoResponse` was being held.
-    pub fn client_disconnects(&self) -> usize {
-        self.shared.client_disconnects.load(Ordering::SeqCst)
-    }
-
-    /// Chat completions responses written to the end (any status).
-    pub fn completed_responses(&self) -> usize {
-        self.shared.completed_responses.load(Ordering::SeqCst)
-    }
-
-    /// Wait until `request_count() >= n`, polling; false on timeout.
-    pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if self.request_count() >= n {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn record(&self, i: usize) -> RecordedRequest {
-        let requests = self.shared.requests();
-        match requests.get(i) {
-            Some(r) => r.clone(),
-            None => panic!(
-                "fake openai: no request #{i} (only {} received)",
-                requests.len()
-            ),
-        }
-    }
-}
-
-struct OpenGuard(Arc<Shared>);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-fn chunk_text(i: usize) -> String {
-    format!("w{i} ")
-}
-
-// ---------------------------------------------------------------------------
-// HTTP/1.1 plumbing
-// ---------------------------------------------------------------------------
-
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    keep_alive: bool,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// What to do with the connection after a response.
-enum After {
-    KeepAlive,
-    Close,
-    /// Connection must be dropped right away (reset or already shut down).
-    Drop,
-}
-
-async fn serve_connection(mut socket: TcpStream, shared: Arc<Shared>) {
-    let _ = socket.set_nodelay(true);
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        let request = match read_request(&mut socket, &mut buf).await {
-            Ok(Some(r)) => r,
-            Ok(None) | Err(_) => return,
-        };
-        let after = match handle_request(&mut socket, &shared, request).await {
-            Ok(after) => after,
-            Err(_) => {
-                shared.client_disconnects.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-        };
-        match after {
-            After::KeepAlive => continue,
-            After::Close => {
-                let _ = socket.shutdown().await;
-                return;
-            }
-            After::Drop => return,
-        }
-    }
-}
-
-fn find_subslice(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Read more bytes into `buf`; `Ok(false)` on EOF.
-async fn fill(socket: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
-    let mut tmp = [0u8; 8192];
-    let n = socket.read(&mut tmp).await?;
-    buf.extend_from_slice(&tmp[..n]);
-    Ok(n > 0)
-}
-
-fn bad_data(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
-}
-
-/// Read one request. `Ok(None)` on a clean EOF between requests.
-/// Bytes past the request stay in `buf` for the next one.
-async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Request>> {
-    let head_end = loop {
-        if let Some(pos) = find_subslice(buf, b"\r\n\r\n") {
-            break pos;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(bad_data("request head too large"));
-        }
-        if !fill(socket, buf).await? {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            return Err(bad_data("eof inside request head"));
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    buf.drain(..head_end + 4);
-
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let version = parts.next().unwrap_or("HTTP/1.1").to_string();
-    let mut headers = Vec::new();
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        }
-    }
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v): &(String, String)| v.to_ascii_lowercase())
-    };
-    let connection = get("connection").unwrap_or_default();
-    let keep_alive = if version.eq_ignore_ascii_case("HTTP/1.0") {
-        connection.contains("keep-alive")
-    } else {
-        !connection.contains("close")
-    };
-    if get("expect").is_some_and(|v| v.contains("100-continue")) {
-        socket.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-    }
-
-    let body = if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        read_chunked_body(socket, buf).await?
-    } else {
-        let len: usize = match get("content-length") {
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| bad_data("bad content-length"))?,
-            None => 0,
-        };
-        while buf.len() < len {
-            if !fill(socket, buf).await? {
-                return Err(bad_data("eof inside request body"));
-            }
-        }
-        buf.drain(..len).collect()
-    };
-
-    let path = target.split('?').next().unwrap_or_default().to_string();
-    Ok(Some(Request {
-        method,
-        path,
-        headers,
-        body,
-        keep_alive,
-    }))
-}
-
-async fn read_chunked_body(socket: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = loop {
-            if let Some(pos) = find_subslice(buf, b"\r\n") {
-                break pos;
-            }
-            if !fill(socket, buf).await? {
-                return Err(bad_data("eof inside chunk size"));
-            }
-        };
-        let size_line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-        buf.drain(..line_end + 2);
-        let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad_data("bad chunk size"))?;
-        if size == 0 {
-            // Skip optional trailers up to the empty line.
-            loop {
-                let end = loop {
-                    if let Some(pos) = find_subslice(buf, b"\r\n") {
-                        break pos;
-                    }
-                    if !fill(socket, buf).await? {
-                        return Err(bad_data("eof inside trailers"));
-                    }
-                };
-                buf.drain(..end + 2);
-                if end == 0 {
-                    return Ok(body);
-                }
-            }
-        }
-        while buf.len() < size + 2 {
-            if !fill(socket, buf).await? {
-                return Err(bad_data("eof inside chunk"));
-            }
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
-}
-
-fn reason_phrase(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-async fn write_json_response(
-    socket: &mut TcpStream,
-    code: u16,
-    retry_after: Option<u64>,
-    body: &str,
-    keep_alive: bool,
-) -> io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {code} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        reason_phrase(code),
-        body.len()
-    );
-    if let Some(secs) = retry_after {
-        head.push_str(&format!("retry-after: {secs}\r\n"));
-    }
-    if !keep_alive {
-        head.push_str("connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    head.push_str(body);
-    socket.write_all(head.as_bytes()).await?;
-    socket.flush().await
-}
-
-/// Write one HTTP chunk (one SSE event) and flush.
-async fn write_chunk(socket: &mut TcpStream, data: &str) -> io::Result<()> {
-    let frame = format!("{:x}\r\n{data}\r\n", data.len());
-    socket.write_all(frame.as_bytes()).await?;
-    socket.flush().await
-}
-
-async fn write_last_chunk(socket: &mut TcpStream) -> io::Result<()> {
-    socket.write_all(b"0\r\n\r\n").await?;
-    socket.flush().await
-}
-
-/// RST the connection: SO_LINGER 0; the caller then drops the socket.
-async fn reset_after_pause(socket: &mut TcpStream) -> io::Result<After> {
-    // Give the peer a moment to consume what was already sent so the reset
-    // arrives after the data rather than racing it.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    #[allow(deprecated)]
-    let _ = socket.set_linger(Some(Duration::ZERO));
-    Ok(After::Drop)
-}
-
-/// Hold the connection open without answering until the client goes away
-/// (counted as a client disconnect) or `HOLD_OPEN` passes.
-async fn hold_open(socket: &mut TcpStream, shared: &Shared) -> After {
-    let mut sink = [0u8; 1024];
-    let wait = async {
-        loop {
-            match socket.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    if tokio::time::timeout(HOLD_OPEN, wait).await.is_ok() {
-        shared.client_disconnects.fetch_add(1, Ordering::SeqCst);
-    }
-    After::Drop
 }
 
 // ---------------------------------------------------------------------------
 // Chat completions
 // ---------------------------------------------------------------------------
 
-struct Plan {
+/// What one answer looks like.
+struct Answer {
     model: String,
     stream: bool,
     include_usage: bool,
@@ -857,30 +286,15 @@ fn continuation_start(body: &Value, words: usize) -> usize {
     let Some(assistant) = assistant else {
         return 0;
     };
-    let content = message_text(assistant);
-    let mut prefix = String::new();
-    for k in 0..=words {
-        if prefix == content {
-            return k;
-        }
-        if prefix.len() >= content.len() {
-            break;
-        }
-        prefix.push_str(&chunk_text(k));
-    }
-    0
+    chunk_prefix(&message_text(assistant), words).unwrap_or(0)
 }
 
 async fn handle_request(
     socket: &mut TcpStream,
-    shared: &Arc<Shared>,
+    core: &Core<OpenAi>,
     req: Request,
 ) -> io::Result<After> {
-    let keep = if req.keep_alive {
-        After::KeepAlive
-    } else {
-        After::Close
-    };
+    let keep = req.keep();
     if req.method != "POST" || !req.path.ends_with("/chat/completions") {
         let body = error_body(
             &format!("Unknown request URL: {} {}", req.method, req.path),
@@ -897,17 +311,18 @@ async fn handle_request(
     let body = parsed.clone().unwrap_or(Value::String(raw));
 
     let (fault, plan) = {
-        let mut cfg = shared.config();
-        let fault = cfg
-            .script
-            .pop_front()
-            .unwrap_or_else(|| cfg.default_fault.clone());
-        let start = continuation_start(&body, cfg.words);
+        let Plan {
+            fault,
+            words,
+            chunk_delay,
+            first_chunk_delay,
+        } = core.next_plan();
+        let start = continuation_start(&body, words);
         let prompt_tokens: usize = messages(&body)
             .iter()
-            .map(|m| message_text(m).split_whitespace().count())
+            .map(|m| word_tokens(&message_text(m)))
             .sum();
-        let plan = Plan {
+        let plan = Answer {
             model: body
                 .get("model")
                 .and_then(Value::as_str)
@@ -919,16 +334,17 @@ async fn handle_request(
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             start,
-            words: cfg.words,
+            words,
             prompt_tokens,
-            chunk_delay: cfg.chunk_delay,
-            first_chunk_delay: cfg.first_chunk_delay,
+            chunk_delay,
+            first_chunk_delay,
         };
         (fault, plan)
     };
-    shared.requests().push(RecordedRequest {
+    core.record(RecordedRequest {
         method: req.method.clone(),
         path: req.path.clone(),
+        query: req.query.clone(),
         headers: req.headers.clone(),
         body: body.clone(),
         fault: fault.clone(),
@@ -947,17 +363,17 @@ async fn handle_request(
             body,
         } => {
             write_json_response(socket, *code, *retry_after, body, req.keep_alive).await?;
-            shared.completed_responses.fetch_add(1, Ordering::SeqCst);
+            core.completed();
             return Ok(keep);
         }
         Fault::RejectsPrefill => {
             let body = Fault::rejects_prefill_body();
             write_json_response(socket, 400, None, &body, req.keep_alive).await?;
-            shared.completed_responses.fetch_add(1, Ordering::SeqCst);
+            core.completed();
             return Ok(keep);
         }
         Fault::ResetBeforeHeaders => return reset_after_pause(socket).await,
-        Fault::NoResponse => return Ok(hold_open(socket, shared).await),
+        Fault::NoResponse => return Ok(core.hold_open(socket).await),
         Fault::SlowFirstChunk(delay) => tokio::time::sleep(*delay).await,
         _ => {}
     }
@@ -970,26 +386,22 @@ async fn handle_request(
             None,
         );
         write_json_response(socket, 400, None, &body, req.keep_alive).await?;
-        shared.completed_responses.fetch_add(1, Ordering::SeqCst);
+        core.completed();
         return Ok(keep);
     }
 
     let after = if plan.stream {
-        stream_response(socket, shared, &plan, &fault, req.keep_alive).await?
+        stream_response(socket, core, &plan, &fault, req.keep_alive).await?
     } else {
-        plain_response(socket, shared, &plan, &fault, req.keep_alive).await?
+        plain_response(socket, core, &plan, &fault, req.keep_alive).await?
     };
     if matches!(after, After::KeepAlive | After::Close) {
-        shared.completed_responses.fetch_add(1, Ordering::SeqCst);
+        core.completed();
     }
     Ok(match (after, req.keep_alive) {
         (After::KeepAlive, false) => After::Close,
         (after, _) => after,
     })
-}
-
-fn json_str(s: &str) -> String {
-    Value::from(s).to_string()
 }
 
 fn chunk_event(model: &str, delta: &str, finish_reason: Option<&str>) -> String {
@@ -1023,21 +435,12 @@ const DONE_EVENT: &str = "data: [DONE]\n\n";
 
 async fn stream_response(
     socket: &mut TcpStream,
-    shared: &Shared,
-    plan: &Plan,
+    core: &Core<OpenAi>,
+    plan: &Answer,
     fault: &Fault,
     keep_alive: bool,
 ) -> io::Result<After> {
-    let mut head = String::from(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-         transfer-encoding: chunked\r\n",
-    );
-    if !keep_alive {
-        head.push_str("connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    socket.write_all(head.as_bytes()).await?;
-    socket.flush().await?;
+    write_sse_head(socket, keep_alive).await?;
     if !plan.first_chunk_delay.is_zero() {
         tokio::time::sleep(plan.first_chunk_delay).await;
     }
@@ -1047,12 +450,9 @@ async fn stream_response(
     loop {
         // Faults that trigger once `sent` content chunks have gone out.
         match *fault {
-            Fault::CutAfter(k) if k == sent => {
-                socket.shutdown().await?;
-                return Ok(After::Drop);
-            }
+            Fault::CutAfter(k) if k == sent => return cut(socket).await,
             Fault::ResetAfter(k) if k == sent => return reset_after_pause(socket).await,
-            Fault::StallAfter(k) if k == sent => return Ok(hold_open(socket, shared).await),
+            Fault::StallAfter(k) if k == sent => return Ok(core.hold_open(socket).await),
             Fault::ErrorEventAt(k) if k == sent => {
                 write_chunk(socket, ERROR_EVENT).await?;
                 write_last_chunk(socket).await?;
@@ -1069,7 +469,7 @@ async fn stream_response(
         if sent > 0 && !plan.chunk_delay.is_zero() {
             tokio::time::sleep(plan.chunk_delay).await;
         }
-        let word = json_str(&chunk_text(plan.start + sent));
+        let word = json_str(&crate::fake_http::chunk_text(plan.start + sent));
         let delta = if sent == 0 {
             format!("{{\"role\":\"assistant\",\"content\":{word}}}")
         } else {
@@ -1082,12 +482,9 @@ async fn stream_response(
     // Faults positioned past the last content chunk still trigger before the
     // finish chunk.
     match *fault {
-        Fault::CutAfter(k) if k > total => {
-            socket.shutdown().await?;
-            return Ok(After::Drop);
-        }
+        Fault::CutAfter(k) if k > total => return cut(socket).await,
         Fault::ResetAfter(k) if k > total => return reset_after_pause(socket).await,
-        Fault::StallAfter(k) if k > total => return Ok(hold_open(socket, shared).await),
+        Fault::StallAfter(k) if k > total => return Ok(core.hold_open(socket).await),
         Fault::ErrorEventAt(k) if k > total => {
             write_chunk(socket, ERROR_EVENT).await?;
             write_last_chunk(socket).await?;
@@ -1124,8 +521,8 @@ async fn stream_response(
 /// 200 whose body is the error object.
 async fn plain_response(
     socket: &mut TcpStream,
-    shared: &Shared,
-    plan: &Plan,
+    core: &Core<OpenAi>,
+    plan: &Answer,
     fault: &Fault,
     keep_alive: bool,
 ) -> io::Result<After> {
@@ -1134,7 +531,7 @@ async fn plain_response(
     if !pause.is_zero() {
         tokio::time::sleep(pause).await;
     }
-    let content = FakeOpenAi::text_range(plan.start, plan.words);
+    let content = text_range(plan.start, plan.words);
     let body = match fault {
         Fault::MalformedAt(_) => "{not json".to_string(),
         Fault::ErrorEventAt(_) => error_body(
@@ -1167,7 +564,7 @@ async fn plain_response(
                     Ok(After::Drop)
                 }
                 Fault::ResetAfter(_) => reset_after_pause(socket).await,
-                _ => Ok(hold_open(socket, shared).await),
+                _ => Ok(core.hold_open(socket).await),
             }
         }
         _ => {

@@ -1,6 +1,9 @@
 //! One integration binary: real HTTP on 127.0.0.1 port 0, a temp sled dir per app, fake
 //! providers as real HTTP servers.
 
+mod fake_anthropic;
+mod fake_gemini;
+mod fake_http;
 mod fake_openai;
 mod helpers;
 
@@ -11,5 +14,6 @@ mod executions;
 mod failover;
 mod keys;
 mod openai_compat;
+mod providers;
 mod routing;
 mod websocket;

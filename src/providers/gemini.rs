@@ -1,0 +1,520 @@
+//! The Gemini `streamGenerateContent?alt=sse` wire format: `user`/`model` turns of text parts,
+//! `systemInstruction`, `generationConfig`, and a stream of `GenerateContentResponse` chunks
+//! that ends at the end of the body.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+use super::sse::{self, Parsed};
+use super::turns::{conversation, stop_sequences, Speaker};
+use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
+use crate::domain::Usage;
+use crate::error::ErrorCode;
+use crate::settings::ProviderSettings;
+use crate::store::AttemptLog;
+
+/// Finish reasons that mean a filter stopped the answer: the execution fails with
+/// `content_filtered` instead of passing a truncated answer off as complete.
+const FILTER_FINISH_REASONS: &[&str] = &[
+    "SAFETY",
+    "RECITATION",
+    "BLOCKLIST",
+    "PROHIBITED_CONTENT",
+    "SPII",
+    "IMAGE_SAFETY",
+];
+
+pub struct Gemini {
+    base: String,
+    api_key: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Gemini {
+    pub fn new(settings: &ProviderSettings, http: reqwest::Client) -> Gemini {
+        let base = settings.base_url.as_deref().unwrap_or_default();
+        Gemini {
+            base: base.trim_end_matches('/').to_string(),
+            api_key: settings.api_key.clone(),
+            http,
+        }
+    }
+
+    /// The model is part of the path; `models/x` and `x` name the same model.
+    fn url(&self, model: &str) -> String {
+        format!(
+            "{}/models/{}:streamGenerateContent?alt=sse",
+            self.base,
+            model.trim_start_matches("models/")
+        )
+    }
+
+    pub async fn open(
+        &self,
+        req: &UpstreamRequest,
+        log: &AttemptLog,
+    ) -> Result<ProviderStream, ProviderError> {
+        let body = request_body(req);
+        let mut builder = self.http.post(self.url(&req.model)).json(&body);
+        if let Some(key) = &self.api_key {
+            builder = builder.header("x-goog-api-key", key);
+        }
+        let resp = sse::send(&self.http, builder, &body, log, classify_status).await?;
+        Ok(sse::parse_stream(resp.bytes_stream(), log.clone(), |ev| {
+            parse_data(&ev.data)
+        }))
+    }
+}
+
+/// The JSON body sent upstream (also what the debug log records). Gemini has no prefill: a
+/// trailing `model` turn is sent as is, which is why its default continuation is `instruction`.
+pub fn request_body(req: &UpstreamRequest) -> Value {
+    let conv = conversation(&req.messages);
+    let parts =
+        |texts: &[&str]| -> Vec<Value> { texts.iter().map(|t| json!({"text": t})).collect() };
+    let contents: Vec<Value> = conv
+        .turns
+        .iter()
+        .map(|t| {
+            let role = match t.speaker {
+                Speaker::User => "user",
+                Speaker::Assistant => "model",
+            };
+            json!({"role": role, "parts": parts(&t.texts)})
+        })
+        .collect();
+    let mut body = json!({ "contents": contents });
+    if !conv.system.is_empty() {
+        body["systemInstruction"] = json!({ "parts": parts(&conv.system) });
+    }
+    let p = &req.params;
+    let mut config = Map::new();
+    let mut set = |key: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            config.insert(key.to_string(), v);
+        }
+    };
+    set("temperature", p.temperature.map(Value::from));
+    set("topP", p.top_p.map(Value::from));
+    set("maxOutputTokens", p.max_tokens.map(Value::from));
+    set("stopSequences", stop_sequences(p).map(Value::from));
+    set("presencePenalty", p.presence_penalty.map(Value::from));
+    set("frequencyPenalty", p.frequency_penalty.map(Value::from));
+    set("seed", p.seed.map(Value::from));
+    if !config.is_empty() {
+        body["generationConfig"] = Value::Object(config);
+    }
+    body
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    error: ApiError,
+}
+
+/// `{"error":{"code":400,"message":"...","status":"INVALID_ARGUMENT","details":[...]}}`
+#[derive(Deserialize, Default)]
+struct ApiError {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    details: Vec<Value>,
+}
+
+impl ApiError {
+    /// The `retryDelay` of a `google.rpc.RetryInfo` detail ("37s"), Gemini's Retry-After.
+    fn retry_delay(&self) -> Option<Duration> {
+        self.details
+            .iter()
+            .filter(|d| {
+                d.get("@type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.ends_with("google.rpc.RetryInfo"))
+            })
+            .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
+            .and_then(|s| s.trim().strip_suffix('s'))
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+    }
+
+    fn mentions_token_limit(&self) -> bool {
+        let m = self.message.to_ascii_lowercase();
+        (m.contains("token count") && m.contains("exceeds"))
+            || m.contains("maximum number of tokens")
+    }
+}
+
+/// A non-2xx answer, classified by its status word where it is unambiguous, else by status.
+pub fn classify_status(status: u16, retry_after: Option<Duration>, body: &str) -> ProviderError {
+    let detail = serde_json::from_str::<Envelope>(body)
+        .map(|e| e.error)
+        .unwrap_or_default();
+    let retry_after = retry_after.or_else(|| detail.retry_delay());
+    let mut err = ProviderError::from_status(status, retry_after, body);
+    if detail.status == "RESOURCE_EXHAUSTED" {
+        err.code = ErrorCode::RateLimited;
+    } else if status == 400 && detail.mentions_token_limit() {
+        err.code = ErrorCode::ContextLengthExceeded;
+    }
+    err
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Chunk {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    #[serde(default)]
+    prompt_feedback: Option<PromptFeedback>,
+    #[serde(default)]
+    usage_metadata: Option<UsageMetadata>,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Content {
+    #[serde(default)]
+    parts: Vec<Part>,
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(default)]
+    text: Option<String>,
+    /// Thought summaries are not part of the answer.
+    #[serde(default)]
+    thought: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    #[serde(default)]
+    block_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    total_token_count: u64,
+}
+
+/// One SSE `data:` payload → a canonical item or an error; Gemini has no end marker.
+fn parse_data(data: &str) -> Parsed {
+    let chunk = match serde_json::from_str::<Chunk>(data) {
+        Ok(chunk) => chunk,
+        Err(e) => return sse::skipped(data, &e),
+    };
+    if let Some(err) = chunk.error {
+        return Parsed::Error(in_stream_error(&err));
+    }
+    if let Some(reason) = chunk.prompt_feedback.and_then(|f| f.block_reason) {
+        return Parsed::Error(ProviderError::new(
+            ErrorCode::ContentFiltered,
+            format!("the provider blocked the prompt (blockReason {reason})"),
+        ));
+    }
+    let candidate = chunk.candidates.into_iter().next();
+    let finish = candidate.as_ref().and_then(|c| c.finish_reason.clone());
+    if let Some(reason) = finish
+        .as_deref()
+        .filter(|r| FILTER_FINISH_REASONS.contains(r))
+    {
+        return Parsed::Error(ProviderError::new(
+            ErrorCode::ContentFiltered,
+            format!("the provider stopped the answer (finishReason {reason})"),
+        ));
+    }
+    let text: String = candidate
+        .and_then(|c| c.content)
+        .map(|c| {
+            c.parts
+                .into_iter()
+                .filter(|p| !p.thought)
+                .filter_map(|p| p.text)
+                .collect()
+        })
+        .unwrap_or_default();
+    Parsed::Item(StreamItem::Delta(Delta {
+        text: Some(text).filter(|t| !t.is_empty()),
+        finish_reason: finish.and_then(finish_reason),
+        usage: chunk.usage_metadata.map(|u| Usage {
+            prompt_tokens: u.prompt_token_count,
+            completion_tokens: u.candidates_token_count,
+            total_tokens: if u.total_token_count > 0 {
+                u.total_token_count
+            } else {
+                u.prompt_token_count + u.candidates_token_count
+            },
+        }),
+    }))
+}
+
+fn in_stream_error(e: &ApiError) -> ProviderError {
+    let code = match e.status.as_str() {
+        "RESOURCE_EXHAUSTED" => ErrorCode::RateLimited,
+        "UNAVAILABLE" => ErrorCode::ProviderUnavailable,
+        _ => ErrorCode::StreamInterrupted,
+    };
+    ProviderError::new(
+        code,
+        format!("provider sent an error event: {} ({})", e.message, e.status),
+    )
+}
+
+/// Gemini's finish reasons in the OpenAI vocabulary the rest of Switchyard speaks; the
+/// unspecified one is no finish at all.
+fn finish_reason(reason: String) -> Option<String> {
+    match reason.as_str() {
+        "FINISH_REASON_UNSPECIFIED" => None,
+        "STOP" => Some("stop".into()),
+        "MAX_TOKENS" => Some("length".into()),
+        _ => Some(reason.to_ascii_lowercase()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Message, Params, Role};
+
+    fn run(body: &str) -> Vec<Result<StreamItem, ProviderError>> {
+        sse::run_recorded(body, |ev| parse_data(&ev.data))
+    }
+
+    fn text(items: &[Result<StreamItem, ProviderError>]) -> String {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Delta(d)) => d.text.clone(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn chunk(text: &str, finish: Option<&str>, completion: u64) -> String {
+        let finish = finish
+            .map(|f| format!(",\"finishReason\":\"{f}\""))
+            .unwrap_or_default();
+        format!(
+            "data: {{\"candidates\": [{{\"content\": {{\"parts\": [{{\"text\": \"{text}\"}}],\"role\": \"model\"}}{finish},\"index\": 0}}],\"usageMetadata\": {{\"promptTokenCount\": 8,\"candidatesTokenCount\": {completion},\"totalTokenCount\": {}}},\"modelVersion\": \"gemini-x\"}}\r\n\r\n",
+            8 + completion
+        )
+    }
+
+    #[test]
+    fn a_full_stream_yields_text_finish_and_usage() {
+        let body = format!(
+            "{}{}{}",
+            chunk("Hel", None, 1),
+            chunk("lo", None, 2),
+            chunk("", Some("STOP"), 2)
+        );
+        let items = run(&body);
+        assert!(items.iter().all(|i| i.is_ok()), "{items:?}");
+        assert_eq!(text(&items), "Hello");
+        match items.last().unwrap() {
+            Ok(StreamItem::Delta(d)) => {
+                assert_eq!(d.finish_reason.as_deref(), Some("stop"));
+                assert_eq!(
+                    d.usage,
+                    Some(Usage {
+                        prompt_tokens: 8,
+                        completion_tokens: 2,
+                        total_tokens: 10
+                    })
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn max_tokens_is_a_length_finish() {
+        let items = run(&chunk("a", Some("MAX_TOKENS"), 1));
+        match &items[0] {
+            Ok(StreamItem::Delta(d)) => assert_eq!(d.finish_reason.as_deref(), Some("length")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(items.len(), 1);
+    }
+
+    #[test]
+    fn a_stream_without_finish_reason_is_cut() {
+        let items = run(&format!(
+            "{}{}",
+            chunk("Hel", None, 1),
+            chunk("lo", None, 2)
+        ));
+        assert_eq!(text(&items), "Hello");
+        assert_eq!(
+            items.last().unwrap().as_ref().unwrap_err().code,
+            ErrorCode::StreamInterrupted
+        );
+    }
+
+    #[test]
+    fn safety_blocks_are_content_filtered() {
+        let items = run(&format!(
+            "{}{}",
+            chunk("Hel", None, 1),
+            chunk("", Some("SAFETY"), 1)
+        ));
+        assert_eq!(text(&items), "Hel");
+        assert_eq!(
+            items.last().unwrap().as_ref().unwrap_err().code,
+            ErrorCode::ContentFiltered
+        );
+        let items = run(
+            "data: {\"promptFeedback\": {\"blockReason\": \"PROHIBITED_CONTENT\"},\"usageMetadata\": {\"promptTokenCount\": 8,\"totalTokenCount\": 8}}\n\n",
+        );
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            items[0].as_ref().unwrap_err().code,
+            ErrorCode::ContentFiltered
+        );
+    }
+
+    #[test]
+    fn error_chunks_end_the_stream_and_garbage_is_skipped() {
+        let body = format!(
+            "data: {{not json\n\n{}data: {{\"error\": {{\"code\": 429, \"message\": \"quota\", \"status\": \"RESOURCE_EXHAUSTED\"}}}}\n\n{}",
+            chunk("a", None, 1),
+            chunk("b", Some("STOP"), 2)
+        );
+        let items = run(&body);
+        assert!(matches!(items[0], Ok(StreamItem::Skipped { .. })));
+        assert_eq!(text(&items), "a");
+        assert_eq!(
+            items.last().unwrap().as_ref().unwrap_err().code,
+            ErrorCode::RateLimited
+        );
+        assert_eq!(items.len(), 3);
+    }
+
+    #[test]
+    fn thought_parts_are_not_answer_text() {
+        let items = run(
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hmm\",\"thought\":true},{\"text\":\"a\"},{\"text\":\"b\"}],\"role\":\"model\"},\"finishReason\":\"STOP\"}]}\n\n",
+        );
+        assert_eq!(text(&items), "ab");
+    }
+
+    #[test]
+    fn the_body_maps_roles_system_and_generation_config() {
+        let req = UpstreamRequest {
+            model: "gemini-x".into(),
+            messages: vec![
+                Message::new(Role::System, "be brief"),
+                Message::new(Role::User, "a"),
+                Message::new(Role::User, "b"),
+                Message::new(Role::Assistant, "w0 w1 "),
+                Message::new(Role::User, "go on"),
+            ],
+            params: Params {
+                temperature: Some(0.5),
+                top_p: Some(0.9),
+                max_tokens: Some(64),
+                stop: Some(crate::domain::request::Stop::Many(vec!["X".into()])),
+                ..Params::default()
+            },
+        };
+        assert_eq!(
+            request_body(&req),
+            json!({
+                "contents": [
+                    {"role": "user", "parts": [{"text": "a"}, {"text": "b"}]},
+                    {"role": "model", "parts": [{"text": "w0 w1 "}]},
+                    {"role": "user", "parts": [{"text": "go on"}]},
+                ],
+                "systemInstruction": {"parts": [{"text": "be brief"}]},
+                "generationConfig": {"temperature": 0.5, "topP": 0.9, "maxOutputTokens": 64, "stopSequences": ["X"]},
+            })
+        );
+        let bare = UpstreamRequest {
+            params: Params::default(),
+            messages: vec![Message::new(Role::User, "a")],
+            ..req
+        };
+        assert_eq!(
+            request_body(&bare),
+            json!({"contents": [{"role": "user", "parts": [{"text": "a"}]}]})
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_one_code_each() {
+        let body = |code: u16, status: &str, msg: &str| {
+            json!({"error": {"code": code, "message": msg, "status": status}}).to_string()
+        };
+        let c = |s, b: String| classify_status(s, None, &b).code;
+        assert_eq!(
+            c(
+                429,
+                body(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted")
+            ),
+            ErrorCode::RateLimited
+        );
+        assert_eq!(
+            c(503, body(503, "UNAVAILABLE", "The model is overloaded.")),
+            ErrorCode::ProviderUnavailable
+        );
+        assert_eq!(
+            c(
+                500,
+                body(500, "INTERNAL", "An internal error has occurred.")
+            ),
+            ErrorCode::ProviderUnavailable
+        );
+        assert_eq!(
+            c(
+                400,
+                body(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
+                )
+            ),
+            ErrorCode::ContextLengthExceeded
+        );
+        assert_eq!(
+            c(400, body(400, "INVALID_ARGUMENT", "API key not valid.")),
+            ErrorCode::ProviderError
+        );
+        assert_eq!(
+            c(404, body(404, "NOT_FOUND", "models/x is not found")),
+            ErrorCode::ProviderError
+        );
+    }
+
+    #[test]
+    fn retry_info_is_the_retry_after() {
+        let body = json!({"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]}})
+        .to_string();
+        let e = classify_status(429, None, &body);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(37)));
+        assert_eq!(e.message, "provider answered 429: quota");
+        let e = classify_status(429, Some(Duration::from_secs(2)), &body);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
+    }
+}

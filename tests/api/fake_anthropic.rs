@@ -1,0 +1,375 @@
+//! Fault-injecting fake of the Anthropic Messages API (streaming only), on the HTTP core of
+//! [`crate::fake_http`].
+//!
+//! It answers `POST /v1/messages` with the documented event sequence (`message_start`,
+//! `content_block_start`, `ping`, one `content_block_delta` per word, `content_block_stop`,
+//! `message_delta`, `message_stop`) and refuses, as the real API does, requests without
+//! `anthropic-version` or `max_tokens`, with a `system` role among the messages, with turns
+//! that do not alternate starting with `user`, or with a final assistant message that ends in
+//! whitespace. A final assistant message that is a chunk-aligned prefix (its trailing space
+//! trimmed) is a prefill: the answer continues after it, starting with the space a model
+//! would write.
+#![allow(dead_code)]
+
+use std::io;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+use crate::fake_http::{
+    chunk_prefix, chunk_text, cut, due, json_str, word_tokens, write_chunk, write_json_response,
+    write_last_chunk, write_sse_head, After, Core, Fake, Plan, RecordedRequest, Request, Wire,
+};
+
+/// A fault applied to one request. `k` counts the text deltas of *this* response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Normal answer.
+    None,
+    /// Send `k` text deltas, then close the connection cleanly (FIN) without
+    /// `message_delta` or `message_stop`.
+    CutAfter(usize),
+    /// Send `k` text deltas, then nothing more while holding the connection open.
+    StallAfter(usize),
+    /// After `k` text deltas send an `error` event of this type, then end the body.
+    ErrorEventAt(usize, &'static str),
+    /// Answer with an HTTP error status and a JSON body.
+    Status {
+        code: u16,
+        retry_after: Option<u64>,
+        body: String,
+    },
+}
+
+impl Fault {
+    /// An error status with Anthropic's error body.
+    pub fn status(code: u16, kind: &str, message: &str) -> Fault {
+        Fault::Status {
+            code,
+            retry_after: None,
+            body: error_body(kind, message),
+        }
+    }
+
+    /// 429 `rate_limit_error` with `retry-after: secs` if given.
+    pub fn rate_limited(retry_after: Option<u64>) -> Fault {
+        Fault::Status {
+            code: 429,
+            retry_after,
+            body: error_body(
+                "rate_limit_error",
+                "This request would exceed the rate limit for your organization.",
+            ),
+        }
+    }
+
+    /// 529 `overloaded_error`.
+    pub fn overloaded() -> Fault {
+        Fault::status(529, "overloaded_error", "Overloaded")
+    }
+
+    /// 400 `invalid_request_error`: the prompt is longer than the context window.
+    pub fn prompt_too_long() -> Fault {
+        Fault::status(
+            400,
+            "invalid_request_error",
+            "prompt is too long: 210000 tokens > 200000 maximum",
+        )
+    }
+}
+
+/// `{"type":"error","error":{"type","message"}}`
+pub fn error_body(kind: &str, message: &str) -> String {
+    json!({"type": "error", "error": {"type": kind, "message": message}}).to_string()
+}
+
+/// The Anthropic Messages wire format.
+pub struct Anthropic;
+
+pub type FakeAnthropic = Fake<Anthropic>;
+
+impl Wire for Anthropic {
+    type Fault = Fault;
+    const NAME: &'static str = "fake anthropic";
+    const BASE_PATH: &'static str = "/v1";
+
+    fn no_fault() -> Fault {
+        Fault::None
+    }
+
+    fn handle<'a>(
+        core: Arc<Core<Self>>,
+        socket: &'a mut TcpStream,
+        req: Request,
+    ) -> BoxFuture<'a, io::Result<After>> {
+        Box::pin(async move { handle_request(socket, &core, req).await })
+    }
+}
+
+/// What one answer looks like.
+struct Answer {
+    model: String,
+    /// First word of this answer (after a prefill).
+    start: usize,
+    /// Whether the first delta starts with the space the trimmed prefill lacks.
+    leading_space: bool,
+    prompt_tokens: usize,
+    plan: Plan<Fault>,
+}
+
+/// The texts of a message whose content is a string or text blocks.
+fn content_texts(message: &Value) -> Option<Vec<String>> {
+    match message.get("content")? {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(
+                |b| match (b.get("type"), b.get("text").and_then(Value::as_str)) {
+                    (Some(kind), Some(text)) if kind == "text" => Some(text.to_string()),
+                    _ => None,
+                },
+            )
+            .collect(),
+        _ => None,
+    }
+}
+
+/// The text a model continues: the blocks back to back.
+fn content_text(message: &Value) -> Option<String> {
+    content_texts(message).map(|t| t.concat())
+}
+
+/// The 400s the real API gives a malformed request (its wording, where known).
+fn invalid(req: &Request, body: &Value) -> Option<String> {
+    if req.header("anthropic-version").is_none() {
+        return Some("anthropic-version: header is required".into());
+    }
+    if !body.get("max_tokens").is_some_and(Value::is_u64) {
+        return Some("max_tokens: Field required".into());
+    }
+    if body.get("stream") != Some(&Value::Bool(true)) {
+        return Some("this fake answers streaming requests only".into());
+    }
+    if body.get("system").is_some_and(|s| !s.is_string()) {
+        return Some("system: Input should be a valid string".into());
+    }
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return Some("messages: Field required".into());
+    };
+    if messages.is_empty() {
+        return Some("messages: at least one message is required".into());
+    }
+    let mut previous = "assistant";
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        if role != "user" && role != "assistant" {
+            return Some(format!(
+                "messages.{i}.role: Input should be 'user' or 'assistant'"
+            ));
+        }
+        if role == previous {
+            return Some(if i == 0 {
+                "messages: first message must use the \"user\" role".into()
+            } else {
+                "messages: roles must alternate between \"user\" and \"assistant\"".into()
+            });
+        }
+        previous = role;
+        match content_text(m) {
+            None => return Some(format!("messages.{i}.content: invalid content")),
+            Some(t) if t.is_empty() && i + 1 < messages.len() => {
+                return Some(format!(
+                    "messages.{i}: all messages must have non-empty content"
+                ))
+            }
+            _ => {}
+        }
+    }
+    let last = messages.last().expect("not empty");
+    let trailing_ws = content_text(last).is_some_and(|t| t.ends_with(char::is_whitespace));
+    if last["role"] == "assistant" && trailing_ws {
+        return Some(
+            "messages: final assistant content cannot end with trailing whitespace".into(),
+        );
+    }
+    None
+}
+
+fn answer(body: &Value, plan: Plan<Fault>) -> Answer {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let system = body.get("system").and_then(Value::as_str).unwrap_or("");
+    let prompt_tokens = word_tokens(system)
+        + messages
+            .iter()
+            .filter_map(content_texts)
+            .flatten()
+            .map(|t| word_tokens(&t))
+            .sum::<usize>();
+    let prefill = messages
+        .last()
+        .filter(|m| m["role"] == "assistant")
+        .and_then(content_text)
+        .filter(|t| !t.is_empty());
+    let (start, leading_space) = match prefill {
+        None => (0, false),
+        Some(p) => match chunk_prefix(&format!("{p} "), plan.words) {
+            Some(k) => (k, true),
+            None => (0, false),
+        },
+    };
+    Answer {
+        model: body["model"].as_str().unwrap_or("claude-fake").to_string(),
+        start,
+        leading_space,
+        prompt_tokens,
+        plan,
+    }
+}
+
+async fn handle_request(
+    socket: &mut TcpStream,
+    core: &Core<Anthropic>,
+    req: Request,
+) -> io::Result<After> {
+    let keep = req.keep();
+    if req.method != "POST" || !req.path.ends_with("/messages") {
+        let body = error_body(
+            "not_found_error",
+            &format!("{} {} not found", req.method, req.path),
+        );
+        write_json_response(socket, 404, None, &body, req.keep_alive).await?;
+        return Ok(keep);
+    }
+    let raw = String::from_utf8_lossy(&req.body).into_owned();
+    let parsed: Option<Value> = serde_json::from_str(&raw).ok();
+    let body = parsed.clone().unwrap_or(Value::String(raw));
+    let answer = answer(&body, core.next_plan());
+    core.record(RecordedRequest {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        headers: req.headers.clone(),
+        body: body.clone(),
+        fault: answer.plan.fault.clone(),
+        start_chunk: answer.start,
+    });
+
+    let refusal = match (&answer.plan.fault, &parsed) {
+        (
+            Fault::Status {
+                code,
+                retry_after,
+                body,
+            },
+            _,
+        ) => Some((*code, *retry_after, body.clone())),
+        (_, None) => Some((
+            400,
+            None,
+            error_body("invalid_request_error", "invalid JSON body"),
+        )),
+        (_, Some(body)) => {
+            invalid(&req, body).map(|m| (400, None, error_body("invalid_request_error", &m)))
+        }
+    };
+    if let Some((code, retry_after, body)) = refusal {
+        write_json_response(socket, code, retry_after, &body, req.keep_alive).await?;
+        core.completed();
+        return Ok(keep);
+    }
+    let after = stream_response(socket, core, &answer, req.keep_alive).await?;
+    if matches!(after, After::KeepAlive | After::Close) {
+        core.completed();
+    }
+    Ok(after)
+}
+
+fn event(name: &str, data: Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+async fn stream_response(
+    socket: &mut TcpStream,
+    core: &Core<Anthropic>,
+    a: &Answer,
+    keep_alive: bool,
+) -> io::Result<After> {
+    write_sse_head(socket, keep_alive).await?;
+    let plan = &a.plan;
+    if !plan.first_chunk_delay.is_zero() {
+        tokio::time::sleep(plan.first_chunk_delay).await;
+    }
+    let start = event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message",
+            "role": "assistant", "content": [], "model": a.model, "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": a.prompt_tokens, "output_tokens": 1}}}),
+    );
+    write_chunk(socket, &start).await?;
+    let block = event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    );
+    write_chunk(socket, &block).await?;
+    write_chunk(socket, "event: ping\ndata: {\"type\": \"ping\"}\n\n").await?;
+
+    let total = plan.words.saturating_sub(a.start);
+    let mut sent = 0usize;
+    loop {
+        match plan.fault {
+            Fault::CutAfter(k) if due(k, sent, total) => return cut(socket).await,
+            Fault::StallAfter(k) if due(k, sent, total) => return Ok(core.hold_open(socket).await),
+            Fault::ErrorEventAt(k, kind) if due(k, sent, total) => {
+                let data =
+                    json!({"type": "error", "error": {"type": kind, "message": "Overloaded"}});
+                write_chunk(socket, &event("error", data)).await?;
+                write_last_chunk(socket).await?;
+                return Ok(After::KeepAlive);
+            }
+            _ => {}
+        }
+        if sent == total {
+            break;
+        }
+        if sent > 0 && !plan.chunk_delay.is_zero() {
+            tokio::time::sleep(plan.chunk_delay).await;
+        }
+        let mut text = chunk_text(a.start + sent);
+        if sent == 0 && a.leading_space {
+            text.insert(0, ' ');
+        }
+        let data = format!(
+            "{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}",
+            json_str(&text)
+        );
+        write_chunk(
+            socket,
+            &format!("event: content_block_delta\ndata: {data}\n\n"),
+        )
+        .await?;
+        sent += 1;
+    }
+    if !plan.chunk_delay.is_zero() && sent > 0 {
+        tokio::time::sleep(plan.chunk_delay).await;
+    }
+    let stop = event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    );
+    write_chunk(socket, &stop).await?;
+    let delta = event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": sent}}),
+    );
+    write_chunk(socket, &delta).await?;
+    write_chunk(
+        socket,
+        &event("message_stop", json!({"type": "message_stop"})),
+    )
+    .await?;
+    write_last_chunk(socket).await?;
+    Ok(After::KeepAlive)
+}

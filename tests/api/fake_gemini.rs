@@ -1,0 +1,376 @@
+//! Fault-injecting fake of the Gemini API's `streamGenerateContent?alt=sse`, on the HTTP core
+//! of [`crate::fake_http`].
+//!
+//! It answers `POST /v1beta/models/{model}:streamGenerateContent?alt=sse` with one
+//! `GenerateContentResponse` chunk per word (cumulative `usageMetadata` on each), then a chunk
+//! with `finishReason: STOP`; the body simply ends, as Gemini's does. Like the real API it
+//! refuses roles other than `user`/`model`, turns that do not alternate, and conversations that
+//! do not end with a user turn (Gemini has no prefill). A trailing `model` turn that is a
+//! chunk-aligned prefix followed by Switchyard's continue instruction is continued.
+#![allow(dead_code)]
+
+use std::io;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::{json, Value};
+use switchyard::routing::CONTINUE_INSTRUCTION;
+use tokio::net::TcpStream;
+
+use crate::fake_http::{
+    chunk_prefix, chunk_text, cut, due, word_tokens, write_chunk, write_json_response,
+    write_last_chunk, write_sse_head, After, Core, Fake, Plan, RecordedRequest, Request, Wire,
+};
+
+/// A fault applied to one request. `k` counts the text chunks of *this* response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Normal answer.
+    None,
+    /// Send `k` text chunks, then close the connection cleanly (FIN) without a finish reason.
+    CutAfter(usize),
+    /// After `k` text chunks send an `{"error": …}` chunk (503 `UNAVAILABLE`), then end the
+    /// body.
+    ErrorEventAt(usize),
+    /// After `k` text chunks send a chunk with `finishReason: SAFETY`, then end the body.
+    SafetyAt(usize),
+    /// Answer only `promptFeedback.blockReason: SAFETY`, then end the body.
+    PromptBlocked,
+    /// Answer with an HTTP error status and a JSON body.
+    Status {
+        code: u16,
+        retry_after: Option<u64>,
+        body: String,
+    },
+}
+
+impl Fault {
+    /// An error status with Gemini's error body.
+    pub fn status(code: u16, status: &str, message: &str) -> Fault {
+        Fault::Status {
+            code,
+            retry_after: None,
+            body: error_body(code, status, message),
+        }
+    }
+
+    /// 429 `RESOURCE_EXHAUSTED`.
+    pub fn rate_limited() -> Fault {
+        Fault::status(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Resource has been exhausted (e.g. check quota).",
+        )
+    }
+
+    /// 503 `UNAVAILABLE`.
+    pub fn unavailable() -> Fault {
+        Fault::status(
+            503,
+            "UNAVAILABLE",
+            "The model is overloaded. Please try again later.",
+        )
+    }
+
+    /// 400 `INVALID_ARGUMENT`: the input is longer than the context window.
+    pub fn token_limit() -> Fault {
+        Fault::status(
+            400,
+            "INVALID_ARGUMENT",
+            "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+        )
+    }
+}
+
+/// `{"error":{"code","message","status"}}`
+pub fn error_body(code: u16, status: &str, message: &str) -> String {
+    json!({"error": {"code": code, "message": message, "status": status}}).to_string()
+}
+
+/// The Gemini `streamGenerateContent` wire format.
+pub struct Gemini;
+
+pub type FakeGemini = Fake<Gemini>;
+
+impl Wire for Gemini {
+    type Fault = Fault;
+    const NAME: &'static str = "fake gemini";
+    const BASE_PATH: &'static str = "/v1beta";
+
+    fn no_fault() -> Fault {
+        Fault::None
+    }
+
+    fn handle<'a>(
+        core: Arc<Core<Self>>,
+        socket: &'a mut TcpStream,
+        req: Request,
+    ) -> BoxFuture<'a, io::Result<After>> {
+        Box::pin(async move { handle_request(socket, &core, req).await })
+    }
+}
+
+/// What one answer looks like.
+struct Answer {
+    model: String,
+    start: usize,
+    prompt_tokens: usize,
+    plan: Plan<Fault>,
+}
+
+fn parts_texts(value: &Value) -> Option<Vec<String>> {
+    value
+        .get("parts")?
+        .as_array()?
+        .iter()
+        .map(|p| p.get("text").and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+/// The text a model continues: the parts back to back.
+fn parts_text(value: &Value) -> Option<String> {
+    parts_texts(value).map(|t| t.concat())
+}
+
+fn word_count(value: &Value) -> usize {
+    parts_texts(value)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| word_tokens(t))
+        .sum()
+}
+
+fn contents(body: &Value) -> &[Value] {
+    body.get("contents")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// The model named by `…/models/{model}:streamGenerateContent`.
+fn model_of(path: &str) -> Option<&str> {
+    let rest = &path[path.find("/models/")? + "/models/".len()..];
+    rest.strip_suffix(":streamGenerateContent")
+}
+
+/// The 400s the real API gives a malformed request (its wording, where known).
+fn invalid(body: &Value) -> Option<String> {
+    let turns = contents(body);
+    if turns.is_empty() {
+        return Some("* GenerateContentRequest.contents: contents is not specified".into());
+    }
+    let mut previous = "";
+    for (i, turn) in turns.iter().enumerate() {
+        let role = turn.get("role").and_then(Value::as_str).unwrap_or("user");
+        if role != "user" && role != "model" {
+            return Some("Please use a valid role: user, model.".into());
+        }
+        if role == previous {
+            return Some(
+                "Please ensure that multiturn requests alternate between user and model.".into(),
+            );
+        }
+        previous = role;
+        match parts_text(turn) {
+            Some(t) if !t.is_empty() => {}
+            _ => {
+                return Some(format!(
+                "* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."
+            ))
+            }
+        }
+    }
+    if previous != "user" {
+        return Some(
+            "Please ensure that multiturn requests ends with a user role or a function response."
+                .into(),
+        );
+    }
+    if body
+        .get("systemInstruction")
+        .is_some_and(|s| parts_text(s).is_none())
+    {
+        return Some("* GenerateContentRequest.system_instruction: invalid parts".into());
+    }
+    None
+}
+
+fn answer(model: &str, body: &Value, plan: Plan<Fault>) -> Answer {
+    let turns = contents(body);
+    let prompt_tokens = body.get("systemInstruction").map_or(0, word_count)
+        + turns.iter().map(word_count).sum::<usize>();
+    let start = match turns {
+        [.., prior, last]
+            if prior["role"] == "model"
+                && parts_text(last).as_deref() == Some(CONTINUE_INSTRUCTION) =>
+        {
+            parts_text(prior)
+                .and_then(|p| chunk_prefix(&p, plan.words))
+                .unwrap_or(0)
+        }
+        _ => 0,
+    };
+    Answer {
+        model: model.to_string(),
+        start,
+        prompt_tokens,
+        plan,
+    }
+}
+
+async fn handle_request(
+    socket: &mut TcpStream,
+    core: &Core<Gemini>,
+    req: Request,
+) -> io::Result<After> {
+    let keep = req.keep();
+    let model = model_of(&req.path).map(str::to_string);
+    let Some(model) = model.filter(|_| req.method == "POST") else {
+        let body = error_body(
+            404,
+            "NOT_FOUND",
+            &format!("{} {} is not found", req.method, req.path),
+        );
+        write_json_response(socket, 404, None, &body, req.keep_alive).await?;
+        return Ok(keep);
+    };
+    let raw = String::from_utf8_lossy(&req.body).into_owned();
+    let parsed: Option<Value> = serde_json::from_str(&raw).ok();
+    let body = parsed.clone().unwrap_or(Value::String(raw));
+    let answer = answer(&model, &body, core.next_plan());
+    core.record(RecordedRequest {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        headers: req.headers.clone(),
+        body: body.clone(),
+        fault: answer.plan.fault.clone(),
+        start_chunk: answer.start,
+    });
+
+    let sse = req.query.split('&').any(|kv| kv == "alt=sse");
+    let refusal = match (&answer.plan.fault, &parsed) {
+        (
+            Fault::Status {
+                code,
+                retry_after,
+                body,
+            },
+            _,
+        ) => Some((*code, *retry_after, body.clone())),
+        (_, None) => Some((
+            400,
+            None,
+            error_body(400, "INVALID_ARGUMENT", "Invalid JSON payload received."),
+        )),
+        _ if !sse => Some((
+            400,
+            None,
+            error_body(400, "INVALID_ARGUMENT", "this fake answers alt=sse only"),
+        )),
+        (_, Some(body)) => {
+            invalid(body).map(|m| (400, None, error_body(400, "INVALID_ARGUMENT", &m)))
+        }
+    };
+    if let Some((code, retry_after, body)) = refusal {
+        write_json_response(socket, code, retry_after, &body, req.keep_alive).await?;
+        core.completed();
+        return Ok(keep);
+    }
+    let after = stream_response(socket, &answer, req.keep_alive).await?;
+    if matches!(after, After::KeepAlive | After::Close) {
+        core.completed();
+    }
+    Ok(after)
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"promptTokenCount": prompt, "candidatesTokenCount": completion,
+        "totalTokenCount": prompt + completion})
+}
+
+/// One `data:` line the way Gemini frames it (CRLF line ends).
+fn data(value: Value) -> String {
+    format!("data: {value}\r\n\r\n")
+}
+
+fn text_chunk(a: &Answer, text: &str, finish: Option<&str>, completion: usize) -> String {
+    let mut candidate =
+        json!({"content": {"parts": [{"text": text}], "role": "model"}, "index": 0});
+    if let Some(reason) = finish {
+        candidate["finishReason"] = reason.into();
+    }
+    data(
+        json!({"candidates": [candidate], "usageMetadata": usage(a.prompt_tokens, completion),
+        "modelVersion": a.model, "responseId": "fake-response"}),
+    )
+}
+
+const BLOCKED_RATINGS: &str =
+    r#"[{"category":"HARM_CATEGORY_DANGEROUS_CONTENT","probability":"HIGH","blocked":true}]"#;
+
+async fn stream_response(
+    socket: &mut TcpStream,
+    a: &Answer,
+    keep_alive: bool,
+) -> io::Result<After> {
+    write_sse_head(socket, keep_alive).await?;
+    let plan = &a.plan;
+    if !plan.first_chunk_delay.is_zero() {
+        tokio::time::sleep(plan.first_chunk_delay).await;
+    }
+    let ratings: Value = serde_json::from_str(BLOCKED_RATINGS).expect("valid ratings");
+    if plan.fault == Fault::PromptBlocked {
+        let chunk = data(
+            json!({"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": ratings},
+            "usageMetadata": usage(a.prompt_tokens, 0), "modelVersion": a.model}),
+        );
+        write_chunk(socket, &chunk).await?;
+        write_last_chunk(socket).await?;
+        return Ok(After::KeepAlive);
+    }
+    let total = plan.words.saturating_sub(a.start);
+    let mut sent = 0usize;
+    loop {
+        match plan.fault {
+            Fault::CutAfter(k) if due(k, sent, total) => return cut(socket).await,
+            Fault::ErrorEventAt(k) if due(k, sent, total) => {
+                let chunk = data(
+                    serde_json::from_str(&error_body(
+                        503,
+                        "UNAVAILABLE",
+                        "The model is overloaded. Please try again later.",
+                    ))
+                    .expect("valid error body"),
+                );
+                write_chunk(socket, &chunk).await?;
+                write_last_chunk(socket).await?;
+                return Ok(After::KeepAlive);
+            }
+            Fault::SafetyAt(k) if due(k, sent, total) => {
+                let chunk = data(json!({"candidates": [{"finishReason": "SAFETY", "index": 0,
+                    "safetyRatings": ratings}], "usageMetadata": usage(a.prompt_tokens, sent),
+                    "modelVersion": a.model}));
+                write_chunk(socket, &chunk).await?;
+                write_last_chunk(socket).await?;
+                return Ok(After::KeepAlive);
+            }
+            _ => {}
+        }
+        if sent == total {
+            break;
+        }
+        if sent > 0 && !plan.chunk_delay.is_zero() {
+            tokio::time::sleep(plan.chunk_delay).await;
+        }
+        let text = chunk_text(a.start + sent);
+        sent += 1;
+        write_chunk(socket, &text_chunk(a, &text, None, sent)).await?;
+    }
+    if !plan.chunk_delay.is_zero() && sent > 0 {
+        tokio::time::sleep(plan.chunk_delay).await;
+    }
+    write_chunk(socket, &text_chunk(a, "", Some("STOP"), sent)).await?;
+    write_last_chunk(socket).await?;
+    Ok(After::KeepAlive)
+}
