@@ -1,14 +1,34 @@
 //! Every Prometheus collector in one place, one registry per server. Names carry the
-//! `switchyard_` prefix and their unit; labels are bounded (no ids).
+//! `switchyard_` prefix and their unit; labels are bounded (routes, models, providers, codes —
+//! never ids).
 
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub executions: IntCounterVec,
+    pub active_executions: IntGauge,
+    pub attempts: IntCounterVec,
+    pub failovers: IntCounterVec,
+    pub first_chunk: HistogramVec,
+    pub stream_duration: HistogramVec,
+    pub chunk_gap: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub events: IntCounter,
+    pub sse_subscribers: IntGauge,
     pub ws_sockets: IntGauge,
     pub ws_channels: IntGauge,
     pub ws_frames_sent: IntCounter,
     pub ws_lagged: IntCounter,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_cooldown: prometheus::GaugeVec,
+    pub store_size: IntGauge,
+    pub store_flush: Histogram,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -18,19 +38,90 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     c
 }
 
+/// Seconds, from 1 ms to 2 min: request latencies and stream lengths.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Seconds, from 50 µs to 10 s: gaps between chunks and fsyncs.
+const FINE_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let gauge = |name: &str, help: &str| {
-            register(&registry, IntGauge::new(name, help).expect("valid metric"))
-        };
-        let counter = |name: &str, help: &str| {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             register(
-                &registry,
-                IntCounter::new(name, help).expect("valid metric"),
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            register(&r, HistogramVec::new(opts, labels).expect("valid metric"))
+        };
+        let gauge =
+            |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
+        let counter = |name: &str, help: &str| {
+            register(&r, IntCounter::new(name, help).expect("valid metric"))
+        };
         Metrics {
+            http_requests: counter_vec(
+                "switchyard_http_requests_total",
+                "HTTP requests by route pattern, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram_vec(
+                "switchyard_http_request_duration_seconds",
+                "Time to the response head, by route pattern and method.",
+                &["route", "method"],
+                LATENCY_BUCKETS,
+            ),
+            executions: counter_vec(
+                "switchyard_executions_total",
+                "Executions that reached a terminal status.",
+                &["model", "status"],
+            ),
+            active_executions: gauge("switchyard_active_executions", "Executions running now."),
+            attempts: counter_vec(
+                "switchyard_provider_attempts_total",
+                "Provider attempts by outcome and error code (`none` when it succeeded).",
+                &["provider", "outcome", "code"],
+            ),
+            failovers: counter_vec(
+                "switchyard_failovers_total",
+                "Failovers announced to subscribers.",
+                &["from", "to", "reason"],
+            ),
+            first_chunk: histogram_vec(
+                "switchyard_time_to_first_chunk_seconds",
+                "Attempt start to its first text chunk.",
+                &["provider"],
+                LATENCY_BUCKETS,
+            ),
+            stream_duration: histogram_vec(
+                "switchyard_stream_duration_seconds",
+                "Length of successful provider streams.",
+                &["provider"],
+                LATENCY_BUCKETS,
+            ),
+            chunk_gap: histogram_vec(
+                "switchyard_inter_chunk_gap_seconds",
+                "Silence between consecutive chunks of one attempt.",
+                &["provider"],
+                FINE_BUCKETS,
+            ),
+            tokens: counter_vec(
+                "switchyard_tokens_total",
+                "Tokens of completed executions.",
+                &["model", "direction"],
+            ),
+            events: counter(
+                "switchyard_events_appended_total",
+                "Events appended to execution logs.",
+            ),
+            sse_subscribers: gauge("switchyard_sse_subscribers", "Open SSE event streams."),
             ws_sockets: gauge(
                 "switchyard_websocket_sockets",
                 "Open WebSocket connections.",
@@ -47,7 +138,44 @@ impl Metrics {
                 "switchyard_websocket_lagged_total",
                 "Times a WebSocket channel fell behind the live feed and caught up from the log.",
             ),
-            registry,
+            breaker_state: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "switchyard_provider_breaker_state",
+                        "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+                    ),
+                    &["provider"],
+                )
+                .expect("valid metric"),
+            ),
+            breaker_cooldown: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "switchyard_provider_cooldown_seconds",
+                        "Time left before an open breaker admits its probe.",
+                    ),
+                    &["provider"],
+                )
+                .expect("valid metric"),
+            ),
+            store_size: gauge(
+                "switchyard_store_size_bytes",
+                "Size of the sled store on disk.",
+            ),
+            store_flush: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "switchyard_store_flush_seconds",
+                        "Group-commit flush (write + fsync) latency.",
+                    )
+                    .buckets(FINE_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            registry: r,
         }
     }
 

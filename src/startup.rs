@@ -28,11 +28,12 @@ impl Application {
     /// Must run inside an actix system (the actors and the group committer live on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let store = Store::open(&settings.data_dir)?;
+        let metrics = Arc::new(Metrics::new());
+        store.commit.observe_flushes(metrics.store_flush.clone());
         let bootstrap_admin_key = bootstrap_admin(&store, &settings)?;
         let settings = Arc::new(settings);
         let providers = Arc::new(Providers::from_settings(&settings)?);
         let health = Arc::new(HealthBoard::new(&settings));
-        let metrics = Arc::new(Metrics::new());
         let project_feed = Arc::new(ProjectFeed::default());
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
@@ -40,6 +41,7 @@ impl Application {
             providers: providers.clone(),
             health: health.clone(),
             project_feed: project_feed.clone(),
+            metrics: metrics.clone(),
         }))
         .start();
 
@@ -63,11 +65,15 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)?;
         let address = listener.local_addr()?;
         let shutdown = Duration::from_millis(settings.limits.shutdown_timeout_ms);
-        let server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
-                .listen(listener)?
-                .shutdown_timeout(shutdown.as_secs().max(1))
-                .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(actix_web::middleware::from_fn(api::observe))
+                .app_data(state.clone())
+                .configure(api::configure)
+        })
+        .listen(listener)?
+        .shutdown_timeout(shutdown.as_secs().max(1))
+        .run();
         Ok(Application {
             address,
             server,

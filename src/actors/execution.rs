@@ -30,6 +30,7 @@ pub struct ExecutionDeps {
     pub providers: Arc<crate::providers::Providers>,
     pub health: Arc<HealthBoard>,
     pub project_feed: Arc<crate::channels::ProjectFeed>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Mid-stream switches allowed per execution before it fails.
@@ -44,6 +45,8 @@ struct Running {
     stream: SpawnHandle,
     strategy: Option<ContinuationStrategy>,
     started: Instant,
+    /// When the last text chunk arrived (for the inter-chunk gap histogram).
+    last_chunk: Option<Instant>,
     chunks: u64,
     finish_reason: Option<String>,
     usage: Option<Usage>,
@@ -121,6 +124,7 @@ impl Execution {
         if let Err(err) = self.deps.store.append_event(&self.record.id, &event) {
             tracing::error!(execution_id = %self.record.id, error = %err, "event append failed");
         }
+        self.deps.metrics.events.inc();
         let ticket = self.deps.store.commit.ticket();
         self.unpublished.push_back((ticket, event));
         self.await_commit(ctx);
@@ -224,6 +228,7 @@ impl Execution {
             stream,
             strategy,
             started: Instant::now(),
+            last_chunk: None,
             chunks: 0,
             finish_reason: None,
             usage: None,
@@ -274,6 +279,24 @@ impl Execution {
         self.deps
             .health
             .end(provider, tokio::time::Instant::now(), health);
+        let code = error.map_or("none", |e| e.code.as_str());
+        let outcome_label = match outcome {
+            AttemptOutcome::Running => "running",
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Interrupted => "interrupted",
+        };
+        let m = &self.deps.metrics;
+        m.attempts
+            .with_label_values(&[provider, outcome_label, code])
+            .inc();
+        if outcome == AttemptOutcome::Succeeded {
+            let took = running.started.elapsed().as_secs_f64();
+            m.stream_duration
+                .with_label_values(&[provider])
+                .observe(took);
+        }
         if let Some(attempt) = self.record.attempts.last_mut() {
             attempt.outcome = outcome;
             attempt.chunks_delivered = running.chunks;
@@ -297,11 +320,28 @@ impl Execution {
     fn emit_chunk(&mut self, ctx: &mut Context<Self>, text: String) {
         if let Some(running) = self.running.as_mut() {
             running.chunks += 1;
-            if running.chunks == 1 {
-                if let Some(a) = self.record.attempts.last_mut() {
-                    a.first_chunk_ms = Some(running.started.elapsed().as_millis() as u64);
+            let now = Instant::now();
+            let provider = self.routes[running.route].provider.name();
+            match running.last_chunk {
+                None => {
+                    let first = now - running.started;
+                    let m = &self.deps.metrics.first_chunk;
+                    m.with_label_values(&[provider])
+                        .observe(first.as_secs_f64());
+                    if let Some(a) = self.record.attempts.last_mut() {
+                        a.first_chunk_ms = Some(first.as_millis() as u64);
+                    }
+                }
+                Some(previous) => {
+                    let gap = (now - previous).as_secs_f64();
+                    self.deps
+                        .metrics
+                        .chunk_gap
+                        .with_label_values(&[provider])
+                        .observe(gap);
                 }
             }
+            running.last_chunk = Some(now);
         }
         self.emit(ctx, |seq| Event::chunk(seq, &text));
         self.emitted.push_str(&text);
@@ -395,6 +435,12 @@ impl Execution {
             message: &'a str,
         }
         let model = self.routes[self.route_index].model.clone();
+        let reason = err.code.as_str();
+        self.deps
+            .metrics
+            .failovers
+            .with_label_values(&[from, &to, reason])
+            .inc();
         self.emit(ctx, |seq| {
             Event::from_payload(
                 seq,
@@ -434,6 +480,16 @@ impl Execution {
         self.record.output_text = Some(std::mem::take(&mut self.emitted));
         self.record.completed_at_ms = Some(now_ms());
         self.persist();
+        let (m, model) = (&self.deps.metrics, self.record.model.as_str());
+        m.executions
+            .with_label_values(&[model, status.as_str()])
+            .inc();
+        if let Some(usage) = self.record.usage {
+            let tokens =
+                |direction: &str, n: u64| m.tokens.with_label_values(&[model, direction]).inc_by(n);
+            tokens("prompt", usage.prompt_tokens);
+            tokens("completion", usage.completion_tokens);
+        }
         let view = self.record.view(None);
         self.emit(ctx, |seq| Event::from_payload(seq, EventKind::Done, &view));
         self.finishing = true;

@@ -70,6 +70,10 @@ impl Handler<StartExecution> for Registry {
         let (events, _) = broadcast::channel(LIVE_BUFFER);
         let addr = Execution::new(msg.0, self.deps.clone(), events.clone(), ctx.address()).start();
         self.live.insert(id, Live { addr, events });
+        self.deps
+            .metrics
+            .active_executions
+            .set(self.live.len() as i64);
     }
 }
 
@@ -110,5 +114,9 @@ impl Handler<Deregister> for Registry {
     fn handle(&mut self, msg: Deregister, _: &mut Context<Self>) {
         // Dropping the last sender ends every live subscription; readers finish from the log.
         self.live.remove(&msg.0);
+        self.deps
+            .metrics
+            .active_executions
+            .set(self.live.len() as i64);
     }
 }

@@ -45,11 +45,12 @@ pub async fn stream(
         .map_err(ApiError::internal)?;
     let cursor = Cursor::new(state.store.clone(), record.id, after, live);
     let keepalive = Duration::from_millis(state.settings.limits.sse_keepalive_ms);
-    let body = stream::unfold(cursor, move |mut cursor| async move {
+    let gauge = SubscriberGauge::open(state.metrics.sse_subscribers.clone());
+    let body = stream::unfold((cursor, gauge), move |(mut cursor, gauge)| async move {
         match tokio::time::timeout(keepalive, cursor.next()).await {
-            Ok(Some(event)) => Some((Ok::<_, Infallible>(event.sse_frame()), cursor)),
+            Ok(Some(event)) => Some((Ok::<_, Infallible>(event.sse_frame()), (cursor, gauge))),
             Ok(None) => None,
-            Err(_) => Some((Ok(KEEPALIVE), cursor)),
+            Err(_) => Some((Ok(KEEPALIVE), (cursor, gauge))),
         }
     });
     Ok(HttpResponse::Ok()
@@ -57,4 +58,20 @@ pub async fn stream(
         .insert_header(("cache-control", "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
         .streaming(body))
+}
+
+/// Counts an open SSE stream for as long as it lives (the client may vanish at any point).
+struct SubscriberGauge(prometheus::IntGauge);
+
+impl SubscriberGauge {
+    fn open(gauge: prometheus::IntGauge) -> SubscriberGauge {
+        gauge.inc();
+        SubscriberGauge(gauge)
+    }
+}
+
+impl Drop for SubscriberGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -80,6 +80,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(no_route));
 }
 
+/// Counts and times every request by its route pattern (bounded labels, never raw paths).
+pub async fn observe(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let started = std::time::Instant::now();
+    let res = next.call(req).await?;
+    if let Some(m) = metrics {
+        let status = res.status().as_u16().to_string();
+        m.http_requests
+            .with_label_values(&[&route, &method, &status])
+            .inc();
+        m.http_duration
+            .with_label_values(&[&route, &method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(res)
+}
+
 async fn no_route(req: HttpRequest) -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::new(
         ErrorCode::NotFound,

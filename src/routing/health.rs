@@ -246,6 +246,17 @@ impl HealthBoard {
         self.with(name, |h| h.end(now, outcome));
     }
 
+    /// (state, cooldown left) for the metrics scrape.
+    pub fn state(&self, name: &str, now: Instant) -> Option<(BreakerState, Duration)> {
+        self.with(name, |h| {
+            let left = match (h.state, h.open_until) {
+                (BreakerState::Open, Some(until)) => until.saturating_duration_since(now),
+                _ => Duration::ZERO,
+            };
+            (h.state(now), left)
+        })
+    }
+
     pub fn snapshot(&self, name: &str, now: Instant) -> Value {
         self.with(name, |h| h.snapshot(now)).unwrap_or(Value::Null)
     }

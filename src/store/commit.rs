@@ -16,6 +16,8 @@ pub struct GroupCommit {
 }
 
 struct Inner {
+    /// Flush latencies go here once the metrics exist.
+    flush_seconds: std::sync::OnceLock<prometheus::Histogram>,
     requested: AtomicU64,
     wake: Notify,
     durable: watch::Sender<u64>,
@@ -24,6 +26,7 @@ struct Inner {
 impl GroupCommit {
     pub fn start(db: sled::Db) -> GroupCommit {
         let inner = Arc::new(Inner {
+            flush_seconds: std::sync::OnceLock::new(),
             requested: AtomicU64::new(0),
             wake: Notify::new(),
             durable: watch::Sender::new(0),
@@ -39,8 +42,12 @@ impl GroupCommit {
                     continue;
                 }
                 let db = db.clone();
+                let started = std::time::Instant::now();
                 match tokio::task::spawn_blocking(move || db.flush()).await {
                     Ok(Ok(_)) => {
+                        if let Some(h) = inner.flush_seconds.get() {
+                            h.observe(started.elapsed().as_secs_f64());
+                        }
                         inner.durable.send_replace(target);
                     }
                     Ok(Err(err)) => {
@@ -52,6 +59,10 @@ impl GroupCommit {
             }
         });
         GroupCommit { inner }
+    }
+
+    pub fn observe_flushes(&self, histogram: prometheus::Histogram) {
+        let _ = self.inner.flush_seconds.set(histogram);
     }
 
     /// Takes a ticket covering every write made before this call.

@@ -13,6 +13,7 @@ mod events;
 mod executions;
 mod failover;
 mod keys;
+mod metrics;
 mod openai_compat;
 mod providers;
 mod routing;
