@@ -4,6 +4,7 @@ mod auth;
 mod body;
 mod chat_completions;
 mod debug_log;
+mod embeddings;
 mod events;
 mod executions;
 mod health;
@@ -72,6 +73,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::post().to(chat_completions::create),
     )
     .route("/v1/models", web::get().to(models::list))
+    .route("/v1/embeddings", web::post().to(embeddings::create))
     .route("/v1/routing/status", web::get().to(routing_status::get))
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))

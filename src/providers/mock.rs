@@ -5,7 +5,7 @@
 use futures_util::stream::{self, StreamExt};
 use std::time::Duration;
 
-use super::{approx_tokens, Delta, ProviderStream, StreamItem, UpstreamRequest};
+use super::{approx_tokens, Delta, Embeddings, ProviderStream, StreamItem, UpstreamRequest};
 use crate::domain::{Role, Usage};
 use crate::routing::CONTINUE_INSTRUCTION;
 use crate::settings::ProviderSettings;
@@ -92,6 +92,40 @@ impl Mock {
             }))
         });
         body.chain(finish).boxed()
+    }
+}
+
+impl Mock {
+    /// Deterministic unit vectors (8 dimensions) derived from each input's bytes.
+    pub fn embed(&self, input: &[String]) -> Embeddings {
+        let vectors = input
+            .iter()
+            .map(|text| {
+                let mut v: Vec<f32> = (0..8u64)
+                    .map(|i| {
+                        let h = text
+                            .bytes()
+                            .fold(i.wrapping_mul(0x9E37_79B9) ^ 0xcbf2_9ce4, |h, b| {
+                                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+                            });
+                        (h % 2001) as f32 / 1000.0 - 1.0
+                    })
+                    .collect();
+                let norm = v
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f32>()
+                    .sqrt()
+                    .max(f32::EPSILON);
+                v.iter_mut().for_each(|x| *x /= norm);
+                v
+            })
+            .collect();
+        let prompt_tokens = input.iter().map(|t| approx_tokens(t)).sum();
+        Embeddings {
+            vectors,
+            prompt_tokens,
+        }
     }
 }
 

@@ -42,6 +42,13 @@ pub enum StreamItem {
 /// Ends (`None`) only after a clean finish; an interrupted stream ends with an `Err`.
 pub type ProviderStream = BoxStream<'static, Result<StreamItem, ProviderError>>;
 
+/// Vectors for each input, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: u64,
+}
+
 /// The request as sent to one route.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
@@ -91,6 +98,22 @@ impl Provider {
             Client::Anthropic(p) => p.open(req, log).await,
             Client::Gemini(p) => p.open(req, log).await,
             Client::Mock(p) => Ok(p.open(req, log)),
+        }
+    }
+
+    /// Embeds `input` with `model`; kinds without an embeddings API refuse (not retryable, so
+    /// routing moves on).
+    pub async fn embed(&self, model: &str, input: &[String]) -> Result<Embeddings, ProviderError> {
+        match &self.client {
+            Client::OpenAi(p) => p.embed(model, input).await,
+            Client::Mock(p) => Ok(p.embed(input)),
+            Client::Anthropic(_) | Client::Gemini(_) => Err(ProviderError::new(
+                crate::error::ErrorCode::ProviderError,
+                format!(
+                    "provider `{}` has no embeddings API in Switchyard",
+                    self.name()
+                ),
+            )),
         }
     }
 }

@@ -3,13 +3,14 @@
 use serde::Deserialize;
 
 use super::sse::{self, Parsed};
-use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
+use super::{Delta, Embeddings, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
 use crate::domain::Usage;
 use crate::settings::ProviderSettings;
 use crate::store::AttemptLog;
 
 pub struct OpenAi {
     url: String,
+    embeddings_url: String,
     api_key: Option<String>,
     http: reqwest::Client,
 }
@@ -19,6 +20,7 @@ impl OpenAi {
         let base = settings.base_url.as_deref().unwrap_or_default();
         OpenAi {
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            embeddings_url: format!("{}/embeddings", base.trim_end_matches('/')),
             api_key: settings.api_key.clone(),
             http,
         }
@@ -38,6 +40,49 @@ impl OpenAi {
         Ok(sse::parse_stream(resp.bytes_stream(), log.clone(), |ev| {
             parse_data(&ev.data)
         }))
+    }
+}
+
+impl OpenAi {
+    /// `POST /embeddings` with float vectors.
+    pub async fn embed(&self, model: &str, input: &[String]) -> Result<Embeddings, ProviderError> {
+        let body = serde_json::json!({"model": model, "input": input, "encoding_format": "float"});
+        let mut builder = self.http.post(&self.embeddings_url).json(&body);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        let log = AttemptLog::disabled();
+        let resp = sse::send(&self.http, builder, &body, &log, ProviderError::from_status).await?;
+        #[derive(Deserialize)]
+        struct Item {
+            embedding: Vec<f32>,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            data: Vec<Item>,
+            #[serde(default)]
+            usage: Option<Usage>,
+        }
+        let answer: Answer = resp.json().await.map_err(|e| {
+            ProviderError::new(
+                crate::error::ErrorCode::ProviderError,
+                format!("malformed embeddings answer: {e}"),
+            )
+        })?;
+        if answer.data.len() != input.len() {
+            return Err(ProviderError::new(
+                crate::error::ErrorCode::ProviderError,
+                format!(
+                    "provider returned {} embeddings for {} inputs",
+                    answer.data.len(),
+                    input.len()
+                ),
+            ));
+        }
+        Ok(Embeddings {
+            vectors: answer.data.into_iter().map(|i| i.embedding).collect(),
+            prompt_tokens: answer.usage.map_or(0, |u| u.prompt_tokens),
+        })
     }
 }
 

@@ -193,3 +193,67 @@ async fn models_lists_the_configured_slugs_and_idempotency_keys_are_honoured() {
     );
     assert_eq!(fake.request_count(), 1);
 }
+
+#[actix_web::test]
+async fn embeddings_fail_over_before_the_first_byte_and_answer_in_openais_shape() {
+    // The fake speaks chat only: its 404 on /embeddings moves routing on to the mock.
+    let fake = FakeOpenAi::start().await;
+    let toml = config(&[&fake]).replace(
+        "routes = [{ provider = \"fake0\", model = \"up-0\" }]",
+        "routes = [{ provider = \"fake0\", model = \"up-0\" }, { provider = \"mock\", model = \"mock-embed\" }]",
+    );
+    let app = spawn_app_with(&toml, |_| {}).await;
+    let res = app
+        .post(
+            "/v1/embeddings",
+            ADMIN_KEY,
+            &json!({"model": "fake", "input": ["one", "two"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "mock-embed");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[1]["index"], 1);
+    let v: Vec<f64> = data[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(
+        (v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-3,
+        "unit vector"
+    );
+    assert_ne!(data[0]["embedding"], data[1]["embedding"]);
+    assert_eq!(body["usage"]["prompt_tokens"], 2);
+
+    let same: Value = app
+        .post(
+            "/v1/embeddings",
+            ADMIN_KEY,
+            &json!({"model": "chat-default", "input": "one"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        same["data"][0]["embedding"], data[0]["embedding"],
+        "deterministic"
+    );
+    let bad = app
+        .post(
+            "/v1/embeddings",
+            ADMIN_KEY,
+            &json!({"model": "chat-default", "input": []}),
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"]["type"],
+        "invalid_request_error"
+    );
+}

@@ -1,0 +1,148 @@
+//! `POST /v1/embeddings` in OpenAI's format, routed over the model's routes with the same
+//! retry, failover and health rules as chat (before the first byte there is nothing to
+//! continue, so it needs no event log and is not stored as an execution).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{body::read_json, openai_error::OpenAiError, AppState, Principal};
+use crate::error::ApiError;
+use crate::providers::{Embeddings, ProviderError};
+use crate::routing::{self, Decision, FailureContext, Outcome};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsRequest {
+    model: String,
+    input: Input,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+const MAX_INPUTS: usize = 2048;
+
+pub async fn create(
+    state: web::Data<AppState>,
+    principal: Result<Principal, ApiError>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, OpenAiError> {
+    principal?;
+    let body: EmbeddingsRequest =
+        read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
+    let _ = &body.user;
+    if body
+        .encoding_format
+        .as_deref()
+        .is_some_and(|f| f != "float")
+    {
+        return Err(ApiError::invalid("encoding_format: only `float` is supported").into());
+    }
+    let input = match body.input {
+        Input::One(s) => vec![s],
+        Input::Many(v) => v,
+    };
+    if input.is_empty() || input.len() > MAX_INPUTS || input.iter().any(String::is_empty) {
+        return Err(
+            ApiError::invalid(format!("input: 1 to {MAX_INPUTS} non-empty strings")).into(),
+        );
+    }
+    let routes = routing::plan(&state.settings, &state.providers, &body.model)
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::invalid(format!("model: unknown model `{}`", body.model)))?;
+    let (model, embeddings) = route(&state, &routes, &input).await?;
+    let data: Vec<_> = embeddings
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": embeddings.prompt_tokens, "total_tokens": embeddings.prompt_tokens},
+    })))
+}
+
+/// Tries the routes in order (skipping open breakers), retrying transient failures.
+async fn route(
+    state: &AppState,
+    routes: &[routing::Route],
+    input: &[String],
+) -> Result<(String, Embeddings), ApiError> {
+    let mut index = routing::pick_route(routes, 0, &state.health, Instant::now()).unwrap_or(0);
+    let mut tries = 1;
+    loop {
+        let r = &routes[index];
+        let name = r.provider.name();
+        let started = Instant::now();
+        state.health.begin(name, started);
+        let timeout = r.provider.settings.total_timeout();
+        let result = match tokio::time::timeout(timeout, r.provider.embed(&r.model, input)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProviderError::total_timeout(timeout)),
+        };
+        let err = match result {
+            Ok(embeddings) => {
+                let outcome = Outcome::Success {
+                    latency: started.elapsed(),
+                    first_chunk: None,
+                };
+                state.health.end(name, Instant::now(), outcome);
+                return Ok((r.model.clone(), embeddings));
+            }
+            Err(err) => err,
+        };
+        let outcome = if err.counts_against_provider() {
+            Outcome::Failure
+        } else {
+            Outcome::Neutral
+        };
+        state.health.end(name, Instant::now(), outcome);
+        tracing::warn!(provider = %name, code = %err.code, error = %err.message, "embeddings attempt failed");
+        let ctx = FailureContext {
+            route_index: index,
+            route_count: routes.len(),
+            tries_on_route: tries,
+            max_tries_on_route: r.provider.settings.max_attempts,
+            emitted_any: false,
+            attempt_delivered: false,
+            switches: 0,
+            max_switches: 0,
+            strategy: None,
+        };
+        match routing::decide(&ctx, &err) {
+            Decision::Retry { delay, .. } => {
+                tries += 1;
+                let delay = if err.retry_after.is_some() {
+                    delay
+                } else {
+                    routing::jitter(delay)
+                };
+                tokio::time::sleep(delay).await;
+            }
+            Decision::Next { index: next } => {
+                index = routing::pick_route(routes, next, &state.health, Instant::now())
+                    .unwrap_or(next);
+                tries = 1;
+            }
+            Decision::Fail => {
+                let mut api = ApiError::new(err.code, err.message);
+                api.retry_after = err.retry_after;
+                return Err(api);
+            }
+        }
+    }
+}
