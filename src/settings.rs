@@ -160,6 +160,9 @@ mod defaults {
     pub fn max_attempts() -> u32 {
         2
     }
+    pub fn yes() -> bool {
+        true
+    }
     pub fn breaker_failures() -> u32 {
         5
     }
@@ -208,6 +211,18 @@ pub struct ModelSettings {
 pub struct RouteSettings {
     pub provider: String,
     pub model: String,
+    /// The upstream model's context window in tokens; a prompt clearly larger skips the route.
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    /// Accepts `response_format` JSON modes.
+    #[serde(default = "defaults::yes")]
+    pub json_mode: bool,
+    /// Accepts image inputs (none of today's request forms carry images; kept for routing).
+    #[serde(default)]
+    pub vision: bool,
+    /// Accepts tool definitions (tool calling is not yet carried end to end).
+    #[serde(default)]
+    pub tools: bool,
 }
 
 impl Settings {

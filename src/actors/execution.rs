@@ -88,8 +88,9 @@ impl Execution {
         live: broadcast::Sender<SharedEvent>,
         registry: Addr<Registry>,
     ) -> Execution {
-        let routes =
-            routing::plan(&deps.settings, &deps.providers, &record.model).unwrap_or_default();
+        let routes = routing::plan(&deps.settings, &deps.providers, &record.model)
+            .map(|routes| routing::capable(routes, &routing::Needs::of(&record.request)))
+            .unwrap_or_default();
         Execution {
             deps,
             record,

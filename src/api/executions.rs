@@ -8,6 +8,7 @@ use super::{body::read_json, AppState, Principal};
 use crate::actors::{CancelExecution, StartExecution};
 use crate::domain::{ids, now_ms, rfc3339, Event, ExecutionRecord, Status, SubmitBody};
 use crate::error::{ApiError, ErrorCode};
+use crate::routing;
 use crate::store::{SubmitOutcome, WsTokenRecord};
 
 pub async fn submit(
@@ -39,7 +40,7 @@ pub(super) async fn accept(
     with_token: bool,
 ) -> Result<(ExecutionRecord, bool, Option<String>), ApiError> {
     body.validate()?;
-    let model = resolve_model(state, &body.model)?;
+    let model = resolve_model(state, body)?;
     let id = ids::execution_id();
     let record = ExecutionRecord {
         channel_id: crate::channels::channel_id_for(&id),
@@ -98,30 +99,39 @@ pub(super) async fn accept(
     Ok((record, created, token))
 }
 
-/// `auto` picks the first model that has a usable route; any other slug must be configured.
-fn resolve_model(state: &AppState, slug: &str) -> Result<String, ApiError> {
-    if slug == "auto" {
+/// The model slug to run: a configured slug that has a route able to serve the request, or for
+/// `auto` the capable model with a healthy route and the fewest attempts in flight.
+fn resolve_model(state: &AppState, body: &SubmitBody) -> Result<String, ApiError> {
+    let needs = routing::Needs::of(&body.chat_request());
+    let plan =
+        |slug: &str| routing::plan(&state.settings, &state.providers, slug).unwrap_or_default();
+    if body.model == "auto" {
+        let now = tokio::time::Instant::now();
+        let load = |slug: &str| {
+            routing::capable(plan(slug), &needs)
+                .iter()
+                .filter(|r| r.provider.usable() && state.health.admits(r.provider.name(), now))
+                .map(|r| state.health.in_flight(r.provider.name()))
+                .min()
+        };
         return state
             .settings
             .models
             .iter()
-            .find(|m| {
-                m.routes
-                    .iter()
-                    .any(|r| state.providers.get(&r.provider).is_some_and(|p| p.usable()))
-            })
-            .map(|m| m.slug.clone())
+            .filter_map(|m| load(&m.slug).map(|l| (l, m.slug.as_str())))
+            .min_by_key(|(l, _)| *l)
+            .map(|(_, slug)| slug.to_string())
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::ProviderUnavailable,
-                    "no model has a usable provider",
+                    "no model has a healthy route able to serve this request",
                 )
             });
     }
-    match state.settings.model(slug) {
-        Some(m) => Ok(m.slug.clone()),
-        None => Err(ApiError::invalid(format!(
-            "model: unknown model `{slug}` (configured: {})",
+    let Some(model) = state.settings.model(&body.model) else {
+        return Err(ApiError::invalid(format!(
+            "model: unknown model `{}` (configured: {})",
+            body.model,
             state
                 .settings
                 .models
@@ -129,8 +139,28 @@ fn resolve_model(state: &AppState, slug: &str) -> Result<String, ApiError> {
                 .map(|m| m.slug.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ))),
+        )));
+    };
+    let routes = plan(&model.slug);
+    if routing::capable(routes.clone(), &needs).is_empty() {
+        let why = routes
+            .first()
+            .and_then(|r| needs.unmet_by(r))
+            .unwrap_or_default();
+        let code = if why.starts_with("a context window") {
+            ErrorCode::ContextLengthExceeded
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        return Err(ApiError::new(
+            code,
+            format!(
+                "model: no route of `{}` can serve this request (it needs {why})",
+                model.slug
+            ),
+        ));
     }
+    Ok(model.slug.clone())
 }
 
 fn websocket_channel(record: &ExecutionRecord) -> String {

@@ -238,6 +238,10 @@ impl HealthBoard {
         self.with(name, |h| h.last_failure()).flatten()
     }
 
+    pub fn in_flight(&self, name: &str) -> u32 {
+        self.with(name, |h| h.in_flight).unwrap_or(0)
+    }
+
     pub fn begin(&self, name: &str, now: Instant) {
         self.with(name, |h| h.begin(now));
     }

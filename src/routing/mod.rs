@@ -9,6 +9,7 @@ pub use health::{HealthBoard, Outcome};
 
 use std::sync::Arc;
 
+use crate::domain::ChatRequest;
 use crate::error::ErrorCode;
 use crate::providers::{Provider, ProviderError, Providers};
 use crate::settings::{ContinuationStrategy, Settings};
@@ -18,6 +19,54 @@ use crate::settings::{ContinuationStrategy, Settings};
 pub struct Route {
     pub provider: Arc<Provider>,
     pub model: String,
+    pub context_window: Option<u32>,
+    pub json_mode: bool,
+}
+
+/// What a request asks of a route.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Needs {
+    pub json_mode: bool,
+    /// A rough prompt size (characters / 4): only a prompt clearly over a window skips it.
+    pub approx_prompt_tokens: u64,
+}
+
+impl Needs {
+    pub fn of(request: &ChatRequest) -> Needs {
+        let json_mode = request
+            .params
+            .response_format
+            .as_ref()
+            .and_then(|f| f.get("type"))
+            .is_some_and(|t| t != "text");
+        let chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
+        Needs {
+            json_mode,
+            approx_prompt_tokens: (chars / 4) as u64,
+        }
+    }
+
+    /// Why `route` cannot serve this request, if it cannot.
+    pub fn unmet_by(&self, route: &Route) -> Option<String> {
+        if self.json_mode && !route.json_mode {
+            return Some("json_mode".into());
+        }
+        match route.context_window {
+            Some(window) if self.approx_prompt_tokens > window as u64 => Some(format!(
+                "a context window over {window} tokens (the prompt is about {} tokens)",
+                self.approx_prompt_tokens
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The routes that can serve the request, in order.
+pub fn capable(routes: Vec<Route>, needs: &Needs) -> Vec<Route> {
+    routes
+        .into_iter()
+        .filter(|r| needs.unmet_by(r).is_none())
+        .collect()
 }
 
 /// The ordered routes of a model slug.
@@ -31,6 +80,8 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
                 Some(Route {
                     provider: providers.get(&r.provider)?.clone(),
                     model: r.model.clone(),
+                    context_window: r.context_window,
+                    json_mode: r.json_mode,
                 })
             })
             .collect(),

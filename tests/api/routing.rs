@@ -113,3 +113,97 @@ async fn routing_status_needs_a_key() {
     assert_eq!(s["models"][0]["slug"], "chat-default");
     assert_eq!(s["models"][0]["routes"][0]["admitted"], true);
 }
+
+#[actix_web::test]
+async fn routes_without_a_needed_capability_are_skipped() {
+    let no_json = FakeOpenAi::start().await.with_words(3);
+    let json_ok = FakeOpenAi::start().await.with_words(3);
+    let toml = config(&[&no_json, &json_ok]).replace(
+        r#"{ provider = "fake0", model = "up-0" }"#,
+        r#"{ provider = "fake0", model = "up-0", json_mode = false, context_window = 100000 }"#,
+    );
+    let app = spawn_app_with(&toml, |_| {}).await;
+    let mut body = chat_body("j1", "Give me JSON", "fake");
+    body["params"] = serde_json::json!({"response_format": {"type": "json_object"}});
+    let sub = app.submit(ADMIN_KEY, &body).await;
+    let exec = app
+        .wait_terminal(ADMIN_KEY, sub["id"].as_str().unwrap())
+        .await;
+    assert_eq!(exec["status"], "completed");
+    assert_eq!(exec["attempts"][0]["provider"], "fake1");
+    assert_eq!(no_json.request_count(), 0);
+    assert_eq!(
+        json_ok.requests()[0]["response_format"]["type"],
+        "json_object"
+    );
+
+    // Without the need, the first route serves as usual.
+    let sub = app.submit(ADMIN_KEY, &chat_body("j2", "Hi", "fake")).await;
+    let exec = app
+        .wait_terminal(ADMIN_KEY, sub["id"].as_str().unwrap())
+        .await;
+    assert_eq!(exec["attempts"][0]["provider"], "fake0");
+}
+
+#[actix_web::test]
+async fn a_prompt_larger_than_every_context_window_is_refused_before_any_provider_call() {
+    let small = FakeOpenAi::start().await.with_words(3);
+    let large = FakeOpenAi::start().await.with_words(3);
+    let toml = config(&[&small, &large])
+        .replace(
+            r#"{ provider = "fake0", model = "up-0" }"#,
+            r#"{ provider = "fake0", model = "up-0", context_window = 50 }"#,
+        )
+        .replace(
+            r#"{ provider = "fake1", model = "up-1" }"#,
+            r#"{ provider = "fake1", model = "up-1", context_window = 500 }"#,
+        );
+    let app = spawn_app_with(&toml, |_| {}).await;
+    let prompt = "word ".repeat(200); // about 250 tokens: too big for fake0 only
+    let sub = app
+        .submit(ADMIN_KEY, &chat_body("c1", &prompt, "fake"))
+        .await;
+    let exec = app
+        .wait_terminal(ADMIN_KEY, sub["id"].as_str().unwrap())
+        .await;
+    assert_eq!(exec["attempts"][0]["provider"], "fake1");
+    assert_eq!(small.request_count(), 0);
+
+    let huge = "word ".repeat(2000);
+    let res = app
+        .post("/v1/executions", ADMIN_KEY, &chat_body("c2", &huge, "fake"))
+        .await;
+    assert_eq!(res.status(), 400);
+    let err: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "context_length_exceeded");
+    assert_eq!(large.request_count(), 1);
+}
+
+#[actix_web::test]
+async fn auto_spreads_requests_over_healthy_models() {
+    let fake = FakeOpenAi::start().await.with_words(3);
+    let app = spawn_app_with(&config(&[&fake]), |s| {
+        s.providers[0].mock_chunk_interval_ms = 40
+    })
+    .await;
+    let first = app.submit(ADMIN_KEY, &chat_body("a1", "Hi", "auto")).await;
+    // Wait until its attempt is in flight, so the second choice sees the load.
+    for _ in 0..500 {
+        let exec = app
+            .execution(ADMIN_KEY, first["id"].as_str().unwrap())
+            .await;
+        if exec["attempts"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let second = app.submit(ADMIN_KEY, &chat_body("a2", "Hi", "auto")).await;
+    assert_eq!(first["model"], "chat-default");
+    assert_eq!(second["model"], "fake", "the busy model is passed over");
+    for sub in [&first, &second] {
+        let exec = app
+            .wait_terminal(ADMIN_KEY, sub["id"].as_str().unwrap())
+            .await;
+        assert_eq!(exec["status"], "completed");
+    }
+}
