@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::{AppState, Principal};
 use crate::domain::{now_ms, rfc3339};
 use crate::error::ApiError;
-use crate::store::{Aggregate, Dimension, MINUTE};
+use crate::store::{Aggregate, Dimension, Series, MINUTE};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,13 +30,18 @@ pub async fn get(
     principal: Principal,
     query: web::Query<AnalyticsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let dimension = match query.group_by.as_deref() {
-        None => Dimension::Model,
-        Some(s) => Dimension::parse(s).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "group_by: must be `model` or `provider`; got `{s}`"
-            ))
-        })?,
+    // `none` folds every model into one series, `all` (histograms merge exactly).
+    let (dimension, fold) = match query.group_by.as_deref() {
+        None => (Dimension::Model, false),
+        Some("none") => (Dimension::Model, true),
+        Some(s) => (
+            Dimension::parse(s).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "group_by: must be `model`, `provider` or `none`; got `{s}`"
+                ))
+            })?,
+            false,
+        ),
     };
     let (bucket_name, bucket_seconds) = match query.bucket.as_deref() {
         None | Some("minute") => ("minute", MINUTE),
@@ -65,10 +70,22 @@ pub async fn get(
              narrow `from`..`to` or use a larger `bucket`"
         )));
     }
-    let groups =
+    let mut groups =
         state
             .store
             .analytics(&principal.project_id, dimension, from, to, bucket_seconds)?;
+    if fold {
+        let mut all = Series::new();
+        for series in groups.values() {
+            for (start, agg) in series {
+                all.entry(*start).or_default().merge(agg);
+            }
+        }
+        groups.clear();
+        if !all.is_empty() {
+            groups.insert("all".to_string(), all);
+        }
+    }
     let series: Vec<Value> = groups
         .iter()
         .map(|(key, buckets)| {
@@ -84,7 +101,7 @@ pub async fn get(
         "from": rfc3339(from * 1000),
         "to": rfc3339(to * 1000),
         "bucket_seconds": bucket_seconds,
-        "group_by": dimension.as_str(),
+        "group_by": if fold { "none" } else { dimension.as_str() },
         "series": series,
     })))
 }

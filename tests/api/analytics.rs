@@ -152,6 +152,22 @@ async fn a_known_workload_gives_exact_numbers_by_model_and_by_provider() {
     .collect();
     assert_eq!(totals(&by_model), expected, "{by_model:#}");
 
+    let all = analytics(&app, ADMIN_KEY, "?group_by=none").await;
+    assert_eq!(all["group_by"], "none");
+    let expected: BTreeMap<String, Totals> = [(
+        "all".to_string(),
+        t(
+            5,
+            &[("content_filtered", 1)],
+            1,
+            9 + continuation_prompt,
+            36 + 15,
+        ),
+    )]
+    .into_iter()
+    .collect();
+    assert_eq!(totals(&all), expected, "{all:#}");
+
     let by_provider = analytics(&app, ADMIN_KEY, "?group_by=provider&bucket=hour").await;
     assert_eq!(by_provider["group_by"], "provider");
     assert_eq!(by_provider["bucket_seconds"], 3600);
