@@ -215,7 +215,7 @@ test("dashboard: sign in with an API key", async () => {
   assert((await text(page, "#whoami")).includes("project default"), "the project is named");
   await page.locator("#socket-state[data-state='live']").waitFor({ timeout: 10_000 });
   const models = await page.locator("#model option").allTextContents();
-  assertEqual(models.join(","), "chat-default,chat-failover", "models");
+  assertEqual(models.join(","), "chat-default,chat-failover,auto", "models");
   assertEqual(await page.evaluate(() => sessionStorage.getItem("switchyard.api_key")), ADMIN_KEY, "key in session storage");
   assertEqual(await page.evaluate(() => localStorage.getItem("switchyard.api_key")), null, "key not in local storage");
   // The execution of the watch test is listed.
