@@ -40,6 +40,7 @@
     selected: null, // { id, channel, lastSeq, text }
     timers: [],
     analyticsPending: null,
+    connectedOnce: false,
   };
 
   // ---- HTTP ----
@@ -120,6 +121,7 @@
     state.timers = [];
     if (state.ws) state.ws.close();
     state.key = null;
+    state.connectedOnce = false;
     $("dashboard").hidden = true;
     $("sign-out").hidden = true;
     $("socket-state").hidden = true;
@@ -149,8 +151,12 @@
     const ws = new WebSocket(`${scheme}://${location.host}/v1/ws?api_key=${encodeURIComponent(state.key)}`);
     state.ws = ws;
     setSocketState("connecting");
+    const reconnect = state.connectedOnce;
     ws.onopen = () => {
+      state.connectedOnce = true;
       state.wsBackoff = 500;
+      // Status notes are live only: catch up on what changed while the socket was down.
+      if (reconnect) loadExecutions().catch(() => {});
       setSocketState("live");
       send({ action: "join", channel: `project:${state.me.project_id}` });
       // Rejoin after a reconnect from the last seq seen: nothing twice, nothing missed.
@@ -181,7 +187,12 @@
       console.warn("websocket error frame", frame.data);
       return;
     }
-    if (frame.channel === `project:${state.me.project_id}` && frame.event === "status") {
+    const project = `project:${state.me.project_id}`;
+    if (frame.channel === project && frame.event === "lagged") {
+      loadExecutions().catch(() => {}); // notes were dropped: read the list again
+      return;
+    }
+    if (frame.channel === project && frame.event === "status") {
       upsertRow(frame.data, true);
       if (TERMINAL.has(frame.data.status)) scheduleAnalytics(1500);
       return;
@@ -215,9 +226,12 @@
     if (state.selected && state.selected.id === note.execution_id) tr.setAttribute("aria-selected", "true");
     tr.addEventListener("click", () => select(note.execution_id));
     tr.addEventListener("keydown", (e) => e.key === "Enter" && select(note.execution_id));
+    // Newest first, by time: rows caught up after a reconnect land where they belong.
+    const at = Date.parse(note.at) || Date.now();
+    tr.dataset.at = String(at);
     const tbody = document.querySelector("#executions tbody");
-    if (live) tbody.prepend(tr);
-    else tbody.append(tr);
+    const before = Array.from(tbody.children).find((row) => Number(row.dataset.at) < at);
+    tbody.insertBefore(tr, before || null);
     state.rows.set(note.execution_id, { tr, status: note.status });
     while (tbody.children.length > MAX_ROWS) {
       const last = tbody.lastElementChild;
@@ -242,7 +256,8 @@
 
   async function select(id) {
     if (state.selected && state.selected.id === id) return;
-    if (state.selected) send({ action: "leave", channel: state.selected.channel });
+    // An ended channel is already left on the server.
+    if (state.selected && !state.selected.done) send({ action: "leave", channel: state.selected.channel });
     for (const [rowId, row] of state.rows) row.tr.setAttribute("aria-selected", String(rowId === id));
     const sel = { id, channel: channelOf(id), lastSeq: 0, done: false };
     state.selected = sel;
