@@ -390,10 +390,10 @@
         data = rest.data;
         break;
       case "request":
-        data = h("span", { className: "json" }, `POST ${rest.url}\n${headerLines(rest.headers)}\n\n${JSON.stringify(rest.body, null, 2)}`);
+        data = h("span", { className: "json" }, [`POST ${rest.url}`, headerLines(rest.headers)].filter(Boolean).join("\n") + `\n\n${JSON.stringify(rest.body, null, 2)}`);
         break;
       case "response":
-        data = h("span", { className: "json" }, `HTTP ${rest.status}\n${headerLines(rest.headers)}`);
+        data = h("span", { className: "json" }, [`HTTP ${rest.status}`, headerLines(rest.headers)].filter(Boolean).join("\n"));
         break;
       case "error":
         data = `${rest.code}: ${rest.message}`;
