@@ -491,6 +491,7 @@ impl Execution {
             tokens("prompt", usage.prompt_tokens);
             tokens("completion", usage.completion_tokens);
         }
+        self.deps.store.count_in_analytics(&self.record);
         let view = self.record.view(None);
         self.emit(ctx, |seq| Event::from_payload(seq, EventKind::Done, &view));
         self.finishing = true;

@@ -1,5 +1,6 @@
 //! The HTTP surface: one file per resource; [`configure`] lists every route.
 
+mod analytics;
 mod auth;
 mod body;
 mod chat_completions;
@@ -9,6 +10,7 @@ mod events;
 mod executions;
 mod health;
 mod keys;
+mod me;
 mod models;
 mod openai_error;
 mod routing_status;
@@ -75,6 +77,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/v1/models", web::get().to(models::list))
     .route("/v1/embeddings", web::post().to(embeddings::create))
     .route("/v1/routing/status", web::get().to(routing_status::get))
+    .route("/v1/analytics", web::get().to(analytics::get))
+    .route("/v1/me", web::get().to(me::get))
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
     .route("/v1/keys/{id}", web::delete().to(keys::revoke))

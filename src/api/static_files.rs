@@ -6,11 +6,28 @@ use actix_web::{http::header, web, HttpResponse};
 use crate::error::{ApiError, ErrorCode};
 
 /// (path under /static/, content type, bytes). Add a line when adding a file to `static/`.
-const FILES: &[(&str, &str, &[u8])] = &[(
-    "index.html",
-    "text/html; charset=utf-8",
-    include_bytes!("../../static/index.html"),
-)];
+const FILES: &[(&str, &str, &[u8])] = &[
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../static/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/app.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../static/style.css"),
+    ),
+    (
+        "watch.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../static/watch.html"),
+    ),
+];
 
 pub async fn index() -> HttpResponse {
     serve("index.html").unwrap_or_else(|| HttpResponse::NotFound().finish())

@@ -4,8 +4,9 @@
 //! (project ‖ 0 ‖ key → id ‖ 0 ‖ fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id →
 //! ()), `keys` (key id → key record), `key_hashes` (sha256(secret) → key id), `ws_tokens`
 //! (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖ attempt ‖ entry → debug entry),
-//! `meta`.
+//! `analytics` (project ‖ 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `meta`.
 
+mod analytics;
 mod attempt_log;
 mod commit;
 mod events;
@@ -13,6 +14,7 @@ mod executions;
 mod keys;
 mod tokens;
 
+pub use analytics::{Aggregate, Dimension, Histogram, Series, MINUTE};
 pub use attempt_log::{redacted_headers, AttemptLog, LogEntry};
 pub use commit::GroupCommit;
 pub use executions::{ListPage, SubmitOutcome};
@@ -32,6 +34,7 @@ pub struct Store {
     key_hashes: sled::Tree,
     ws_tokens: sled::Tree,
     attempt_log: sled::Tree,
+    analytics: sled::Tree,
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
@@ -60,6 +63,7 @@ impl Store {
             key_hashes: tree("key_hashes")?,
             ws_tokens: tree("ws_tokens")?,
             attempt_log: tree("attempt_log")?,
+            analytics: tree("analytics")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(db.clone()),
             db,

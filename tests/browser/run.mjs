@@ -1,0 +1,416 @@
+// Browser suite: the real switchyard binary on 127.0.0.1:0 with a temp data dir, driven in
+// Debian's headless Chromium through playwright-core (no browser download).
+//
+//   node tests/browser/run.mjs            (builds target/debug/switchyard first)
+//
+// Screenshots go to target/browser-artifacts/. The last line is `N passed, M failed`; the exit
+// code is non-zero on any failure.
+
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, createWriteStream } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+import { FULL_TEXT, startFakeUpstream } from "./fake-upstream.mjs";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const TARGET = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(ROOT, "target");
+const BINARY = join(TARGET, "debug", "switchyard");
+const ARTIFACTS = join(TARGET, "browser-artifacts");
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const ADMIN_KEY = "browser-suite-admin-key";
+const TEST_TIMEOUT_MS = 60_000;
+
+// The mock streams 40 chunks 50 ms apart (2 s): long enough to watch an execution live.
+// `chat-failover` starts on an upstream that cuts its stream after three chunks and continues
+// on a steady one (both served by fake-upstream.mjs).
+const config = (upstream) => `
+listen = "127.0.0.1:0"
+data_dir = "unused"
+
+[[providers]]
+name = "mock"
+kind = "mock"
+mock_chunks = 40
+mock_chunk_interval_ms = 50
+
+[[providers]]
+name = "flaky"
+kind = "openai"
+base_url = "${upstream}"
+max_attempts = 1
+
+[[providers]]
+name = "steady"
+kind = "openai"
+base_url = "${upstream}"
+
+[[models]]
+slug = "chat-default"
+routes = [{ provider = "mock", model = "mock-1" }]
+
+[[models]]
+slug = "chat-failover"
+routes = [{ provider = "flaky", model = "flaky-1" }, { provider = "steady", model = "steady-1" }]
+`;
+
+// ---- a tiny runner ----
+
+const tests = [];
+const test = (name, fn) => tests.push({ name, fn });
+
+function assert(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+function assertEqual(actual, expected, what) {
+  if (actual !== expected) {
+    throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+  }
+}
+
+function withTimeout(promise, ms, name) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${name}: timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// ---- the server ----
+
+function build() {
+  if (process.env.SWITCHYARD_SKIP_BUILD) return;
+  const r = spawnSync("cargo", ["build", "--quiet", "--bin", "switchyard"], { cwd: ROOT, stdio: "inherit" });
+  if (r.status !== 0) throw new Error("cargo build failed");
+}
+
+async function startServer(work, upstream) {
+  const configPath = join(work, "switchyard.toml");
+  writeFileSync(configPath, config(upstream));
+  const child = spawn(
+    BINARY,
+    ["--config", configPath, "--data-dir", join(work, "data"), "--listen", "127.0.0.1:0"],
+    {
+      env: { ...process.env, SWITCHYARD_ADMIN_KEY: ADMIN_KEY, RUST_LOG: process.env.RUST_LOG || "warn" },
+      stdio: ["ignore", "pipe", "pipe"],
+    }
+  );
+  child.stderr.pipe(createWriteStream(join(ARTIFACTS, "server.log")));
+  const address = await new Promise((resolveAddr, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    lines.on("line", (line) => {
+      const m = line.match(/^switchyard listening on (http:\/\/\S+)$/);
+      if (m) resolveAddr(m[1]);
+    });
+    child.on("exit", (code) => reject(new Error(`server exited early with ${code} (see ${ARTIFACTS}/server.log)`)));
+    setTimeout(() => reject(new Error("server did not print its address within 30 s")), 30_000);
+  });
+  return { child, address };
+}
+
+async function stopServer(child) {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 8000);
+  await exited;
+  clearTimeout(timer);
+}
+
+// ---- REST helpers ----
+
+let BASE;
+
+async function rest(path, { method = "GET", body, key = ADMIN_KEY } = {}) {
+  const res = await fetch(BASE + path, {
+    method,
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = await res.json();
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+let submitted = 0;
+function submit(prompt, model = "chat-default") {
+  submitted += 1;
+  return rest("/v1/executions", {
+    method: "POST",
+    body: {
+      model,
+      idempotency_key: `browser-${Date.now()}-${submitted}`,
+      messages: [{ role: "user", content: prompt }],
+    },
+  });
+}
+
+async function waitTerminal(id) {
+  for (let i = 0; i < 400; i++) {
+    const e = await rest(`/v1/executions/${id}`);
+    if (!["pending", "processing"].includes(e.status)) return e;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${id} did not finish`);
+}
+
+// ---- the tests ----
+
+let context;
+let page; // the dashboard page, shared by the dashboard tests in order
+const pageErrors = [];
+
+const shot = (p, name) => p.screenshot({ path: join(ARTIFACTS, name), fullPage: true });
+const text = (p, selector) => p.locator(selector).evaluate((el) => el.textContent);
+
+test("watch.html follows a live execution to done with the exact text", async () => {
+  const sub = await submit("watch this stream");
+  const watch = await context.newPage();
+  const url = `${BASE}/static/watch.html?token=${encodeURIComponent(sub.ws_token)}&channel=${encodeURIComponent(sub.websocket_channel)}`;
+  await watch.goto(url);
+  // Live: text arrives while the execution is still running.
+  await watch.waitForFunction(
+    () => document.getElementById("text").textContent.length > 0 && document.getElementById("status").dataset.state !== "done",
+    null,
+    { timeout: 10_000 }
+  );
+  await watch.locator("#status[data-state='done']").waitFor({ timeout: 20_000 });
+  assertEqual(await text(watch, "#status"), "done", "status");
+  assertEqual(await text(watch, "#result"), "completed", "final status");
+  const exec = await rest(`/v1/executions/${sub.id}`);
+  assertEqual(exec.status, "completed", "execution status");
+  assert(exec.output.text.split(" ").length > 30, "a long answer");
+  assertEqual(await text(watch, "#text"), exec.output.text, "streamed text");
+  await shot(watch, "watch-done.png");
+
+  // The token is single-use: the same address again is refused with a clear close code.
+  const again = await context.newPage();
+  await again.goto(url);
+  await again.locator("#status[data-state='error']").waitFor({ timeout: 10_000 });
+  assert((await text(again, "#status")).includes("4401"), "a reused token is refused with 4401");
+  await again.close();
+  await watch.close();
+});
+
+test("dashboard: a bad key is refused at sign-in", async () => {
+  page = await context.newPage();
+  page.on("pageerror", (err) => pageErrors.push(err.message));
+  await page.goto(BASE + "/");
+  await page.locator("#signin").waitFor();
+  assert(await page.locator("#dashboard").isHidden(), "dashboard hidden before sign-in");
+  await page.fill("#api-key", "not-a-key");
+  await page.click("#signin-form button[type=submit]");
+  await page.locator("#signin-error", { hasText: "not accepted" }).waitFor({ timeout: 5000 });
+  await shot(page, "dashboard-signin.png");
+});
+
+test("dashboard: sign in with an API key", async () => {
+  await page.fill("#api-key", ADMIN_KEY);
+  await page.click("#signin-form button[type=submit]");
+  await page.locator("#dashboard").waitFor({ timeout: 10_000 });
+  assert((await text(page, "#whoami")).includes("project default"), "the project is named");
+  await page.locator("#socket-state[data-state='live']").waitFor({ timeout: 10_000 });
+  const models = await page.locator("#model option").allTextContents();
+  assertEqual(models.join(","), "chat-default,chat-failover,auto", "models");
+  assertEqual(await page.evaluate(() => sessionStorage.getItem("switchyard.api_key")), ADMIN_KEY, "key in session storage");
+  assertEqual(await page.evaluate(() => localStorage.getItem("switchyard.api_key")), null, "key not in local storage");
+  // The execution of the watch test is listed.
+  assert((await page.locator("#executions tbody tr").count()) >= 1, "the initial list is loaded");
+});
+
+let dashboardExec;
+// Markup in the prompt: it reaches the raw provider log and must render as text.
+const PROMPT = `<img src=x onerror="window.__xss = 1">Tell me about switchyard`;
+
+test("dashboard: submit a prompt, see the live row and the stream render", async () => {
+  await page.selectOption("#model", "chat-default");
+  await page.fill("#prompt", PROMPT);
+  await page.click("#submit-button");
+  await page.locator("#submit-status", { hasText: "submitted exec_" }).waitFor({ timeout: 10_000 });
+  const id = (await text(page, "#submit-status")).replace("submitted ", "");
+  dashboardExec = id;
+  await page.locator(`#executions tr[data-id='${id}']`).waitFor({ timeout: 5000 });
+  // Live: text in the stream pane while the execution is processing.
+  await page.waitForFunction(
+    () => document.getElementById("stream").textContent.trim().length > 0 && document.getElementById("detail-status").dataset.status === "processing",
+    null,
+    { timeout: 10_000 }
+  );
+  await shot(page, "dashboard-streaming.png");
+  await page.locator("#detail-status[data-status='completed']").waitFor({ timeout: 20_000 });
+  await page.locator(`#executions tr[data-id='${id}'] .status[data-status='completed']`).waitFor({ timeout: 5000 });
+  const exec = await rest(`/v1/executions/${id}`);
+  assertEqual(exec.status, "completed", "execution status");
+  assertEqual(await text(page, "#stream"), exec.output.text, "rendered stream");
+  assert((await text(page, "#detail-tokens")).includes("completion"), "usage shown");
+});
+
+test("dashboard: an execution submitted elsewhere appears live", async () => {
+  const sub = await submit("from another client");
+  const row = page.locator(`#executions tbody tr[data-id='${sub.id}']`);
+  await row.waitFor({ timeout: 10_000 });
+  assertEqual(await page.locator("#executions tbody tr").first().getAttribute("data-id"), sub.id, "newest on top");
+  assert((await row.textContent()).includes("chat-default"), "the row names the model");
+  await row.locator(".status[data-status='completed']").waitFor({ timeout: 20_000 });
+  await waitTerminal(sub.id);
+});
+
+test("dashboard: open the attempts and the raw provider log", async () => {
+  // Back to the dashboard's own execution via its row.
+  await page.click(`#executions tr[data-id='${dashboardExec}']`);
+  await page.locator("#detail-status[data-status='completed']").waitFor({ timeout: 10_000 });
+  await page.click("#attempts-panel summary");
+  const rows = page.locator("#attempts tbody tr");
+  await rows.first().waitFor();
+  assertEqual(await rows.count(), 1, "attempts");
+  const cells = await rows.first().locator("td").allTextContents();
+  assertEqual(cells[1], "mock", "attempt provider");
+  assertEqual(cells[4], "succeeded", "attempt outcome");
+  await page.click("#log-panel summary");
+  await page.locator("#provider-log .log-entry").first().waitFor({ timeout: 5000 });
+  const kinds = await page.locator("#provider-log .log-entry .kind").allTextContents();
+  assertEqual(kinds[0], "request", "first log entry");
+  assertEqual(kinds.filter((k) => k === "chunk").length, 40, "one log entry per raw chunk");
+  const log = await text(page, "#provider-log");
+  assert(log.includes('<img src=x onerror=\\"window.__xss = 1\\">'), "the prompt is shown as text");
+  assertEqual(await page.locator("#provider-log img").count(), 0, "no markup from the log");
+  assertEqual(await page.evaluate(() => window.__xss), undefined, "no script ran");
+  assertEqual(await page.locator("#stream .cursor").count(), 0, "the cursor is gone after done");
+  // The failover list says there was none.
+  assertEqual(await text(page, "#failovers"), "none", "failovers");
+  await page.locator("#attempts-panel").scrollIntoViewIfNeeded();
+  await shot(page, "dashboard-attempts-log.png");
+});
+
+test("dashboard: a failover shows in the stream, the failover list, the attempts and the log", async () => {
+  await page.selectOption("#model", "chat-failover");
+  await page.fill("#prompt", "spell the alphabet");
+  await page.click("#submit-button");
+  await page.waitForFunction((previous) => {
+    const status = document.getElementById("submit-status").textContent;
+    return status.startsWith("submitted exec_") && !status.endsWith(previous);
+  }, dashboardExec, { timeout: 10_000 });
+  const id = (await text(page, "#submit-status")).replace("submitted ", "");
+  await page.waitForFunction((id) => document.getElementById("detail-id").textContent === id, id);
+  await page.locator("#detail-status[data-status='completed']").waitFor({ timeout: 20_000 });
+  assertEqual(await text(page, "#stream"), FULL_TEXT, "the answer continues where the cut left it");
+  const failovers = await page.locator("#failovers li").allTextContents();
+  assertEqual(failovers.length, 1, "one failover");
+  assert(failovers[0].includes("flaky → steady (stream_interrupted)"), failovers[0]);
+  const rows = page.locator("#attempts tbody tr");
+  await page.waitForFunction(() => document.querySelectorAll("#attempts tbody tr").length === 2);
+  const first = await rows.nth(0).locator("td").allTextContents();
+  const second = await rows.nth(1).locator("td").allTextContents();
+  assertEqual(`${first[1]} ${first[4]} ${first[5]}`, "flaky failed 3", "first attempt");
+  assert(first[7].startsWith("stream_interrupted"), first[7]);
+  assertEqual(`${second[1]} ${second[4]} ${second[5]}`, "steady succeeded 7", "second attempt");
+  await page.waitForFunction(() => document.querySelectorAll("#provider-log .log-attempt").length === 2);
+  const health = page.locator("#providers tbody tr", { hasText: "flaky" });
+  await health.waitFor({ timeout: 10_000 });
+  await page.waitForFunction(() => /\(1\/1\)/.test(document.querySelector("#providers").textContent), null, { timeout: 10_000 });
+  await shot(page, "dashboard-failover.png");
+});
+
+test("dashboard: provider health and analytics charts", async () => {
+  const provider = page.locator("#providers tbody tr", { hasText: "mock" });
+  await provider.waitFor({ timeout: 10_000 });
+  assert((await provider.textContent()).includes("closed"), "breaker closed");
+  // Charts refresh shortly after an execution ends.
+  await page.locator("#chart-requests rect").first().waitFor({ timeout: 20_000 });
+  await page.locator("#chart-latency circle").first().waitFor({ timeout: 5000 });
+  await page.locator("#chart-tokens rect").first().waitFor({ timeout: 5000 });
+  const analytics = await rest("/v1/analytics?group_by=none");
+  const total = analytics.series[0].buckets.reduce((a, b) => a + b.requests, 0);
+  assert(total >= 3, `analytics count the executions (${total})`);
+});
+
+test("dashboard: dark mode toggles, persists and keeps the session", async () => {
+  const light = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  await page.click("#theme-toggle");
+  assertEqual(await page.evaluate(() => document.documentElement.dataset.theme), "dark", "theme");
+  assertEqual(await page.getAttribute("#theme-toggle", "aria-pressed"), "true", "toggle state");
+  const dark = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert(light !== dark, `the background changes (${light} → ${dark})`);
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await shot(page, "dashboard-dark.png");
+  // A reload keeps the theme, the signed-in session and the selected execution.
+  const selected = await text(page, "#detail-id");
+  await page.reload();
+  await page.locator("#dashboard").waitFor({ timeout: 10_000 });
+  assertEqual(await page.evaluate(() => document.documentElement.dataset.theme), "dark", "theme after reload");
+  await page.locator("#detail-status[data-status='completed']").waitFor({ timeout: 10_000 });
+  assertEqual(await text(page, "#detail-id"), selected, "selection restored");
+  await page.click("#theme-toggle");
+  assertEqual(await page.evaluate(() => document.documentElement.dataset.theme), "light", "back to light");
+  await shot(page, "dashboard-light.png");
+});
+
+test("dashboard: sign out forgets the key", async () => {
+  await page.click("#sign-out");
+  await page.locator("#signin").waitFor();
+  assertEqual(await page.evaluate(() => sessionStorage.getItem("switchyard.api_key")), null, "key removed");
+  assertEqual(await page.locator("#executions tbody tr").count(), 0, "list cleared");
+  assertEqual(pageErrors.length, 0, `no script errors on the page: ${pageErrors.join("; ")}`);
+});
+
+// ---- main ----
+
+async function main() {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  build();
+  const work = mkdtempSync(join(tmpdir(), "switchyard-browser-"));
+  let server;
+  let upstream;
+  let passed = 0;
+  let failed = 0;
+  try {
+    upstream = await startFakeUpstream();
+    server = await startServer(work, upstream.baseUrl);
+    BASE = server.address;
+    console.log(`server at ${BASE}, chromium at ${CHROMIUM}, artifacts in ${ARTIFACTS}`);
+    context = await chromium.launchPersistentContext(join(work, "chromium-profile"), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
+      viewport: { width: 1400, height: 900 },
+    });
+    for (const t of tests) {
+      const started = Date.now();
+      try {
+        await withTimeout(t.fn(), TEST_TIMEOUT_MS, t.name);
+        passed += 1;
+        console.log(`ok - ${t.name} (${Date.now() - started} ms)`);
+      } catch (err) {
+        failed += 1;
+        console.log(`FAILED - ${t.name}: ${err.stack || err}`);
+        const p = page && !page.isClosed() ? page : null;
+        if (p) await shot(p, `failure-${failed}.png`).catch(() => {});
+      }
+    }
+  } catch (err) {
+    failed += 1;
+    console.log(`FAILED - setup: ${err.stack || err}`);
+  } finally {
+    if (context) await context.close().catch(() => {});
+    if (server) await stopServer(server.child);
+    if (upstream) await upstream.close();
+    rmSync(work, { recursive: true, force: true });
+  }
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(failed === 0 && passed === tests.length ? 0 : 1);
+}
+
+main();
