@@ -42,7 +42,10 @@ fn summary(name: &str, mut xs: Vec<Duration>) -> Duration {
 }
 
 async fn run() {
-    let primary = FakeOpenAi::start().await.with_words(40).with_default(Fault::CutAfter(5));
+    let primary = FakeOpenAi::start()
+        .await
+        .with_words(40)
+        .with_default(Fault::CutAfter(5));
     let fallback = FakeOpenAi::start().await.with_words(40);
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
@@ -70,7 +73,10 @@ routes = [{{ provider = "primary", model = "p" }}, {{ provider = "fallback", mod
     let app = Application::build(settings).await.unwrap();
     let base = format!("http://{}", app.address());
     actix_web::rt::spawn(app.run_until_stopped());
-    let client = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
 
     // The fallback's own time to first chunk, for the same continuation request.
     let continuation = json!({"model": "f", "stream": true, "messages": [
@@ -80,7 +86,12 @@ routes = [{{ provider = "primary", model = "p" }}, {{ provider = "fallback", mod
     let mut direct = Vec::new();
     for _ in 0..RUNS {
         let started = Instant::now();
-        let res = client.post(fallback.chat_url()).json(&continuation).send().await.unwrap();
+        let res = client
+            .post(fallback.chat_url())
+            .json(&continuation)
+            .send()
+            .await
+            .unwrap();
         let mut events = res.bytes_stream().eventsource();
         while let Some(Ok(ev)) = events.next().await {
             let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
@@ -138,7 +149,10 @@ routes = [{{ provider = "primary", model = "p" }}, {{ provider = "fallback", mod
     println!("failover gap over {RUNS} runs (primary cut after 5 of 40 chunks, FIN):");
     let ttfc = summary("fallback's own time to first chunk (direct)", direct);
     let gap = summary("failover event -> first continuation chunk", after_failover);
-    summary("last primary chunk -> first continuation chunk", after_last_chunk);
+    summary(
+        "last primary chunk -> first continuation chunk",
+        after_last_chunk,
+    );
     let over = gap.as_secs_f64() * 1e3 - ttfc.as_secs_f64() * 1e3;
     println!("gap beyond the fallback's own time to first chunk (p50): {over:.3} ms");
 }

@@ -5,7 +5,7 @@
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
@@ -228,7 +228,19 @@ pub async fn create(
     res.insert_header(("x-switchyard-execution-id", record.id.clone()));
     if streaming {
         let keepalive = Duration::from_millis(state.settings.limits.sse_keepalive_ms);
-        let body = stream_body(cursor, shape, include_usage, guard, keepalive);
+        let mut st = StreamState {
+            cursor,
+            shape,
+            include_usage,
+            guard,
+            started: false,
+            sent_text: false,
+        };
+        let (head, finished) = stream_head(&mut st, keepalive).await?;
+        let head = stream::iter(head.into_iter().map(Ok::<_, Infallible>));
+        let tail =
+            stream::iter((!finished).then_some(st)).flat_map(move |st| stream_tail(st, keepalive));
+        let body = head.chain(tail);
         return Ok(res
             .content_type("text/event-stream")
             .insert_header(("cache-control", "no-cache"))
@@ -328,73 +340,121 @@ struct StreamState {
     include_usage: bool,
     guard: DisconnectGuard,
     started: bool,
+    /// Whether answer text went out (after that, a failure can only be an error event).
+    sent_text: bool,
 }
 
-/// The event log as `chat.completion.chunk`s; an unrecoverable failure ends the stream with an
-/// error event, never with a clean finish.
-fn stream_body(
-    cursor: Cursor,
-    shape: Shape,
-    include_usage: bool,
-    guard: DisconnectGuard,
-    keepalive: Duration,
-) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
-    let state = StreamState {
-        cursor,
-        shape,
-        include_usage,
-        guard,
-        started: false,
-    };
-    stream::unfold(Some(state), move |state| async move {
-        let mut st = state?;
+/// One step of the translation from the event log to `chat.completion.chunk`s.
+enum Step {
+    Frame(Bytes),
+    /// The last frames of a completed answer.
+    Finish(Bytes),
+    /// The execution ended without completing.
+    Failed(ApiError),
+    /// Nothing for a while.
+    Idle,
+    End,
+}
+
+impl StreamState {
+    async fn step(&mut self, keepalive: Duration) -> Step {
         loop {
-            let event = match tokio::time::timeout(keepalive, st.cursor.next()).await {
-                Err(_) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(st))),
-                Ok(None) => return None,
+            let event = match tokio::time::timeout(keepalive, self.cursor.next()).await {
+                Err(_) => return Step::Idle,
+                Ok(None) => return Step::End,
                 Ok(Some(event)) => event,
             };
             let payload = data(&event);
             match event.kind {
                 EventKind::Status | EventKind::Failover => {
                     if let Some(model) = payload["model"].as_str() {
-                        st.shape.model = model.to_string();
+                        self.shape.model = model.to_string();
                     }
                     if event.kind == EventKind::Status
                         && payload["status"] == "processing"
-                        && !st.started
+                        && !self.started
                     {
-                        st.started = true;
-                        let first = st
-                            .shape
-                            .chunk(json!({"role": "assistant", "content": ""}), None);
-                        return Some((Ok(first), Some(st)));
+                        self.started = true;
+                        return Step::Frame(
+                            self.shape
+                                .chunk(json!({"role": "assistant", "content": ""}), None),
+                        );
                     }
                 }
                 EventKind::Chunk => {
-                    let delta = json!({"content": payload["delta"]});
-                    return Some((Ok(st.shape.chunk(delta, None)), Some(st)));
+                    self.sent_text = true;
+                    return Step::Frame(
+                        self.shape.chunk(json!({"content": payload["delta"]}), None),
+                    );
                 }
                 EventKind::Error => {}
                 EventKind::Done => {
-                    st.guard.armed = false;
+                    self.guard.armed = false;
                     if payload["status"] != "completed" {
-                        let err = OpenAiError(failure(&payload));
-                        return Some((Ok(sse(&json!({"error": err.body()}))), None));
+                        return Step::Failed(failure(&payload));
                     }
                     let reason = payload["finish_reason"].as_str().unwrap_or("stop");
-                    let mut out = st.shape.chunk(json!({}), Some(reason)).to_vec();
-                    if st.include_usage {
+                    let mut out = self.shape.chunk(json!({}), Some(reason)).to_vec();
+                    if self.include_usage {
                         out.extend_from_slice(&sse(&json!({
-                            "id": st.shape.id, "object": "chat.completion.chunk", "created": st.shape.created,
-                            "model": st.shape.model, "system_fingerprint": null,
+                            "id": self.shape.id, "object": "chat.completion.chunk", "created": self.shape.created,
+                            "model": self.shape.model, "system_fingerprint": null,
                             "choices": [], "usage": payload["usage"],
                         })));
                     }
                     out.extend_from_slice(b"data: [DONE]\n\n");
-                    return Some((Ok(Bytes::from(out)), None));
+                    return Step::Finish(Bytes::from(out));
                 }
             }
+        }
+    }
+}
+
+/// Holds the response head until the first answer text (or the result): a request that fails
+/// before any text gets a real HTTP error status — what the SDKs turn into typed exceptions.
+async fn stream_head(
+    st: &mut StreamState,
+    keepalive: Duration,
+) -> Result<(Vec<Bytes>, bool), ApiError> {
+    let mut head = Vec::new();
+    loop {
+        match st.step(keepalive).await {
+            Step::Frame(frame) => {
+                head.push(frame);
+                if st.sent_text {
+                    return Ok((head, false));
+                }
+            }
+            Step::Finish(frames) => {
+                head.push(frames);
+                return Ok((head, true));
+            }
+            Step::Failed(err) => return Err(err),
+            Step::Idle => {}
+            Step::End => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the execution ended without a result",
+                ))
+            }
+        }
+    }
+}
+
+/// The rest of the stream; an unrecoverable failure ends it with an error event, never with a
+/// clean finish.
+fn stream_tail(
+    st: StreamState,
+    keepalive: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    stream::unfold(Some(st), move |st| async move {
+        let mut st = st?;
+        match st.step(keepalive).await {
+            Step::Frame(frame) => Some((Ok(frame), Some(st))),
+            Step::Idle => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(st))),
+            Step::Finish(frames) => Some((Ok(frames), None)),
+            Step::Failed(err) => Some((Ok(sse(&json!({"error": OpenAiError(err).body()}))), None)),
+            Step::End => None,
         }
     })
 }

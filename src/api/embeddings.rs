@@ -20,6 +20,8 @@ pub struct EmbeddingsRequest {
     #[serde(default)]
     encoding_format: Option<String>,
     #[serde(default)]
+    dimensions: Option<u32>,
+    #[serde(default)]
     user: Option<String>,
 }
 
@@ -42,12 +44,18 @@ pub async fn create(
     let body: EmbeddingsRequest =
         read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
     let _ = &body.user;
-    if body
-        .encoding_format
-        .as_deref()
-        .is_some_and(|f| f != "float")
-    {
-        return Err(ApiError::invalid("encoding_format: only `float` is supported").into());
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "encoding_format: must be `float` or `base64`, got `{other}`"
+            ))
+            .into())
+        }
+    };
+    if body.dimensions.is_some_and(|d| !(1..=8192).contains(&d)) {
+        return Err(ApiError::invalid("dimensions: must be between 1 and 8192").into());
     }
     let input = match body.input {
         Input::One(s) => vec![s],
@@ -61,12 +69,19 @@ pub async fn create(
     let routes = routing::plan(&state.settings, &state.providers, &body.model)
         .filter(|r| !r.is_empty())
         .ok_or_else(|| ApiError::invalid(format!("model: unknown model `{}`", body.model)))?;
-    let (model, embeddings) = route(&state, &routes, &input).await?;
+    let (model, embeddings) = route(&state, &routes, &input, body.dimensions).await?;
     let data: Vec<_> = embeddings
         .vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                json!(encode_base64(&v))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     Ok(HttpResponse::Ok().json(json!({
         "object": "list",
@@ -76,11 +91,19 @@ pub async fn create(
     })))
 }
 
+/// OpenAI's base64 form: the little-endian f32 bytes.
+fn encode_base64(vector: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Tries the routes in order (skipping open breakers), retrying transient failures.
 async fn route(
     state: &AppState,
     routes: &[routing::Route],
     input: &[String],
+    dimensions: Option<u32>,
 ) -> Result<(String, Embeddings), ApiError> {
     let mut index = routing::pick_route(routes, 0, &state.health, Instant::now()).unwrap_or(0);
     let mut tries = 1;
@@ -90,7 +113,12 @@ async fn route(
         let started = Instant::now();
         state.health.begin(name, started);
         let timeout = r.provider.settings.total_timeout();
-        let result = match tokio::time::timeout(timeout, r.provider.embed(&r.model, input)).await {
+        let result = match tokio::time::timeout(
+            timeout,
+            r.provider.embed(&r.model, input, dimensions),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) => Err(ProviderError::total_timeout(timeout)),
         };

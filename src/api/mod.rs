@@ -75,6 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::post().to(chat_completions::create),
     )
     .route("/v1/models", web::get().to(models::list))
+    .route("/v1/models/{model}", web::get().to(models::retrieve))
     .route("/v1/embeddings", web::post().to(embeddings::create))
     .route("/v1/routing/status", web::get().to(routing_status::get))
     .route("/v1/analytics", web::get().to(analytics::get))

@@ -96,12 +96,12 @@ impl Mock {
 }
 
 impl Mock {
-    /// Deterministic unit vectors (8 dimensions) derived from each input's bytes.
-    pub fn embed(&self, input: &[String]) -> Embeddings {
+    /// Deterministic unit vectors derived from each input's bytes.
+    pub fn embed(&self, input: &[String], dimensions: usize) -> Embeddings {
         let vectors = input
             .iter()
             .map(|text| {
-                let mut v: Vec<f32> = (0..8u64)
+                let mut v: Vec<f32> = (0..dimensions as u64)
                     .map(|i| {
                         let h = text
                             .bytes()

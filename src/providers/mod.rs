@@ -103,10 +103,15 @@ impl Provider {
 
     /// Embeds `input` with `model`; kinds without an embeddings API refuse (not retryable, so
     /// routing moves on).
-    pub async fn embed(&self, model: &str, input: &[String]) -> Result<Embeddings, ProviderError> {
+    pub async fn embed(
+        &self,
+        model: &str,
+        input: &[String],
+        dimensions: Option<u32>,
+    ) -> Result<Embeddings, ProviderError> {
         match &self.client {
-            Client::OpenAi(p) => p.embed(model, input).await,
-            Client::Mock(p) => Ok(p.embed(input)),
+            Client::OpenAi(p) => p.embed(model, input, dimensions).await,
+            Client::Mock(p) => Ok(p.embed(input, dimensions.unwrap_or(8) as usize)),
             Client::Anthropic(_) | Client::Gemini(_) => Err(ProviderError::new(
                 crate::error::ErrorCode::ProviderError,
                 format!(

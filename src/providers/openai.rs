@@ -45,8 +45,17 @@ impl OpenAi {
 
 impl OpenAi {
     /// `POST /embeddings` with float vectors.
-    pub async fn embed(&self, model: &str, input: &[String]) -> Result<Embeddings, ProviderError> {
-        let body = serde_json::json!({"model": model, "input": input, "encoding_format": "float"});
+    pub async fn embed(
+        &self,
+        model: &str,
+        input: &[String],
+        dimensions: Option<u32>,
+    ) -> Result<Embeddings, ProviderError> {
+        let mut body =
+            serde_json::json!({"model": model, "input": input, "encoding_format": "float"});
+        if let Some(d) = dimensions {
+            body["dimensions"] = d.into();
+        }
         let mut builder = self.http.post(&self.embeddings_url).json(&body);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);

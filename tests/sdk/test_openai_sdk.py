@@ -207,9 +207,6 @@ def test_models_list_has_the_configured_slugs(client):
     assert all(m.object == "model" for m in models)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: GET /v1/models/{model} is not routed "
-                   "(src/api/mod.rs:75 has only GET /v1/models), so models.retrieve() "
-                   "raises NotFoundError")
 def test_models_retrieve(client):
     model = client.models.retrieve("chat-default")
     assert model.id == "chat-default"
@@ -235,13 +232,13 @@ def test_embeddings_in_float_format(client):
     assert again.data[0].embedding == res.data[0].embedding
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the SDK sends encoding_format=\"base64\" when the "
-                   "caller gives none (openai/resources/embeddings.py) and decodes the answer; "
-                   "src/api/embeddings.rs:45-50 rejects anything but `float` with a 400, so the "
-                   "SDK's plain embeddings.create() always raises BadRequestError")
 def test_embeddings_with_the_sdks_default_encoding(client):
     res = client.embeddings.create(model="chat-default", input="one")
     assert len(res.data[0].embedding) == 8
+    floats = client.embeddings.create(model="chat-default", input="one", encoding_format="float")
+    assert res.data[0].embedding == pytest.approx(floats.data[0].embedding)
+    short = client.embeddings.create(model="chat-default", input="one", dimensions=4)
+    assert len(short.data[0].embedding) == 4
 
 
 def test_embeddings_unknown_model_raises_bad_request(client):
@@ -302,16 +299,6 @@ def test_refused_upstream_raises_internal_server_error_503(client):
     assert info.value.code == "provider_unavailable"
 
 
-STREAM_COMMITS_EARLY = (
-    "bug: a streamed request commits to HTTP 200 and an assistant role chunk before any route "
-    "answers (src/api/chat_completions.rs:229 returns the SSE response at once, and "
-    "stream_body sends the role chunk on the `processing` status, :362-371), so an upstream "
-    "failure before the first chunk arrives as an in-stream error event (openai.APIError while "
-    "iterating) instead of the HTTP status OpenAI would send"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=STREAM_COMMITS_EARLY)
 def test_streamed_rate_limit_before_any_chunk_raises_rate_limit_error(client):
     with pytest.raises(openai.RateLimitError):
         for _ in client.chat.completions.create(model="limited", messages=PROMPT,
@@ -319,7 +306,6 @@ def test_streamed_rate_limit_before_any_chunk_raises_rate_limit_error(client):
             pass
 
 
-@pytest.mark.xfail(strict=True, reason=STREAM_COMMITS_EARLY)
 def test_streamed_context_length_raises_bad_request(client):
     with pytest.raises(openai.BadRequestError):
         for _ in client.chat.completions.create(model="too-long", messages=PROMPT,
