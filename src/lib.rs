@@ -9,6 +9,7 @@
 //! - [`cursor`]: a reader's position in an event log (replay, then live)
 //! - [`channels`]: WebSocket channel names and the project status feed
 //! - [`metrics`]: every Prometheus collector
+//! - [`webhooks`]: signed webhook delivery from the outbox
 //! - [`domain`]: ids, requests, statuses, events and the execution record
 //! - [`settings`]: the TOML configuration; [`error`]: the API error type; [`startup`]: assembly
 
@@ -24,3 +25,4 @@ pub mod routing;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod webhooks;

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub breaker_cooldown: prometheus::GaugeVec,
     pub store_size: IntGauge,
     pub store_flush: Histogram,
+    pub webhooks: IntCounterVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -174,6 +175,11 @@ impl Metrics {
                     .buckets(FINE_BUCKETS.to_vec()),
                 )
                 .expect("valid metric"),
+            ),
+            webhooks: counter_vec(
+                "switchyard_webhook_deliveries_total",
+                "Webhook delivery tries by outcome (delivered, failed, dead).",
+                &["outcome"],
             ),
             registry: r,
         }

@@ -19,6 +19,8 @@ pub struct Settings {
     pub limits: Limits,
     #[serde(default)]
     pub compat: Compat,
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
     /// From `SWITCHYARD_ADMIN_KEY`; never read from the file.
@@ -55,6 +57,36 @@ impl Default for Limits {
             ws_token_ttl_ms: 5 * 60 * 1000,
             ws_heartbeat_ms: 5_000,
             ws_client_timeout_ms: 15_000,
+        }
+    }
+}
+
+/// Webhook delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Environment variable holding the signing secret; without it a secret is generated on
+    /// the first start, stored, and shown to admins at `GET /v1/webhooks/secret`.
+    pub secret_env: Option<String>,
+    /// First retry delay; each further retry doubles it (capped at 10 minutes).
+    pub retry_base_ms: u64,
+    /// Deliveries tried before giving up.
+    pub max_attempts: u32,
+    /// One delivery's timeout.
+    pub timeout_ms: u64,
+    /// Resolved from `secret_env` at start.
+    #[serde(skip)]
+    pub secret: Option<String>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            secret_env: None,
+            retry_base_ms: 1_000,
+            max_attempts: 20,
+            timeout_ms: 10_000,
+            secret: None,
         }
     }
 }
@@ -259,6 +291,9 @@ impl Settings {
                     tracing::warn!(provider = %p.name, variable = %var, "provider api key variable is not set");
                 }
             }
+        }
+        if let Some(var) = &self.webhooks.secret_env {
+            self.webhooks.secret = std::env::var(var).ok().filter(|s| !s.is_empty());
         }
         self.admin_key = std::env::var("SWITCHYARD_ADMIN_KEY")
             .ok()

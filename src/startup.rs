@@ -35,6 +35,18 @@ impl Application {
         let providers = Arc::new(Providers::from_settings(&settings)?);
         let health = Arc::new(HealthBoard::new(&settings));
         let project_feed = Arc::new(ProjectFeed::default());
+        let webhook_wake = Arc::new(tokio::sync::Notify::new());
+        let webhook_secret = match &settings.webhooks.secret {
+            Some(secret) => secret.clone(),
+            None => store.webhook_secret()?,
+        };
+        crate::webhooks::Deliverer::start(
+            store.clone(),
+            webhook_secret.clone(),
+            settings.webhooks.clone(),
+            metrics.clone(),
+            webhook_wake.clone(),
+        );
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
@@ -42,6 +54,7 @@ impl Application {
             health: health.clone(),
             project_feed: project_feed.clone(),
             metrics: metrics.clone(),
+            webhook_wake: webhook_wake.clone(),
         }))
         .start();
 
@@ -60,6 +73,7 @@ impl Application {
             registry,
             metrics,
             project_feed,
+            webhook_secret,
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
         });
         let listener = TcpListener::bind(settings.listen)?;

@@ -31,6 +31,8 @@ pub struct ExecutionDeps {
     pub health: Arc<HealthBoard>,
     pub project_feed: Arc<crate::channels::ProjectFeed>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Wakes webhook delivery once a terminal state is durable.
+    pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Mid-stream switches allowed per execution before it fails.
@@ -161,6 +163,9 @@ impl Execution {
             if !act.unpublished.is_empty() {
                 act.await_commit(ctx);
             } else if act.finishing {
+                if act.record.webhook_url.is_some() {
+                    act.deps.webhook_wake.notify_one();
+                }
                 for waiter in act.done_waiters.drain(..) {
                     let _ = waiter.send(act.record.clone());
                 }
@@ -481,6 +486,20 @@ impl Execution {
         self.record.output_text = Some(std::mem::take(&mut self.emitted));
         self.record.completed_at_ms = Some(now_ms());
         self.persist();
+        if let Some(url) = &self.record.webhook_url {
+            let job = crate::store::WebhookJob {
+                execution_id: self.record.id.clone(),
+                url: url.clone(),
+                event_type: format!("execution.{}", status.as_str()),
+                attempts: 0,
+                next_at_ms: now_ms(),
+                last_error: None,
+                dead: false,
+            };
+            if let Err(err) = self.deps.store.put_webhook(&job) {
+                tracing::error!(execution_id = %self.record.id, error = %err, "webhook outbox write failed");
+            }
+        }
         let (m, model) = (&self.deps.metrics, self.record.model.as_str());
         m.executions
             .with_label_values(&[model, status.as_str()])

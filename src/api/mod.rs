@@ -15,6 +15,7 @@ mod models;
 mod openai_error;
 mod routing_status;
 mod static_files;
+mod webhook_secret;
 mod ws;
 
 pub use auth::{Principal, DEFAULT_PROJECT};
@@ -41,6 +42,8 @@ pub struct AppState {
     pub registry: Addr<Registry>,
     pub metrics: Arc<Metrics>,
     pub project_feed: Arc<ProjectFeed>,
+    /// Signs webhook deliveries; shown to admins of the default project.
+    pub webhook_secret: String,
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`, when set.
     pub env_admin_key_hash: Option<String>,
 }
@@ -80,6 +83,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/v1/routing/status", web::get().to(routing_status::get))
     .route("/v1/analytics", web::get().to(analytics::get))
     .route("/v1/me", web::get().to(me::get))
+    .route("/v1/webhooks/secret", web::get().to(webhook_secret::get))
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
     .route("/v1/keys/{id}", web::delete().to(keys::revoke))

@@ -4,6 +4,7 @@
 //! (project ‖ 0 ‖ key → id ‖ 0 ‖ fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id →
 //! ()), `keys` (key id → key record), `key_hashes` (sha256(secret) → key id), `ws_tokens`
 //! (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖ attempt ‖ entry → debug entry),
+//! `webhooks` (id → outbox entry),
 //! `analytics` (project ‖ 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `meta`.
 
 mod analytics;
@@ -13,6 +14,7 @@ mod events;
 mod executions;
 mod keys;
 mod tokens;
+mod webhooks;
 
 pub use analytics::{Aggregate, Dimension, Histogram, Series, MINUTE};
 pub use attempt_log::{redacted_headers, AttemptLog, LogEntry};
@@ -20,6 +22,7 @@ pub use commit::GroupCommit;
 pub use executions::{ListPage, SubmitOutcome};
 pub use keys::{hash_secret, KeyRecord, KeyRole};
 pub use tokens::WsTokenRecord;
+pub use webhooks::WebhookJob;
 
 use std::path::Path;
 
@@ -34,6 +37,7 @@ pub struct Store {
     key_hashes: sled::Tree,
     ws_tokens: sled::Tree,
     attempt_log: sled::Tree,
+    webhooks: sled::Tree,
     analytics: sled::Tree,
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
@@ -63,6 +67,7 @@ impl Store {
             key_hashes: tree("key_hashes")?,
             ws_tokens: tree("ws_tokens")?,
             attempt_log: tree("attempt_log")?,
+            webhooks: tree("webhooks")?,
             analytics: tree("analytics")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(db.clone()),

@@ -18,4 +18,5 @@ mod metrics;
 mod openai_compat;
 mod providers;
 mod routing;
+mod webhooks;
 mod websocket;
