@@ -485,7 +485,8 @@ impl Execution {
         self.record.error = error;
         self.record.output_text = Some(std::mem::take(&mut self.emitted));
         self.record.completed_at_ms = Some(now_ms());
-        self.persist();
+        // Everything derived from the terminal state is written first, the record last: a
+        // reader that sees the terminal status also sees its outbox entry, analytics, metrics.
         if let Some(url) = &self.record.webhook_url {
             let job = crate::store::WebhookJob {
                 execution_id: self.record.id.clone(),
@@ -511,6 +512,7 @@ impl Execution {
             tokens("completion", usage.completion_tokens);
         }
         self.deps.store.count_in_analytics(&self.record);
+        self.persist();
         let view = self.record.view(None);
         self.emit(ctx, |seq| Event::from_payload(seq, EventKind::Done, &view));
         self.finishing = true;

@@ -99,8 +99,8 @@ async fn finished_executions_replay_identically_from_a_new_process() {
 async fn sigkill_mid_stream_loses_nothing_acknowledged_and_the_execution_resumes() {
     let fake = FakeOpenAi::start()
         .await
-        .with_words(60)
-        .with_chunk_delay(Duration::from_millis(25));
+        .with_words(200)
+        .with_chunk_delay(Duration::from_millis(10));
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &[&fake]);
     let data = dir.path().join("data");

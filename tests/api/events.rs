@@ -61,8 +61,8 @@ async fn many_concurrent_subscribers_see_identical_sequences() {
 async fn a_reconnect_with_last_event_id_mid_stream_gets_exactly_the_rest() {
     let fake = FakeOpenAi::start()
         .await
-        .with_words(30)
-        .with_chunk_delay(Duration::from_millis(15));
+        .with_words(300)
+        .with_chunk_delay(Duration::from_millis(5));
     let app = spawn_with_fakes(&[&fake]).await;
     let sub = app
         .submit(ADMIN_KEY, &chat_body("resume", "Hi", "fake"))

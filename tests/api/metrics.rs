@@ -41,7 +41,17 @@ async fn a_failover_moves_the_right_series_by_the_right_amounts() {
     assert_eq!(exec["status"], "completed");
     let events = app.sse_all(ADMIN_KEY, id, None).await;
 
-    let text = scrape(&app).await;
+    // The actor deregisters and the SSE stream closes just after the terminal state is visible.
+    let mut text = scrape(&app).await;
+    for _ in 0..200 {
+        if value(&text, "switchyard_active_executions") == 0.0
+            && value(&text, "switchyard_sse_subscribers") == 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        text = scrape(&app).await;
+    }
     let v = |s: &str| value(&text, s);
     assert_eq!(
         v(r#"switchyard_failovers_total{from="fake0",reason="stream_interrupted",to="fake1"}"#),
