@@ -120,6 +120,7 @@ impl Harness {
                 providers,
                 project_feed: Arc::new(ProjectFeed::default()),
                 metrics: Arc::new(Metrics::new()),
+                webhook_wake: Arc::default(),
             });
             let registry = Registry::new(deps.clone()).start();
             (deps, registry)
