@@ -249,12 +249,6 @@ pub struct RouteSettings {
     /// Accepts `response_format` JSON modes.
     #[serde(default = "defaults::yes")]
     pub json_mode: bool,
-    /// Accepts image inputs (none of today's request forms carry images; kept for routing).
-    #[serde(default)]
-    pub vision: bool,
-    /// Accepts tool definitions (tool calling is not yet carried end to end).
-    #[serde(default)]
-    pub tools: bool,
 }
 
 impl Settings {
