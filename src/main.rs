@@ -23,13 +23,17 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,actix_server=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,actix_server=warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // One JSON object per line for log shippers; key=value text otherwise.
+    if std::env::var("SWITCHYARD_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let cli = Cli::parse();
     let mut settings = Settings::load(cli.config.as_deref())?;
     if let Some(listen) = cli.listen {
