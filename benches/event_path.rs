@@ -21,7 +21,7 @@ use criterion::{
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use switchyard::actors::execution::ExecutionDeps;
 use switchyard::actors::{Execution, Registry};
@@ -39,9 +39,6 @@ use switchyard::store::Store;
 const CHUNKS: u64 = 20_000;
 /// Threads the subscribers run on, like actix-web's default of one worker per core here.
 const WORKERS: usize = 2;
-/// Mirrors the registry's live buffer (`LIVE_BUFFER`, private there): events a subscriber
-/// may fall behind by before it reads the log instead.
-const LIVE_BUFFER: usize = 1024;
 const SUBSCRIBERS: [usize; 3] = [1, 100, 1000];
 
 fn settings() -> Settings {
@@ -153,7 +150,7 @@ impl Harness {
 
         // What the registry does on `StartExecution`, minus starting the actor: the live
         // feed, which every subscriber joins (like `Subscribe`) before a single event flows.
-        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let live = switchyard::actors::live::LiveFeed::new(1);
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
         let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
         for i in 0..subscribers {

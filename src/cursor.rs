@@ -4,8 +4,9 @@
 //! late or reconnecting) sees each seq exactly once, in order.
 
 use std::collections::VecDeque;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 
+use crate::actors::live::Subscription;
 use crate::domain::{EventKind, SharedEvent};
 use crate::store::Store;
 
@@ -16,7 +17,7 @@ pub struct Cursor {
     store: Store,
     id: String,
     last: u64,
-    live: Option<broadcast::Receiver<SharedEvent>>,
+    live: Option<Subscription>,
     backlog: VecDeque<SharedEvent>,
     caught_up: bool,
     ended: bool,
@@ -27,12 +28,7 @@ pub struct Cursor {
 impl Cursor {
     /// `live` must be subscribed before the cursor first reads the log: an event published
     /// after that is in the feed, one published before is already in the log.
-    pub fn new(
-        store: Store,
-        id: String,
-        after: u64,
-        live: Option<broadcast::Receiver<SharedEvent>>,
-    ) -> Cursor {
+    pub fn new(store: Store, id: String, after: u64, live: Option<Subscription>) -> Cursor {
         Cursor {
             store,
             id,
@@ -68,9 +64,18 @@ impl Cursor {
                 return Some(self.deliver(event));
             }
             if !self.caught_up {
+                // While the execution runs, its log may hold events not yet durable: read only
+                // up to the durable seq (the rest arrives live). A finished log is all durable.
+                let durable = self.live.as_ref().map_or(u64::MAX, |l| l.durable_seq());
                 match self.store.events_after(&self.id, self.last, LOG_BATCH) {
-                    Ok(batch) if batch.is_empty() => self.caught_up = true,
-                    Ok(batch) => self.backlog.extend(batch),
+                    Ok(batch) => {
+                        let before = self.backlog.len();
+                        self.backlog
+                            .extend(batch.into_iter().take_while(|e| e.seq <= durable));
+                        if self.backlog.len() == before {
+                            self.caught_up = true;
+                        }
+                    }
                     Err(err) => {
                         tracing::error!(execution_id = %self.id, error = %err, "event log read failed");
                         self.ended = true;
@@ -83,11 +88,18 @@ impl Cursor {
                 self.ended = true;
                 continue;
             };
-            match live.recv().await {
-                Ok(event) if event.seq <= self.last => {}
-                Ok(event) if event.seq == self.last + 1 => return Some(self.deliver(event)),
-                // A gap or the end of the feed: the log has everything published.
-                Ok(_) => self.caught_up = false,
+            match live.batches.recv().await {
+                Ok(batch) => {
+                    let fresh = batch.iter().skip_while(|e| e.seq <= self.last);
+                    for (expected, event) in (self.last + 1..).zip(fresh) {
+                        if event.seq != expected {
+                            // A gap: the log has everything published.
+                            self.caught_up = false;
+                            break;
+                        }
+                        self.backlog.push_back(event.clone());
+                    }
+                }
                 Err(RecvError::Lagged(_)) => {
                     self.lagged_after.get_or_insert(self.last);
                     self.caught_up = false;

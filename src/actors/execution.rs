@@ -7,8 +7,9 @@ use futures_util::stream;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
+use super::live::LiveFeed;
 use super::registry::{Deregister, Registry};
 use crate::domain::{
     now_ms, Attempt, AttemptOutcome, Event, EventKind, ExecutionRecord, SharedEvent, Status, Usage,
@@ -58,7 +59,7 @@ pub struct Execution {
     deps: Arc<ExecutionDeps>,
     record: ExecutionRecord,
     routes: Vec<Route>,
-    live: broadcast::Sender<SharedEvent>,
+    live: LiveFeed,
     registry: Addr<Registry>,
     next_seq: u64,
     /// Everything emitted as chunks so far: the base of any continuation.
@@ -87,7 +88,7 @@ impl Execution {
     pub fn new(
         record: ExecutionRecord,
         deps: Arc<ExecutionDeps>,
-        live: broadcast::Sender<SharedEvent>,
+        live: LiveFeed,
         registry: Addr<Registry>,
     ) -> Execution {
         let routes = routing::plan(&deps.settings, &deps.providers, &record.model)
@@ -144,6 +145,7 @@ impl Execution {
         let wait = self.deps.store.commit.wait(ticket);
         ctx.spawn(wait.into_actor(self).map(|durable, act, ctx| {
             act.awaiting_commit = false;
+            let mut batch = Vec::new();
             while act.unpublished.front().is_some_and(|(t, _)| *t <= durable) {
                 let (_, event) = act.unpublished.pop_front().expect("checked above");
                 if matches!(event.kind, EventKind::Status | EventKind::Done) {
@@ -157,9 +159,10 @@ impl Execution {
                         .project_feed
                         .publish(&r.project_id, &r.id, &r.model, status);
                 }
-                // No receiver is fine: readers that are not caught up read the log.
-                let _ = act.live.send(event);
+                batch.push(event);
             }
+            // One wake-up per subscriber per group commit, however many events it made durable.
+            act.live.publish(batch);
             if !act.unpublished.is_empty() {
                 act.await_commit(ctx);
             } else if act.finishing {

@@ -4,18 +4,15 @@
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::broadcast;
 
 use super::execution::{Cancel, Execution, ExecutionDeps};
-use crate::domain::{ExecutionRecord, SharedEvent};
+use super::live::{LiveFeed, Subscription};
+use crate::domain::ExecutionRecord;
 use crate::error::{ApiError, ErrorCode};
-
-/// Live events a subscriber may fall behind by before it reads the log instead.
-const LIVE_BUFFER: usize = 1024;
 
 struct Live {
     addr: Addr<Execution>,
-    events: broadcast::Sender<SharedEvent>,
+    feed: LiveFeed,
 }
 
 pub struct Registry {
@@ -43,7 +40,7 @@ pub struct StartExecution(pub ExecutionRecord);
 
 /// A live subscription, or `None` when the execution is not running (its log is complete).
 #[derive(Message)]
-#[rtype(result = "Option<broadcast::Receiver<SharedEvent>>")]
+#[rtype(result = "Option<Subscription>")]
 pub struct Subscribe(pub String);
 
 /// Cancels a running execution; answers the final record once its `done` event is durable.
@@ -67,9 +64,10 @@ impl Handler<StartExecution> for Registry {
         if self.live.contains_key(&id) {
             return;
         }
-        let (events, _) = broadcast::channel(LIVE_BUFFER);
-        let addr = Execution::new(msg.0, self.deps.clone(), events.clone(), ctx.address()).start();
-        self.live.insert(id, Live { addr, events });
+        let durable = self.deps.store.last_seq(&id).unwrap_or(0);
+        let feed = LiveFeed::new(durable);
+        let addr = Execution::new(msg.0, self.deps.clone(), feed.clone(), ctx.address()).start();
+        self.live.insert(id, Live { addr, feed });
         self.deps
             .metrics
             .active_executions
@@ -78,10 +76,10 @@ impl Handler<StartExecution> for Registry {
 }
 
 impl Handler<Subscribe> for Registry {
-    type Result = Option<broadcast::Receiver<SharedEvent>>;
+    type Result = Option<Subscription>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
-        self.live.get(&msg.0).map(|l| l.events.subscribe())
+        self.live.get(&msg.0).map(|l| l.feed.subscribe())
     }
 }
 

@@ -48,11 +48,12 @@ impl Dimension {
     }
 }
 
-/// Log-spaced millisecond buckets: bucket `i` holds values in (2^((i-1)/4), 2^(i/4)], bucket 0
-/// holds [0, 1], the last one everything above 2^20 ms (17.5 min). Four buckets per doubling
-/// bound a quantile's error to about ±10%, and a sparse map keeps an entry small.
-const HISTOGRAM_BUCKETS: u8 = 82;
-const STEPS_PER_DOUBLING: f64 = 4.0;
+/// Log-spaced millisecond buckets: bucket `i` holds values in (2^((i-1)/8), 2^(i/8)], bucket 0
+/// holds [0, 1], the last one everything above 2^20 ms (17.5 min). Eight buckets per doubling
+/// make each bucket under 9.1% wide, so any estimate inside the right bucket is within ±10%;
+/// a sparse map keeps an entry small.
+const HISTOGRAM_BUCKETS: u8 = 162;
+const STEPS_PER_DOUBLING: f64 = 8.0;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -340,10 +341,10 @@ mod tests {
     fn buckets_are_log_spaced_with_inclusive_upper_bounds() {
         assert_eq!(Histogram::bucket_of(0), 0);
         assert_eq!(Histogram::bucket_of(1), 0);
-        assert_eq!(Histogram::bucket_of(2), 4);
-        assert_eq!(Histogram::bucket_of(3), 7); // 2^(6/4) = 2.83 < 3 ≤ 2^(7/4) = 3.36
-        assert_eq!(Histogram::bucket_of(1024), 40);
-        assert_eq!(Histogram::bucket_of(1025), 41);
+        assert_eq!(Histogram::bucket_of(2), 8);
+        assert_eq!(Histogram::bucket_of(3), 13); // 2^(12/8) = 2.83 < 3 ≤ 2^(13/8) = 3.08
+        assert_eq!(Histogram::bucket_of(1024), 80);
+        assert_eq!(Histogram::bucket_of(1025), 81);
         assert_eq!(Histogram::bucket_of(u64::MAX), HISTOGRAM_BUCKETS - 1);
         for ms in [1u64, 5, 17, 100, 999, 12_345, 600_000] {
             let i = Histogram::bucket_of(ms);
