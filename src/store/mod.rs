@@ -70,7 +70,10 @@ impl Store {
             webhooks: tree("webhooks")?,
             analytics: tree("analytics")?,
             meta: tree("meta")?,
-            commit: GroupCommit::start(db.clone(), std::fs::File::open(dir.join("db").join("db")).ok()),
+            commit: GroupCommit::start(
+                db.clone(),
+                std::fs::File::open(dir.join("db").join("db")).ok(),
+            ),
             db,
         })
     }
