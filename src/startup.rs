@@ -58,7 +58,15 @@ impl Application {
         }))
         .start();
 
-        let unfinished = store.unfinished_executions()?;
+        let mut unfinished = Vec::new();
+        for record in store.unfinished_executions()? {
+            if store.is_acknowledged(&record)? {
+                unfinished.push(record);
+            } else {
+                tracing::info!(execution_id = %record.id, "removing an execution a crash left unacknowledged");
+                store.remove_orphan(&record)?;
+            }
+        }
         let recovered = unfinished.len();
         for record in unfinished {
             tracing::info!(execution_id = %record.id, status = record.status.as_str(), "recovering unfinished execution");

@@ -92,7 +92,7 @@ pub(super) async fn accept(
     // Accepting promises the execution survives a crash: wait for the group commit.
     state.store.commit.sync().await;
     if created {
-        // The `pending` event was written by the submit transaction.
+        // The `pending` event was written with the record.
         state.metrics.events.inc();
         state.registry.do_send(StartExecution(record.clone()));
     }

@@ -1,8 +1,5 @@
 //! Execution records, the idempotency index and the per-project listing index.
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
-
 use super::{joined, Store};
 use crate::domain::{Event, ExecutionRecord, Status};
 
@@ -37,42 +34,66 @@ fn index_key(record: &ExecutionRecord) -> Vec<u8> {
 
 impl Store {
     /// Creates the execution with its first event, unless the project already used this
-    /// idempotency key. One transaction over all trees, so concurrent identical submits
-    /// produce exactly one execution (the others see `Existing`).
+    /// idempotency key. Race-safe without a transaction: the record and its first event are
+    /// written under the fresh id, then the key is claimed with a compare-and-swap; only the
+    /// winner adds the listing entry, a loser removes what it wrote and answers with the
+    /// winner's execution (whose record exists, since it was written before the claim).
+    /// (A sled transaction would switch sled to a process-wide lock that every flush holds.)
     pub fn create_execution(
         &self,
         record: &ExecutionRecord,
         first_event: &Event,
     ) -> sled::Result<SubmitOutcome> {
         let idem_key = joined(&record.project_id, record.idempotency_key.as_bytes());
-        let idem_value = joined(&record.id, record.fingerprint.as_bytes());
-        let record_bytes = encode(record);
-        let index = index_key(record);
-        let event_key = Self::event_key(&record.id, first_event.seq);
-        let event_value = first_event.encode();
-        let result = (
-            &self.idempotency,
-            &self.executions,
-            &self.project_index,
-            &self.events,
-        )
-            .transaction(|(idem, execs, idx, events)| {
-                if let Some(existing) = idem.get(&idem_key)? {
-                    let mut parts = existing.splitn(2, |b| *b == 0);
-                    let id = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-                    let same_body = parts.next() == Some(record.fingerprint.as_bytes());
-                    return Ok(SubmitOutcome::Existing { id, same_body });
-                }
-                idem.insert(idem_key.as_slice(), idem_value.as_slice())?;
-                execs.insert(record.id.as_bytes(), record_bytes.as_slice())?;
-                idx.insert(index.as_slice(), &[] as &[u8])?;
-                events.insert(event_key.as_slice(), event_value.as_slice())?;
-                Ok::<_, ConflictableTransactionError<sled::Error>>(SubmitOutcome::Created)
-            });
-        match result {
-            Ok(outcome) => Ok(outcome),
-            Err(TransactionError::Abort(e)) | Err(TransactionError::Storage(e)) => Err(e),
+        if let Some(existing) = self.idempotency.get(&idem_key)? {
+            return Ok(Self::existing(&existing, &record.fingerprint));
         }
+        let event_key = Self::event_key(&record.id, first_event.seq);
+        self.executions
+            .insert(record.id.as_bytes(), encode(record))?;
+        self.events
+            .insert(event_key.as_slice(), first_event.encode())?;
+        let claim = joined(&record.id, record.fingerprint.as_bytes());
+        match self
+            .idempotency
+            .compare_and_swap(&idem_key, None as Option<&[u8]>, Some(claim))?
+        {
+            Ok(()) => {
+                self.project_index.insert(index_key(record), &[] as &[u8])?;
+                Ok(SubmitOutcome::Created)
+            }
+            Err(lost) => {
+                self.executions.remove(record.id.as_bytes())?;
+                self.events.remove(event_key)?;
+                let winner = lost.current.unwrap_or_default();
+                Ok(Self::existing(&winner, &record.fingerprint))
+            }
+        }
+    }
+
+    fn existing(claim: &[u8], fingerprint: &str) -> SubmitOutcome {
+        let mut parts = claim.splitn(2, |b| *b == 0);
+        let id = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        let same_body = parts.next() == Some(fingerprint.as_bytes());
+        SubmitOutcome::Existing { id, same_body }
+    }
+
+    /// Whether the record is the one its idempotency key names. A crash between writing a
+    /// record and claiming its key leaves an orphan nobody was told about.
+    pub fn is_acknowledged(&self, record: &ExecutionRecord) -> sled::Result<bool> {
+        let idem_key = joined(&record.project_id, record.idempotency_key.as_bytes());
+        Ok(self.idempotency.get(idem_key)?.is_some_and(|claim| {
+            claim.starts_with(record.id.as_bytes()) && claim.get(record.id.len()) == Some(&0)
+        }))
+    }
+
+    /// Removes an orphan record and its events.
+    pub fn remove_orphan(&self, record: &ExecutionRecord) -> sled::Result<()> {
+        for event in self.all_events(&record.id)? {
+            self.events.remove(Self::event_key(&record.id, event.seq))?;
+        }
+        self.executions.remove(record.id.as_bytes())?;
+        Ok(())
     }
 
     pub fn get_execution(&self, id: &str) -> sled::Result<Option<ExecutionRecord>> {
@@ -159,5 +180,94 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ChatRequest, Message, Params, Role};
+
+    fn record(id: &str, key: &str, fingerprint: &str) -> ExecutionRecord {
+        ExecutionRecord {
+            id: id.into(),
+            project_id: "p".into(),
+            status: Status::Pending,
+            model: "m".into(),
+            request: ChatRequest {
+                messages: vec![Message::new(Role::User, "hi")],
+                params: Params::default(),
+            },
+            idempotency_key: key.into(),
+            fingerprint: fingerprint.into(),
+            metadata: Default::default(),
+            webhook_url: None,
+            channel_id: "ch".into(),
+            output_text: None,
+            error: None,
+            finish_reason: None,
+            usage: None,
+            attempts: Vec::new(),
+            created_at_ms: 1,
+            started_at_ms: None,
+            completed_at_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_claim_leaves_nothing_behind_and_names_the_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = Event::status(1, Status::Pending);
+        let a = record("exec_a", "k", "f1");
+        assert!(matches!(
+            store.create_execution(&a, &first).unwrap(),
+            SubmitOutcome::Created
+        ));
+        let b = record("exec_b", "k", "f1");
+        match store.create_execution(&b, &first).unwrap() {
+            SubmitOutcome::Existing { id, same_body } => assert!(id == "exec_a" && same_body),
+            SubmitOutcome::Created => panic!("the key was taken"),
+        }
+        let c = record("exec_c", "k", "other");
+        assert!(matches!(
+            store.create_execution(&c, &first).unwrap(),
+            SubmitOutcome::Existing {
+                same_body: false,
+                ..
+            }
+        ));
+        assert!(store.get_execution("exec_b").unwrap().is_none());
+        assert_eq!(store.last_seq("exec_b").unwrap(), 0);
+        assert_eq!(
+            store
+                .list_executions("p", None, 10, None)
+                .unwrap()
+                .records
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_without_its_claim_is_an_orphan_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let claimed = record("exec_a", "k", "f");
+        store
+            .create_execution(&claimed, &Event::status(1, Status::Pending))
+            .unwrap();
+        assert!(store.is_acknowledged(&claimed).unwrap());
+        // What a crash between the record write and the claim leaves.
+        let orphan = record("exec_ab", "k2", "f");
+        store.put_execution(&orphan).unwrap();
+        store
+            .append_event("exec_ab", &Event::status(1, Status::Pending))
+            .unwrap();
+        assert!(!store.is_acknowledged(&orphan).unwrap());
+        store.remove_orphan(&orphan).unwrap();
+        assert!(store.get_execution("exec_ab").unwrap().is_none());
+        assert_eq!(store.last_seq("exec_ab").unwrap(), 0);
+        assert!(store.get_execution("exec_a").unwrap().is_some());
     }
 }
