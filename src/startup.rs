@@ -93,6 +93,9 @@ impl Application {
                 .app_data(state.clone())
                 .configure(api::configure)
         })
+        // actix-web leaves accepted sockets at the OS default (Nagle on): a response written
+        // in more than one piece (every stream) then waits ~40 ms on the client's delayed ACK.
+        .tcp_nodelay(true)
         .listen(listener)?
         .shutdown_timeout(shutdown.as_secs().max(1))
         .run();

@@ -257,3 +257,56 @@ async fn embeddings_fail_over_before_the_first_byte_and_answer_in_openais_shape(
         "invalid_request_error"
     );
 }
+
+/// The server side of a connection from `client_port` to `server_port` in this process, by
+/// way of /proc/self/net/tcp (inode) and /proc/self/fd.
+fn server_socket_fd(server_port: u16, client_port: u16) -> Option<i32> {
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    let table = std::fs::read_to_string("/proc/self/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (port(f.get(1)?)? == server_port && port(f.get(2)?)? == client_port)
+            .then(|| f.get(9).map(|s| s.to_string()))?
+    })?;
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == wanted))
+        .and_then(|e| e.file_name().to_string_lossy().parse().ok())
+}
+
+/// Without TCP_NODELAY every response written in more than one piece (every stream) waits
+/// ~40 ms for the client's delayed ACK; actix-web leaves it off unless asked.
+#[actix_web::test]
+async fn accepted_connections_have_tcp_nodelay() {
+    use std::io::{Read, Write};
+    let app = spawn_app().await;
+    let addr: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+    let client = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        s
+    })
+    .await
+    .unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let fd = server_socket_fd(addr.port(), client_port).expect("the accepted socket");
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &mut value as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_ne!(value, 0, "TCP_NODELAY is off on an accepted connection");
+}
