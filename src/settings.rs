@@ -45,6 +45,9 @@ pub struct Limits {
     pub ws_heartbeat_ms: u64,
     /// A WebSocket silent for this long (no pong, no frame) is closed.
     pub ws_client_timeout_ms: u64,
+    /// The store's page cache (sled's `cache_capacity`): most of the process's memory once
+    /// the data outgrows it.
+    pub store_cache_mb: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             ws_token_ttl_ms: 5 * 60 * 1000,
             ws_heartbeat_ms: 5_000,
             ws_client_timeout_ms: 15_000,
+            store_cache_mb: 64,
         }
     }
 }
@@ -319,6 +323,7 @@ impl Settings {
             ("limits.ws_token_ttl_ms", l.ws_token_ttl_ms),
             ("limits.ws_heartbeat_ms", l.ws_heartbeat_ms),
             ("limits.ws_client_timeout_ms", l.ws_client_timeout_ms),
+            ("limits.store_cache_mb", l.store_cache_mb),
         ] {
             if v == 0 {
                 return fail(field.into(), "must be greater than 0");

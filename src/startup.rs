@@ -27,7 +27,10 @@ pub struct Application {
 impl Application {
     /// Must run inside an actix system (the actors and the group committer live on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = Store::open(&settings.data_dir)?;
+        let store = Store::open_with_cache(
+            &settings.data_dir,
+            settings.limits.store_cache_mb.saturating_mul(1024 * 1024),
+        )?;
         let metrics = Arc::new(Metrics::new());
         store.commit.observe_flushes(metrics.store_flush.clone());
         let bootstrap_admin_key = bootstrap_admin(&store, &settings)?;

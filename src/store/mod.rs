@@ -48,13 +48,18 @@ impl Store {
     /// Opens (or creates) the store under `dir`. Must run inside a tokio runtime: the group
     /// committer is a task on it.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        Store::open_with_cache(dir, 64 * 1024 * 1024)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes` (`limits.store_cache_mb`).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
         let db = sled::Config::new()
             .path(dir.join("db"))
             // Durability comes from explicit group commits; the background flush is a backstop.
             .flush_every_ms(Some(1_000))
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open store in {}: {e}", dir.display()))?;
         let tree = |name: &str| db.open_tree(name);
