@@ -1,0 +1,906 @@
+//! Gateway overhead: what Switchyard adds on top of the upstream it routes to (issue 5,
+//! "Benchmark").
+//!
+//! In one run, on one machine:
+//! - a fake OpenAI-compatible upstream in this process (raw tokio TCP, HTTP/1.1 keep-alive,
+//!   TCP_NODELAY, no artificial delays): a `chat.completion` JSON for non-stream requests, and
+//!   for stream requests `chat.completion.chunk` events, a usage event and `[DONE]` in chunked
+//!   encoding, one write per event. The upstream model `s20` streams the answer as 20 chunks;
+//!   `ns` streams it as one chunk (the gateway always asks upstream for a stream, also for a
+//!   non-stream client: `ns` is the least work it can get for the same 20-word answer);
+//! - the release `switchyard` binary as a separate process, one `openai` provider pointing at
+//!   the fake, once with its data dir on disk and once on /dev/shm (the same fsync calls, but
+//!   tmpfs makes them nearly free: the difference between the two is what durability costs);
+//! - a hand-rolled HTTP/1.1 load generator (keep-alive connections, TCP_NODELAY).
+//!
+//! For {non-stream, stream (20 chunks)} × {concurrency 1, 32}: requests direct to the upstream
+//! (the baseline), then through the gateway's `POST /v1/chat/completions`. Reported: latency
+//! p50/p99, time to the first content chunk p50/p99 (streams), throughput, added latency
+//! (gateway − direct), the gateway's CPU time per request (utime + stime from /proc/PID/stat),
+//! its peak memory (VmHWM), and the CPU other processes used meanwhile (the box is shared).
+//! It also checks, by duplicating the gateway's sockets (pidfd_getfd), that the connections it
+//! accepted and the ones it opened upstream have TCP_NODELAY set.
+//!
+//! `cargo bench --bench gateway_overhead`. Environment:
+//! - `OVERHEAD_SECONDS` measured seconds per scenario and target (default 3),
+//! - `OVERHEAD_MAX_REQUESTS` cap per scenario and target (default 20000),
+//! - `OVERHEAD_STORES` which gateway data dirs, `disk`, `shm` or `disk,shm` (default),
+//! - `OVERHEAD_SCENARIOS` which of `ns1`, `ns32`, `s1`, `s32` (default: all; for profiling),
+//! - `SWITCHYARD_BIN` another gateway binary to measure (default: this build's),
+//! - `OVERHEAD_RUST_LOG` the gateway's `RUST_LOG` (default: unset, i.e. the binary's `info`),
+//! - `OVERHEAD_LIMITS` extra `[limits]` lines for the gateway's config, e.g. `store_cache_mb = 16`
+//!   (default: none, the shipped defaults).
+
+use bytes::{Buf, BytesMut};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ADMIN_KEY: &str = "bench-admin-key";
+/// Words in every answer; `s20` streams one per chunk.
+const WORDS: usize = 20;
+const CONCURRENCY: [usize; 2] = [1, 32];
+const WARMUP: Duration = Duration::from_millis(500);
+const WARMUP_MAX: usize = 400;
+
+fn words() -> Vec<String> {
+    (0..WORDS).map(|i| format!("w{i:02} ")).collect()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---- the fake upstream ----
+
+mod upstream {
+    use super::*;
+
+    /// Every answer, precomputed: the bytes of each write.
+    struct Answers {
+        json: Vec<u8>,
+        one_chunk: Vec<Vec<u8>>,
+        twenty_chunks: Vec<Vec<u8>>,
+    }
+
+    fn chunk(model: &str, delta: &str, finish: &str) -> String {
+        format!(
+            r#"{{"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":"{model}","system_fingerprint":null,"choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]}}"#
+        )
+    }
+
+    fn usage() -> &'static str {
+        r#""usage":{"prompt_tokens":9,"completion_tokens":20,"total_tokens":29}"#
+    }
+
+    fn sse_writes(model: &str, pieces: &[String]) -> Vec<Vec<u8>> {
+        let framed = |data: &str| {
+            let payload = format!("data: {data}\n\n");
+            format!("{:x}\r\n{payload}\r\n", payload.len()).into_bytes()
+        };
+        let mut writes = vec![b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n".to_vec()];
+        for (i, piece) in pieces.iter().enumerate() {
+            let delta = if i == 0 {
+                format!(r#"{{"role":"assistant","content":"{piece}"}}"#)
+            } else {
+                format!(r#"{{"content":"{piece}"}}"#)
+            };
+            let finish = if i + 1 == pieces.len() {
+                r#""stop""#
+            } else {
+                "null"
+            };
+            writes.push(framed(&chunk(model, &delta, finish)));
+        }
+        writes.push(framed(&format!(
+            r#"{{"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":"{model}","system_fingerprint":null,"choices":[],{}}}"#,
+            usage()
+        )));
+        let mut done = framed("[DONE]");
+        done.extend_from_slice(b"0\r\n\r\n");
+        writes.push(done);
+        writes
+    }
+
+    impl Answers {
+        fn new() -> Answers {
+            let words = words();
+            let text = words.concat();
+            let body = format!(
+                r#"{{"id":"chatcmpl-fake","object":"chat.completion","created":1700000000,"model":"ns","system_fingerprint":null,"choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}","refusal":null}},"logprobs":null,"finish_reason":"stop"}}],{}}}"#,
+                usage()
+            );
+            let mut json = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            json.extend_from_slice(body.as_bytes());
+            Answers {
+                json,
+                one_chunk: sse_writes("ns", &[text]),
+                twenty_chunks: sse_writes("s20", &words),
+            }
+        }
+    }
+
+    /// Starts the fake on its own thread and runtime; it lives as long as the process.
+    pub fn start() -> SocketAddr {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("fake-upstream".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("upstream runtime");
+                rt.block_on(async move {
+                    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                    tx.send(listener.local_addr().expect("addr")).expect("send");
+                    let answers = Arc::new(Answers::new());
+                    loop {
+                        let Ok((sock, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let _ = sock.set_nodelay(true);
+                        tokio::spawn(serve(sock, answers.clone()));
+                    }
+                });
+            })
+            .expect("upstream thread");
+        rx.recv().expect("upstream address")
+    }
+
+    fn content_length(head: &[u8]) -> Option<usize> {
+        let head = std::str::from_utf8(head).ok()?;
+        head.split("\r\n").find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+    }
+
+    async fn serve(mut sock: TcpStream, answers: Arc<Answers>) {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let head_end = loop {
+                if let Some(i) = find(&buf, b"\r\n\r\n") {
+                    break i + 4;
+                }
+                match sock.read_buf(&mut buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return,
+                }
+            };
+            let len = content_length(&buf[..head_end]).unwrap_or(0);
+            while buf.len() < head_end + len {
+                match sock.read_buf(&mut buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return,
+                }
+            }
+            let body = &buf[head_end..head_end + len];
+            let stream = find(body, b"\"stream\":true").is_some();
+            let twenty = find(body, b"\"model\":\"s20\"").is_some();
+            buf.advance(head_end + len);
+            let writes: &[Vec<u8>] = match (stream, twenty) {
+                (false, _) => std::slice::from_ref(&answers.json),
+                (true, false) => &answers.one_chunk,
+                (true, true) => &answers.twenty_chunks,
+            };
+            for w in writes {
+                if sock.write_all(w).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+// ---- the load generator ----
+
+#[derive(Clone, Copy)]
+struct Sample {
+    total: Duration,
+    /// Until the first event carrying answer text (streams).
+    first: Option<Duration>,
+}
+
+struct Conn {
+    addr: SocketAddr,
+    sock: TcpStream,
+    buf: BytesMut,
+    body: Vec<u8>,
+}
+
+const CONTENT: &[u8] = b"\"content\":\"";
+
+/// Whether `hay` holds a non-empty `"content":"…"` (the gateway's first chunk has role only).
+fn has_content(hay: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = find(&hay[from..], CONTENT) {
+        let at = from + i + CONTENT.len();
+        match hay.get(at) {
+            Some(b'"') => from = at,
+            Some(_) => return true,
+            None => return false,
+        }
+    }
+    false
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> io::Result<Conn> {
+        let sock = TcpStream::connect(addr).await?;
+        sock.set_nodelay(true)?;
+        Ok(Conn {
+            addr,
+            sock,
+            buf: BytesMut::with_capacity(64 * 1024),
+            body: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.sock.read_buf(&mut self.buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    async fn line_end(&mut self) -> io::Result<usize> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                return Ok(i);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// One request/response exchange on the kept-alive connection.
+    async fn call(&mut self, request: &[u8], stream: bool) -> Result<Sample, String> {
+        let started = Instant::now();
+        self.sock
+            .write_all(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await.map_err(|e| e.to_string())?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        self.buf.advance(head_end);
+        let status = head.get(9..12).unwrap_or("").to_string();
+        let chunked = head.contains("\r\ntransfer-encoding: chunked");
+        let length = head.split("\r\n").find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+        self.body.clear();
+        let mut first = None;
+        if chunked {
+            loop {
+                let end = self.line_end().await.map_err(|e| e.to_string())?;
+                let size_text = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                    .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+                if size == 0 {
+                    while self.buf.len() < end + 4 {
+                        self.fill().await.map_err(|e| e.to_string())?;
+                    }
+                    self.buf.advance(end + 4);
+                    break;
+                }
+                while self.buf.len() < end + 2 + size + 2 {
+                    self.fill().await.map_err(|e| e.to_string())?;
+                }
+                let scanned = self.body.len().saturating_sub(CONTENT.len() + 1);
+                self.body
+                    .extend_from_slice(&self.buf[end + 2..end + 2 + size]);
+                self.buf.advance(end + 2 + size + 2);
+                if stream && first.is_none() && has_content(&self.body[scanned..]) {
+                    first = Some(started.elapsed());
+                }
+            }
+        } else {
+            let length = length.ok_or("response without length")?;
+            while self.buf.len() < length {
+                self.fill().await.map_err(|e| e.to_string())?;
+            }
+            self.body.extend_from_slice(&self.buf[..length]);
+            self.buf.advance(length);
+        }
+        let total = started.elapsed();
+        let body = String::from_utf8_lossy(&self.body);
+        if status != "200" {
+            return Err(format!("status {status}: {body}"));
+        }
+        let complete = body.contains("w00 ") && body.contains("w19 ");
+        let well_formed = if stream {
+            body.ends_with("data: [DONE]\n\n") && !body.contains("\"error\"")
+        } else {
+            body.contains("\"object\":\"chat.completion\"")
+        };
+        if !(complete && well_formed) {
+            return Err(format!("unexpected answer: {body}"));
+        }
+        Ok(Sample { total, first })
+    }
+}
+
+struct Phase {
+    samples: Vec<Sample>,
+    wall: Duration,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+/// Runs requests on every connection until `duration` passes or `max` were started.
+async fn phase(
+    conns: Vec<Conn>,
+    request: Arc<Vec<u8>>,
+    stream: bool,
+    duration: Duration,
+    max: usize,
+) -> (Vec<Conn>, Phase) {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let issued = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (request, issued) = (request.clone(), issued.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(4096);
+                let (mut errors, mut first_error) = (0, None);
+                while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max {
+                    match conn.call(&request, stream).await {
+                        Ok(s) => samples.push(s),
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                            match Conn::connect(conn.addr).await {
+                                Ok(c) => conn = c,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                (conn, samples, errors, first_error)
+            })
+        })
+        .collect();
+    let mut out = Phase {
+        samples: Vec::new(),
+        wall: Duration::ZERO,
+        errors: 0,
+        first_error: None,
+    };
+    let mut conns = Vec::new();
+    for task in tasks {
+        let (conn, samples, errors, first_error) = task.await.expect("load task");
+        conns.push(conn);
+        out.samples.extend(samples);
+        out.errors += errors;
+        if out.first_error.is_none() {
+            out.first_error = first_error;
+        }
+    }
+    out.wall = started.elapsed();
+    (conns, out)
+}
+
+// ---- /proc ----
+
+fn clock_ticks() -> f64 {
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / clock_ticks()
+}
+
+/// Busy seconds of the whole machine, all cores (from /proc/stat).
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user)
+    let busy: u64 = v.iter().take(8).sum::<u64>() - v.get(3).unwrap_or(&0) - v.get(4).unwrap_or(&0);
+    busy as f64 / clock_ticks()
+}
+
+/// A `Vm…` line of /proc/PID/status, in kB.
+fn vm_kb(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| {
+            rest.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// TCP_NODELAY on the gateway's sockets: (set, total) for the connections it accepted on
+/// `listen_port` and for those it opened to `upstream_port`. None when the sockets cannot be
+/// duplicated (no pidfd_getfd, or not allowed).
+fn nodelay_of(pid: u32, listen_port: u16, upstream_port: u16) -> Option<[(usize, usize); 2]> {
+    // inode → (local port, remote port) of established IPv4 connections.
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    let conns: std::collections::HashMap<String, (u16, u16)> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(3) == Some(&"01")).then_some(())?;
+            Some((f.get(9)?.to_string(), (port(f[1])?, port(f[2])?)))
+        })
+        .collect();
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) } as i32;
+    if pidfd < 0 {
+        return None;
+    }
+    let mut out = [(0, 0); 2];
+    let mut failed = false;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().to_string();
+        let Some(inode) = link
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+        else {
+            continue;
+        };
+        let Some(&(local, remote)) = conns.get(inode) else {
+            continue;
+        };
+        let slot = if local == listen_port {
+            0
+        } else if remote == upstream_port {
+            1
+        } else {
+            continue;
+        };
+        let Ok(target) = entry.file_name().to_string_lossy().parse::<libc::c_int>() else {
+            continue;
+        };
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) } as i32;
+        if fd < 0 {
+            failed = true;
+            continue;
+        }
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &mut value as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        unsafe { libc::close(fd) };
+        if rc == 0 {
+            out[slot].1 += 1;
+            if value != 0 {
+                out[slot].0 += 1;
+            }
+        }
+    }
+    unsafe { libc::close(pidfd) };
+    (!failed || out.iter().any(|(_, n)| *n > 0)).then_some(out)
+}
+
+// ---- the gateway process ----
+
+struct Gateway {
+    label: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    requests: usize,
+}
+
+impl Gateway {
+    fn start(label: &'static str, bin: &Path, parent: &Path, upstream: SocketAddr) -> Gateway {
+        let dir = tempfile::tempdir_in(parent).expect("gateway temp dir");
+        let config = dir.path().join("switchyard.toml");
+        let limits = std::env::var("OVERHEAD_LIMITS").unwrap_or_default();
+        std::fs::write(
+            &config,
+            format!(
+                r#"listen = "127.0.0.1:0"
+data_dir = "unused"
+
+[limits]
+{limits}
+
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "http://{upstream}/v1"
+
+[[models]]
+slug = "ns"
+routes = [{{ provider = "fake", model = "ns" }}]
+
+[[models]]
+slug = "s20"
+routes = [{{ provider = "fake", model = "s20" }}]
+"#
+            ),
+        )
+        .expect("write config");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("SWITCHYARD_ADMIN_KEY", ADMIN_KEY)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if let Ok(filter) = std::env::var("OVERHEAD_RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        use std::io::BufRead;
+        let mut lines = io::BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the gateway printed its address")
+                .expect("stdout line");
+            if let Some(a) = line.strip_prefix("switchyard listening on http://") {
+                break a.parse().expect("address");
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Gateway {
+            label,
+            child,
+            addr,
+            _dir: dir,
+            requests: 0,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- scenarios and figures ----
+
+fn request_bytes(addr: SocketAddr, stream: bool, key: Option<&str>) -> Vec<u8> {
+    let body = if stream {
+        r#"{"model":"s20","messages":[{"role":"user","content":"Say twenty words."}],"stream":true,"stream_options":{"include_usage":true}}"#
+    } else {
+        r#"{"model":"ns","messages":[{"role":"user","content":"Say twenty words."}]}"#
+    };
+    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+struct Figures {
+    target: String,
+    /// Warm-up requests (not in the figures, but executions all the same).
+    warm: usize,
+    n: usize,
+    errors: usize,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    first50: Option<Duration>,
+    first99: Option<Duration>,
+    cpu_per_req: Option<Duration>,
+    /// The gateway's VmHWM so far (it only grows: with the data, up to the store cache).
+    peak_mb: Option<f64>,
+    others_cores: f64,
+}
+
+#[derive(Clone, Copy)]
+struct Settings {
+    seconds: Duration,
+    max: usize,
+}
+
+/// Warm-up, then a measured phase against `addr`; `gateway` is whose CPU to count.
+async fn measure(
+    target: String,
+    addr: SocketAddr,
+    request: Vec<u8>,
+    stream: bool,
+    concurrency: usize,
+    settings: Settings,
+    gateway: Option<u32>,
+) -> (Figures, Vec<Conn>) {
+    let mut conns = Vec::new();
+    for _ in 0..concurrency {
+        conns.push(Conn::connect(addr).await.expect("connect"));
+    }
+    let request = Arc::new(request);
+    let (conns, warm) = phase(conns, request.clone(), stream, WARMUP, WARMUP_MAX).await;
+    if let Some(e) = warm.first_error {
+        panic!("{target}: warm-up failed: {e}");
+    }
+    let self_pid = std::process::id().to_string();
+    let gw_pid = gateway.map(|p| p.to_string());
+    let gw_cpu = || gw_pid.as_deref().map_or(0.0, cpu_seconds);
+    let (busy0, self0, gw0) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
+    let (conns, run) = phase(conns, request, stream, settings.seconds, settings.max).await;
+    // Work the gateway does right after answering (the actor's last steps) belongs to it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (busy1, self1, gw1) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
+    let elapsed = run.wall + Duration::from_millis(20);
+    if let Some(e) = &run.first_error {
+        eprintln!("{target}: {} errors, first: {e}", run.errors);
+    }
+    let n = run.samples.len();
+    let mut totals: Vec<Duration> = run.samples.iter().map(|s| s.total).collect();
+    totals.sort_unstable();
+    let mut firsts: Vec<Duration> = run.samples.iter().filter_map(|s| s.first).collect();
+    firsts.sort_unstable();
+    let others = (busy1 - busy0) - (self1 - self0) - (gw1 - gw0);
+    let figures = Figures {
+        target,
+        warm: warm.samples.len() + warm.errors,
+        n,
+        errors: run.errors,
+        rps: n as f64 / run.wall.as_secs_f64(),
+        p50: percentile(&totals, 0.50),
+        p99: percentile(&totals, 0.99),
+        first50: stream.then(|| percentile(&firsts, 0.50)),
+        first99: stream.then(|| percentile(&firsts, 0.99)),
+        cpu_per_req: gateway
+            .filter(|_| n > 0)
+            .map(|_| Duration::from_secs_f64((gw1 - gw0) / n as f64)),
+        peak_mb: gateway.map(|p| vm_kb(p, "VmHWM") as f64 / 1024.0),
+        others_cores: (others / elapsed.as_secs_f64()).max(0.0),
+    };
+    (figures, conns)
+}
+
+fn us(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn signed_us(gw: Duration, direct: Duration) -> String {
+    let delta = gw.as_secs_f64() - direct.as_secs_f64();
+    let sign = if delta < 0.0 { "−" } else { "+" };
+    format!("{sign}{}", us(Duration::from_secs_f64(delta.abs())))
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn gateway_binary() -> PathBuf {
+    std::env::var_os("SWITCHYARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchyard")))
+}
+
+fn main() {
+    let settings = Settings {
+        seconds: Duration::from_secs_f64(env_or("OVERHEAD_SECONDS", 3.0)),
+        max: env_or("OVERHEAD_MAX_REQUESTS", 20_000),
+    };
+    let stores = std::env::var("OVERHEAD_STORES").unwrap_or_else(|_| "disk,shm".into());
+    let scenarios =
+        std::env::var("OVERHEAD_SCENARIOS").unwrap_or_else(|_| "ns1,ns32,s1,s32".into());
+    let wanted = |stream: bool, c: usize| {
+        let name = format!("{}{c}", if stream { "s" } else { "ns" });
+        scenarios.split(',').any(|s| s.trim() == name)
+    };
+    let bin = gateway_binary();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "# gateway overhead ({cores} cores; load average before: {})",
+        loadavg()
+    );
+    println!("gateway binary: {}", bin.display());
+
+    let upstream = upstream::start();
+    let mut gateways = Vec::new();
+    for store in stores.split(',').map(str::trim) {
+        let (label, parent): (&'static str, PathBuf) = match store {
+            "disk" => ("gateway (disk)", PathBuf::from(env!("CARGO_TARGET_TMPDIR"))),
+            "shm" => ("gateway (/dev/shm)", PathBuf::from("/dev/shm")),
+            other => panic!("OVERHEAD_STORES: unknown store `{other}` (disk, shm)"),
+        };
+        std::fs::create_dir_all(&parent).expect("data dir parent");
+        let gw = Gateway::start(label, &bin, &parent, upstream);
+        println!("{label}: pid {} on {}", gw.pid(), gw.addr);
+        gateways.push(gw);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("load generator runtime");
+
+    let mut rows: Vec<(String, usize, Vec<Figures>)> = Vec::new();
+    let mut nodelay_lines = Vec::new();
+    rt.block_on(async {
+        for stream in [false, true] {
+            for concurrency in CONCURRENCY {
+                if !wanted(stream, concurrency) {
+                    continue;
+                }
+                let mode = if stream {
+                    "stream (20 chunks)"
+                } else {
+                    "non-stream"
+                };
+                let mut figures = Vec::new();
+                let (direct, conns) = measure(
+                    "direct".into(),
+                    upstream,
+                    request_bytes(upstream, stream, None),
+                    stream,
+                    concurrency,
+                    settings,
+                    None,
+                )
+                .await;
+                drop(conns);
+                figures.push(direct);
+                for gw in &mut gateways {
+                    let (f, conns) = measure(
+                        gw.label.to_string(),
+                        gw.addr,
+                        request_bytes(gw.addr, stream, Some(ADMIN_KEY)),
+                        stream,
+                        concurrency,
+                        settings,
+                        Some(gw.pid()),
+                    )
+                    .await;
+                    gw.requests += f.warm + f.n + f.errors;
+                    if concurrency > 1 {
+                        let line = match nodelay_of(gw.pid(), gw.addr.port(), upstream.port()) {
+                            Some([(a, at), (u, ut)]) => format!(
+                                "{} ({mode}, c={concurrency}): TCP_NODELAY on {a}/{at} accepted client sockets, {u}/{ut} upstream sockets",
+                                gw.label
+                            ),
+                            None => format!("{}: TCP_NODELAY could not be read (pidfd_getfd)", gw.label),
+                        };
+                        nodelay_lines.push(line);
+                    }
+                    drop(conns);
+                    figures.push(f);
+                }
+                rows.push((mode.to_string(), concurrency, figures));
+            }
+        }
+    });
+
+    println!();
+    println!("| mode | c | target | requests | req/s | p50 | p99 | first chunk p50 | first chunk p99 | added p50 | added p99 | gateway CPU/req | gateway peak memory | other load (cores) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (mode, concurrency, figures) in &rows {
+        let direct = &figures[0];
+        for f in figures {
+            let is_direct = std::ptr::eq(f, direct);
+            let added = |g: Duration, d: Duration| {
+                if is_direct {
+                    "—".to_string()
+                } else {
+                    signed_us(g, d)
+                }
+            };
+            let opt = |d: Option<Duration>| d.map_or("—".to_string(), us);
+            let errors = if f.errors > 0 {
+                format!(" ({} errors)", f.errors)
+            } else {
+                String::new()
+            };
+            let rps = if is_direct {
+                format!("{:.0}", f.rps)
+            } else {
+                format!("{:.0} ({:.0}%)", f.rps, 100.0 * f.rps / direct.rps)
+            };
+            println!(
+                "| {mode} | {concurrency} | {} | {}{errors} | {rps} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                f.target,
+                f.n,
+                us(f.p50),
+                us(f.p99),
+                opt(f.first50),
+                opt(f.first99),
+                added(f.p50, direct.p50),
+                added(f.p99, direct.p99),
+                opt(f.cpu_per_req),
+                f.peak_mb.map_or("—".to_string(), |m| format!("{m:.1} MB")),
+                f.others_cores,
+            );
+        }
+    }
+    println!();
+    for gw in &gateways {
+        println!(
+            "{}: peak memory (VmHWM) {:.1} MB, RSS at the end {:.1} MB, after {} requests",
+            gw.label,
+            vm_kb(gw.pid(), "VmHWM") as f64 / 1024.0,
+            vm_kb(gw.pid(), "VmRSS") as f64 / 1024.0,
+            gw.requests,
+        );
+    }
+    for line in nodelay_lines {
+        println!("{line}");
+    }
+    println!("load average after: {}", loadavg());
+}
