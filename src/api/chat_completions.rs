@@ -6,7 +6,7 @@ use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::time::Duration;
@@ -259,6 +259,47 @@ struct Shape {
 }
 
 impl Shape {
+    /// A content chunk, the hot path: the delta borrowed from the event, one serialization.
+    fn content(&self, text: &str) -> Bytes {
+        #[derive(Serialize)]
+        struct Delta<'a> {
+            content: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Choice<'a> {
+            index: u32,
+            delta: Delta<'a>,
+            logprobs: Option<()>,
+            finish_reason: Option<()>,
+        }
+        #[derive(Serialize)]
+        struct Chunk<'a> {
+            id: &'a str,
+            object: &'static str,
+            created: u64,
+            model: &'a str,
+            system_fingerprint: Option<()>,
+            choices: [Choice<'a>; 1],
+        }
+        let chunk = Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: None,
+            choices: [Choice {
+                index: 0,
+                delta: Delta { content: text },
+                logprobs: None,
+                finish_reason: None,
+            }],
+        };
+        let mut out = b"data: ".to_vec();
+        serde_json::to_writer(&mut out, &chunk).expect("chunks serialize");
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Bytes {
         sse(&json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created,
@@ -364,9 +405,21 @@ impl StreamState {
                 Ok(None) => return Step::End,
                 Ok(Some(event)) => event,
             };
-            let payload = data(&event);
             match event.kind {
+                EventKind::Chunk => {
+                    #[derive(Deserialize)]
+                    struct Chunk<'a> {
+                        #[serde(borrow)]
+                        delta: std::borrow::Cow<'a, str>,
+                    }
+                    let Ok(chunk) = serde_json::from_slice::<Chunk>(&event.data) else {
+                        continue;
+                    };
+                    self.sent_text = true;
+                    return Step::Frame(self.shape.content(&chunk.delta));
+                }
                 EventKind::Status | EventKind::Failover => {
+                    let payload = data(&event);
                     if let Some(model) = payload["model"].as_str() {
                         self.shape.model = model.to_string();
                     }
@@ -381,14 +434,9 @@ impl StreamState {
                         );
                     }
                 }
-                EventKind::Chunk => {
-                    self.sent_text = true;
-                    return Step::Frame(
-                        self.shape.chunk(json!({"content": payload["delta"]}), None),
-                    );
-                }
                 EventKind::Error => {}
                 EventKind::Done => {
+                    let payload = data(&event);
                     self.guard.armed = false;
                     if payload["status"] != "completed" {
                         return Step::Failed(failure(&payload));
