@@ -318,7 +318,7 @@ impl Execution {
 
     fn on_text(&mut self, ctx: &mut Context<Self>, text: String) {
         let text = match self.reconciler.as_mut() {
-            Some(r) => r.push(&text),
+            Some(r) => r.push(text),
             None => Some(text),
         };
         if let Some(text) = text {

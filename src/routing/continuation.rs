@@ -53,12 +53,13 @@ impl Reconciler {
         }
     }
 
-    /// Feeds one delta; returns the text that may be emitted now.
-    pub fn push(&mut self, delta: &str) -> Option<String> {
+    /// Feeds one delta; returns the text that may be emitted now (once settled, the delta
+    /// itself, moved through without a copy).
+    pub fn push(&mut self, delta: String) -> Option<String> {
         if self.settled {
-            return Some(delta.to_string()).filter(|d| !d.is_empty());
+            return Some(delta).filter(|d| !d.is_empty());
         }
-        self.held.push_str(delta);
+        self.held.push_str(&delta);
         if self.undecided() {
             return None;
         }
@@ -134,7 +135,7 @@ mod tests {
         let mut r = Reconciler::new(emitted);
         let mut out = String::new();
         for d in deltas {
-            out.extend(r.push(d));
+            out.extend(r.push(d.to_string()));
         }
         out.extend(r.finish());
         out
