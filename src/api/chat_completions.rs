@@ -407,16 +407,11 @@ impl StreamState {
             };
             match event.kind {
                 EventKind::Chunk => {
-                    #[derive(Deserialize)]
-                    struct Chunk<'a> {
-                        #[serde(borrow)]
-                        delta: std::borrow::Cow<'a, str>,
-                    }
-                    let Ok(chunk) = serde_json::from_slice::<Chunk>(&event.data) else {
+                    let Some(delta) = event.chunk_delta() else {
                         continue;
                     };
                     self.sent_text = true;
-                    return Step::Frame(self.shape.content(&chunk.delta));
+                    return Step::Frame(self.shape.content(&delta));
                 }
                 EventKind::Status | EventKind::Failover => {
                     let payload = data(&event);

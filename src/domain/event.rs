@@ -131,14 +131,16 @@ impl Event {
         Event::from_payload(seq, EventKind::Error, &Payload { seq, error })
     }
 
-    /// The text of a chunk event (the log is the source of an execution's output).
-    pub fn chunk_delta(&self) -> Option<String> {
+    /// The text of a chunk event (the log is the source of an execution's output), borrowed
+    /// from the event's JSON when it holds no escapes.
+    pub fn chunk_delta(&self) -> Option<std::borrow::Cow<'_, str>> {
         if self.kind != EventKind::Chunk {
             return None;
         }
         #[derive(serde::Deserialize)]
-        struct Payload {
-            delta: String,
+        struct Payload<'a> {
+            #[serde(borrow)]
+            delta: std::borrow::Cow<'a, str>,
         }
         serde_json::from_slice::<Payload>(&self.data)
             .ok()
