@@ -161,6 +161,15 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         self.body.code
     }
+
+    /// `Retry-After` in whole seconds: the provider's hint when there is one, and one second
+    /// for any 429 without it. Both error shapes send it.
+    pub fn retry_after_header(&self) -> Option<(header::HeaderName, String)> {
+        let after = self.retry_after.or_else(|| {
+            (self.body.code == ErrorCode::RateLimited).then_some(Duration::from_secs(1))
+        })?;
+        Some((header::RETRY_AFTER, after.as_secs().max(1).to_string()))
+    }
 }
 
 impl fmt::Display for ApiError {
@@ -187,10 +196,8 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
-        if let Some(after) = self.retry_after.or_else(|| {
-            (self.body.code == ErrorCode::RateLimited).then_some(Duration::from_secs(1))
-        }) {
-            res.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
+        if let Some(after) = self.retry_after_header() {
+            res.insert_header(after);
         }
         res.json(Envelope { error: &self.body })
     }

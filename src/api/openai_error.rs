@@ -2,7 +2,7 @@
 //! OpenAI-compatible endpoints, so the official SDKs raise their typed exceptions. The status
 //! and `code` are the same normalized ones as everywhere else.
 
-use actix_web::{http::header, HttpResponse, ResponseError};
+use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Value};
 use std::fmt;
 
@@ -52,9 +52,8 @@ impl ResponseError for OpenAiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
-        if self.0.code() == ErrorCode::RateLimited {
-            let after = self.0.retry_after.map_or(1, |d| d.as_secs().max(1));
-            res.insert_header((header::RETRY_AFTER, after.to_string()));
+        if let Some(after) = self.0.retry_after_header() {
+            res.insert_header(after);
         }
         res.json(json!({"error": self.body()}))
     }
