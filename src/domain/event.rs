@@ -56,8 +56,10 @@ impl EventKind {
 pub struct Event {
     pub seq: u64,
     pub kind: EventKind,
-    /// The event's JSON object, exactly as every transport sends it.
+    /// The event's JSON object, exactly as every transport sends it (a view into `stored`).
     pub data: Bytes,
+    /// The storage form, kept so the log append copies nothing: one tag byte, then `data`.
+    stored: Bytes,
     sse: OnceLock<Bytes>,
     /// An event belongs to one execution, hence to one channel: its frame is built once.
     ws: OnceLock<bytestring::ByteString>,
@@ -66,20 +68,24 @@ pub struct Event {
 pub type SharedEvent = Arc<Event>;
 
 impl Event {
-    pub fn new(seq: u64, kind: EventKind, data: Bytes) -> Event {
+    /// An event from its storage form (tag byte, then the JSON data).
+    fn from_stored(seq: u64, kind: EventKind, stored: Bytes) -> Event {
         Event {
             seq,
             kind,
-            data,
+            data: stored.slice(1..),
+            stored,
             sse: OnceLock::new(),
             ws: OnceLock::new(),
         }
     }
 
-    /// Builds an event whose data is `payload` serialized to JSON.
+    /// Builds an event whose data is `payload` serialized to JSON, written once, right after
+    /// its tag byte.
     pub fn from_payload(seq: u64, kind: EventKind, payload: &impl Serialize) -> Event {
-        let data = serde_json::to_vec(payload).expect("event payloads serialize");
-        Event::new(seq, kind, Bytes::from(data))
+        let mut stored = vec![kind.tag()];
+        serde_json::to_writer(&mut stored, payload).expect("event payloads serialize");
+        Event::from_stored(seq, kind, Bytes::from(stored))
     }
 
     pub fn status(seq: u64, status: super::Status) -> Event {
@@ -185,19 +191,16 @@ impl Event {
     }
 
     /// Storage form: one tag byte, then the JSON data.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.data.len() + 1);
-        out.push(self.kind.tag());
-        out.extend_from_slice(&self.data);
-        out
+    pub fn encode(&self) -> &[u8] {
+        &self.stored
     }
 
     pub fn decode(seq: u64, stored: &[u8]) -> Option<Event> {
-        let (&tag, data) = stored.split_first()?;
-        Some(Event::new(
+        let kind = EventKind::from_tag(*stored.first()?)?;
+        Some(Event::from_stored(
             seq,
-            EventKind::from_tag(tag)?,
-            Bytes::copy_from_slice(data),
+            kind,
+            Bytes::copy_from_slice(stored),
         ))
     }
 }
@@ -235,7 +238,7 @@ mod tests {
     #[test]
     fn storage_round_trips() {
         let ev = Event::status(1, crate::domain::Status::Pending);
-        let back = Event::decode(1, &ev.encode()).unwrap();
+        let back = Event::decode(1, ev.encode()).unwrap();
         assert_eq!(back.kind, EventKind::Status);
         assert_eq!(back.data, ev.data);
         assert!(Event::decode(1, &[99, b'{']).is_none());
