@@ -243,6 +243,7 @@ fn new_record() -> ExecutionRecord {
         metadata: body.metadata.clone(),
         webhook_url: None,
         output_text: None,
+        output_tool_calls: Vec::new(),
         error: None,
         finish_reason: None,
         usage: None,

@@ -253,6 +253,9 @@ pub struct RouteSettings {
     /// Accepts `response_format` JSON modes.
     #[serde(default = "defaults::yes")]
     pub json_mode: bool,
+    /// Accepts `tools` (function calling).
+    #[serde(default = "defaults::yes")]
+    pub tools: bool,
 }
 
 impl Settings {

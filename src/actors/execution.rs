@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::live::LiveFeed;
 use super::registry::{Deregister, Registry};
 use crate::domain::{
-    now_ms, Attempt, AttemptOutcome, Event, EventKind, ExecutionRecord, SharedEvent, Status, Usage,
+    now_ms, Attempt, AttemptOutcome, Event, EventKind, ExecutionRecord, SharedEvent, Status,
+    ToolCallAssembly, Usage,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::providers::{
@@ -53,6 +54,9 @@ struct Running {
     chunks: u64,
     finish_reason: Option<String>,
     usage: Option<Usage>,
+    /// Tool calls are held until the provider finishes them and emitted whole: a stream that
+    /// breaks halfway through a call leaves nothing half-said for a failover to undo.
+    tool_calls: ToolCallAssembly,
 }
 
 pub struct Execution {
@@ -241,6 +245,7 @@ impl Execution {
             chunks: 0,
             finish_reason: None,
             usage: None,
+            tool_calls: ToolCallAssembly::default(),
         });
         self.record.attempts.push(Attempt {
             provider: route.provider.name().to_string(),
@@ -359,6 +364,18 @@ impl Execution {
     fn on_finished(&mut self, ctx: &mut Context<Self>) {
         if let Some(tail) = self.reconciler.as_mut().and_then(|r| r.finish()) {
             self.emit_chunk(ctx, tail);
+        }
+        let calls = self
+            .running
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.tool_calls));
+        if let Some(calls) = calls.filter(|c| !c.is_empty()) {
+            let calls = calls.finish(self.record.id.trim_start_matches("exec_"));
+            if let Some(running) = self.running.as_mut() {
+                running.chunks += 1;
+            }
+            self.emit(ctx, |seq| Event::tool_calls(seq, &calls));
+            self.record.output_tool_calls = calls;
         }
         let usage = self.running.as_ref().and_then(|r| r.usage);
         self.record.finish_reason = self.running.as_ref().and_then(|r| r.finish_reason.clone());
@@ -626,6 +643,9 @@ impl StreamHandler<Tagged> for Execution {
                 if let Some(running) = self.running.as_mut() {
                     running.finish_reason = delta.finish_reason.or(running.finish_reason.take());
                     running.usage = delta.usage.or(running.usage);
+                    for fragment in delta.tool_calls {
+                        running.tool_calls.push(fragment);
+                    }
                 }
                 if let Some(text) = delta.text {
                     self.on_text(ctx, text);

@@ -15,7 +15,8 @@ use super::{body::read_json, executions::accept, openai_error::OpenAiError, AppS
 use crate::actors::{CancelExecution, Registry, Subscribe};
 use crate::cursor::Cursor;
 use crate::domain::request::Stop;
-use crate::domain::{ids, EventKind, Message, Params, Role, SharedEvent, SubmitBody};
+use crate::domain::tools::{Tool, ToolChoice};
+use crate::domain::{ids, EventKind, Message, Params, Role, SharedEvent, SubmitBody, ToolCall};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 
 #[derive(Deserialize)]
@@ -40,8 +41,8 @@ pub struct CompletionRequest {
     metadata: Option<Map<String, Value>>,
     store: Option<bool>,
     response_format: Option<Value>,
-    tools: Option<Value>,
-    tool_choice: Option<Value>,
+    tools: Option<Vec<Tool>>,
+    tool_choice: Option<ToolChoice>,
     parallel_tool_calls: Option<bool>,
     logprobs: Option<bool>,
     top_logprobs: Option<u32>,
@@ -63,7 +64,7 @@ struct CompatMessage {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
-    tool_calls: Option<Value>,
+    tool_calls: Option<Vec<ToolCall>>,
     #[serde(default)]
     tool_call_id: Option<String>,
 }
@@ -95,10 +96,6 @@ impl CompletionRequest {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid("n: only n=1 is supported"));
         }
-        if self.tools.is_some() || self.tool_choice.is_some() || self.parallel_tool_calls.is_some()
-        {
-            return Err(unsupported("tools", "tool calling"));
-        }
         if self.logprobs == Some(true) || self.top_logprobs.is_some() {
             return Err(unsupported("logprobs", "log probabilities"));
         }
@@ -112,16 +109,13 @@ impl CompletionRequest {
                 "system" | "developer" => Role::System,
                 "user" => Role::User,
                 "assistant" => Role::Assistant,
-                "tool" => return Err(unsupported(&format!("messages[{i}].role"), "the tool role")),
+                "tool" => Role::Tool,
                 other => {
                     return Err(ApiError::invalid(format!(
                         "messages[{i}].role: unknown role `{other}`"
                     )))
                 }
             };
-            if m.tool_calls.is_some() || m.tool_call_id.is_some() {
-                return Err(unsupported(&format!("messages[{i}]"), "tool calling"));
-            }
             let content = match m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t,
@@ -145,6 +139,8 @@ impl CompletionRequest {
                 role,
                 content,
                 name: m.name,
+                tool_calls: m.tool_calls.unwrap_or_default(),
+                tool_call_id: m.tool_call_id,
             });
         }
         let include_usage = self
@@ -167,12 +163,24 @@ impl CompletionRequest {
                 response_format: self
                     .response_format
                     .filter(|f| f.get("type") != Some(&json!("text"))),
+                tools: self.tools.unwrap_or_default(),
+                tool_choice: self.tool_choice,
+                parallel_tool_calls: self.parallel_tool_calls,
             },
             metadata,
             webhook_url: None,
         };
         Ok((body, self.stream, include_usage))
     }
+}
+
+/// Validation names fields as the executions API has them (`params.tools`); this API has them
+/// at the top level.
+fn own_field_names(mut err: ApiError) -> ApiError {
+    if let Some(rest) = err.body.message.strip_prefix("params.") {
+        err.body.message = rest.to_string();
+    }
+    err
 }
 
 /// Cancels the execution if the client goes away before the end (when configured).
@@ -207,7 +215,9 @@ pub async fn create(
         .map(str::to_string)
         .unwrap_or_else(|| format!("chatcmpl_{}", ids::random_token(24)));
     let (body, streaming, include_usage) = request.into_submit(key)?;
-    let (record, _, _) = accept(&state, &principal, &body, false).await?;
+    let (record, _, _) = accept(&state, &principal, &body, false)
+        .await
+        .map_err(own_field_names)?;
     let live = state
         .registry
         .send(Subscribe(record.id.clone()))
@@ -309,6 +319,20 @@ impl Shape {
     }
 }
 
+/// Whole tool calls as one stream delta, each with the `index` the SDKs accumulate by.
+fn stream_tool_calls(calls: &[Value]) -> Value {
+    let indexed: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(index, call)| {
+            let mut call = call.clone();
+            call["index"] = index.into();
+            call
+        })
+        .collect();
+    json!({"tool_calls": indexed})
+}
+
 fn sse(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
 }
@@ -360,13 +384,22 @@ fn completion(shape: &Shape, execution: &Value) -> Result<Value, ApiError> {
     if execution["status"] != "completed" {
         return Err(failure(execution));
     }
+    let output = &execution["output"];
+    let calls = output["tool_calls"].as_array().filter(|c| !c.is_empty());
+    let mut message = json!({"role": "assistant", "content": output["text"], "refusal": null});
+    if let Some(calls) = calls {
+        if output["text"] == "" {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = Value::Array(calls.clone());
+    }
     Ok(json!({
         "id": shape.id, "object": "chat.completion", "created": shape.created,
         "model": upstream_model(execution).unwrap_or_else(|| shape.model.clone()),
         "system_fingerprint": null,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": execution["output"]["text"], "refusal": null},
+            "message": message,
             "logprobs": null,
             "finish_reason": execution["finish_reason"].as_str().unwrap_or("stop"),
         }],
@@ -410,8 +443,15 @@ impl StreamState {
                     let Some(delta) = event.chunk_delta() else {
                         continue;
                     };
-                    self.sent_text = true;
-                    return Step::Frame(self.shape.content(&delta));
+                    if !delta.is_empty() {
+                        self.sent_text = true;
+                        return Step::Frame(self.shape.content(&delta));
+                    }
+                    let calls = &data(&event)["tool_calls"];
+                    if let Some(calls) = calls.as_array().filter(|c| !c.is_empty()) {
+                        self.sent_text = true;
+                        return Step::Frame(self.shape.chunk(stream_tool_calls(calls), None));
+                    }
                 }
                 EventKind::Status | EventKind::Failover => {
                     let payload = data(&event);

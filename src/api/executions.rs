@@ -54,6 +54,7 @@ pub(super) async fn accept(
         metadata: body.metadata.clone(),
         webhook_url: body.webhook_url.clone(),
         output_text: None,
+        output_tool_calls: Vec::new(),
         error: None,
         finish_reason: None,
         usage: None,

@@ -128,6 +128,22 @@ impl Event {
         Event::from_payload(seq, EventKind::Chunk, &Payload { seq, delta })
     }
 
+    /// The tool calls that end an answer, each whole: a chunk with an empty text delta.
+    pub fn tool_calls(seq: u64, calls: &[super::ToolCall]) -> Event {
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            seq: u64,
+            delta: &'static str,
+            tool_calls: &'a [super::ToolCall],
+        }
+        let payload = Payload {
+            seq,
+            delta: "",
+            tool_calls: calls,
+        };
+        Event::from_payload(seq, EventKind::Chunk, &payload)
+    }
+
     pub fn error(seq: u64, error: &ErrorBody) -> Event {
         #[derive(Serialize)]
         struct Payload<'a> {

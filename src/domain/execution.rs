@@ -61,6 +61,9 @@ pub struct ExecutionRecord {
     pub channel_id: String,
     /// The final text; while running, the text is the concatenation of the log's chunks.
     pub output_text: Option<String>,
+    /// The tool calls the answer ended with (whole; see `Event::tool_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tool_calls: Vec<super::ToolCall>,
     pub error: Option<ErrorBody>,
     /// Why the provider stopped (`stop`, `length`, …), when it completed.
     #[serde(default)]
@@ -106,7 +109,13 @@ impl ExecutionRecord {
             "object": "execution",
             "status": self.status,
             "model": self.model,
-            "output": text.map(|t| serde_json::json!({"text": t})),
+            "output": text.map(|t| {
+                let mut output = serde_json::json!({"text": t});
+                if !self.output_tool_calls.is_empty() {
+                    output["tool_calls"] = serde_json::json!(self.output_tool_calls);
+                }
+                output
+            }),
             "error": self.error,
             "finish_reason": self.finish_reason,
             "usage": self.usage,

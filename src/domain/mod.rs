@@ -6,11 +6,13 @@ pub mod execution;
 pub mod ids;
 pub mod request;
 pub mod status;
+pub mod tools;
 
 pub use event::{Event, EventKind, SharedEvent};
 pub use execution::{Attempt, AttemptOutcome, ExecutionRecord, Usage};
 pub use request::{ChatRequest, Message, Params, Role, SubmitBody};
 pub use status::Status;
+pub use tools::{ToolCall, ToolCallAssembly, ToolCallDelta};
 
 /// Milliseconds since the Unix epoch: the one clock used in records.
 pub fn now_ms() -> u64 {

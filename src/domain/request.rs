@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::tools::{self, Tool, ToolCall, ToolChoice};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,9 +20,21 @@ pub enum Role {
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: Role,
+    /// Text; `null` is accepted as empty (an assistant turn that only calls tools has none).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The calls an assistant turn made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Message {
@@ -30,7 +43,21 @@ impl Message {
             role,
             content: content.into(),
             name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
+    }
+
+    /// The name of the function whose call `tool_call_id` answers, looked up in the turns
+    /// before (formats such as Gemini's identify a result by function name, not call id).
+    pub fn answered_function<'a>(&self, earlier: &'a [Message]) -> Option<&'a str> {
+        let id = self.tool_call_id.as_deref()?;
+        earlier
+            .iter()
+            .rev()
+            .flat_map(|m| &m.tool_calls)
+            .find(|c| c.id == id)
+            .map(|c| c.function.name.as_str())
     }
 }
 
@@ -62,6 +89,20 @@ pub struct Params {
     /// OpenAI's `{"type": "text" | "json_object" | "json_schema", …}`, passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
+    /// Functions the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+}
+
+impl Params {
+    /// Whether the request involves tool calling at all (a route must then support it).
+    pub fn uses_tools(&self) -> bool {
+        !self.tools.is_empty()
+    }
 }
 
 /// `POST /v1/executions` body. Unknown fields are rejected so that typos do not pass silently.
@@ -149,6 +190,8 @@ impl SubmitBody {
                 ));
             }
         }
+        tools::validate(&p.tools, p.tool_choice.as_ref())?;
+        self.validate_tool_turns()?;
         self.validate_metadata()?;
         if let Some(hook) = &self.webhook_url {
             let ok = url::Url::parse(hook)
@@ -158,6 +201,44 @@ impl SubmitBody {
                 return Err(ApiError::invalid(
                     "webhook_url: must be an absolute http or https URL",
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tool calls only on assistant turns; every `tool` message answers a call made before it
+    /// (the providers reject a conversation where it does not).
+    fn validate_tool_turns(&self) -> Result<(), ApiError> {
+        for (i, m) in self.messages.iter().enumerate() {
+            if !m.tool_calls.is_empty() && m.role != Role::Assistant {
+                return Err(ApiError::invalid(format!(
+                    "messages[{i}].tool_calls: only assistant messages make tool calls"
+                )));
+            }
+            for (j, call) in m.tool_calls.iter().enumerate() {
+                if call.id.is_empty() || call.function.name.is_empty() {
+                    return Err(ApiError::invalid(format!(
+                        "messages[{i}].tool_calls[{j}]: needs an id and a function name"
+                    )));
+                }
+            }
+            match (m.role, &m.tool_call_id) {
+                (Role::Tool, None) => {
+                    return Err(ApiError::invalid(format!(
+                        "messages[{i}].tool_call_id: required on tool messages"
+                    )))
+                }
+                (Role::Tool, Some(id)) if m.answered_function(&self.messages[..i]).is_none() => {
+                    return Err(ApiError::invalid(format!(
+                        "messages[{i}].tool_call_id: `{id}` answers no earlier assistant tool call"
+                    )))
+                }
+                (Role::Tool, _) | (_, None) => {}
+                (_, Some(_)) => {
+                    return Err(ApiError::invalid(format!(
+                        "messages[{i}].tool_call_id: only tool messages answer tool calls"
+                    )))
+                }
             }
         }
         Ok(())

@@ -286,6 +286,7 @@ impl EventParser {
                 }
                 Delta {
                     text: None,
+                    tool_calls: Vec::new(),
                     finish_reason: delta.stop_reason.map(finish_reason),
                     usage: usage.output_tokens.map(|out| Usage {
                         prompt_tokens: self.input_tokens,

@@ -256,6 +256,7 @@ fn parse_data(data: &str) -> Parsed {
         .unwrap_or_default();
     Parsed::Item(StreamItem::Delta(Delta {
         text: Some(text).filter(|t| !t.is_empty()),
+        tool_calls: Vec::new(),
         finish_reason: finish.and_then(finish_reason),
         usage: chunk.usage_metadata.map(|u| Usage {
             prompt_tokens: u.prompt_token_count,

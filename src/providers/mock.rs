@@ -1,12 +1,14 @@
 //! The built-in mock provider: deterministic text with configurable length and pacing, no
 //! network. It understands continuations (prefill and instruction), so failover and crash
-//! resumption can be demonstrated with it.
+//! resumption can be demonstrated with it. Offered tools, it calls one (arguments filled in
+//! from the function's schema) unless the conversation already ends with a tool result.
 
 use futures_util::stream::{self, StreamExt};
 use std::time::Duration;
 
 use super::{approx_tokens, Delta, Embeddings, ProviderStream, StreamItem, UpstreamRequest};
-use crate::domain::{Role, Usage};
+use crate::domain::tools::ToolMode;
+use crate::domain::{Role, ToolCallDelta, Usage};
 use crate::routing::CONTINUE_INSTRUCTION;
 use crate::settings::ProviderSettings;
 use crate::store::{AttemptLog, LogEntry};
@@ -59,8 +61,12 @@ impl Mock {
         log.record(LogEntry::Request {
             url: "mock://local",
             headers: Vec::new(),
-            body: &serde_json::json!({"model": req.model, "messages": req.messages}),
+            body: &serde_json::json!({"model": req.model, "messages": req.messages,
+                "tools": req.params.tools}),
         });
+        if let Some(call) = tool_call(req) {
+            return self.call_tool(req, call, log);
+        }
         let words = answer(req, self.chunks);
         let start = continuation_offset(req, &words);
         let prompt_tokens: u64 = req.messages.iter().map(|m| approx_tokens(&m.content)).sum();
@@ -80,19 +86,128 @@ impl Mock {
                 }))
             }
         });
-        let finish = stream::once(async move {
-            Ok(StreamItem::Delta(Delta {
-                text: None,
-                finish_reason: Some("stop".into()),
-                usage: Some(Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                    total_tokens: prompt_tokens + completion_tokens,
-                }),
-            }))
-        });
+        let finish =
+            stream::once(async move { Ok(finish("stop", prompt_tokens, completion_tokens)) });
         body.chain(finish).boxed()
     }
+
+    /// Streams one tool call: the name first, then the arguments in two fragments, as real
+    /// providers split them.
+    fn call_tool(&self, req: &UpstreamRequest, call: MockCall, log: &AttemptLog) -> ProviderStream {
+        let prompt_tokens: u64 = req.messages.iter().map(|m| approx_tokens(&m.content)).sum();
+        let completion_tokens = approx_tokens(&call.arguments).max(1);
+        let split = call.arguments.len() / 2;
+        let split = (split..=call.arguments.len())
+            .find(|&i| call.arguments.is_char_boundary(i))
+            .unwrap_or(0);
+        let fragments = vec![
+            ToolCallDelta {
+                index: 0,
+                id: Some(call.id),
+                name: Some(call.name),
+                arguments: String::new(),
+            },
+            ToolCallDelta {
+                index: 0,
+                arguments: call.arguments[..split].to_string(),
+                ..ToolCallDelta::default()
+            },
+            ToolCallDelta {
+                index: 0,
+                arguments: call.arguments[split..].to_string(),
+                ..ToolCallDelta::default()
+            },
+        ];
+        let (interval, log) = (self.interval, log.clone());
+        let body = stream::iter(fragments).then(move |fragment| {
+            let log = log.clone();
+            async move {
+                if !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+                log.record(LogEntry::Chunk {
+                    data: &format!("{fragment:?}"),
+                });
+                Ok(StreamItem::Delta(Delta {
+                    tool_calls: vec![fragment],
+                    ..Delta::default()
+                }))
+            }
+        });
+        let end =
+            stream::once(async move { Ok(finish("tool_calls", prompt_tokens, completion_tokens)) });
+        body.chain(end).boxed()
+    }
+}
+
+fn finish(reason: &str, prompt_tokens: u64, completion_tokens: u64) -> StreamItem {
+    StreamItem::Delta(Delta {
+        finish_reason: Some(reason.into()),
+        usage: Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }),
+        ..Delta::default()
+    })
+}
+
+struct MockCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// The call the mock makes: the named tool, else the first one, with every required property
+/// (all of them when none is marked required) filled in by type, strings with the last user
+/// message. None when no tools are offered, `tool_choice` is `none`, or the model has just been
+/// given a tool result (then it answers in text).
+fn tool_call(req: &UpstreamRequest) -> Option<MockCall> {
+    let params = &req.params;
+    if params.tool_choice.as_ref() == Some(&crate::domain::tools::ToolChoice::Mode(ToolMode::None))
+        || req.messages.last().is_some_and(|m| m.role == Role::Tool)
+    {
+        return None;
+    }
+    let named = params.tool_choice.as_ref().and_then(|c| c.named());
+    let tool = match named {
+        Some(name) => params.tools.iter().find(|t| t.function.name == name),
+        None => params.tools.first(),
+    }?;
+    let said = req
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map_or("", |m| m.content.as_str());
+    let schema = tool.function.parameters.clone().unwrap_or_default();
+    let properties = schema["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_else(|| properties.keys().map(String::as_str).collect());
+    let arguments: serde_json::Map<String, serde_json::Value> = required
+        .into_iter()
+        .map(|name| {
+            let value = match properties.get(name).and_then(|p| p["type"].as_str()) {
+                Some("integer" | "number") => serde_json::json!(1),
+                Some("boolean") => serde_json::json!(true),
+                Some("array") => serde_json::json!([]),
+                Some("object") => serde_json::json!({}),
+                _ => serde_json::json!(said),
+            };
+            (name.to_string(), value)
+        })
+        .collect();
+    let turn = req.messages.len();
+    Some(MockCall {
+        id: format!("call_mock_{turn}"),
+        name: tool.function.name.clone(),
+        arguments: serde_json::Value::Object(arguments).to_string(),
+    })
 }
 
 impl Mock {

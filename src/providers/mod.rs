@@ -17,7 +17,7 @@ use futures_util::stream::BoxStream;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::domain::{Message, Params, Usage};
+use crate::domain::{Message, Params, ToolCallDelta, Usage};
 use crate::settings::{ProviderKind, ProviderSettings, Settings};
 use crate::store::AttemptLog;
 
@@ -25,6 +25,8 @@ use crate::store::AttemptLog;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delta {
     pub text: Option<String>,
+    /// Fragments of tool calls, assembled by the execution into whole calls.
+    pub tool_calls: Vec<ToolCallDelta>,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
 }

@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::sse::{self, Parsed};
 use super::{Delta, Embeddings, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
-use crate::domain::Usage;
+use crate::domain::{Message, ToolCallDelta, Usage};
 use crate::settings::ProviderSettings;
 use crate::store::AttemptLog;
 
@@ -97,9 +97,10 @@ impl OpenAi {
 
 /// The JSON body sent upstream (also what the debug log records).
 pub fn request_body(req: &UpstreamRequest) -> serde_json::Value {
+    let messages: Vec<WireMessage> = req.messages.iter().map(WireMessage::from).collect();
     let mut body = serde_json::json!({
         "model": req.model,
-        "messages": req.messages,
+        "messages": messages,
         "stream": true,
         "stream_options": {"include_usage": true},
     });
@@ -110,6 +111,33 @@ pub fn request_body(req: &UpstreamRequest) -> serde_json::Value {
         obj.extend(params);
     }
     body
+}
+
+/// A canonical message as OpenAI wants it: an assistant turn that only calls tools has
+/// `content: null`, not an empty string.
+#[derive(serde::Serialize)]
+struct WireMessage<'a> {
+    role: crate::domain::Role,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tool_calls: &'a [crate::domain::ToolCall],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a Message> for WireMessage<'a> {
+    fn from(m: &'a Message) -> Self {
+        let only_calls = m.content.is_empty() && !m.tool_calls.is_empty();
+        WireMessage {
+            role: m.role,
+            content: (!only_calls).then_some(m.content.as_str()),
+            name: m.name.as_deref(),
+            tool_calls: &m.tool_calls,
+            tool_call_id: m.tool_call_id.as_deref(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -134,6 +162,38 @@ struct ChoicePayload {
 struct DeltaPayload {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCallPayload>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallPayload {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionPayload>,
+}
+
+#[derive(Deserialize)]
+struct FunctionPayload {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+impl From<ToolCallPayload> for ToolCallDelta {
+    fn from(p: ToolCallPayload) -> Self {
+        let (name, arguments) = p.function.map_or((None, None), |f| (f.name, f.arguments));
+        ToolCallDelta {
+            index: p.index,
+            id: p.id,
+            name,
+            arguments: arguments.unwrap_or_default(),
+        }
+    }
 }
 
 /// One SSE `data:` payload → a canonical item, an error event, or the end marker.
@@ -147,12 +207,14 @@ fn parse_data(data: &str) -> Parsed {
                 return Parsed::Error(ProviderError::in_stream(&err));
             }
             let choice = chunk.choices.into_iter().next();
-            let (text, finish_reason) = match choice {
-                Some(c) => (c.delta.and_then(|d| d.content), c.finish_reason),
+            let (delta, finish_reason) = match choice {
+                Some(c) => (c.delta, c.finish_reason),
                 None => (None, None),
             };
+            let (text, calls) = delta.map_or((None, Vec::new()), |d| (d.content, d.tool_calls));
             Parsed::Item(StreamItem::Delta(Delta {
                 text: text.filter(|t| !t.is_empty()),
+                tool_calls: calls.into_iter().map(ToolCallDelta::from).collect(),
                 finish_reason,
                 usage: chunk.usage,
             }))
@@ -193,6 +255,52 @@ mod tests {
             Ok(StreamItem::Delta(d)) => assert_eq!(d.usage.unwrap().total_tokens, 5),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn tool_call_fragments_come_through_with_their_index() {
+        let items = run(concat!(
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: [DONE]\n\n",
+        ));
+        let deltas: Vec<&Delta> = items
+            .iter()
+            .map(|i| match i {
+                Ok(StreamItem::Delta(d)) => d,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(deltas[0].tool_calls[0].id.as_deref(), Some("call_1"));
+        assert_eq!(deltas[0].tool_calls[0].name.as_deref(), Some("get_weather"));
+        assert_eq!(deltas[0].text, None);
+        assert_eq!(deltas[1].tool_calls[0].arguments, "{\"city\"");
+        assert_eq!(deltas[2].finish_reason.as_deref(), Some("tool_calls"));
+    }
+
+    #[test]
+    fn assistant_turns_that_only_call_tools_send_null_content() {
+        let call: crate::domain::ToolCall = serde_json::from_value(serde_json::json!(
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}))
+        .unwrap();
+        let mut assistant = Message::new(crate::domain::Role::Assistant, "");
+        assistant.tool_calls = vec![call];
+        let mut result = Message::new(crate::domain::Role::Tool, "sunny");
+        result.tool_call_id = Some("c1".into());
+        let req = UpstreamRequest {
+            model: "m".into(),
+            messages: vec![assistant, result],
+            params: crate::domain::Params::default(),
+        };
+        let body = request_body(&req);
+        assert_eq!(body["messages"][0]["content"], serde_json::Value::Null);
+        assert_eq!(
+            body["messages"][0]["tool_calls"][0]["function"]["name"],
+            "f"
+        );
+        assert_eq!(body["messages"][1]["tool_call_id"], "c1");
+        assert!(body.get("tools").is_none(), "no tools key without tools");
     }
 
     #[test]

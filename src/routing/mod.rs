@@ -21,12 +21,15 @@ pub struct Route {
     pub model: String,
     pub context_window: Option<u32>,
     pub json_mode: bool,
+    pub tools: bool,
 }
 
 /// What a request asks of a route.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Needs {
     pub json_mode: bool,
+    /// Tools offered, or tool turns in the conversation.
+    pub tools: bool,
     /// A rough prompt size (characters / 4): only a prompt clearly over a window skips it.
     pub approx_prompt_tokens: u64,
 }
@@ -40,8 +43,13 @@ impl Needs {
             .and_then(|f| f.get("type"))
             .is_some_and(|t| t != "text");
         let chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
+        let tool_turns = request
+            .messages
+            .iter()
+            .any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some());
         Needs {
             json_mode,
+            tools: request.params.uses_tools() || tool_turns,
             approx_prompt_tokens: (chars / 4) as u64,
         }
     }
@@ -50,6 +58,9 @@ impl Needs {
     pub fn unmet_by(&self, route: &Route) -> Option<String> {
         if self.json_mode && !route.json_mode {
             return Some("json_mode".into());
+        }
+        if self.tools && !route.tools {
+            return Some("tools".into());
         }
         match route.context_window {
             Some(window) if self.approx_prompt_tokens > window as u64 => Some(format!(
@@ -82,6 +93,7 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
                     model: r.model.clone(),
                     context_window: r.context_window,
                     json_mode: r.json_mode,
+                    tools: r.tools,
                 })
             })
             .collect(),

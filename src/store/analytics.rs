@@ -406,6 +406,7 @@ mod tests {
             webhook_url: None,
             channel_id: "ch_1".into(),
             output_text: None,
+            output_tool_calls: Vec::new(),
             error: None,
             finish_reason: None,
             usage: None,

@@ -204,6 +204,7 @@ mod tests {
             webhook_url: None,
             channel_id: "ch".into(),
             output_text: None,
+            output_tool_calls: Vec::new(),
             error: None,
             finish_reason: None,
             usage: None,

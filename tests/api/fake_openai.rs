@@ -6,6 +6,11 @@
 //! whole chunks are continued from where that prefix ends. A test can
 //! therefore compare the final text with [`FakeOpenAi::full_text`] to prove
 //! that nothing was repeated or lost across a failover.
+//!
+//! Offered `tools` (and not answering a tool result), it calls one instead: the function named
+//! by `tool_choice`, else the first, with [`TOOL_ARGUMENTS`] streamed in
+//! [`TOOL_FRAGMENTS`] argument fragments (each fragment counts as a chunk for the faults), then
+//! finish reason `tool_calls`.
 #![allow(dead_code)]
 
 use std::io;
@@ -24,6 +29,11 @@ use crate::fake_http::{
 
 /// Fixed `created` timestamp of every response.
 const CREATED: u64 = 1_700_000_000;
+
+/// The arguments of every tool call the fake makes.
+pub const TOOL_ARGUMENTS: &str = r#"{"city":"Oslo","unit":"celsius"}"#;
+/// How many fragments the arguments are streamed in.
+pub const TOOL_FRAGMENTS: usize = 3;
 
 /// A fault applied to one chat completions request.
 ///
@@ -243,6 +253,23 @@ struct Answer {
     prompt_tokens: usize,
     chunk_delay: Duration,
     first_chunk_delay: Duration,
+    /// The function to call instead of answering in text.
+    tool: Option<String>,
+}
+
+/// The tool the fake calls for this request, if any.
+fn tool_to_call(body: &Value) -> Option<String> {
+    let tools = body.get("tools")?.as_array()?;
+    if messages(body).last().is_some_and(|m| role(m) == "tool")
+        || body.get("tool_choice") == Some(&Value::from("none"))
+    {
+        return None;
+    }
+    let named = body.pointer("/tool_choice/function/name");
+    named
+        .or_else(|| tools.first()?.pointer("/function/name"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 fn message_text(message: &Value) -> String {
@@ -338,6 +365,7 @@ async fn handle_request(
             prompt_tokens,
             chunk_delay,
             first_chunk_delay,
+            tool: tool_to_call(&body),
         };
         (fault, plan)
     };
@@ -445,7 +473,10 @@ async fn stream_response(
         tokio::time::sleep(plan.first_chunk_delay).await;
     }
 
-    let total = plan.words.saturating_sub(plan.start);
+    let total = match plan.tool {
+        Some(_) => TOOL_FRAGMENTS,
+        None => plan.words.saturating_sub(plan.start),
+    };
     let mut sent = 0usize;
     loop {
         // Faults that trigger once `sent` content chunks have gone out.
@@ -469,11 +500,16 @@ async fn stream_response(
         if sent > 0 && !plan.chunk_delay.is_zero() {
             tokio::time::sleep(plan.chunk_delay).await;
         }
-        let word = json_str(&crate::fake_http::chunk_text(plan.start + sent));
-        let delta = if sent == 0 {
-            format!("{{\"role\":\"assistant\",\"content\":{word}}}")
-        } else {
-            format!("{{\"content\":{word}}}")
+        let delta = match &plan.tool {
+            Some(name) => tool_call_delta(name, sent),
+            None => {
+                let word = json_str(&crate::fake_http::chunk_text(plan.start + sent));
+                if sent == 0 {
+                    format!("{{\"role\":\"assistant\",\"content\":{word}}}")
+                } else {
+                    format!("{{\"content\":{word}}}")
+                }
+            }
         };
         write_chunk(socket, &chunk_event(&plan.model, &delta, None)).await?;
         sent += 1;
@@ -504,7 +540,12 @@ async fn stream_response(
     } else {
         "{}"
     };
-    write_chunk(socket, &chunk_event(&plan.model, delta, Some("stop"))).await?;
+    let finish = if plan.tool.is_some() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    write_chunk(socket, &chunk_event(&plan.model, delta, Some(finish))).await?;
     if plan.include_usage {
         write_chunk(socket, &usage_event(&plan.model, plan.prompt_tokens, sent)).await?;
     }
@@ -513,6 +554,27 @@ async fn stream_response(
     }
     write_last_chunk(socket).await?;
     Ok(After::KeepAlive)
+}
+
+/// Fragment `n` of the tool call, OpenAI style: the first carries the id, type and name.
+fn tool_call_delta(name: &str, n: usize) -> String {
+    let len = TOOL_ARGUMENTS.len();
+    let piece = &TOOL_ARGUMENTS[n * len / TOOL_FRAGMENTS..(n + 1) * len / TOOL_FRAGMENTS];
+    let head = if n == 0 {
+        format!(
+            "\"id\":\"call_fake_1\",\"type\":\"function\",\"function\":{{\"name\":{},\"arguments\":{}}}",
+            json_str(name),
+            json_str(piece)
+        )
+    } else {
+        format!("\"function\":{{\"arguments\":{}}}", json_str(piece))
+    };
+    let role = if n == 0 {
+        "\"role\":\"assistant\",\"content\":null,"
+    } else {
+        ""
+    };
+    format!("{{{role}\"tool_calls\":[{{\"index\":0,{head}}}]}}")
 }
 
 /// Non-streaming answer. Stream faults map onto the single JSON body:

@@ -18,5 +18,6 @@ mod metrics;
 mod openai_compat;
 mod providers;
 mod routing;
+mod tools;
 mod webhooks;
 mod websocket;

@@ -138,10 +138,7 @@ async fn errors_come_in_openais_shape_with_the_right_status() {
 
     for (patch, field) in [
         (json!({"n": 2}), "n"),
-        (
-            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tools",
-        ),
+        (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
         (json!({"model": "nope"}), "model"),
         (json!({"bogus": 1}), "bogus"),
     ] {
