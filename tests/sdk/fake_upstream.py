@@ -14,6 +14,10 @@ Modes:
   finish reason or `[DONE]`.
 - "context_length": 400 with OpenAI's `context_length_exceeded` body.
 - "rate_limited": 429 with `Retry-After` and OpenAI's rate limit body, every time.
+
+In "ok" mode a request that offers `tools` and does not end with a tool result is answered with a
+call instead of text: the function named by `tool_choice`, else the first tool, with
+`TOOL_ARGUMENTS` (streamed in three argument fragments), finish reason `tool_calls`.
 """
 
 import json
@@ -22,6 +26,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CREATED = 1_700_000_000
+TOOL_ARGUMENTS = '{"city": "Oslo", "unit": "celsius"}'
+TOOL_CALL_ID = "call_fake_1"
 
 
 def word(i):
@@ -55,6 +61,18 @@ def message_text(message):
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+def tool_to_call(body):
+    """The function this request makes the fake call, or None."""
+    tools = body.get("tools") or []
+    messages = body.get("messages") or []
+    choice = body.get("tool_choice")
+    if not tools or choice == "none" or (messages and messages[-1].get("role") == "tool"):
+        return None
+    if isinstance(choice, dict):
+        return choice["function"]["name"]
+    return tools[0]["function"]["name"]
 
 
 def continuation_start(messages, words):
@@ -142,6 +160,9 @@ class FakeUpstream:
         messages = body.get("messages") or []
         start = continuation_start(messages, self.words)
         prompt_tokens = sum(len(message_text(m).split()) for m in messages)
+        tool = tool_to_call(body)
+        if tool is not None:
+            return self._tool_call(h, model, tool, bool(body.get("stream")))
         if not body.get("stream"):
             return self._plain(h, model, start, prompt_tokens)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -169,7 +190,8 @@ class FakeUpstream:
                       "total_tokens": prompt_tokens + self.words - start},
         })
 
-    def _stream(self, h, model, start, prompt_tokens, include_usage):
+    @staticmethod
+    def _sse_head(h):
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
         h.send_header("Cache-Control", "no-cache")
@@ -181,13 +203,48 @@ class FakeUpstream:
             h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             h.wfile.flush()
 
-        def event(delta, finish_reason=None):
-            return json.dumps({
-                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": CREATED,
-                "model": model, "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                             "finish_reason": finish_reason}],
+        return chunk
+
+    @staticmethod
+    def _event(model, delta, finish_reason=None):
+        return json.dumps({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": CREATED,
+            "model": model, "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish_reason}],
+        })
+
+    def _tool_call(self, h, model, name, stream):
+        call = {"id": TOOL_CALL_ID, "type": "function",
+                "function": {"name": name, "arguments": TOOL_ARGUMENTS}}
+        if not stream:
+            return self._json(h, 200, {
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": CREATED,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": None,
+                                                     "tool_calls": [call]},
+                             "finish_reason": "tool_calls"}],
             })
+        chunk = self._sse_head(h)
+        third = len(TOOL_ARGUMENTS) // 3
+        pieces = [TOOL_ARGUMENTS[:third], TOOL_ARGUMENTS[third:2 * third],
+                  TOOL_ARGUMENTS[2 * third:]]
+        first = {"index": 0, "id": TOOL_CALL_ID, "type": "function",
+                 "function": {"name": name, "arguments": pieces[0]}}
+        chunk(self._event(model, {"role": "assistant", "content": None, "tool_calls": [first]}))
+        for piece in pieces[1:]:
+            chunk(self._event(model, {"tool_calls": [{"index": 0,
+                                                      "function": {"arguments": piece}}]}))
+        chunk(self._event(model, {}, "tool_calls"))
+        chunk("[DONE]")
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+
+    def _stream(self, h, model, start, prompt_tokens, include_usage):
+        chunk = self._sse_head(h)
+
+        def event(delta, finish_reason=None):
+            return self._event(model, delta, finish_reason)
 
         sent = 0
         for i in range(start, self.words):

@@ -320,15 +320,74 @@ def test_n_greater_than_one_raises_bad_request(client):
     assert "n" in info.value.message
 
 
-def test_tools_are_rejected_with_a_clear_bad_request(client):
-    # Today's documented behaviour: no route supports tool calling yet, so a request with
-    # `tools` is a 400 naming the field. (The tools round trip of issue 5 is not built yet;
-    # replace this test with the round trip when it is.)
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]}}}]
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+def test_tools_round_trip_non_streaming(client, fakes):
+    question = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    first = client.chat.completions.create(model="echo", messages=question,
+                                           tools=[WEATHER_TOOL], tool_choice="auto")
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Oslo", "unit": "celsius"}
+
+    # The SDK's own message object goes back as the assistant turn, then the tool's result.
+    follow_up = question + [choice.message,
+                            {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 3}'}]
+    second = client.chat.completions.create(model="echo", messages=follow_up,
+                                            tools=[WEATHER_TOOL])
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content == fakes["recorder"].full_text()
+    assert second.choices[0].message.tool_calls is None
+
+    sent = [r for r in fakes["recorder"].recorded()
+            if r and r["messages"][-1].get("role") == "tool"]
+    assert len(sent) == 1
+    messages = sent[0]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[1]["content"] is None
+    assert messages[1]["tool_calls"][0]["id"] == call.id
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == call.function.arguments
+    assert messages[2] == {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 3}'}
+    assert sent[0]["tools"] == [WEATHER_TOOL]
+
+
+def test_tools_round_trip_streaming_with_the_sdk_stream_helper(client):
+    question = [{"role": "user", "content": "Stream me a tool call."}]
+    # The SDK's stream helper rebuilds the message (tool calls included) from the deltas.
+    with client.chat.completions.stream(model="echo", messages=question, tools=[WEATHER_TOOL],
+                                        tool_choice={"type": "function",
+                                                     "function": {"name": "get_weather"}}
+                                        ) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_completion()
+    assert "tool_calls.function.arguments.done" in events
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Oslo", "unit": "celsius"}
+
+
+def test_tools_on_the_mock_need_no_upstream(client):
+    res = client.chat.completions.create(model="chat-default", messages=PROMPT,
+                                         tools=[WEATHER_TOOL])
+    [call] = res.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": PROMPT[0]["content"]}
+
+
+def test_a_tool_result_without_its_call_is_a_bad_request(client):
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="chat-default", messages=PROMPT, tools=tools)
+        client.chat.completions.create(
+            model="chat-default", tools=[WEATHER_TOOL],
+            messages=PROMPT + [{"role": "tool", "tool_call_id": "call_nowhere", "content": "x"}])
     assert info.value.status_code == 400
-    assert "tools" in info.value.message
+    assert "tool_call_id" in info.value.message
