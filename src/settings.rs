@@ -256,6 +256,10 @@ pub struct RouteSettings {
     /// Accepts `tools` (function calling).
     #[serde(default = "defaults::yes")]
     pub tools: bool,
+    /// Accepts image input. Off unless declared: a text-only model would fail or, worse,
+    /// answer as if it had seen the image.
+    #[serde(default)]
+    pub vision: bool,
 }
 
 impl Settings {

@@ -82,6 +82,8 @@ struct Part {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    image_url: Option<crate::domain::request::Image>,
 }
 
 fn unsupported(field: &str, what: &str) -> ApiError {
@@ -116,15 +118,17 @@ impl CompletionRequest {
                     )))
                 }
             };
+            let mut images = Vec::new();
             let content = match m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t,
                 Some(Content::Parts(parts)) => {
                     let mut text = String::new();
                     for (j, part) in parts.into_iter().enumerate() {
-                        match (part.kind.as_str(), part.text) {
-                            ("text", Some(t)) => text.push_str(&t),
-                            (kind, _) => {
+                        match (part.kind.as_str(), part.text, part.image_url) {
+                            ("text", Some(t), _) => text.push_str(&t),
+                            ("image_url", _, Some(image)) => images.push(image),
+                            (kind, _, _) => {
                                 return Err(unsupported(
                                     &format!("messages[{i}].content[{j}]"),
                                     &format!("a `{kind}` part"),
@@ -141,6 +145,7 @@ impl CompletionRequest {
                 name: m.name,
                 tool_calls: m.tool_calls.unwrap_or_default(),
                 tool_call_id: m.tool_call_id,
+                images,
             });
         }
         let include_usage = self

@@ -31,6 +31,64 @@ pub struct Message {
     /// The call a `tool` message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// Images a user message shows the model, after its text (needs a `vision` route).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+}
+
+/// An image input: an `http(s)` URL or a `data:image/…;base64,…` URL, as OpenAI takes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub url: String,
+    /// OpenAI's `auto` / `low` / `high`; other formats ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Image {
+    /// `(media type, base64 data)` of a data URL; `None` for a remote URL.
+    pub fn inline(&self) -> Option<(&str, &str)> {
+        let rest = self.url.strip_prefix("data:")?;
+        let (media_type, data) = rest.split_once(";base64,")?;
+        Some((media_type, data))
+    }
+
+    /// The media type: a data URL's own, else guessed from the URL's extension.
+    pub fn media_type(&self) -> &str {
+        if let Some((media_type, _)) = self.inline() {
+            return media_type;
+        }
+        let path = self.url.split(['?', '#']).next().unwrap_or_default();
+        let ext = path.rsplit('.').next().unwrap_or_default();
+        match ext.to_ascii_lowercase().as_str() {
+            "png" => "image/png",
+            "gif" => "image/gif",
+            "webp" => "image/webp",
+            "heic" => "image/heic",
+            _ => "image/jpeg",
+        }
+    }
+
+    fn check(&self, field: &str) -> Result<(), ApiError> {
+        let remote = url::Url::parse(&self.url)
+            .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .unwrap_or(false);
+        let inline = self
+            .inline()
+            .is_some_and(|(media_type, data)| media_type.starts_with("image/") && !data.is_empty());
+        if !remote && !inline {
+            return Err(ApiError::invalid(format!(
+                "{field}.url: must be an http(s) URL or a data:image/...;base64,... URL"
+            )));
+        }
+        match self.detail.as_deref() {
+            None | Some("auto" | "low" | "high") => Ok(()),
+            Some(other) => Err(ApiError::invalid(format!(
+                "{field}.detail: must be auto, low or high, got `{other}`"
+            ))),
+        }
+    }
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -45,6 +103,7 @@ impl Message {
             name: None,
             tool_calls: Vec::new(),
             tool_call_id: None,
+            images: Vec::new(),
         }
     }
 
@@ -130,6 +189,7 @@ pub struct ChatRequest {
 const MAX_MESSAGES: usize = 2048;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 const MAX_METADATA_KEYS: usize = 50;
+const MAX_IMAGES: usize = 20;
 const MAX_METADATA_KEY_LEN: usize = 40;
 const MAX_METADATA_VALUE_LEN: usize = 500;
 
@@ -191,7 +251,7 @@ impl SubmitBody {
             }
         }
         tools::validate(&p.tools, p.tool_choice.as_ref())?;
-        self.validate_tool_turns()?;
+        self.validate_turns()?;
         self.validate_metadata()?;
         if let Some(hook) = &self.webhook_url {
             let ok = url::Url::parse(hook)
@@ -207,8 +267,8 @@ impl SubmitBody {
     }
 
     /// Tool calls only on assistant turns; every `tool` message answers a call made before it
-    /// (the providers reject a conversation where it does not).
-    fn validate_tool_turns(&self) -> Result<(), ApiError> {
+    /// (the providers reject a conversation where it does not); images only from the user.
+    fn validate_turns(&self) -> Result<(), ApiError> {
         for (i, m) in self.messages.iter().enumerate() {
             if !m.tool_calls.is_empty() && m.role != Role::Assistant {
                 return Err(ApiError::invalid(format!(
@@ -221,6 +281,19 @@ impl SubmitBody {
                         "messages[{i}].tool_calls[{j}]: needs an id and a function name"
                     )));
                 }
+            }
+            if !m.images.is_empty() && m.role != Role::User {
+                return Err(ApiError::invalid(format!(
+                    "messages[{i}].images: only user messages carry images"
+                )));
+            }
+            if m.images.len() > MAX_IMAGES {
+                return Err(ApiError::invalid(format!(
+                    "messages[{i}].images: at most {MAX_IMAGES} per message"
+                )));
+            }
+            for (j, image) in m.images.iter().enumerate() {
+                image.check(&format!("messages[{i}].images[{j}]"))?;
             }
             match (m.role, &m.tool_call_id) {
                 (Role::Tool, None) => {

@@ -114,11 +114,11 @@ pub fn request_body(req: &UpstreamRequest) -> serde_json::Value {
 }
 
 /// A canonical message as OpenAI wants it: an assistant turn that only calls tools has
-/// `content: null`, not an empty string.
+/// `content: null`, not an empty string; a message with images has content parts.
 #[derive(serde::Serialize)]
 struct WireMessage<'a> {
     role: crate::domain::Role,
-    content: Option<&'a str>,
+    content: Option<WireContent<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -127,12 +127,44 @@ struct WireMessage<'a> {
     tool_call_id: Option<&'a str>,
 }
 
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum WireContent<'a> {
+    Text(&'a str),
+    Parts(Vec<WirePart<'a>>),
+}
+
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WirePart<'a> {
+    Text {
+        text: &'a str,
+    },
+    ImageUrl {
+        image_url: &'a crate::domain::request::Image,
+    },
+}
+
+impl<'a> WireContent<'a> {
+    fn of(m: &'a Message) -> Option<WireContent<'a>> {
+        if m.images.is_empty() {
+            let only_calls = m.content.is_empty() && !m.tool_calls.is_empty();
+            return (!only_calls).then_some(WireContent::Text(&m.content));
+        }
+        let text = (!m.content.is_empty()).then_some(WirePart::Text { text: &m.content });
+        let images = m
+            .images
+            .iter()
+            .map(|image_url| WirePart::ImageUrl { image_url });
+        Some(WireContent::Parts(text.into_iter().chain(images).collect()))
+    }
+}
+
 impl<'a> From<&'a Message> for WireMessage<'a> {
     fn from(m: &'a Message) -> Self {
-        let only_calls = m.content.is_empty() && !m.tool_calls.is_empty();
         WireMessage {
             role: m.role,
-            content: (!only_calls).then_some(m.content.as_str()),
+            content: WireContent::of(m),
             name: m.name.as_deref(),
             tool_calls: &m.tool_calls,
             tool_call_id: m.tool_call_id.as_deref(),
@@ -301,6 +333,27 @@ mod tests {
         );
         assert_eq!(body["messages"][1]["tool_call_id"], "c1");
         assert!(body.get("tools").is_none(), "no tools key without tools");
+    }
+
+    #[test]
+    fn images_go_as_content_parts_after_the_text() {
+        let mut user = Message::new(crate::domain::Role::User, "what is this?");
+        user.images = vec![crate::domain::request::Image {
+            url: "https://example.test/cat.png".into(),
+            detail: Some("low".into()),
+        }];
+        let req = UpstreamRequest {
+            model: "m".into(),
+            messages: vec![user],
+            params: crate::domain::Params::default(),
+        };
+        assert_eq!(
+            request_body(&req)["messages"][0]["content"],
+            serde_json::json!([
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.test/cat.png", "detail": "low"}}
+            ])
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct Route {
     pub context_window: Option<u32>,
     pub json_mode: bool,
     pub tools: bool,
+    pub vision: bool,
 }
 
 /// What a request asks of a route.
@@ -30,6 +31,8 @@ pub struct Needs {
     pub json_mode: bool,
     /// Tools offered, or tool turns in the conversation.
     pub tools: bool,
+    /// Images in the conversation.
+    pub vision: bool,
     /// A rough prompt size (characters / 4): only a prompt clearly over a window skips it.
     pub approx_prompt_tokens: u64,
 }
@@ -50,6 +53,7 @@ impl Needs {
         Needs {
             json_mode,
             tools: request.params.uses_tools() || tool_turns,
+            vision: request.messages.iter().any(|m| !m.images.is_empty()),
             approx_prompt_tokens: (chars / 4) as u64,
         }
     }
@@ -61,6 +65,9 @@ impl Needs {
         }
         if self.tools && !route.tools {
             return Some("tools".into());
+        }
+        if self.vision && !route.vision {
+            return Some("vision (image input)".into());
         }
         match route.context_window {
             Some(window) if self.approx_prompt_tokens > window as u64 => Some(format!(
@@ -94,6 +101,7 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
                     context_window: r.context_window,
                     json_mode: r.json_mode,
                     tools: r.tools,
+                    vision: r.vision,
                 })
             })
             .collect(),

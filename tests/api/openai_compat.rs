@@ -307,3 +307,59 @@ async fn accepted_connections_have_tcp_nodelay() {
     assert_eq!(rc, 0);
     assert_ne!(value, 0, "TCP_NODELAY is off on an accepted connection");
 }
+
+#[actix_web::test]
+async fn image_parts_go_to_vision_routes_only_and_arrive_as_content_parts() {
+    let text_only = FakeOpenAi::start().await.with_words(3);
+    let sighted = FakeOpenAi::start().await.with_words(3);
+    let toml = config(&[&text_only, &sighted]).replace(
+        r#"{ provider = "fake1", model = "up-1" }"#,
+        r#"{ provider = "fake1", model = "up-1", vision = true }"#,
+    );
+    let app = spawn_app_with(&toml, |_| {}).await;
+    let image = json!({"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"});
+    let body = json!({"model": "fake", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": image}]}]});
+    let res = post(&app, &body).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(text_only.request_count(), 0, "a text-only route is skipped");
+    assert_eq!(
+        sighted.requests()[0]["messages"][0]["content"],
+        json!([{"type": "text", "text": "What is in this picture?"},
+               {"type": "image_url", "image_url": image}])
+    );
+
+    // Text alone still goes to the first route.
+    let res = post(&app, &request("fake", false)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(text_only.request_count(), 1);
+
+    // No route that can see: a clear 400 before any provider call; a bad image URL names it.
+    let res = post(
+        &app,
+        &json!({"model": "chat-default", "messages": body["messages"]}),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    let error: Value = res.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vision"),
+        "{error}"
+    );
+    let mut bad = body.clone();
+    bad["messages"][0]["content"][1]["image_url"]["url"] = json!("file:///etc/passwd");
+    let res = post(&app, &bad).await;
+    assert_eq!(res.status(), 400);
+    let error: Value = res.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("images[0].url"),
+        "{error}"
+    );
+}
