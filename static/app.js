@@ -325,6 +325,11 @@
         const stream = $("stream");
         const cursor = stream.querySelector(".cursor");
         stream.insertBefore(document.createTextNode(data.delta), cursor);
+        // An answer can end in tool calls (whole, one chunk): show each as a call line.
+        for (const call of data.tool_calls || []) {
+          const line = `\n→ ${call.function.name}(${call.function.arguments})`;
+          stream.insertBefore(h("span", { className: "tool-call" }, line), cursor);
+        }
         stream.scrollTop = stream.scrollHeight;
         break;
       }
