@@ -604,6 +604,13 @@ impl Actor for Execution {
                     );
                     return self.terminate(ctx, Status::Failed, Some(error));
                 }
+                let calls = self.deps.store.emitted_tool_calls(self.id());
+                if let Some(calls) = calls.ok().filter(|c| !c.is_empty()) {
+                    // The answer had ended in tool calls; only its `done` was lost.
+                    self.record.output_tool_calls = calls;
+                    self.record.finish_reason = Some("tool_calls".into());
+                    return self.terminate(ctx, Status::Completed, None);
+                }
                 tracing::info!(execution_id = %self.record.id, emitted_chars = self.emitted.len(), "resuming execution after restart");
                 if !self.emitted.is_empty() {
                     let err = ProviderError::cut("the gateway restarted mid-stream");

@@ -169,6 +169,21 @@ impl Event {
             .map(|p| p.delta)
     }
 
+    /// The tool calls a chunk event carries (see [`Event::tool_calls`]); empty for others.
+    pub fn carried_tool_calls(&self) -> Vec<super::ToolCall> {
+        #[derive(serde::Deserialize)]
+        struct Payload {
+            #[serde(default)]
+            tool_calls: Vec<super::ToolCall>,
+        }
+        if self.kind != EventKind::Chunk {
+            return Vec::new();
+        }
+        serde_json::from_slice::<Payload>(&self.data)
+            .map(|p| p.tool_calls)
+            .unwrap_or_default()
+    }
+
     /// `id: <seq>\nevent: <kind>\ndata: <json>\n\n`, built once.
     pub fn sse_frame(&self) -> Bytes {
         self.sse
@@ -249,6 +264,19 @@ mod tests {
             frame.as_ptr(),
             ev.ws_frame("ai_response:p:ch_1").as_ptr()
         ));
+    }
+
+    #[test]
+    fn tool_calls_ride_a_chunk_with_an_empty_delta_and_read_back() {
+        let call: crate::domain::ToolCall = serde_json::from_value(serde_json::json!(
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}))
+        .unwrap();
+        let ev = Event::tool_calls(4, std::slice::from_ref(&call));
+        assert_eq!(ev.kind, EventKind::Chunk);
+        assert_eq!(ev.chunk_delta().as_deref(), Some(""));
+        let back = Event::decode(4, ev.encode()).unwrap();
+        assert_eq!(back.carried_tool_calls(), vec![call]);
+        assert!(Event::chunk(5, "text").carried_tool_calls().is_empty());
     }
 
     #[test]

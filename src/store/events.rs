@@ -55,6 +55,15 @@ impl Store {
         Ok(text)
     }
 
+    /// The tool calls the log's answer ended with (empty unless it called tools).
+    pub fn emitted_tool_calls(&self, id: &str) -> sled::Result<Vec<crate::domain::ToolCall>> {
+        Ok(self
+            .all_events(id)?
+            .iter()
+            .flat_map(|ev| ev.carried_tool_calls())
+            .collect())
+    }
+
     /// The highest seq in the log (0 when empty).
     pub fn last_seq(&self, id: &str) -> sled::Result<u64> {
         let start = Self::event_key(id, 0);
