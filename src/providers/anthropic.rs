@@ -1,5 +1,6 @@
-//! The Anthropic Messages wire format: the system prompt apart, alternating turns of text
-//! blocks, native prefill for continuations, and the `message_start` … `message_stop` stream.
+//! The Anthropic Messages wire format: the system prompt apart, alternating turns of text and
+//! tool blocks, native prefill for continuations, and the `message_start` … `message_stop`
+//! stream.
 
 use serde::Deserialize;
 use serde_json::{json, Value};

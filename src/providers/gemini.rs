@@ -1,6 +1,6 @@
-//! The Gemini `streamGenerateContent?alt=sse` wire format: `user`/`model` turns of text parts,
-//! `systemInstruction`, `generationConfig`, and a stream of `GenerateContentResponse` chunks
-//! that ends at the end of the body.
+//! The Gemini `streamGenerateContent?alt=sse` wire format: `user`/`model` turns of text and
+//! function parts, `systemInstruction`, `generationConfig`, `tools`/`toolConfig`, and a stream
+//! of `GenerateContentResponse` chunks that ends at the end of the body.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
