@@ -1,14 +1,16 @@
-//! The Anthropic Messages wire format: the system prompt apart, alternating turns of text
-//! blocks, native prefill for continuations, and the `message_start` … `message_stop` stream.
+//! The Anthropic Messages wire format: the system prompt apart, alternating turns of text and
+//! tool blocks, native prefill for continuations, and the `message_start` … `message_stop`
+//! stream.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 use super::sse::{self, Parsed};
-use super::turns::{conversation, stop_sequences, Speaker, Turn};
+use super::turns::{conversation, stop_sequences, Part, Speaker, Turn};
 use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
-use crate::domain::Usage;
+use crate::domain::tools::{Tool, ToolChoice, ToolMode};
+use crate::domain::{Params, ToolCallDelta, Usage};
 use crate::error::ErrorCode;
 use crate::settings::ProviderSettings;
 use crate::store::AttemptLog;
@@ -71,21 +73,7 @@ pub fn request_body(req: &UpstreamRequest) -> Prepared {
     let conv = conversation(&req.messages);
     let mut turns = conv.turns;
     let trimmed_prefill = trim_prefill(&mut turns);
-    let messages: Vec<Value> = turns
-        .iter()
-        .map(|t| {
-            let role = match t.speaker {
-                Speaker::User => "user",
-                Speaker::Assistant => "assistant",
-            };
-            let blocks: Vec<Value> = t
-                .texts
-                .iter()
-                .map(|text| json!({"type": "text", "text": text}))
-                .collect();
-            json!({"role": role, "content": blocks})
-        })
-        .collect();
+    let messages: Vec<Value> = turns.iter().map(message).collect();
     let p = &req.params;
     let mut body = json!({
         "model": req.model,
@@ -107,14 +95,81 @@ pub fn request_body(req: &UpstreamRequest) -> Prepared {
     if let Some(stops) = stop_sequences(p) {
         body["stop_sequences"] = stops.into();
     }
+    if !p.tools.is_empty() {
+        body["tools"] = p.tools.iter().map(tool).collect();
+        if let Some(choice) = tool_choice(p) {
+            body["tool_choice"] = choice;
+        }
+    }
     Prepared {
         body,
         trimmed_prefill,
     }
 }
 
+fn message(turn: &Turn<'_>) -> Value {
+    let role = match turn.speaker {
+        Speaker::User => "user",
+        Speaker::Assistant => "assistant",
+    };
+    let blocks: Vec<Value> = turn.parts.iter().map(block).collect();
+    json!({"role": role, "content": blocks})
+}
+
+/// One part as a content block. A call's `input` must be an object, whatever text the model
+/// generated as its arguments; an empty result is sent without content rather than as an
+/// empty string.
+fn block(part: &Part<'_>) -> Value {
+    match part {
+        Part::Text(text) => json!({"type": "text", "text": text}),
+        Part::Call(call) => json!({"type": "tool_use", "id": call.id,
+            "name": call.function.name, "input": call.arguments_object()}),
+        Part::Result {
+            call_id,
+            content: "",
+            ..
+        } => json!({"type": "tool_result", "tool_use_id": call_id}),
+        Part::Result {
+            call_id, content, ..
+        } => json!({"type": "tool_result", "tool_use_id": call_id, "content": content}),
+    }
+}
+
+/// A function as Anthropic declares it; `input_schema` is required, so a function without
+/// parameters gets the empty object schema.
+fn tool(t: &Tool) -> Value {
+    let f = &t.function;
+    let schema = f
+        .parameters
+        .clone()
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    let mut tool = json!({"name": f.name, "input_schema": schema});
+    if let Some(description) = &f.description {
+        tool["description"] = description.as_str().into();
+    }
+    tool
+}
+
+/// `tool_choice` in Anthropic's words; `parallel_tool_calls: false` rides on it as
+/// `disable_parallel_tool_use` (which `none` does not take: it calls nothing).
+fn tool_choice(p: &Params) -> Option<Value> {
+    let serial = p.parallel_tool_calls == Some(false);
+    let mut choice = match &p.tool_choice {
+        Some(ToolChoice::Mode(ToolMode::None)) => return Some(json!({"type": "none"})),
+        // Anthropic's default is `auto`: spelled out only to carry the parallel flag.
+        None if !serial => return None,
+        None | Some(ToolChoice::Mode(ToolMode::Auto)) => json!({"type": "auto"}),
+        Some(ToolChoice::Mode(ToolMode::Required)) => json!({"type": "any"}),
+        Some(ToolChoice::Named { function, .. }) => json!({"type": "tool", "name": function.name}),
+    };
+    if serial {
+        choice["disable_parallel_tool_use"] = true.into();
+    }
+    Some(choice)
+}
+
 /// Cuts trailing whitespace from a final assistant turn (dropping parts, or the turn, left
-/// empty); returns whether anything was cut.
+/// empty); returns whether anything was cut. A turn that ends with a call is left alone.
 fn trim_prefill(turns: &mut Vec<Turn<'_>>) -> bool {
     let mut trimmed = false;
     while turns
@@ -122,17 +177,21 @@ fn trim_prefill(turns: &mut Vec<Turn<'_>>) -> bool {
         .is_some_and(|t| t.speaker == Speaker::Assistant)
     {
         let turn = turns.last_mut().expect("checked above");
-        match turn.texts.pop() {
+        match turn.parts.pop() {
             None => {
                 turns.pop();
             }
-            Some(text) => {
+            Some(Part::Text(text)) => {
                 let kept = text.trim_end();
                 trimmed |= kept.len() < text.len();
                 if !kept.is_empty() {
-                    turn.texts.push(kept);
+                    turn.parts.push(Part::Text(kept));
                     break;
                 }
+            }
+            Some(other) => {
+                turn.parts.push(other);
+                break;
             }
         }
     }
@@ -193,8 +252,19 @@ enum Event {
     MessageStart {
         message: StartMessage,
     },
+    ContentBlockStart {
+        #[serde(default)]
+        index: u32,
+        content_block: BlockStart,
+    },
     ContentBlockDelta {
+        #[serde(default)]
+        index: u32,
         delta: BlockDelta,
+    },
+    ContentBlockStop {
+        #[serde(default)]
+        index: u32,
     },
     MessageDelta {
         delta: MessageDeltaBody,
@@ -205,8 +275,7 @@ enum Event {
     Error {
         error: ErrorDetail,
     },
-    /// `ping`, `content_block_start`, `content_block_stop`, and event types newer than this
-    /// code: activity without content.
+    /// `ping`, and event types newer than this code: activity without content.
     #[serde(other)]
     Other,
 }
@@ -225,13 +294,30 @@ struct EventUsage {
     output_tokens: Option<u64>,
 }
 
+/// The `content_block` a block starts with. A streamed `tool_use` starts with an empty `input`:
+/// its arguments follow as `input_json_delta` fragments.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockStart {
+    ToolUse {
+        id: String,
+        name: String,
+    },
+    /// Text (its text comes in deltas), thinking and newer block types.
+    #[serde(other)]
+    Other,
+}
+
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum BlockDelta {
     TextDelta {
         text: String,
     },
-    /// Tool input JSON, thinking and signatures: not answer text.
+    InputJsonDelta {
+        partial_json: String,
+    },
+    /// Thinking and signatures: not answer text.
     #[serde(other)]
     Other,
 }
@@ -243,11 +329,15 @@ struct MessageDeltaBody {
 }
 
 /// One stream's parser: it carries the prompt token count from `message_start` to the usage
-/// reported with `message_delta`.
+/// reported with `message_delta`, and tells tool calls apart by their block index.
 struct EventParser {
     input_tokens: u64,
     /// Drop the whitespace a continuation of a trimmed prefill starts with (see `Prepared`).
     strip_leading: bool,
+    /// Open `tool_use` blocks that have had no argument text yet: a function without
+    /// parameters gets `{}` when its block stops, as OpenAI would send, rather than an empty
+    /// string no client can parse.
+    argless_calls: Vec<u32>,
 }
 
 impl EventParser {
@@ -255,6 +345,7 @@ impl EventParser {
         EventParser {
             input_tokens: 0,
             strip_leading,
+            argless_calls: Vec::new(),
         }
     }
 
@@ -268,12 +359,46 @@ impl EventParser {
                 self.input_tokens = message.usage.input_tokens.unwrap_or(0);
                 Delta::default()
             }
+            Event::ContentBlockStart {
+                index,
+                content_block: BlockStart::ToolUse { id, name },
+            } => {
+                self.argless_calls.push(index);
+                call(ToolCallDelta {
+                    index,
+                    id: Some(id),
+                    name: Some(name),
+                    arguments: String::new(),
+                })
+            }
             Event::ContentBlockDelta {
                 delta: BlockDelta::TextDelta { text },
+                ..
             } => Delta {
                 text: self.text(text),
                 ..Delta::default()
             },
+            Event::ContentBlockDelta {
+                index,
+                delta: BlockDelta::InputJsonDelta { partial_json },
+            } => {
+                if !partial_json.is_empty() {
+                    self.argless_calls.retain(|i| *i != index);
+                }
+                call(ToolCallDelta {
+                    index,
+                    arguments: partial_json,
+                    ..ToolCallDelta::default()
+                })
+            }
+            Event::ContentBlockStop { index } if self.argless_calls.contains(&index) => {
+                self.argless_calls.retain(|i| *i != index);
+                call(ToolCallDelta {
+                    index,
+                    arguments: "{}".into(),
+                    ..ToolCallDelta::default()
+                })
+            }
             Event::MessageDelta { delta, usage } => {
                 if let Some(n) = usage.input_tokens {
                     self.input_tokens = n;
@@ -297,7 +422,10 @@ impl EventParser {
             }
             Event::MessageStop => return Parsed::Done,
             Event::Error { error } => return Parsed::Error(in_stream_error(&error)),
-            Event::ContentBlockDelta { .. } | Event::Other => Delta::default(),
+            Event::ContentBlockStart { .. }
+            | Event::ContentBlockDelta { .. }
+            | Event::ContentBlockStop { .. }
+            | Event::Other => Delta::default(),
         };
         Parsed::Item(StreamItem::Delta(delta))
     }
@@ -311,6 +439,14 @@ impl EventParser {
             text
         };
         Some(text).filter(|t| !t.is_empty())
+    }
+}
+
+/// A delta carrying one tool-call fragment.
+fn call(fragment: ToolCallDelta) -> Delta {
+    Delta {
+        tool_calls: vec![fragment],
+        ..Delta::default()
     }
 }
 
@@ -328,7 +464,8 @@ fn finish_reason(stop_reason: String) -> String {
 mod tests {
     use super::*;
     use crate::domain::request::Stop;
-    use crate::domain::{Message, Params, Role};
+    use crate::domain::tools::{FunctionCall, ToolKind};
+    use crate::domain::{Message, Params, Role, ToolCall};
 
     fn run(body: &str, strip_leading: bool) -> Vec<Result<StreamItem, ProviderError>> {
         let mut parser = EventParser::new(strip_leading);
@@ -481,7 +618,7 @@ mod tests {
                 Message::new(Role::User, "a"),
                 Message::new(Role::User, "b"),
                 Message::new(Role::Assistant, "c"),
-                Message::new(Role::Tool, "t"),
+                Message::new(Role::User, "d"),
             ],
             params,
         ));
@@ -499,7 +636,7 @@ mod tests {
                 "messages": [
                     {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
                     {"role": "assistant", "content": [{"type": "text", "text": "c"}]},
-                    {"role": "user", "content": [{"type": "text", "text": "t"}]},
+                    {"role": "user", "content": [{"type": "text", "text": "d"}]},
                 ],
             })
         );
@@ -546,6 +683,178 @@ mod tests {
         ));
         assert!(!p.trimmed_prefill);
         assert_eq!(p.body["messages"][1]["content"][0]["text"], "Hello wor");
+    }
+
+    fn weather_call(id: &str, arguments: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            kind: ToolKind::Function,
+            function: FunctionCall {
+                name: "get_weather".into(),
+                arguments: arguments.into(),
+            },
+        }
+    }
+
+    fn tools_params(choice: Option<ToolChoice>, parallel: Option<bool>) -> Params {
+        let tools = serde_json::from_value(json!([
+            {"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+            {"type": "function", "function": {"name": "now"}},
+        ]))
+        .unwrap();
+        Params {
+            tools,
+            tool_choice: choice,
+            parallel_tool_calls: parallel,
+            ..Params::default()
+        }
+    }
+
+    #[test]
+    fn calls_and_results_become_tool_use_and_tool_result_blocks() {
+        let messages = vec![
+            Message::new(Role::User, "Weather in Oslo and Rome?"),
+            Message {
+                tool_calls: vec![
+                    weather_call("call_1", r#"{"city":"Oslo"}"#),
+                    weather_call("call_2", "{not json"),
+                ],
+                ..Message::new(Role::Assistant, "Checking.")
+            },
+            Message {
+                tool_call_id: Some("call_1".into()),
+                ..Message::new(Role::Tool, "3 degrees")
+            },
+            Message::new(Role::User, "Be quick."),
+            Message {
+                tool_call_id: Some("call_2".into()),
+                ..Message::new(Role::Tool, "")
+            },
+        ];
+        let p = request_body(&req(messages, tools_params(None, None)));
+        assert_eq!(
+            p.body["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "Weather in Oslo and Rome?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Oslo"}},
+                    {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "3 degrees"},
+                    {"type": "tool_result", "tool_use_id": "call_2"},
+                    {"type": "text", "text": "Be quick."},
+                ]},
+            ])
+        );
+        assert_eq!(
+            p.body["tools"],
+            json!([
+                {"name": "get_weather", "description": "Weather",
+                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                {"name": "now", "input_schema": {"type": "object", "properties": {}}},
+            ])
+        );
+        assert!(p.body.get("tool_choice").is_none(), "auto is the default");
+    }
+
+    #[test]
+    fn tool_choice_maps_to_anthropic_words_with_the_parallel_flag() {
+        let mode = |m| Some(ToolChoice::Mode(m));
+        let named: ToolChoice =
+            serde_json::from_value(json!({"type": "function", "function": {"name": "now"}}))
+                .unwrap();
+        let cases = [
+            (mode(ToolMode::Auto), None, json!({"type": "auto"})),
+            (mode(ToolMode::Required), None, json!({"type": "any"})),
+            (mode(ToolMode::None), Some(false), json!({"type": "none"})),
+            (
+                Some(named),
+                Some(false),
+                json!({"type": "tool", "name": "now", "disable_parallel_tool_use": true}),
+            ),
+            (
+                None,
+                Some(false),
+                json!({"type": "auto", "disable_parallel_tool_use": true}),
+            ),
+            (mode(ToolMode::Required), Some(true), json!({"type": "any"})),
+        ];
+        for (choice, parallel, expected) in cases {
+            let p = request_body(&req(
+                vec![Message::new(Role::User, "a")],
+                tools_params(choice, parallel),
+            ));
+            assert_eq!(p.body["tool_choice"], expected);
+        }
+        let p = request_body(&req(
+            vec![Message::new(Role::User, "a")],
+            Params {
+                tool_choice: mode(ToolMode::None),
+                ..Params::default()
+            },
+        ));
+        assert!(p.body.get("tools").is_none() && p.body.get("tool_choice").is_none());
+    }
+
+    const TOOL_STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-x\",\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Checking.\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_01\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \\\"Os\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"lo\\\"}\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_02\",\"name\":\"now\",\"input\":{}}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":2}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":30}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    #[test]
+    fn tool_use_blocks_stream_as_call_fragments_and_finish_as_tool_calls() {
+        let items = run(TOOL_STREAM, false);
+        assert!(items.iter().all(|i| i.is_ok()), "{items:?}");
+        assert_eq!(text(&items), "Checking.");
+        let mut calls = crate::domain::ToolCallAssembly::default();
+        for item in &items {
+            for fragment in &delta(item).tool_calls {
+                calls.push(fragment.clone());
+            }
+        }
+        let calls = calls.finish("x");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            (calls[0].id.as_str(), calls[0].function.name.as_str()),
+            ("toolu_01", "get_weather")
+        );
+        assert_eq!(calls[0].function.arguments, r#"{"city": "Oslo"}"#);
+        assert_eq!(
+            (calls[1].id.as_str(), calls[1].function.arguments.as_str()),
+            ("toolu_02", "{}"),
+            "a call without arguments gets an empty object"
+        );
+        let last = delta(items.last().unwrap());
+        assert_eq!(last.finish_reason.as_deref(), Some("tool_calls"));
     }
 
     #[test]

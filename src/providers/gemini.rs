@@ -1,18 +1,21 @@
-//! The Gemini `streamGenerateContent?alt=sse` wire format: `user`/`model` turns of text parts,
-//! `systemInstruction`, `generationConfig`, and a stream of `GenerateContentResponse` chunks
-//! that ends at the end of the body.
+//! The Gemini `streamGenerateContent?alt=sse` wire format: `user`/`model` turns of text and
+//! function parts, `systemInstruction`, `generationConfig`, `tools`/`toolConfig`, and a stream
+//! of `GenerateContentResponse` chunks that ends at the end of the body.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
 use super::sse::{self, Parsed};
-use super::turns::{conversation, stop_sequences, Speaker};
+use super::turns::{conversation, stop_sequences, Part, Speaker, Turn};
 use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
-use crate::domain::Usage;
+use crate::domain::tools::{Tool, ToolChoice, ToolMode};
+use crate::domain::{ToolCallDelta, Usage};
 use crate::error::ErrorCode;
 use crate::settings::ProviderSettings;
 use crate::store::AttemptLog;
+
+mod schema;
 
 /// Finish reasons that mean a filter stopped the answer: the execution fails with
 /// `content_filtered` instead of passing a truncated answer off as complete.
@@ -61,9 +64,12 @@ impl Gemini {
             builder = builder.header("x-goog-api-key", key);
         }
         let resp = sse::send(&self.http, builder, &body, log, classify_status).await?;
-        Ok(sse::parse_stream(resp.bytes_stream(), log.clone(), |ev| {
-            parse_data(&ev.data)
-        }))
+        let mut parser = ChunkParser::default();
+        Ok(sse::parse_stream(
+            resp.bytes_stream(),
+            log.clone(),
+            move |ev| parser.parse(&ev.data),
+        ))
     }
 }
 
@@ -71,24 +77,20 @@ impl Gemini {
 /// trailing `model` turn is sent as is, which is why its default continuation is `instruction`.
 pub fn request_body(req: &UpstreamRequest) -> Value {
     let conv = conversation(&req.messages);
-    let parts =
-        |texts: &[&str]| -> Vec<Value> { texts.iter().map(|t| json!({"text": t})).collect() };
-    let contents: Vec<Value> = conv
-        .turns
-        .iter()
-        .map(|t| {
-            let role = match t.speaker {
-                Speaker::User => "user",
-                Speaker::Assistant => "model",
-            };
-            json!({"role": role, "parts": parts(&t.texts)})
-        })
-        .collect();
+    let contents: Vec<Value> = conv.turns.iter().map(content).collect();
     let mut body = json!({ "contents": contents });
     if !conv.system.is_empty() {
-        body["systemInstruction"] = json!({ "parts": parts(&conv.system) });
+        let parts: Vec<Value> = conv.system.iter().map(|t| json!({"text": t})).collect();
+        body["systemInstruction"] = json!({ "parts": parts });
     }
     let p = &req.params;
+    if !p.tools.is_empty() {
+        let declarations: Vec<Value> = p.tools.iter().map(declaration).collect();
+        body["tools"] = json!([{ "functionDeclarations": declarations }]);
+        if let Some(choice) = &p.tool_choice {
+            body["toolConfig"] = json!({ "functionCallingConfig": calling_config(choice) });
+        }
+    }
     let mut config = Map::new();
     let mut set = |key: &str, value: Option<Value>| {
         if let Some(v) = value {
@@ -106,6 +108,62 @@ pub fn request_body(req: &UpstreamRequest) -> Value {
         body["generationConfig"] = Value::Object(config);
     }
     body
+}
+
+/// A turn as `Content`; tool results travel in `user` turns, as the current docs show.
+fn content(turn: &Turn<'_>) -> Value {
+    let role = match turn.speaker {
+        Speaker::User => "user",
+        Speaker::Assistant => "model",
+    };
+    let parts: Vec<Value> = turn.parts.iter().map(part).collect();
+    json!({"role": role, "parts": parts})
+}
+
+/// One part. Gemini's calls carry `args` as an object and its results a `response` object
+/// named by function, not by call id.
+fn part(part: &Part<'_>) -> Value {
+    match part {
+        Part::Text(text) => json!({"text": text}),
+        Part::Call(call) => json!({"functionCall": {
+            "name": call.function.name, "args": call.arguments_object()}}),
+        Part::Result {
+            function, content, ..
+        } => json!({"functionResponse": {"name": function, "response": response(content)}}),
+    }
+}
+
+/// A tool result as the object `response` must be: a JSON object result as is, any other text
+/// wrapped as `{"result": text}`.
+fn response(content: &str) -> Value {
+    match serde_json::from_str::<Value>(content) {
+        Ok(object @ Value::Object(_)) => object,
+        _ => json!({ "result": content }),
+    }
+}
+
+fn declaration(t: &Tool) -> Value {
+    let f = &t.function;
+    let mut declaration = json!({"name": f.name});
+    if let Some(description) = &f.description {
+        declaration["description"] = description.as_str().into();
+    }
+    if let Some(parameters) = &f.parameters {
+        declaration["parameters"] = schema::subset(parameters);
+    }
+    declaration
+}
+
+/// `tool_choice` as a `functionCallingConfig`; a named function is `ANY` limited to it.
+fn calling_config(choice: &ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Mode(ToolMode::None) => json!({"mode": "NONE"}),
+        ToolChoice::Mode(ToolMode::Auto) => json!({"mode": "AUTO"}),
+        ToolChoice::Mode(ToolMode::Required) => json!({"mode": "ANY"}),
+        ToolChoice::Named { function, .. } => {
+            json!({"mode": "ANY", "allowedFunctionNames": [function.name]})
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -188,16 +246,29 @@ struct Candidate {
 #[derive(Deserialize)]
 struct Content {
     #[serde(default)]
-    parts: Vec<Part>,
+    parts: Vec<WirePart>,
 }
 
 #[derive(Deserialize)]
-struct Part {
+#[serde(rename_all = "camelCase")]
+struct WirePart {
     #[serde(default)]
     text: Option<String>,
     /// Thought summaries are not part of the answer.
     #[serde(default)]
     thought: bool,
+    #[serde(default)]
+    function_call: Option<WireCall>,
+}
+
+/// A call arrives whole, in one part; `id` only where the API assigns one.
+#[derive(Deserialize)]
+struct WireCall {
+    name: String,
+    #[serde(default)]
+    args: Option<Value>,
+    #[serde(default)]
+    id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -218,56 +289,98 @@ struct UsageMetadata {
     total_token_count: u64,
 }
 
-/// One SSE `data:` payload → a canonical item or an error; Gemini has no end marker.
-fn parse_data(data: &str) -> Parsed {
-    let chunk = match serde_json::from_str::<Chunk>(data) {
-        Ok(chunk) => chunk,
-        Err(e) => return sse::skipped(data, &e),
-    };
-    if let Some(err) = chunk.error {
-        return Parsed::Error(in_stream_error(&err));
+/// One stream's parser: it numbers the calls, which Gemini sends whole and unnumbered, and
+/// remembers whether the answer called any (Gemini finishes a call with `STOP`).
+#[derive(Default)]
+struct ChunkParser {
+    calls: u32,
+}
+
+impl ChunkParser {
+    /// One SSE `data:` payload → a canonical item or an error; Gemini has no end marker.
+    fn parse(&mut self, data: &str) -> Parsed {
+        let chunk = match serde_json::from_str::<Chunk>(data) {
+            Ok(chunk) => chunk,
+            Err(e) => return sse::skipped(data, &e),
+        };
+        if let Some(err) = refusal(&chunk) {
+            return Parsed::Error(err);
+        }
+        let candidate = chunk.candidates.into_iter().next();
+        let finish = candidate.as_ref().and_then(|c| c.finish_reason.clone());
+        let mut delta = Delta {
+            usage: chunk.usage_metadata.map(usage),
+            ..Delta::default()
+        };
+        let parts = candidate.and_then(|c| c.content).map(|c| c.parts);
+        let mut text = String::new();
+        for part in parts.into_iter().flatten().filter(|p| !p.thought) {
+            text.extend(part.text);
+            if let Some(call) = part.function_call {
+                delta.tool_calls.push(self.call(call));
+            }
+        }
+        delta.text = Some(text).filter(|t| !t.is_empty());
+        delta.finish_reason = finish.and_then(finish_reason).map(|reason| {
+            if reason == "stop" && self.calls > 0 {
+                "tool_calls".into()
+            } else {
+                reason
+            }
+        });
+        Parsed::Item(StreamItem::Delta(delta))
     }
-    if let Some(reason) = chunk.prompt_feedback.and_then(|f| f.block_reason) {
-        return Parsed::Error(ProviderError::new(
+
+    /// A whole call as one fragment. Without an id from Gemini the execution names it, unique
+    /// across the conversation (a per-stream counter would repeat in the next turn).
+    fn call(&mut self, call: WireCall) -> ToolCallDelta {
+        let index = self.calls;
+        self.calls += 1;
+        let args = call.args.unwrap_or_else(|| json!({}));
+        ToolCallDelta {
+            index,
+            id: call.id.filter(|id| !id.is_empty()),
+            name: Some(call.name),
+            arguments: args.to_string(),
+        }
+    }
+}
+
+/// Why a chunk ends the stream instead of answering: an error, a blocked prompt, or an answer
+/// stopped by a filter.
+fn refusal(chunk: &Chunk) -> Option<ProviderError> {
+    if let Some(err) = &chunk.error {
+        return Some(in_stream_error(err));
+    }
+    if let Some(reason) = chunk
+        .prompt_feedback
+        .as_ref()
+        .and_then(|f| f.block_reason.as_ref())
+    {
+        return Some(ProviderError::new(
             ErrorCode::ContentFiltered,
             format!("the provider blocked the prompt (blockReason {reason})"),
         ));
     }
-    let candidate = chunk.candidates.into_iter().next();
-    let finish = candidate.as_ref().and_then(|c| c.finish_reason.clone());
-    if let Some(reason) = finish
-        .as_deref()
-        .filter(|r| FILTER_FINISH_REASONS.contains(r))
-    {
-        return Parsed::Error(ProviderError::new(
+    let finish = chunk.candidates.first()?.finish_reason.as_deref()?;
+    FILTER_FINISH_REASONS.contains(&finish).then(|| {
+        ProviderError::new(
             ErrorCode::ContentFiltered,
-            format!("the provider stopped the answer (finishReason {reason})"),
-        ));
+            format!("the provider stopped the answer (finishReason {finish})"),
+        )
+    })
+}
+
+fn usage(u: UsageMetadata) -> Usage {
+    Usage {
+        prompt_tokens: u.prompt_token_count,
+        completion_tokens: u.candidates_token_count,
+        total_tokens: if u.total_token_count > 0 {
+            u.total_token_count
+        } else {
+            u.prompt_token_count + u.candidates_token_count
+        },
     }
-    let text: String = candidate
-        .and_then(|c| c.content)
-        .map(|c| {
-            c.parts
-                .into_iter()
-                .filter(|p| !p.thought)
-                .filter_map(|p| p.text)
-                .collect()
-        })
-        .unwrap_or_default();
-    Parsed::Item(StreamItem::Delta(Delta {
-        text: Some(text).filter(|t| !t.is_empty()),
-        tool_calls: Vec::new(),
-        finish_reason: finish.and_then(finish_reason),
-        usage: chunk.usage_metadata.map(|u| Usage {
-            prompt_tokens: u.prompt_token_count,
-            completion_tokens: u.candidates_token_count,
-            total_tokens: if u.total_token_count > 0 {
-                u.total_token_count
-            } else {
-                u.prompt_token_count + u.candidates_token_count
-            },
-        }),
-    }))
 }
 
 fn in_stream_error(e: &ApiError) -> ProviderError {
@@ -296,10 +409,12 @@ fn finish_reason(reason: String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Message, Params, Role};
+    use crate::domain::tools::{FunctionCall, ToolKind};
+    use crate::domain::{Message, Params, Role, ToolCall};
 
     fn run(body: &str) -> Vec<Result<StreamItem, ProviderError>> {
-        sse::run_recorded(body, |ev| parse_data(&ev.data))
+        let mut parser = ChunkParser::default();
+        sse::run_recorded(body, move |ev| parser.parse(&ev.data))
     }
 
     fn text(items: &[Result<StreamItem, ProviderError>]) -> String {
@@ -460,6 +575,126 @@ mod tests {
             request_body(&bare),
             json!({"contents": [{"role": "user", "parts": [{"text": "a"}]}]})
         );
+    }
+
+    #[test]
+    fn calls_results_tools_and_choice_take_gemini_shapes() {
+        let call = |id: &str, name: &str, arguments: &str| ToolCall {
+            id: id.into(),
+            kind: ToolKind::Function,
+            function: FunctionCall {
+                name: name.into(),
+                arguments: arguments.into(),
+            },
+        };
+        let result = |id: &str, content: &str| Message {
+            tool_call_id: Some(id.into()),
+            ..Message::new(Role::Tool, content)
+        };
+        let tools = serde_json::from_value(json!([
+            {"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                "parameters": {"type": "object", "additionalProperties": false,
+                               "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+            {"type": "function", "function": {"name": "now"}},
+        ]))
+        .unwrap();
+        let named = serde_json::from_value(
+            json!({"type": "function", "function": {"name": "get_weather"}}),
+        )
+        .unwrap();
+        let req = UpstreamRequest {
+            model: "gemini-x".into(),
+            messages: vec![
+                Message::new(Role::User, "Weather in Oslo? And the time?"),
+                Message {
+                    tool_calls: vec![
+                        call("c1", "get_weather", r#"{"city":"Oslo"}"#),
+                        call("c2", "now", ""),
+                    ],
+                    ..Message::new(Role::Assistant, "")
+                },
+                result("c1", r#"{"temp": 3}"#),
+                result("c2", "12:00"),
+            ],
+            params: Params {
+                tools,
+                tool_choice: Some(named),
+                ..Params::default()
+            },
+        };
+        assert_eq!(
+            request_body(&req),
+            json!({
+                "contents": [
+                    {"role": "user", "parts": [{"text": "Weather in Oslo? And the time?"}]},
+                    {"role": "model", "parts": [
+                        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+                        {"functionCall": {"name": "now", "args": {}}},
+                    ]},
+                    {"role": "user", "parts": [
+                        {"functionResponse": {"name": "get_weather", "response": {"temp": 3}}},
+                        {"functionResponse": {"name": "now", "response": {"result": "12:00"}}},
+                    ]},
+                ],
+                "tools": [{"functionDeclarations": [
+                    {"name": "get_weather", "description": "Weather",
+                     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                    "required": ["city"]}},
+                    {"name": "now"},
+                ]}],
+                "toolConfig": {"functionCallingConfig": {"mode": "ANY",
+                                                         "allowedFunctionNames": ["get_weather"]}},
+            })
+        );
+        for (mode, expected) in [
+            (ToolMode::Auto, "AUTO"),
+            (ToolMode::Required, "ANY"),
+            (ToolMode::None, "NONE"),
+        ] {
+            let config = calling_config(&ToolChoice::Mode(mode));
+            assert_eq!(config, json!({ "mode": expected }));
+        }
+    }
+
+    #[test]
+    fn function_call_parts_become_whole_calls_and_stop_is_a_tool_calls_finish() {
+        let body = concat!(
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Checking.\"}],\"role\":\"model\"},\"index\":0}]}\r\n\r\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[",
+            "{\"functionCall\":{\"name\":\"get_weather\",\"args\":{\"city\":\"Oslo\"}},\"thoughtSignature\":\"c2ln\"},",
+            "{\"functionCall\":{\"name\":\"now\"}},",
+            "{\"functionCall\":{\"name\":\"get_weather\",\"args\":{\"city\":\"Rome\"},\"id\":\"fc_7\"}}",
+            "],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],",
+            "\"usageMetadata\":{\"promptTokenCount\":20,\"candidatesTokenCount\":9,\"totalTokenCount\":29}}\r\n\r\n",
+        );
+        let items = run(body);
+        assert!(items.iter().all(|i| i.is_ok()), "{items:?}");
+        assert_eq!(text(&items), "Checking.");
+        let last = match items.last().unwrap() {
+            Ok(StreamItem::Delta(d)) => d,
+            other => panic!("{other:?}"),
+        };
+        let fragment = |index, id: Option<&str>, name: &str, arguments: &str| ToolCallDelta {
+            index,
+            id: id.map(str::to_string),
+            name: Some(name.into()),
+            arguments: arguments.into(),
+        };
+        assert_eq!(
+            last.tool_calls,
+            [
+                fragment(0, None, "get_weather", r#"{"city":"Oslo"}"#),
+                fragment(1, None, "now", "{}"),
+                fragment(2, Some("fc_7"), "get_weather", r#"{"city":"Rome"}"#),
+            ]
+        );
+        assert_eq!(last.finish_reason.as_deref(), Some("tool_calls"));
+        // Without a call, STOP stays a plain stop.
+        let items = run(&chunk("a", Some("STOP"), 1));
+        match &items[0] {
+            Ok(StreamItem::Delta(d)) => assert_eq!(d.finish_reason.as_deref(), Some("stop")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

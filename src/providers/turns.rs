@@ -1,23 +1,40 @@
 //! The conversation as the Anthropic and Gemini APIs want it: system text apart, and strictly
 //! alternating user/assistant turns (consecutive same-role messages merged, each message kept
-//! as its own text part).
+//! as its own part), tool calls as parts of assistant turns and tool results as parts of user
+//! turns.
 
 use crate::domain::request::Stop;
-use crate::domain::{Message, Params, Role};
+use crate::domain::{Message, Params, Role, ToolCall};
 
-/// Who speaks a turn; tool results have no turn of their own in these formats and are sent as
-/// user text.
+/// Who speaks a turn; tool results have no turn of their own in these formats: they are parts
+/// of a user turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Speaker {
     User,
     Assistant,
 }
 
+/// One piece of a turn, in the order the wire formats need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Part<'a> {
+    /// Never an empty string (both APIs reject empty text parts).
+    Text(&'a str),
+    /// A call an assistant turn made.
+    Call(&'a ToolCall),
+    /// The answer to a call: its id, the function it answers (Gemini identifies results by
+    /// name) and the result text.
+    Result {
+        call_id: &'a str,
+        function: &'a str,
+        content: &'a str,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Turn<'a> {
     pub speaker: Speaker,
-    /// One entry per merged message, in order; never empty strings.
-    pub texts: Vec<&'a str>,
+    /// Never empty: a turn exists because a part was added to it.
+    pub parts: Vec<Part<'a>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,29 +43,71 @@ pub struct Conversation<'a> {
     pub turns: Vec<Turn<'a>>,
 }
 
-/// Splits off the system messages and merges consecutive same-speaker messages. Empty messages
-/// are dropped: both APIs reject empty text parts.
+/// Splits off the system messages and merges consecutive same-speaker messages. Empty texts
+/// are dropped; a tool result is kept even when empty, since its call needs an answer.
 pub fn conversation(messages: &[Message]) -> Conversation<'_> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn<'_>> = Vec::new();
-    for m in messages.iter().filter(|m| !m.content.is_empty()) {
-        let speaker = match m.role {
+    for (i, m) in messages.iter().enumerate() {
+        let (speaker, parts) = match m.role {
             Role::System => {
-                system.push(m.content.as_str());
+                if !m.content.is_empty() {
+                    system.push(m.content.as_str());
+                }
                 continue;
             }
-            Role::Assistant => Speaker::Assistant,
-            Role::User | Role::Tool => Speaker::User,
+            Role::User => (Speaker::User, text(m).collect()),
+            Role::Assistant => {
+                let calls = m.tool_calls.iter().map(Part::Call);
+                (Speaker::Assistant, text(m).chain(calls).collect())
+            }
+            Role::Tool => (Speaker::User, vec![result(m, &messages[..i])]),
         };
-        match turns.last_mut() {
-            Some(turn) if turn.speaker == speaker => turn.texts.push(&m.content),
-            _ => turns.push(Turn {
-                speaker,
-                texts: vec![&m.content],
-            }),
+        for part in parts {
+            push(&mut turns, speaker, part);
         }
     }
     Conversation { system, turns }
+}
+
+fn text(m: &Message) -> impl Iterator<Item = Part<'_>> {
+    Some(m.content.as_str())
+        .filter(|t| !t.is_empty())
+        .map(Part::Text)
+        .into_iter()
+}
+
+/// A tool message as a result part. Validation guarantees the call it answers comes earlier;
+/// the empty name is only a fallback for a conversation built without that check.
+fn result<'a>(m: &'a Message, earlier: &'a [Message]) -> Part<'a> {
+    Part::Result {
+        call_id: m.tool_call_id.as_deref().unwrap_or_default(),
+        function: m.answered_function(earlier).unwrap_or_default(),
+        content: &m.content,
+    }
+}
+
+/// Adds a part to the last turn if it has the same speaker, else starts a turn. Results go
+/// before any text of their user turn: Anthropic requires the answers to the calls first, and
+/// Gemini takes the parts in any order.
+fn push<'a>(turns: &mut Vec<Turn<'a>>, speaker: Speaker, part: Part<'a>) {
+    match turns.last_mut() {
+        Some(turn) if turn.speaker == speaker => {
+            let at = match part {
+                Part::Result { .. } => turn
+                    .parts
+                    .iter()
+                    .take_while(|p| matches!(p, Part::Result { .. }))
+                    .count(),
+                Part::Text(_) | Part::Call(_) => turn.parts.len(),
+            };
+            turn.parts.insert(at, part);
+        }
+        _ => turns.push(Turn {
+            speaker,
+            parts: vec![part],
+        }),
+    }
 }
 
 /// The stop sequences as a list, whichever form the request used.
@@ -63,6 +122,7 @@ pub fn stop_sequences(params: &Params) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::tools::{FunctionCall, ToolKind};
 
     #[test]
     fn system_is_separated_and_same_speaker_messages_merge() {
@@ -71,7 +131,6 @@ mod tests {
             Message::new(Role::User, "a"),
             Message::new(Role::System, "and kind"),
             Message::new(Role::User, "b"),
-            Message::new(Role::Tool, "result"),
             Message::new(Role::Assistant, ""),
             Message::new(Role::Assistant, "c"),
             Message::new(Role::User, "d"),
@@ -81,14 +140,69 @@ mod tests {
         let shape: Vec<_> = c
             .turns
             .iter()
-            .map(|t| (t.speaker, t.texts.clone()))
+            .map(|t| (t.speaker, t.parts.clone()))
             .collect();
         assert_eq!(
             shape,
             [
-                (Speaker::User, vec!["a", "b", "result"]),
-                (Speaker::Assistant, vec!["c"]),
-                (Speaker::User, vec!["d"]),
+                (Speaker::User, vec![Part::Text("a"), Part::Text("b")]),
+                (Speaker::Assistant, vec![Part::Text("c")]),
+                (Speaker::User, vec![Part::Text("d")]),
+            ]
+        );
+    }
+
+    fn call(id: &str, name: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            kind: ToolKind::Function,
+            function: FunctionCall {
+                name: name.into(),
+                arguments: "{}".into(),
+            },
+        }
+    }
+
+    fn answer(id: &str, content: &str) -> Message {
+        Message {
+            tool_call_id: Some(id.into()),
+            ..Message::new(Role::Tool, content)
+        }
+    }
+
+    #[test]
+    fn calls_follow_their_text_and_results_lead_their_user_turn() {
+        let (x, y) = (call("c1", "weather"), call("c2", "time"));
+        let msgs = vec![
+            Message::new(Role::User, "go"),
+            Message {
+                tool_calls: vec![x.clone(), y.clone()],
+                ..Message::new(Role::Assistant, "checking")
+            },
+            answer("c1", "3 degrees"),
+            Message::new(Role::User, "and hurry"),
+            answer("c2", ""),
+        ];
+        let c = conversation(&msgs);
+        assert_eq!(c.turns.len(), 3);
+        assert_eq!(
+            c.turns[1].parts,
+            [Part::Text("checking"), Part::Call(&x), Part::Call(&y)]
+        );
+        assert_eq!(
+            c.turns[2].parts,
+            [
+                Part::Result {
+                    call_id: "c1",
+                    function: "weather",
+                    content: "3 degrees"
+                },
+                Part::Result {
+                    call_id: "c2",
+                    function: "time",
+                    content: ""
+                },
+                Part::Text("and hurry"),
             ]
         );
     }

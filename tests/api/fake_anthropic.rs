@@ -9,6 +9,13 @@
 //! whitespace. A final assistant message that is a chunk-aligned prefix (its trailing space
 //! trimmed) is a prefill: the answer continues after it, starting with the space a model
 //! would write.
+//!
+//! Offered `tools` (and not answering a tool result), it calls one instead, as a `tool_use`
+//! block: the one named by `tool_choice`, else the first, with the arguments of
+//! [`crate::fake_openai::TOOL_ARGUMENTS`] streamed in [`TOOL_FRAGMENTS`] `input_json_delta`
+//! fragments (each counts as a delta for the faults), then `stop_reason: tool_use`. Like the real API it refuses tool blocks in the wrong role, and a
+//! `tool_use` not answered by a `tool_result` at the start of the next message (or the
+//! reverse).
 #![allow(dead_code)]
 
 use std::io;
@@ -19,9 +26,10 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
 use crate::fake_http::{
-    chunk_prefix, chunk_text, cut, due, json_str, word_tokens, write_chunk, write_json_response,
+    chunk_prefix, chunk_text, cut, due, word_tokens, write_chunk, write_json_response,
     write_last_chunk, write_sse_head, After, Core, Fake, Plan, RecordedRequest, Request, Wire,
 };
+use crate::fake_openai::{tool_fragment, TOOL_FRAGMENTS};
 
 /// A fault applied to one request. `k` counts the text deltas of *this* response.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,29 +124,122 @@ struct Answer {
     /// Whether the first delta starts with the space the trimmed prefill lacks.
     leading_space: bool,
     prompt_tokens: usize,
+    /// The tool to call instead of answering in text.
+    tool: Option<String>,
     plan: Plan<Fault>,
 }
 
-/// The texts of a message whose content is a string or text blocks.
-fn content_texts(message: &Value) -> Option<Vec<String>> {
+/// A message's content as blocks (a string is one text block).
+fn blocks(message: &Value) -> Option<Vec<Value>> {
     match message.get("content")? {
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(blocks) => blocks
-            .iter()
-            .map(
-                |b| match (b.get("type"), b.get("text").and_then(Value::as_str)) {
-                    (Some(kind), Some(text)) if kind == "text" => Some(text.to_string()),
-                    _ => None,
-                },
-            )
-            .collect(),
+        Value::String(s) => Some(vec![json!({"type": "text", "text": s})]),
+        Value::Array(blocks) => Some(blocks.clone()),
         _ => None,
     }
+}
+
+fn block_type(block: &Value) -> &str {
+    block.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+fn str_field<'a>(block: &'a Value, key: &str) -> &'a str {
+    block.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The texts of a message's text blocks (tool blocks have none).
+fn content_texts(message: &Value) -> Option<Vec<String>> {
+    let blocks = blocks(message)?;
+    let texts = blocks.iter().filter(|b| block_type(b) == "text");
+    Some(texts.map(|b| str_field(b, "text").to_string()).collect())
 }
 
 /// The text a model continues: the blocks back to back.
 fn content_text(message: &Value) -> Option<String> {
     content_texts(message).map(|t| t.concat())
+}
+
+/// The tool the fake calls for this request, if any.
+fn tool_to_call(body: &Value) -> Option<String> {
+    let tools = body.get("tools")?.as_array()?;
+    let last = body.get("messages")?.as_array()?.last()?;
+    let answering = blocks(last)
+        .unwrap_or_default()
+        .iter()
+        .any(|b| block_type(b) == "tool_result");
+    let choice = body.get("tool_choice");
+    let kind = choice.map(|c| str_field(c, "type"));
+    if answering || kind == Some("none") {
+        return None;
+    }
+    let named = choice.filter(|_| kind == Some("tool"));
+    named
+        .or_else(|| tools.first())
+        .map(|t| str_field(t, "name").to_string())
+}
+
+/// A block well formed for its role: tool calls only from the assistant, results only from
+/// the user, ids as the API requires them.
+fn block_fits(block: &Value, role: &str) -> bool {
+    let id_ok = |id: &str| {
+        !id.is_empty()
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    match (block_type(block), role) {
+        ("text", _) => block.get("text").is_some_and(Value::is_string),
+        ("tool_use", "assistant") => {
+            id_ok(str_field(block, "id"))
+                && !str_field(block, "name").is_empty()
+                && block.get("input").is_some_and(Value::is_object)
+        }
+        ("tool_result", "user") => {
+            id_ok(str_field(block, "tool_use_id"))
+                && block
+                    .get("content")
+                    .is_none_or(|c| c.is_string() || c.is_array())
+        }
+        _ => false,
+    }
+}
+
+/// Anthropic's pairing rule: the `tool_use` blocks of an assistant message are answered by
+/// `tool_result` blocks at the start of the next message, and results answer only those.
+fn unpaired(i: usize, previous: &[Value], blocks: &[Value]) -> Option<String> {
+    let uses: Vec<&str> = previous
+        .iter()
+        .filter(|b| block_type(b) == "tool_use")
+        .map(|b| str_field(b, "id"))
+        .collect();
+    let leading: Vec<&str> = blocks
+        .iter()
+        .take_while(|b| block_type(b) == "tool_result")
+        .map(|b| str_field(b, "tool_use_id"))
+        .collect();
+    let all_results = blocks
+        .iter()
+        .filter(|b| block_type(b) == "tool_result")
+        .count();
+    if all_results > leading.len() {
+        return Some(format!(
+            "messages.{i}: `tool_result` blocks must come before any other content"
+        ));
+    }
+    let missing: Vec<&str> = uses
+        .iter()
+        .copied()
+        .filter(|u| !leading.contains(u))
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: {}. Each `tool_use` block must have a corresponding `tool_result` block in the next message.",
+            missing.join(", ")
+        ));
+    }
+    let extra = leading.iter().find(|r| !uses.contains(r))?;
+    Some(format!(
+        "messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: {extra}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+    ))
 }
 
 /// The 400s the real API gives a malformed request (its wording, where known).
@@ -161,7 +262,8 @@ fn invalid(req: &Request, body: &Value) -> Option<String> {
     if messages.is_empty() {
         return Some("messages: at least one message is required".into());
     }
-    let mut previous = "assistant";
+    let mut previous_role = "assistant";
+    let mut previous_blocks = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         if role != "user" && role != "assistant" {
@@ -169,23 +271,36 @@ fn invalid(req: &Request, body: &Value) -> Option<String> {
                 "messages.{i}.role: Input should be 'user' or 'assistant'"
             ));
         }
-        if role == previous {
+        if role == previous_role {
             return Some(if i == 0 {
                 "messages: first message must use the \"user\" role".into()
             } else {
                 "messages: roles must alternate between \"user\" and \"assistant\"".into()
             });
         }
-        previous = role;
-        match content_text(m) {
-            None => return Some(format!("messages.{i}.content: invalid content")),
-            Some(t) if t.is_empty() && i + 1 < messages.len() => {
-                return Some(format!(
-                    "messages.{i}: all messages must have non-empty content"
-                ))
-            }
-            _ => {}
+        previous_role = role;
+        let Some(blocks) = blocks(m) else {
+            return Some(format!("messages.{i}.content: invalid content"));
+        };
+        if let Some(j) = blocks.iter().position(|b| !block_fits(b, role)) {
+            return Some(format!(
+                "messages.{i}.content.{j}: invalid `{}` block",
+                block_type(&blocks[j])
+            ));
         }
+        let last = i + 1 == messages.len();
+        let empty_text = blocks
+            .iter()
+            .any(|b| block_type(b) == "text" && str_field(b, "text").is_empty());
+        if (blocks.is_empty() || empty_text) && !last {
+            return Some(format!(
+                "messages.{i}: all messages must have non-empty content"
+            ));
+        }
+        if let Some(e) = unpaired(i, &previous_blocks, &blocks) {
+            return Some(e);
+        }
+        previous_blocks = blocks;
     }
     let last = messages.last().expect("not empty");
     let trailing_ws = content_text(last).is_some_and(|t| t.ends_with(char::is_whitespace));
@@ -224,6 +339,7 @@ fn answer(body: &Value, plan: Plan<Fault>) -> Answer {
         start,
         leading_space,
         prompt_tokens,
+        tool: tool_to_call(body),
         plan,
     }
 }
@@ -308,14 +424,21 @@ async fn stream_response(
             "stop_sequence": null, "usage": {"input_tokens": a.prompt_tokens, "output_tokens": 1}}}),
     );
     write_chunk(socket, &start).await?;
+    let content_block = match &a.tool {
+        Some(name) => json!({"type": "tool_use", "id": "toolu_fake_1", "name": name, "input": {}}),
+        None => json!({"type": "text", "text": ""}),
+    };
     let block = event(
         "content_block_start",
-        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": content_block}),
     );
     write_chunk(socket, &block).await?;
     write_chunk(socket, "event: ping\ndata: {\"type\": \"ping\"}\n\n").await?;
 
-    let total = plan.words.saturating_sub(a.start);
+    let total = match a.tool {
+        Some(_) => TOOL_FRAGMENTS,
+        None => plan.words.saturating_sub(a.start),
+    };
     let mut sent = 0usize;
     loop {
         match plan.fault {
@@ -336,19 +459,18 @@ async fn stream_response(
         if sent > 0 && !plan.chunk_delay.is_zero() {
             tokio::time::sleep(plan.chunk_delay).await;
         }
-        let mut text = chunk_text(a.start + sent);
-        if sent == 0 && a.leading_space {
-            text.insert(0, ' ');
-        }
-        let data = format!(
-            "{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}",
-            json_str(&text)
-        );
-        write_chunk(
-            socket,
-            &format!("event: content_block_delta\ndata: {data}\n\n"),
-        )
-        .await?;
+        let delta = match a.tool {
+            Some(_) => json!({"type": "input_json_delta", "partial_json": tool_fragment(sent)}),
+            None => {
+                let mut text = chunk_text(a.start + sent);
+                if sent == 0 && a.leading_space {
+                    text.insert(0, ' ');
+                }
+                json!({"type": "text_delta", "text": text})
+            }
+        };
+        let data = json!({"type": "content_block_delta", "index": 0, "delta": delta});
+        write_chunk(socket, &event("content_block_delta", data)).await?;
         sent += 1;
     }
     if !plan.chunk_delay.is_zero() && sent > 0 {
@@ -359,9 +481,14 @@ async fn stream_response(
         json!({"type": "content_block_stop", "index": 0}),
     );
     write_chunk(socket, &stop).await?;
+    let stop_reason = if a.tool.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
     let delta = event(
         "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
             "usage": {"output_tokens": sent}}),
     );
     write_chunk(socket, &delta).await?;

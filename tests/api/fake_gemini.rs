@@ -7,6 +7,13 @@
 //! refuses roles other than `user`/`model`, turns that do not alternate, and conversations that
 //! do not end with a user turn (Gemini has no prefill). A trailing `model` turn that is a
 //! chunk-aligned prefix followed by Switchyard's continue instruction is continued.
+//!
+//! Offered `functionDeclarations` (and not answering a function response), it calls one
+//! instead: the first of `allowedFunctionNames`, else the first declared, in one chunk with a
+//! whole `functionCall` part whose `args` are [`crate::fake_openai::TOOL_ARGUMENTS`], then a
+//! chunk with `finishReason: STOP`, as Gemini ends a turn that calls functions. Like the real
+//! API it refuses malformed parts, function calls outside `model` turns and responses outside
+//! `user` turns, and a function-call turn not answered by as many responses in the next turn.
 #![allow(dead_code)]
 
 use std::io;
@@ -21,6 +28,7 @@ use crate::fake_http::{
     chunk_prefix, chunk_text, cut, due, word_tokens, write_chunk, write_json_response,
     write_last_chunk, write_sse_head, After, Core, Fake, Plan, RecordedRequest, Request, Wire,
 };
+use crate::fake_openai::TOOL_ARGUMENTS;
 
 /// A fault applied to one request. `k` counts the text chunks of *this* response.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,16 +123,24 @@ struct Answer {
     model: String,
     start: usize,
     prompt_tokens: usize,
+    /// The function to call instead of answering in text.
+    tool: Option<String>,
     plan: Plan<Fault>,
 }
 
-fn parts_texts(value: &Value) -> Option<Vec<String>> {
+fn parts(value: &Value) -> &[Value] {
     value
-        .get("parts")?
-        .as_array()?
-        .iter()
-        .map(|p| p.get("text").and_then(Value::as_str).map(str::to_string))
-        .collect()
+        .get("parts")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// The texts of the text parts (function parts have none); `None` without a parts list.
+fn parts_texts(value: &Value) -> Option<Vec<String>> {
+    value.get("parts")?.as_array()?;
+    let texts = parts(value).iter().filter_map(|p| p.get("text")?.as_str());
+    Some(texts.map(str::to_string).collect())
 }
 
 /// The text a model continues: the parts back to back.
@@ -147,10 +163,57 @@ fn contents(body: &Value) -> &[Value] {
         .unwrap_or(&[])
 }
 
+/// How many parts of a turn are of one kind (`functionCall`, `functionResponse`).
+fn count(turn: &Value, kind: &str) -> usize {
+    parts(turn).iter().filter(|p| p.get(kind).is_some()).count()
+}
+
 /// The model named by `…/models/{model}:streamGenerateContent`.
 fn model_of(path: &str) -> Option<&str> {
     let rest = &path[path.find("/models/")? + "/models/".len()..];
     rest.strip_suffix(":streamGenerateContent")
+}
+
+/// The function the fake calls for this request, if any.
+fn tool_to_call(body: &Value) -> Option<String> {
+    let declarations = body.pointer("/tools/0/functionDeclarations")?.as_array()?;
+    let answering = contents(body)
+        .last()
+        .is_some_and(|t| count(t, "functionResponse") > 0);
+    let config = body.pointer("/toolConfig/functionCallingConfig");
+    let mode = config.and_then(|c| c.get("mode")).and_then(Value::as_str);
+    if answering || mode == Some("NONE") {
+        return None;
+    }
+    let allowed = config.and_then(|c| c.pointer("/allowedFunctionNames/0"));
+    allowed
+        .or_else(|| declarations.first()?.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// A part with exactly one kind of data, allowed in its role.
+fn part_fits(part: &Value, role: &str) -> bool {
+    let is_str = |v: &Value, key: &str| {
+        v.get(key)
+            .is_some_and(|s| s.as_str().is_some_and(|s| !s.is_empty()))
+    };
+    match (
+        part.get("text"),
+        part.get("functionCall"),
+        part.get("functionResponse"),
+    ) {
+        (Some(text), None, None) => text.as_str().is_some_and(|t| !t.is_empty()),
+        (None, Some(call), None) => {
+            role == "model" && is_str(call, "name") && call.get("args").is_none_or(Value::is_object)
+        }
+        (None, None, Some(response)) => {
+            role == "user"
+                && is_str(response, "name")
+                && response.get("response").is_some_and(Value::is_object)
+        }
+        _ => false,
+    }
 }
 
 /// The 400s the real API gives a malformed request (its wording, where known).
@@ -159,28 +222,38 @@ fn invalid(body: &Value) -> Option<String> {
     if turns.is_empty() {
         return Some("* GenerateContentRequest.contents: contents is not specified".into());
     }
-    let mut previous = "";
+    let mut previous: Option<&Value> = None;
     for (i, turn) in turns.iter().enumerate() {
         let role = turn.get("role").and_then(Value::as_str).unwrap_or("user");
         if role != "user" && role != "model" {
             return Some("Please use a valid role: user, model.".into());
         }
-        if role == previous {
+        if previous.is_some_and(|p| p.get("role").and_then(Value::as_str).unwrap_or("user") == role)
+        {
             return Some(
                 "Please ensure that multiturn requests alternate between user and model.".into(),
             );
         }
-        previous = role;
-        match parts_text(turn) {
-            Some(t) if !t.is_empty() => {}
-            _ => {
-                return Some(format!(
+        if parts(turn).is_empty() {
+            return Some(format!(
                 "* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."
-            ))
-            }
+            ));
         }
+        if let Some(j) = parts(turn).iter().position(|p| !part_fits(p, role)) {
+            return Some(format!(
+                "* GenerateContentRequest.contents[{i}].parts[{j}]: invalid part for role {role}"
+            ));
+        }
+        let calls = previous.map_or(0, |p| count(p, "functionCall"));
+        if calls != count(turn, "functionResponse") {
+            return Some(
+                "Please ensure that the number of function response parts is equal to the number of function call parts of the function call turn."
+                    .into(),
+            );
+        }
+        previous = Some(turn);
     }
-    if previous != "user" {
+    if previous.and_then(|p| p.get("role")).and_then(Value::as_str) == Some("model") {
         return Some(
             "Please ensure that multiturn requests ends with a user role or a function response."
                 .into(),
@@ -214,6 +287,7 @@ fn answer(model: &str, body: &Value, plan: Plan<Fault>) -> Answer {
         model: model.to_string(),
         start,
         prompt_tokens,
+        tool: tool_to_call(body),
         plan,
     }
 }
@@ -306,6 +380,16 @@ fn text_chunk(a: &Answer, text: &str, finish: Option<&str>, completion: usize) -
     )
 }
 
+/// The whole call, in one part; Gemini sends no call id.
+fn call_chunk(a: &Answer, name: &str) -> String {
+    let args: Value = serde_json::from_str(TOOL_ARGUMENTS).expect("valid arguments");
+    let part = json!({"functionCall": {"name": name, "args": args}});
+    data(
+        json!({"candidates": [{"content": {"parts": [part], "role": "model"}, "index": 0}],
+        "usageMetadata": usage(a.prompt_tokens, 1), "modelVersion": a.model}),
+    )
+}
+
 const BLOCKED_RATINGS: &str =
     r#"[{"category":"HARM_CATEGORY_DANGEROUS_CONTENT","probability":"HIGH","blocked":true}]"#;
 
@@ -329,7 +413,10 @@ async fn stream_response(
         write_last_chunk(socket).await?;
         return Ok(After::KeepAlive);
     }
-    let total = plan.words.saturating_sub(a.start);
+    let total = match a.tool {
+        Some(_) => 1,
+        None => plan.words.saturating_sub(a.start),
+    };
     let mut sent = 0usize;
     loop {
         match plan.fault {
@@ -363,9 +450,12 @@ async fn stream_response(
         if sent > 0 && !plan.chunk_delay.is_zero() {
             tokio::time::sleep(plan.chunk_delay).await;
         }
-        let text = chunk_text(a.start + sent);
+        let chunk = match &a.tool {
+            Some(name) => call_chunk(a, name),
+            None => text_chunk(a, &chunk_text(a.start + sent), None, sent + 1),
+        };
         sent += 1;
-        write_chunk(socket, &text_chunk(a, &text, None, sent)).await?;
+        write_chunk(socket, &chunk).await?;
     }
     if !plan.chunk_delay.is_zero() && sent > 0 {
         tokio::time::sleep(plan.chunk_delay).await;

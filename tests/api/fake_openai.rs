@@ -35,6 +35,13 @@ pub const TOOL_ARGUMENTS: &str = r#"{"city":"Oslo","unit":"celsius"}"#;
 /// How many fragments the arguments are streamed in.
 pub const TOOL_FRAGMENTS: usize = 3;
 
+/// Fragment `n` (of [`TOOL_FRAGMENTS`]) of [`TOOL_ARGUMENTS`]; the fakes of the other wire
+/// formats stream the same arguments.
+pub fn tool_fragment(n: usize) -> &'static str {
+    let len = TOOL_ARGUMENTS.len();
+    &TOOL_ARGUMENTS[n * len / TOOL_FRAGMENTS..(n + 1) * len / TOOL_FRAGMENTS]
+}
+
 /// A fault applied to one chat completions request.
 ///
 /// Chunk positions (`k`) count the content chunks of *this* response, i.e.
@@ -558,8 +565,7 @@ async fn stream_response(
 
 /// Fragment `n` of the tool call, OpenAI style: the first carries the id, type and name.
 fn tool_call_delta(name: &str, n: usize) -> String {
-    let len = TOOL_ARGUMENTS.len();
-    let piece = &TOOL_ARGUMENTS[n * len / TOOL_FRAGMENTS..(n + 1) * len / TOOL_FRAGMENTS];
+    let piece = tool_fragment(n);
     let head = if n == 0 {
         format!(
             "\"id\":\"call_fake_1\",\"type\":\"function\",\"function\":{{\"name\":{},\"arguments\":{}}}",

@@ -16,6 +16,7 @@ mod failover;
 mod keys;
 mod metrics;
 mod openai_compat;
+mod provider_tools;
 mod providers;
 mod routing;
 mod tools;

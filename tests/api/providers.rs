@@ -11,12 +11,12 @@ use crate::fake_openai::{self, FakeOpenAi};
 use crate::helpers::*;
 
 /// One network provider of a test config: its name, kind and base URL.
-struct P<'a>(&'a str, &'a str, String);
+pub struct P<'a>(pub &'a str, pub &'a str, pub String);
 
 /// A config whose model `m` routes through `providers` in order (route model = `up-<name>`).
 /// Each provider gets one try, so a failure moves to the next route at once, and an
 /// `api_key_env` whose key the test sets with [`with_keys`].
-fn toml(providers: &[P<'_>]) -> String {
+pub fn toml(providers: &[P<'_>]) -> String {
     let mut toml = String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"unused\"\n");
     for P(name, kind, base_url) in providers {
         toml.push_str(&format!(
@@ -45,7 +45,7 @@ max_attempts = 1
 }
 
 /// Sets every provider's key to `key-<name>` (as if read from its variable).
-fn with_keys(s: &mut switchyard::settings::Settings) {
+pub fn with_keys(s: &mut switchyard::settings::Settings) {
     for p in &mut s.providers {
         p.api_key = Some(format!("key-{}", p.name));
     }
