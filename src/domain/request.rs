@@ -202,6 +202,13 @@ fn range(field: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiErr
     }
 }
 
+fn unanswered(at: usize, ids: &[&str]) -> ApiError {
+    ApiError::invalid(format!(
+        "messages[{at}].tool_calls: `{}` must be answered by tool messages right after it",
+        ids.join("`, `")
+    ))
+}
+
 impl SubmitBody {
     /// Checks everything that does not need the configuration (the model slug is checked
     /// against the routing table by the caller).
@@ -266,8 +273,8 @@ impl SubmitBody {
         Ok(())
     }
 
-    /// Tool calls only on assistant turns; every `tool` message answers a call made before it
-    /// (the providers reject a conversation where it does not); images only from the user.
+    /// Each message on its own: tool calls only from the assistant, images only from the user,
+    /// `tool_call_id` only (and always) on tool messages.
     fn validate_turns(&self) -> Result<(), ApiError> {
         for (i, m) in self.messages.iter().enumerate() {
             if !m.tool_calls.is_empty() && m.role != Role::Assistant {
@@ -295,26 +302,50 @@ impl SubmitBody {
             for (j, image) in m.images.iter().enumerate() {
                 image.check(&format!("messages[{i}].images[{j}]"))?;
             }
-            match (m.role, &m.tool_call_id) {
-                (Role::Tool, None) => {
+            match (m.role, m.tool_call_id.is_some()) {
+                (Role::Tool, false) => {
                     return Err(ApiError::invalid(format!(
                         "messages[{i}].tool_call_id: required on tool messages"
                     )))
                 }
-                (Role::Tool, Some(id)) if m.answered_function(&self.messages[..i]).is_none() => {
-                    return Err(ApiError::invalid(format!(
-                        "messages[{i}].tool_call_id: `{id}` answers no earlier assistant tool call"
-                    )))
-                }
-                (Role::Tool, _) | (_, None) => {}
-                (_, Some(_)) => {
+                (Role::Tool, true) | (_, false) => {}
+                (_, true) => {
                     return Err(ApiError::invalid(format!(
                         "messages[{i}].tool_call_id: only tool messages answer tool calls"
                     )))
                 }
             }
         }
-        Ok(())
+        self.validate_tool_pairing()
+    }
+
+    /// OpenAI's rule, which every provider enforces in its own way: the tool messages right
+    /// after an assistant turn answer each of its calls, once, before the conversation goes on.
+    fn validate_tool_pairing(&self) -> Result<(), ApiError> {
+        // The calls of the last assistant turn still waiting for a result, and that turn.
+        let mut open: Vec<&str> = Vec::new();
+        let mut asked_at = 0;
+        for (i, m) in self.messages.iter().enumerate() {
+            if let Some(id) = m.tool_call_id.as_deref() {
+                let Some(k) = open.iter().position(|o| *o == id) else {
+                    return Err(ApiError::invalid(format!(
+                        "messages[{i}].tool_call_id: `{id}` answers no open tool call of the \
+                         assistant message before it"
+                    )));
+                };
+                open.swap_remove(k);
+                continue;
+            }
+            if !open.is_empty() {
+                return Err(unanswered(asked_at, &open));
+            }
+            open = m.tool_calls.iter().map(|c| c.id.as_str()).collect();
+            asked_at = i;
+        }
+        match open.is_empty() {
+            true => Ok(()),
+            false => Err(unanswered(asked_at, &open)),
+        }
     }
 
     fn validate_metadata(&self) -> Result<(), ApiError> {
@@ -406,6 +437,53 @@ mod tests {
         assert_eq!(body(a.clone()).fingerprint(), b.fingerprint());
         a["messages"][0]["content"] = "other".into();
         assert_ne!(body(a).fingerprint(), b.fingerprint());
+    }
+
+    fn with_messages(messages: Value) -> Result<(), ApiError> {
+        let mut v = base();
+        v["messages"] = messages;
+        body(v).validate()
+    }
+
+    fn call(id: &str) -> Value {
+        serde_json::json!({"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}})
+    }
+
+    #[test]
+    fn every_tool_call_is_answered_right_after_it() {
+        let user = serde_json::json!({"role": "user", "content": "q"});
+        let asks = serde_json::json!({"role": "assistant", "content": null,
+            "tool_calls": [call("a"), call("b")]});
+        let answer =
+            |id: &str| serde_json::json!({"role": "tool", "tool_call_id": id, "content": "r"});
+        // Answered in any order, then the conversation goes on.
+        with_messages(serde_json::json!([
+            user,
+            asks,
+            answer("b"),
+            answer("a"),
+            user
+        ]))
+        .unwrap();
+        let err = |m: Value| with_messages(m).unwrap_err().body.message;
+        let missing = err(serde_json::json!([user, asks, answer("a"), user]));
+        assert!(
+            missing.starts_with("messages[1].tool_calls: `b`"),
+            "{missing}"
+        );
+        let at_end = err(serde_json::json!([user, asks, answer("a")]));
+        assert!(at_end.contains("`b` must be answered"), "{at_end}");
+        let twice = err(serde_json::json!([user, asks, answer("a"), answer("a")]));
+        assert!(twice.starts_with("messages[3].tool_call_id"), "{twice}");
+        let late = err(serde_json::json!([
+            user,
+            asks,
+            answer("a"),
+            answer("b"),
+            user,
+            answer("a")
+        ]));
+        assert!(late.starts_with("messages[5].tool_call_id"), "{late}");
     }
 
     #[test]

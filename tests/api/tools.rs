@@ -209,6 +209,14 @@ async fn malformed_tool_requests_are_refused_naming_the_field() {
             "messages[1].tool_call_id",
         ),
         (
+            json!([{"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": null, "tool_calls": [
+                       {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                   {"role": "user", "content": "never mind"}]),
+            json!({"tools": [weather_tool()]}),
+            "messages[1].tool_calls",
+        ),
+        (
             json!([{"role": "user", "content": "hi"}]),
             json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
             "tool_choice",
