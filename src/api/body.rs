@@ -27,6 +27,7 @@ pub async fn read_json<T: DeserializeOwned>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if announced.is_some_and(|n| n > limit) {
+        discard_rest(payload).await;
         return Err(too_large(limit));
     }
     let mut buf = BytesMut::with_capacity(announced.unwrap_or(1024).min(limit));
@@ -34,11 +35,32 @@ pub async fn read_json<T: DeserializeOwned>(
         let chunk =
             chunk.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
+            discard_rest(payload).await;
             return Err(too_large(limit));
         }
         buf.extend_from_slice(&chunk);
     }
     parse_json(&buf)
+}
+
+/// How much of a refused body is read and dropped, and for how long, before answering.
+const DISCARD_BYTES: usize = 64 * 1024 * 1024;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads what the client is still sending, within bounds, before the refusal goes out: a
+/// socket closed with unread bytes is reset, and a reset can destroy the 413 on its way to a
+/// client that is still writing. Past the bounds the connection is simply dropped.
+async fn discard_rest(mut payload: web::Payload) {
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = payload.next().await {
+            seen += chunk.len();
+            if seen > DISCARD_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
