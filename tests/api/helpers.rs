@@ -346,3 +346,23 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The tool calls carried by an event log's chunks, in order.
+pub fn tool_calls_in(events: &[SseEvent]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e.event == "chunk")
+        .filter_map(|e| e.data["tool_calls"].as_array())
+        .flatten()
+        .collect()
+}
+
+/// Checks an OpenAI-shaped error answer's status; returns its message.
+pub async fn openai_error_message(res: reqwest::Response, status: u16) -> String {
+    assert_eq!(res.status().as_u16(), status);
+    let error: Value = res.json().await.unwrap();
+    error["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {error}"))
+        .to_string()
+}

@@ -341,25 +341,10 @@ async fn image_parts_go_to_vision_routes_only_and_arrive_as_content_parts() {
         &json!({"model": "chat-default", "messages": body["messages"]}),
     )
     .await;
-    assert_eq!(res.status(), 400);
-    let error: Value = res.json().await.unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("vision"),
-        "{error}"
-    );
+    let message = openai_error_message(res, 400).await;
+    assert!(message.contains("vision"), "{message}");
     let mut bad = body.clone();
     bad["messages"][0]["content"][1]["image_url"]["url"] = json!("file:///etc/passwd");
-    let res = post(&app, &bad).await;
-    assert_eq!(res.status(), 400);
-    let error: Value = res.json().await.unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("images[0].url"),
-        "{error}"
-    );
+    let message = openai_error_message(post(&app, &bad).await, 400).await;
+    assert!(message.contains("images[0].url"), "{message}");
 }

@@ -133,12 +133,7 @@ async fn a_stream_cut_halfway_through_a_call_fails_over_and_the_call_comes_once(
     let id = sub["id"].as_str().unwrap();
     let events = app.sse_all(ADMIN_KEY, id, None).await;
     assert_gapless(&events, 1);
-    let calls: Vec<&Value> = events
-        .iter()
-        .filter(|e| e.event == "chunk")
-        .filter_map(|e| e.data["tool_calls"].as_array())
-        .flatten()
-        .collect();
+    let calls = tool_calls_in(&events);
     assert_eq!(calls.len(), 1, "{events:?}");
     assert_eq!(calls[0]["function"]["arguments"], TOOL_ARGUMENTS);
     let failovers: Vec<_> = events.iter().filter(|e| e.event == "failover").collect();
@@ -275,15 +270,7 @@ async fn routes_without_tools_are_skipped_and_none_left_is_a_clear_400() {
         r#"{ provider = "fake0", model = "up-0", tools = false }"#,
     );
     let app = spawn_app_with(&only_plain, |_| {}).await;
-    let res = compat(&app, &asking(false)).await;
-    assert_eq!(res.status(), 400);
-    let error: Value = res.json().await.unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("tools"),
-        "{error}"
-    );
+    let message = openai_error_message(compat(&app, &asking(false)).await, 400).await;
+    assert!(message.contains("tools"), "{message}");
     assert_eq!(plain.request_count(), 0);
 }
