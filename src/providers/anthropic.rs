@@ -1,6 +1,6 @@
-//! The Anthropic Messages wire format: the system prompt apart, alternating turns of text and
-//! tool blocks, native prefill for continuations, and the `message_start` … `message_stop`
-//! stream.
+//! The Anthropic Messages wire format: the system prompt apart, alternating turns of text,
+//! image and tool blocks, native prefill for continuations, and the `message_start` …
+//! `message_stop` stream.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::sse::{self, Parsed};
 use super::turns::{conversation, stop_sequences, Part, Speaker, Turn};
 use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
+use crate::domain::request::Image;
 use crate::domain::tools::{Tool, ToolChoice, ToolMode};
 use crate::domain::{Params, ToolCallDelta, Usage};
 use crate::error::ErrorCode;
@@ -122,6 +123,7 @@ fn message(turn: &Turn<'_>) -> Value {
 fn block(part: &Part<'_>) -> Value {
     match part {
         Part::Text(text) => json!({"type": "text", "text": text}),
+        Part::Image(image) => json!({"type": "image", "source": image_source(image)}),
         Part::Call(call) => json!({"type": "tool_use", "id": call.id,
             "name": call.function.name, "input": call.arguments_object()}),
         Part::Result {
@@ -132,6 +134,17 @@ fn block(part: &Part<'_>) -> Value {
         Part::Result {
             call_id, content, ..
         } => json!({"type": "tool_result", "tool_use_id": call_id, "content": content}),
+    }
+}
+
+/// Where an image block's bytes come from: inline base64 for a data URL, else the URL, which
+/// Anthropic fetches itself.
+fn image_source(image: &Image) -> Value {
+    match image.inline() {
+        Some((media_type, data)) => {
+            json!({"type": "base64", "media_type": media_type, "data": data})
+        }
+        None => json!({"type": "url", "url": image.url}),
     }
 }
 
@@ -683,6 +696,33 @@ mod tests {
         ));
         assert!(!p.trimmed_prefill);
         assert_eq!(p.body["messages"][1]["content"][0]["text"], "Hello wor");
+    }
+
+    #[test]
+    fn images_become_base64_or_url_blocks_before_the_text() {
+        let user = Message {
+            images: vec![
+                Image {
+                    url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                    detail: Some("high".into()),
+                },
+                Image {
+                    url: "https://example.test/cat.jpg".into(),
+                    detail: None,
+                },
+            ],
+            ..Message::new(Role::User, "Which is the cat?")
+        };
+        let p = request_body(&req(vec![user], Params::default()));
+        assert_eq!(
+            p.body["messages"],
+            json!([{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.test/cat.jpg"}},
+                {"type": "text", "text": "Which is the cat?"},
+            ]}])
+        );
     }
 
     fn weather_call(id: &str, arguments: &str) -> ToolCall {

@@ -1,6 +1,6 @@
-//! The Gemini `streamGenerateContent?alt=sse` wire format: `user`/`model` turns of text and
-//! function parts, `systemInstruction`, `generationConfig`, `tools`/`toolConfig`, and a stream
-//! of `GenerateContentResponse` chunks that ends at the end of the body.
+//! The Gemini `streamGenerateContent?alt=sse` wire format: `user`/`model` turns of text,
+//! image and function parts, `systemInstruction`, `generationConfig`, `tools`/`toolConfig`,
+//! and a stream of `GenerateContentResponse` chunks that ends at the end of the body.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::sse::{self, Parsed};
 use super::turns::{conversation, stop_sequences, Part, Speaker, Turn};
 use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
+use crate::domain::request::Image;
 use crate::domain::tools::{Tool, ToolChoice, ToolMode};
 use crate::domain::{ToolCallDelta, Usage};
 use crate::error::ErrorCode;
@@ -125,11 +126,21 @@ fn content(turn: &Turn<'_>) -> Value {
 fn part(part: &Part<'_>) -> Value {
     match part {
         Part::Text(text) => json!({"text": text}),
+        Part::Image(image) => image_part(image),
         Part::Call(call) => json!({"functionCall": {
             "name": call.function.name, "args": call.arguments_object()}}),
         Part::Result {
             function, content, ..
         } => json!({"functionResponse": {"name": function, "response": response(content)}}),
+    }
+}
+
+/// An image: inline data for a data URL, else a `fileData` part that names the URL (Gemini
+/// needs the media type either way).
+fn image_part(image: &Image) -> Value {
+    match image.inline() {
+        Some((mime_type, data)) => json!({"inlineData": {"mimeType": mime_type, "data": data}}),
+        None => json!({"fileData": {"mimeType": image.media_type(), "fileUri": image.url}}),
     }
 }
 
@@ -574,6 +585,37 @@ mod tests {
         assert_eq!(
             request_body(&bare),
             json!({"contents": [{"role": "user", "parts": [{"text": "a"}]}]})
+        );
+    }
+
+    #[test]
+    fn images_become_inline_data_or_file_data_parts_before_the_text() {
+        let user = Message {
+            images: vec![
+                Image {
+                    url: "data:image/webp;base64,UklGRg==".into(),
+                    detail: Some("low".into()),
+                },
+                Image {
+                    url: "https://example.test/cat.PNG?size=2".into(),
+                    detail: None,
+                },
+            ],
+            ..Message::new(Role::User, "Which is the cat?")
+        };
+        let req = UpstreamRequest {
+            model: "gemini-x".into(),
+            messages: vec![user],
+            params: Params::default(),
+        };
+        assert_eq!(
+            request_body(&req)["contents"],
+            json!([{"role": "user", "parts": [
+                {"inlineData": {"mimeType": "image/webp", "data": "UklGRg=="}},
+                {"fileData": {"mimeType": "image/png",
+                              "fileUri": "https://example.test/cat.PNG?size=2"}},
+                {"text": "Which is the cat?"},
+            ]}])
         );
     }
 

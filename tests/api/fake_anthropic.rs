@@ -6,7 +6,8 @@
 //! `message_delta`, `message_stop`) and refuses, as the real API does, requests without
 //! `anthropic-version` or `max_tokens`, with a `system` role among the messages, with turns
 //! that do not alternate starting with `user`, or with a final assistant message that ends in
-//! whitespace. A final assistant message that is a chunk-aligned prefix (its trailing space
+//! whitespace, or with an `image` block that is not a user's base64 (JPEG, PNG, GIF or WebP)
+//! or URL image. A final assistant message that is a chunk-aligned prefix (its trailing space
 //! trimmed) is a prefill: the answer continues after it, starting with the space a model
 //! would write.
 //!
@@ -177,8 +178,8 @@ fn tool_to_call(body: &Value) -> Option<String> {
         .map(|t| str_field(t, "name").to_string())
 }
 
-/// A block well formed for its role: tool calls only from the assistant, results only from
-/// the user, ids as the API requires them.
+/// A block well formed for its role: tool calls only from the assistant, results and images
+/// only from the user, ids and image sources as the API requires them.
 fn block_fits(block: &Value, role: &str) -> bool {
     let id_ok = |id: &str| {
         !id.is_empty()
@@ -193,11 +194,30 @@ fn block_fits(block: &Value, role: &str) -> bool {
                 && !str_field(block, "name").is_empty()
                 && block.get("input").is_some_and(Value::is_object)
         }
+        ("image", "user") => block.get("source").is_some_and(image_source_fits),
         ("tool_result", "user") => {
             id_ok(str_field(block, "tool_use_id"))
                 && block
                     .get("content")
                     .is_none_or(|c| c.is_string() || c.is_array())
+        }
+        _ => false,
+    }
+}
+
+/// An image block's `source` as the API takes it: base64 data of one of its four media types,
+/// or an http(s) URL.
+fn image_source_fits(source: &Value) -> bool {
+    match str_field(source, "type") {
+        "base64" => {
+            matches!(
+                str_field(source, "media_type"),
+                "image/jpeg" | "image/png" | "image/gif" | "image/webp"
+            ) && !str_field(source, "data").is_empty()
+        }
+        "url" => {
+            let url = str_field(source, "url");
+            url.starts_with("https://") || url.starts_with("http://")
         }
         _ => false,
     }

@@ -12,8 +12,9 @@
 //! instead: the first of `allowedFunctionNames`, else the first declared, in one chunk with a
 //! whole `functionCall` part whose `args` are [`crate::fake_openai::TOOL_ARGUMENTS`], then a
 //! chunk with `finishReason: STOP`, as Gemini ends a turn that calls functions. Like the real
-//! API it refuses malformed parts, function calls outside `model` turns and responses outside
-//! `user` turns, and a function-call turn not answered by as many responses in the next turn.
+//! API it refuses malformed parts (image parts included), function calls outside `model` turns
+//! and responses outside `user` turns, and a function-call turn not answered by as many
+//! responses in the next turn.
 #![allow(dead_code)]
 
 use std::io;
@@ -192,27 +193,44 @@ fn tool_to_call(body: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A part with exactly one kind of data, allowed in its role.
+/// The keys of `Part`'s data union: a part carries exactly one of them.
+const PART_DATA: &[&str] = &[
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+];
+
+/// A part with exactly one kind of data, allowed in its role and well formed.
 fn part_fits(part: &Value, role: &str) -> bool {
     let is_str = |v: &Value, key: &str| {
         v.get(key)
             .is_some_and(|s| s.as_str().is_some_and(|s| !s.is_empty()))
     };
-    match (
-        part.get("text"),
-        part.get("functionCall"),
-        part.get("functionResponse"),
-    ) {
-        (Some(text), None, None) => text.as_str().is_some_and(|t| !t.is_empty()),
-        (None, Some(call), None) => {
-            role == "model" && is_str(call, "name") && call.get("args").is_none_or(Value::is_object)
-        }
-        (None, None, Some(response)) => {
+    let mut kinds = PART_DATA.iter().filter(|k| part.get(**k).is_some());
+    let (Some(&kind), None) = (kinds.next(), kinds.next()) else {
+        return false;
+    };
+    let data = &part[kind];
+    match kind {
+        "text" => data.as_str().is_some_and(|t| !t.is_empty()),
+        "inlineData" => {
             role == "user"
-                && is_str(response, "name")
-                && response.get("response").is_some_and(Value::is_object)
+                && data["mimeType"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("image/"))
+                && is_str(data, "data")
         }
-        _ => false,
+        "fileData" => role == "user" && is_str(data, "mimeType") && is_str(data, "fileUri"),
+        "functionCall" => {
+            role == "model" && is_str(data, "name") && data.get("args").is_none_or(Value::is_object)
+        }
+        _ => {
+            role == "user"
+                && is_str(data, "name")
+                && data.get("response").is_some_and(Value::is_object)
+        }
     }
 }
 

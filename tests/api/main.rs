@@ -17,6 +17,7 @@ mod keys;
 mod metrics;
 mod openai_compat;
 mod provider_tools;
+mod provider_vision;
 mod providers;
 mod routing;
 mod tools;
