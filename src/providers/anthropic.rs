@@ -101,6 +101,11 @@ pub fn request_body(req: &UpstreamRequest) -> Prepared {
         if let Some(choice) = tool_choice(p) {
             body["tool_choice"] = choice;
         }
+    } else if let Some(declared) = history_tools(&turns) {
+        // Anthropic refuses tool blocks in a request that defines no tools (OpenAI does not):
+        // the functions of the history are declared, and `none` keeps the model from calling.
+        body["tools"] = declared;
+        body["tool_choice"] = json!({"type": "none"});
     }
     Prepared {
         body,
@@ -161,6 +166,27 @@ fn tool(t: &Tool) -> Value {
         tool["description"] = description.as_str().into();
     }
     tool
+}
+
+/// The functions the conversation's calls and results name, in order of first mention, each
+/// declared with the loosest schema Anthropic takes; `None` without tool turns.
+fn history_tools(turns: &[Turn<'_>]) -> Option<Value> {
+    let mut names: Vec<&str> = Vec::new();
+    for part in turns.iter().flat_map(|t| &t.parts) {
+        let name = match part {
+            Part::Call(call) => call.function.name.as_str(),
+            Part::Result { function, .. } => function,
+            Part::Text(_) | Part::Image(_) => continue,
+        };
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let declared: Vec<Value> = names
+        .into_iter()
+        .map(|name| json!({"name": name, "input_schema": {"type": "object"}}))
+        .collect();
+    (!declared.is_empty()).then(|| declared.into())
 }
 
 /// `tool_choice` in Anthropic's words; `parallel_tool_calls: false` rides on it as
@@ -837,6 +863,32 @@ mod tests {
             },
         ));
         assert!(p.body.get("tools").is_none() && p.body.get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn tool_history_without_tools_declares_its_functions_and_calls_none() {
+        let messages = vec![
+            Message::new(Role::User, "Weather in Oslo?"),
+            Message {
+                tool_calls: vec![weather_call("call_1", r#"{"city":"Oslo"}"#)],
+                ..Message::new(Role::Assistant, "")
+            },
+            Message {
+                tool_call_id: Some("call_1".into()),
+                ..Message::new(Role::Tool, "3 degrees")
+            },
+            Message::new(Role::User, "Thanks, and now a poem."),
+        ];
+        let p = request_body(&req(messages.clone(), Params::default()));
+        assert_eq!(
+            p.body["tools"],
+            json!([{"name": "get_weather", "input_schema": {"type": "object"}}])
+        );
+        assert_eq!(p.body["tool_choice"], json!({"type": "none"}));
+        // Offered tools are sent as they are, history or not.
+        let p = request_body(&req(messages, tools_params(None, None)));
+        assert_eq!(p.body["tools"].as_array().unwrap().len(), 2);
+        assert!(p.body.get("tool_choice").is_none());
     }
 
     const TOOL_STREAM: &str = concat!(

@@ -14,9 +14,10 @@
 //! Offered `tools` (and not answering a tool result), it calls one instead, as a `tool_use`
 //! block: the one named by `tool_choice`, else the first, with the arguments of
 //! [`crate::fake_openai::TOOL_ARGUMENTS`] streamed in [`TOOL_FRAGMENTS`] `input_json_delta`
-//! fragments (each counts as a delta for the faults), then `stop_reason: tool_use`. Like the real API it refuses tool blocks in the wrong role, and a
-//! `tool_use` not answered by a `tool_result` at the start of the next message (or the
-//! reverse).
+//! fragments (each counts as a delta for the faults), then `stop_reason: tool_use`. Like the
+//! real API it refuses tool blocks in the wrong role, tool blocks in a request that defines no
+//! `tools`, and a `tool_use` not answered by a `tool_result` at the start of the next message
+//! (or the reverse).
 #![allow(dead_code)]
 
 use std::io;
@@ -262,6 +263,19 @@ fn unpaired(i: usize, previous: &[Value], blocks: &[Value]) -> Option<String> {
     ))
 }
 
+fn uses_tool_blocks(messages: &[Value]) -> bool {
+    messages
+        .iter()
+        .flat_map(|m| blocks(m).unwrap_or_default())
+        .any(|b| matches!(block_type(&b), "tool_use" | "tool_result"))
+}
+
+fn defines_tools(body: &Value) -> bool {
+    body.get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+}
+
 /// The 400s the real API gives a malformed request (its wording, where known).
 fn invalid(req: &Request, body: &Value) -> Option<String> {
     if req.header("anthropic-version").is_none() {
@@ -321,6 +335,11 @@ fn invalid(req: &Request, body: &Value) -> Option<String> {
             return Some(e);
         }
         previous_blocks = blocks;
+    }
+    if uses_tool_blocks(messages) && !defines_tools(body) {
+        return Some(
+            "Requests which include `tool_use` or `tool_result` blocks must define tools.".into(),
+        );
     }
     let last = messages.last().expect("not empty");
     let trailing_ws = content_text(last).is_some_and(|t| t.ends_with(char::is_whitespace));

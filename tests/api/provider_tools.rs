@@ -196,6 +196,68 @@ async fn an_anthropic_round_trip_sends_tool_use_then_tool_result_before_the_text
 }
 
 #[actix_web::test]
+async fn an_anthropic_follow_up_without_tools_declares_the_history_functions_with_choice_none() {
+    let fake = FakeAnthropic::start().await.with_words(4);
+    let app = anthropic_app(&fake).await;
+    let res = app
+        .post(
+            "/v1/chat/completions",
+            ADMIN_KEY,
+            &compat_asking(false, json!("required")),
+        )
+        .await;
+    let first: Value = res.json().await.unwrap();
+    let call = &first["choices"][0]["message"]["tool_calls"][0];
+
+    let follow_up = json!({"model": "m", "messages": answered(call, "3 degrees")});
+    let res = app
+        .post("/v1/chat/completions", ADMIN_KEY, &follow_up)
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let second: Value = res.json().await.unwrap();
+    assert_eq!(second["choices"][0]["finish_reason"], "stop");
+    assert_eq!(second["choices"][0]["message"]["content"], fake.full_text());
+    let sent = fake.request(1);
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "get_weather", "input_schema": {"type": "object"}}])
+    );
+    assert_eq!(sent["tool_choice"], json!({"type": "none"}));
+}
+
+#[actix_web::test]
+async fn the_fake_anthropic_refuses_tool_blocks_without_tools_as_the_api_does() {
+    let fake = FakeAnthropic::start().await;
+    let mut body = json!({"model": "claude-x", "max_tokens": 64, "stream": true,
+    "messages": [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+            "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+            "content": "3 degrees"}]},
+    ]});
+    let post = |body: Value| {
+        reqwest::Client::new()
+            .post(format!("{}/messages", fake.base_url()))
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+    };
+    let res = post(body.clone()).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let error: Value = res.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("must define tools"));
+
+    body["tools"] = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
+    body["tool_choice"] = json!({"type": "none"});
+    assert_eq!(post(body).await.unwrap().status(), 200);
+}
+
+#[actix_web::test]
 async fn a_gemini_round_trip_sends_function_call_then_function_response_parts() {
     let fake = FakeGemini::start().await.with_words(4);
     let app = gemini_app(&fake).await;
