@@ -29,6 +29,11 @@ const FILTER_FINISH_REASONS: &[&str] = &[
     "IMAGE_SAFETY",
 ];
 
+/// Finish reasons that mean the model produced a call that cannot be used (its arguments
+/// unparsable, or a call the request did not allow): the answer fails with `provider_error`,
+/// so routing moves on, instead of completing with no usable call.
+const UNUSABLE_CALL_FINISH_REASONS: &[&str] = &["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"];
+
 pub struct Gemini {
     base: String,
     api_key: Option<String>,
@@ -358,7 +363,7 @@ impl ChunkParser {
 }
 
 /// Why a chunk ends the stream instead of answering: an error, a blocked prompt, or an answer
-/// stopped by a filter.
+/// that finished as a failure.
 fn refusal(chunk: &Chunk) -> Option<ProviderError> {
     if let Some(err) = &chunk.error {
         return Some(in_stream_error(err));
@@ -374,10 +379,23 @@ fn refusal(chunk: &Chunk) -> Option<ProviderError> {
         ));
     }
     let finish = chunk.candidates.first()?.finish_reason.as_deref()?;
-    FILTER_FINISH_REASONS.contains(&finish).then(|| {
-        ProviderError::new(
+    failed_finish(finish)
+}
+
+/// A finish reason that fails the answer: a filter stopped it, or its tool call is unusable.
+/// The latter is `provider_error` (not retryable: the route fails and the next one is asked)
+/// rather than `stream_interrupted`, since the stream itself ended properly.
+fn failed_finish(finish: &str) -> Option<ProviderError> {
+    if FILTER_FINISH_REASONS.contains(&finish) {
+        return Some(ProviderError::new(
             ErrorCode::ContentFiltered,
             format!("the provider stopped the answer (finishReason {finish})"),
+        ));
+    }
+    UNUSABLE_CALL_FINISH_REASONS.contains(&finish).then(|| {
+        ProviderError::new(
+            ErrorCode::ProviderError,
+            format!("the model produced an unusable tool call (finishReason {finish})"),
         )
     })
 }
@@ -519,6 +537,21 @@ mod tests {
             items[0].as_ref().unwrap_err().code,
             ErrorCode::ContentFiltered
         );
+    }
+
+    #[test]
+    fn an_unusable_call_fails_the_stream_with_provider_error() {
+        for reason in ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"] {
+            let items = run(&format!(
+                "{}data: {{\"candidates\": [{{\"finishReason\": \"{reason}\", \"index\": 0}}]}}\n\n",
+                chunk("Checking.", None, 1)
+            ));
+            assert_eq!(text(&items), "Checking.");
+            let err = items.last().unwrap().as_ref().unwrap_err();
+            assert_eq!(err.code, ErrorCode::ProviderError);
+            assert!(!err.is_retryable());
+            assert!(err.message.contains(reason), "{}", err.message);
+        }
     }
 
     #[test]
