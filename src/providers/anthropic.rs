@@ -407,7 +407,7 @@ impl EventParser {
                     index,
                     id: Some(id),
                     name: Some(name),
-                    arguments: String::new(),
+                    ..ToolCallDelta::default()
                 })
             }
             Event::ContentBlockDelta {
@@ -759,6 +759,7 @@ mod tests {
                 name: "get_weather".into(),
                 arguments: arguments.into(),
             },
+            extra_content: None,
         }
     }
 

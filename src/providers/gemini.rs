@@ -34,6 +34,11 @@ const FILTER_FINISH_REASONS: &[&str] = &[
 /// so routing moves on, instead of completing with no usable call.
 const UNUSABLE_CALL_FINISH_REASONS: &[&str] = &["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"];
 
+/// The signature Gemini's docs name for a call it did not sign (made on another route, or
+/// whose signature a client dropped): it tells Gemini 3 to skip the check that would refuse
+/// the turn.
+const DUMMY_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
+
 pub struct Gemini {
     base: String,
     api_key: Option<String>,
@@ -122,18 +127,38 @@ fn content(turn: &Turn<'_>) -> Value {
         Speaker::User => "user",
         Speaker::Assistant => "model",
     };
-    let parts: Vec<Value> = turn.parts.iter().map(part).collect();
+    let mut parts: Vec<Value> = turn.parts.iter().map(part).collect();
+    if let Some(first) = unsigned_first_call(turn) {
+        parts[first]["thoughtSignature"] = DUMMY_THOUGHT_SIGNATURE.into();
+    }
     json!({"role": role, "parts": parts})
 }
 
-/// One part. Gemini's calls carry `args` as an object and its results a `response` object
-/// named by function, not by call id.
+/// Where a turn's calls need the dummy signature: at its first call, when none of its calls
+/// carries a signature. Gemini 3 refuses a step whose first call is unsigned; Gemini signs only
+/// the first of parallel calls, so a turn with any signature is sent as it came.
+fn unsigned_first_call(turn: &Turn<'_>) -> Option<usize> {
+    let signed = |p: &Part<'_>| matches!(p, Part::Call(c) if c.thought_signature().is_some());
+    if turn.parts.iter().any(signed) {
+        return None;
+    }
+    turn.parts.iter().position(|p| matches!(p, Part::Call(_)))
+}
+
+/// One part. A call goes back with the thought signature it came with; Gemini's calls carry
+/// `args` as an object and its results a `response` object named by function, not by call id.
 fn part(part: &Part<'_>) -> Value {
     match part {
         Part::Text(text) => json!({"text": text}),
         Part::Image(image) => image_part(image),
-        Part::Call(call) => json!({"functionCall": {
-            "name": call.function.name, "args": call.arguments_object()}}),
+        Part::Call(call) => {
+            let mut part = json!({"functionCall": {
+                "name": call.function.name, "args": call.arguments_object()}});
+            if let Some(signature) = call.thought_signature() {
+                part["thoughtSignature"] = signature.into();
+            }
+            part
+        }
         Part::Result {
             function, content, ..
         } => json!({"functionResponse": {"name": function, "response": response(content)}}),
@@ -275,6 +300,9 @@ struct WirePart {
     thought: bool,
     #[serde(default)]
     function_call: Option<WireCall>,
+    /// Set on a call's part by thinking models; it must go back on the same part.
+    #[serde(default)]
+    thought_signature: Option<String>,
 }
 
 /// A call arrives whole, in one part; `id` only where the API assigns one.
@@ -333,7 +361,9 @@ impl ChunkParser {
         for part in parts.into_iter().flatten().filter(|p| !p.thought) {
             text.extend(part.text);
             if let Some(call) = part.function_call {
-                delta.tool_calls.push(self.call(call));
+                delta
+                    .tool_calls
+                    .push(self.call(call, part.thought_signature));
             }
         }
         delta.text = Some(text).filter(|t| !t.is_empty());
@@ -349,7 +379,7 @@ impl ChunkParser {
 
     /// A whole call as one fragment. Without an id from Gemini the execution names it, unique
     /// across the conversation (a per-stream counter would repeat in the next turn).
-    fn call(&mut self, call: WireCall) -> ToolCallDelta {
+    fn call(&mut self, call: WireCall, thought_signature: Option<String>) -> ToolCallDelta {
         let index = self.calls;
         self.calls += 1;
         let args = call.args.unwrap_or_else(|| json!({}));
@@ -358,6 +388,7 @@ impl ChunkParser {
             id: call.id.filter(|id| !id.is_empty()),
             name: Some(call.name),
             arguments: args.to_string(),
+            thought_signature,
         }
     }
 }
@@ -438,7 +469,7 @@ fn finish_reason(reason: String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::tools::{FunctionCall, ToolKind};
+    use crate::domain::tools::{ExtraContent, FunctionCall, ToolKind};
     use crate::domain::{Message, Params, Role, ToolCall};
 
     fn run(body: &str) -> Vec<Result<StreamItem, ProviderError>> {
@@ -661,6 +692,7 @@ mod tests {
                 name: name.into(),
                 arguments: arguments.into(),
             },
+            extra_content: None,
         };
         let result = |id: &str, content: &str| Message {
             tool_call_id: Some(id.into()),
@@ -703,7 +735,8 @@ mod tests {
                 "contents": [
                     {"role": "user", "parts": [{"text": "Weather in Oslo? And the time?"}]},
                     {"role": "model", "parts": [
-                        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+                        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}},
+                         "thoughtSignature": "skip_thought_signature_validator"},
                         {"functionCall": {"name": "now", "args": {}}},
                     ]},
                     {"role": "user", "parts": [
@@ -754,11 +787,15 @@ mod tests {
             id: id.map(str::to_string),
             name: Some(name.into()),
             arguments: arguments.into(),
+            thought_signature: None,
         };
         assert_eq!(
             last.tool_calls,
             [
-                fragment(0, None, "get_weather", r#"{"city":"Oslo"}"#),
+                ToolCallDelta {
+                    thought_signature: Some("c2ln".into()),
+                    ..fragment(0, None, "get_weather", r#"{"city":"Oslo"}"#)
+                },
                 fragment(1, None, "now", "{}"),
                 fragment(2, Some("fc_7"), "get_weather", r#"{"city":"Rome"}"#),
             ]
@@ -770,6 +807,56 @@ mod tests {
             Ok(StreamItem::Delta(d)) => assert_eq!(d.finish_reason.as_deref(), Some("stop")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn signed_calls_go_back_with_their_signature_and_unsigned_turns_get_the_dummy() {
+        let call = |id: &str, signature: Option<&str>| ToolCall {
+            id: id.into(),
+            kind: ToolKind::Function,
+            function: FunctionCall {
+                name: "now".into(),
+                arguments: "{}".into(),
+            },
+            extra_content: signature.map(|s| ExtraContent::thought_signature(s.into())),
+        };
+        let step = |calls: Vec<ToolCall>| {
+            let answers = calls.iter().map(|c| Message {
+                tool_call_id: Some(c.id.clone()),
+                ..Message::new(Role::Tool, "12:00")
+            });
+            let asking = Message {
+                tool_calls: calls.clone(),
+                ..Message::new(Role::Assistant, "")
+            };
+            std::iter::once(asking).chain(answers).collect::<Vec<_>>()
+        };
+        let mut messages = vec![Message::new(Role::User, "Time?")];
+        // Gemini's parallel calls: only the first is signed.
+        messages.extend(step(vec![call("a", Some("c2ln")), call("b", None)]));
+        // Calls another route made.
+        messages.extend(step(vec![call("c", None), call("d", None)]));
+        let req = UpstreamRequest {
+            model: "gemini-x".into(),
+            messages,
+            params: Params::default(),
+        };
+        let contents = request_body(&req)["contents"].clone();
+        let signatures = |turn: usize| -> Vec<Value> {
+            contents[turn]["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["thoughtSignature"].clone())
+                .collect()
+        };
+        assert_eq!(signatures(1), [json!("c2ln"), Value::Null]);
+        assert_eq!(signatures(3), [json!(DUMMY_THOUGHT_SIGNATURE), Value::Null]);
+        assert_eq!(
+            signatures(2),
+            [Value::Null, Value::Null],
+            "results carry none"
+        );
     }
 
     #[test]

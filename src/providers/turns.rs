@@ -166,6 +166,7 @@ mod tests {
                 name: name.into(),
                 arguments: "{}".into(),
             },
+            extra_content: None,
         }
     }
 

@@ -16,6 +16,7 @@ mod failover;
 mod keys;
 mod metrics;
 mod openai_compat;
+mod provider_signatures;
 mod provider_tools;
 mod provider_vision;
 mod providers;

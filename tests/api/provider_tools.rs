@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::fake_anthropic::{self, FakeAnthropic};
-use crate::fake_gemini::FakeGemini;
+use crate::fake_gemini::{FakeGemini, THOUGHT_SIGNATURE};
 use crate::fake_openai::TOOL_ARGUMENTS;
 use crate::helpers::*;
 use crate::providers::{toml, with_keys, P};
@@ -26,7 +26,7 @@ fn time_tool() -> Value {
     json!({"type": "function", "function": {"name": "get_time"}})
 }
 
-const QUESTION: &str = "Weather in Oslo?";
+pub const QUESTION: &str = "Weather in Oslo?";
 
 async fn anthropic_app(fake: &FakeAnthropic) -> TestApp {
     spawn_app_with(&toml(&[P("an", "anthropic", fake.base_url())]), with_keys).await
@@ -37,7 +37,7 @@ async fn gemini_app(fake: &FakeGemini) -> TestApp {
 }
 
 /// A compat request on model `m` offering both tools.
-fn compat_asking(stream: bool, tool_choice: Value) -> Value {
+pub fn compat_asking(stream: bool, tool_choice: Value) -> Value {
     json!({"model": "m", "stream": stream, "tools": [weather_tool(), time_tool()],
            "tool_choice": tool_choice, "messages": [{"role": "user", "content": QUESTION}]})
 }
@@ -49,7 +49,7 @@ fn submit_asking(key: &str, messages: Value, tool_choice: Value) -> Value {
 }
 
 /// Every `data:` payload of a compat stream, without `[DONE]`.
-async fn stream_payloads(res: reqwest::Response) -> Vec<Value> {
+pub async fn stream_payloads(res: reqwest::Response) -> Vec<Value> {
     let mut out = Vec::new();
     let mut events = res.bytes_stream().eventsource();
     while let Some(Ok(ev)) = events.next().await {
@@ -289,7 +289,8 @@ async fn a_gemini_round_trip_sends_function_call_then_function_response_parts() 
             json!([
                 {"role": "user", "parts": [{"text": QUESTION}]},
                 {"role": "model", "parts": [{"functionCall": {"name": "get_weather",
-                    "args": {"city": "Oslo", "unit": "celsius"}}}]},
+                    "args": {"city": "Oslo", "unit": "celsius"}},
+                    "thoughtSignature": THOUGHT_SIGNATURE}]},
                 {"role": "user", "parts": [
                     {"functionResponse": {"name": "get_weather", "response": response}},
                     {"text": "In celsius, please."},
