@@ -82,6 +82,35 @@ pub struct ToolCall {
     #[serde(rename = "type", default)]
     pub kind: ToolKind,
     pub function: FunctionCall,
+    /// Provider data the call must take back upstream with it, in the shape Google's own
+    /// OpenAI-compatible endpoint uses; clients return it on the assistant message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_content: Option<ExtraContent>,
+}
+
+/// `extra_content` of a call. Not `deny_unknown_fields`: it is vendor data, and a namespace
+/// Switchyard does not know is dropped rather than refusing a client that echoes it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExtraContent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub google: Option<GoogleExtra>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoogleExtra {
+    /// Gemini's `thoughtSignature` of the call: Gemini 3 refuses a history that lacks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thought_signature: Option<String>,
+}
+
+impl ExtraContent {
+    pub fn thought_signature(signature: String) -> ExtraContent {
+        ExtraContent {
+            google: Some(GoogleExtra {
+                thought_signature: Some(signature),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +121,12 @@ pub struct FunctionCall {
 }
 
 impl ToolCall {
+    /// The Gemini thought signature the call carries, if any.
+    pub fn thought_signature(&self) -> Option<&str> {
+        let google = self.extra_content.as_ref()?.google.as_ref()?;
+        google.thought_signature.as_deref()
+    }
+
     /// The arguments parsed, or an empty object when they are not valid JSON (formats that
     /// want an object, such as Anthropic's `input`, get one either way).
     pub fn arguments_object(&self) -> Value {
@@ -110,6 +145,8 @@ pub struct ToolCallDelta {
     pub id: Option<String>,
     pub name: Option<String>,
     pub arguments: String,
+    /// Gemini's `thoughtSignature` on the call's part.
+    pub thought_signature: Option<String>,
 }
 
 /// Builds whole calls from fragments, in order of first appearance.
@@ -130,6 +167,7 @@ impl ToolCallAssembly {
                         name: String::new(),
                         arguments: String::new(),
                     },
+                    extra_content: None,
                 };
                 self.calls.push((delta.index, call));
                 self.calls.len() - 1
@@ -143,6 +181,9 @@ impl ToolCallAssembly {
             call.function.name = name;
         }
         call.function.arguments.push_str(&delta.arguments);
+        if let Some(signature) = delta.thought_signature.filter(|s| !s.is_empty()) {
+            call.extra_content = Some(ExtraContent::thought_signature(signature));
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -232,6 +273,7 @@ mod tests {
             id: id.map(str::to_string),
             name: name.map(str::to_string),
             arguments: args.to_string(),
+            thought_signature: None,
         }
     }
 
@@ -250,6 +292,25 @@ mod tests {
         assert_eq!(calls[1].id, "call_x_1", "a call without an id gets one");
         assert_eq!(calls[1].function.arguments, "{\"city\":\"Oslo\"}");
         assert_eq!(calls[1].arguments_object()["city"], "Oslo");
+        assert!(calls.iter().all(|c| c.extra_content.is_none()));
+    }
+
+    #[test]
+    fn a_thought_signature_is_kept_and_serialized_as_googles_extra_content() {
+        let mut a = ToolCallAssembly::default();
+        a.push(ToolCallDelta {
+            thought_signature: Some("c2ln".into()),
+            ..delta(0, None, Some("weather"), "{}")
+        });
+        let call = a.finish("x").remove(0);
+        assert_eq!(call.thought_signature(), Some("c2ln"));
+        let json = serde_json::to_value(&call).unwrap();
+        assert_eq!(
+            json["extra_content"],
+            serde_json::json!({"google": {"thought_signature": "c2ln"}})
+        );
+        let back: ToolCall = serde_json::from_value(json).unwrap();
+        assert_eq!(back, call);
     }
 
     fn tool(name: &str) -> Tool {

@@ -1,6 +1,6 @@
-//! The Anthropic Messages wire format: the system prompt apart, alternating turns of text and
-//! tool blocks, native prefill for continuations, and the `message_start` … `message_stop`
-//! stream.
+//! The Anthropic Messages wire format: the system prompt apart, alternating turns of text,
+//! image and tool blocks, native prefill for continuations, and the `message_start` …
+//! `message_stop` stream.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::sse::{self, Parsed};
 use super::turns::{conversation, stop_sequences, Part, Speaker, Turn};
 use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
+use crate::domain::request::Image;
 use crate::domain::tools::{Tool, ToolChoice, ToolMode};
 use crate::domain::{Params, ToolCallDelta, Usage};
 use crate::error::ErrorCode;
@@ -100,6 +101,11 @@ pub fn request_body(req: &UpstreamRequest) -> Prepared {
         if let Some(choice) = tool_choice(p) {
             body["tool_choice"] = choice;
         }
+    } else if let Some(declared) = history_tools(&turns) {
+        // Anthropic refuses tool blocks in a request that defines no tools (OpenAI does not):
+        // the functions of the history are declared, and `none` keeps the model from calling.
+        body["tools"] = declared;
+        body["tool_choice"] = json!({"type": "none"});
     }
     Prepared {
         body,
@@ -122,6 +128,7 @@ fn message(turn: &Turn<'_>) -> Value {
 fn block(part: &Part<'_>) -> Value {
     match part {
         Part::Text(text) => json!({"type": "text", "text": text}),
+        Part::Image(image) => json!({"type": "image", "source": image_source(image)}),
         Part::Call(call) => json!({"type": "tool_use", "id": call.id,
             "name": call.function.name, "input": call.arguments_object()}),
         Part::Result {
@@ -132,6 +139,17 @@ fn block(part: &Part<'_>) -> Value {
         Part::Result {
             call_id, content, ..
         } => json!({"type": "tool_result", "tool_use_id": call_id, "content": content}),
+    }
+}
+
+/// Where an image block's bytes come from: inline base64 for a data URL, else the URL, which
+/// Anthropic fetches itself.
+fn image_source(image: &Image) -> Value {
+    match image.inline() {
+        Some((media_type, data)) => {
+            json!({"type": "base64", "media_type": media_type, "data": data})
+        }
+        None => json!({"type": "url", "url": image.url}),
     }
 }
 
@@ -148,6 +166,27 @@ fn tool(t: &Tool) -> Value {
         tool["description"] = description.as_str().into();
     }
     tool
+}
+
+/// The functions the conversation's calls and results name, in order of first mention, each
+/// declared with the loosest schema Anthropic takes; `None` without tool turns.
+fn history_tools(turns: &[Turn<'_>]) -> Option<Value> {
+    let mut names: Vec<&str> = Vec::new();
+    for part in turns.iter().flat_map(|t| &t.parts) {
+        let name = match part {
+            Part::Call(call) => call.function.name.as_str(),
+            Part::Result { function, .. } => function,
+            Part::Text(_) | Part::Image(_) => continue,
+        };
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let declared: Vec<Value> = names
+        .into_iter()
+        .map(|name| json!({"name": name, "input_schema": {"type": "object"}}))
+        .collect();
+    (!declared.is_empty()).then(|| declared.into())
 }
 
 /// `tool_choice` in Anthropic's words; `parallel_tool_calls: false` rides on it as
@@ -368,7 +407,7 @@ impl EventParser {
                     index,
                     id: Some(id),
                     name: Some(name),
-                    arguments: String::new(),
+                    ..ToolCallDelta::default()
                 })
             }
             Event::ContentBlockDelta {
@@ -685,6 +724,33 @@ mod tests {
         assert_eq!(p.body["messages"][1]["content"][0]["text"], "Hello wor");
     }
 
+    #[test]
+    fn images_become_base64_or_url_blocks_before_the_text() {
+        let user = Message {
+            images: vec![
+                Image {
+                    url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                    detail: Some("high".into()),
+                },
+                Image {
+                    url: "https://example.test/cat.jpg".into(),
+                    detail: None,
+                },
+            ],
+            ..Message::new(Role::User, "Which is the cat?")
+        };
+        let p = request_body(&req(vec![user], Params::default()));
+        assert_eq!(
+            p.body["messages"],
+            json!([{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.test/cat.jpg"}},
+                {"type": "text", "text": "Which is the cat?"},
+            ]}])
+        );
+    }
+
     fn weather_call(id: &str, arguments: &str) -> ToolCall {
         ToolCall {
             id: id.into(),
@@ -693,6 +759,7 @@ mod tests {
                 name: "get_weather".into(),
                 arguments: arguments.into(),
             },
+            extra_content: None,
         }
     }
 
@@ -797,6 +864,32 @@ mod tests {
             },
         ));
         assert!(p.body.get("tools").is_none() && p.body.get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn tool_history_without_tools_declares_its_functions_and_calls_none() {
+        let messages = vec![
+            Message::new(Role::User, "Weather in Oslo?"),
+            Message {
+                tool_calls: vec![weather_call("call_1", r#"{"city":"Oslo"}"#)],
+                ..Message::new(Role::Assistant, "")
+            },
+            Message {
+                tool_call_id: Some("call_1".into()),
+                ..Message::new(Role::Tool, "3 degrees")
+            },
+            Message::new(Role::User, "Thanks, and now a poem."),
+        ];
+        let p = request_body(&req(messages.clone(), Params::default()));
+        assert_eq!(
+            p.body["tools"],
+            json!([{"name": "get_weather", "input_schema": {"type": "object"}}])
+        );
+        assert_eq!(p.body["tool_choice"], json!({"type": "none"}));
+        // Offered tools are sent as they are, history or not.
+        let p = request_body(&req(messages, tools_params(None, None)));
+        assert_eq!(p.body["tools"].as_array().unwrap().len(), 2);
+        assert!(p.body.get("tool_choice").is_none());
     }
 
     const TOOL_STREAM: &str = concat!(

@@ -1,6 +1,6 @@
-//! The Gemini `streamGenerateContent?alt=sse` wire format: `user`/`model` turns of text and
-//! function parts, `systemInstruction`, `generationConfig`, `tools`/`toolConfig`, and a stream
-//! of `GenerateContentResponse` chunks that ends at the end of the body.
+//! The Gemini `streamGenerateContent?alt=sse` wire format: `user`/`model` turns of text,
+//! image and function parts, `systemInstruction`, `generationConfig`, `tools`/`toolConfig`,
+//! and a stream of `GenerateContentResponse` chunks that ends at the end of the body.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::sse::{self, Parsed};
 use super::turns::{conversation, stop_sequences, Part, Speaker, Turn};
 use super::{Delta, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
+use crate::domain::request::Image;
 use crate::domain::tools::{Tool, ToolChoice, ToolMode};
 use crate::domain::{ToolCallDelta, Usage};
 use crate::error::ErrorCode;
@@ -27,6 +28,16 @@ const FILTER_FINISH_REASONS: &[&str] = &[
     "SPII",
     "IMAGE_SAFETY",
 ];
+
+/// Finish reasons that mean the model produced a call that cannot be used (its arguments
+/// unparsable, or a call the request did not allow): the answer fails with `provider_error`,
+/// so routing moves on, instead of completing with no usable call.
+const UNUSABLE_CALL_FINISH_REASONS: &[&str] = &["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"];
+
+/// The signature Gemini's docs name for a call it did not sign (made on another route, or
+/// whose signature a client dropped): it tells Gemini 3 to skip the check that would refuse
+/// the turn.
+const DUMMY_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 
 pub struct Gemini {
     base: String,
@@ -116,20 +127,50 @@ fn content(turn: &Turn<'_>) -> Value {
         Speaker::User => "user",
         Speaker::Assistant => "model",
     };
-    let parts: Vec<Value> = turn.parts.iter().map(part).collect();
+    let mut parts: Vec<Value> = turn.parts.iter().map(part).collect();
+    if let Some(first) = unsigned_first_call(turn) {
+        parts[first]["thoughtSignature"] = DUMMY_THOUGHT_SIGNATURE.into();
+    }
     json!({"role": role, "parts": parts})
 }
 
-/// One part. Gemini's calls carry `args` as an object and its results a `response` object
-/// named by function, not by call id.
+/// Where a turn's calls need the dummy signature: at its first call, when none of its calls
+/// carries a signature. Gemini 3 refuses a step whose first call is unsigned; Gemini signs only
+/// the first of parallel calls, so a turn with any signature is sent as it came.
+fn unsigned_first_call(turn: &Turn<'_>) -> Option<usize> {
+    let signed = |p: &Part<'_>| matches!(p, Part::Call(c) if c.thought_signature().is_some());
+    if turn.parts.iter().any(signed) {
+        return None;
+    }
+    turn.parts.iter().position(|p| matches!(p, Part::Call(_)))
+}
+
+/// One part. A call goes back with the thought signature it came with; Gemini's calls carry
+/// `args` as an object and its results a `response` object named by function, not by call id.
 fn part(part: &Part<'_>) -> Value {
     match part {
         Part::Text(text) => json!({"text": text}),
-        Part::Call(call) => json!({"functionCall": {
-            "name": call.function.name, "args": call.arguments_object()}}),
+        Part::Image(image) => image_part(image),
+        Part::Call(call) => {
+            let mut part = json!({"functionCall": {
+                "name": call.function.name, "args": call.arguments_object()}});
+            if let Some(signature) = call.thought_signature() {
+                part["thoughtSignature"] = signature.into();
+            }
+            part
+        }
         Part::Result {
             function, content, ..
         } => json!({"functionResponse": {"name": function, "response": response(content)}}),
+    }
+}
+
+/// An image: inline data for a data URL, else a `fileData` part that names the URL (Gemini
+/// needs the media type either way).
+fn image_part(image: &Image) -> Value {
+    match image.inline() {
+        Some((mime_type, data)) => json!({"inlineData": {"mimeType": mime_type, "data": data}}),
+        None => json!({"fileData": {"mimeType": image.media_type(), "fileUri": image.url}}),
     }
 }
 
@@ -259,6 +300,9 @@ struct WirePart {
     thought: bool,
     #[serde(default)]
     function_call: Option<WireCall>,
+    /// Set on a call's part by thinking models; it must go back on the same part.
+    #[serde(default)]
+    thought_signature: Option<String>,
 }
 
 /// A call arrives whole, in one part; `id` only where the API assigns one.
@@ -317,7 +361,9 @@ impl ChunkParser {
         for part in parts.into_iter().flatten().filter(|p| !p.thought) {
             text.extend(part.text);
             if let Some(call) = part.function_call {
-                delta.tool_calls.push(self.call(call));
+                delta
+                    .tool_calls
+                    .push(self.call(call, part.thought_signature));
             }
         }
         delta.text = Some(text).filter(|t| !t.is_empty());
@@ -333,7 +379,7 @@ impl ChunkParser {
 
     /// A whole call as one fragment. Without an id from Gemini the execution names it, unique
     /// across the conversation (a per-stream counter would repeat in the next turn).
-    fn call(&mut self, call: WireCall) -> ToolCallDelta {
+    fn call(&mut self, call: WireCall, thought_signature: Option<String>) -> ToolCallDelta {
         let index = self.calls;
         self.calls += 1;
         let args = call.args.unwrap_or_else(|| json!({}));
@@ -342,12 +388,13 @@ impl ChunkParser {
             id: call.id.filter(|id| !id.is_empty()),
             name: Some(call.name),
             arguments: args.to_string(),
+            thought_signature,
         }
     }
 }
 
 /// Why a chunk ends the stream instead of answering: an error, a blocked prompt, or an answer
-/// stopped by a filter.
+/// that finished as a failure.
 fn refusal(chunk: &Chunk) -> Option<ProviderError> {
     if let Some(err) = &chunk.error {
         return Some(in_stream_error(err));
@@ -363,10 +410,23 @@ fn refusal(chunk: &Chunk) -> Option<ProviderError> {
         ));
     }
     let finish = chunk.candidates.first()?.finish_reason.as_deref()?;
-    FILTER_FINISH_REASONS.contains(&finish).then(|| {
-        ProviderError::new(
+    failed_finish(finish)
+}
+
+/// A finish reason that fails the answer: a filter stopped it, or its tool call is unusable.
+/// The latter is `provider_error` (not retryable: the route fails and the next one is asked)
+/// rather than `stream_interrupted`, since the stream itself ended properly.
+fn failed_finish(finish: &str) -> Option<ProviderError> {
+    if FILTER_FINISH_REASONS.contains(&finish) {
+        return Some(ProviderError::new(
             ErrorCode::ContentFiltered,
             format!("the provider stopped the answer (finishReason {finish})"),
+        ));
+    }
+    UNUSABLE_CALL_FINISH_REASONS.contains(&finish).then(|| {
+        ProviderError::new(
+            ErrorCode::ProviderError,
+            format!("the model produced an unusable tool call (finishReason {finish})"),
         )
     })
 }
@@ -409,7 +469,7 @@ fn finish_reason(reason: String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::tools::{FunctionCall, ToolKind};
+    use crate::domain::tools::{ExtraContent, FunctionCall, ToolKind};
     use crate::domain::{Message, Params, Role, ToolCall};
 
     fn run(body: &str) -> Vec<Result<StreamItem, ProviderError>> {
@@ -511,6 +571,21 @@ mod tests {
     }
 
     #[test]
+    fn an_unusable_call_fails_the_stream_with_provider_error() {
+        for reason in ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"] {
+            let items = run(&format!(
+                "{}data: {{\"candidates\": [{{\"finishReason\": \"{reason}\", \"index\": 0}}]}}\n\n",
+                chunk("Checking.", None, 1)
+            ));
+            assert_eq!(text(&items), "Checking.");
+            let err = items.last().unwrap().as_ref().unwrap_err();
+            assert_eq!(err.code, ErrorCode::ProviderError);
+            assert!(!err.is_retryable());
+            assert!(err.message.contains(reason), "{}", err.message);
+        }
+    }
+
+    #[test]
     fn error_chunks_end_the_stream_and_garbage_is_skipped() {
         let body = format!(
             "data: {{not json\n\n{}data: {{\"error\": {{\"code\": 429, \"message\": \"quota\", \"status\": \"RESOURCE_EXHAUSTED\"}}}}\n\n{}",
@@ -578,6 +653,37 @@ mod tests {
     }
 
     #[test]
+    fn images_become_inline_data_or_file_data_parts_before_the_text() {
+        let user = Message {
+            images: vec![
+                Image {
+                    url: "data:image/webp;base64,UklGRg==".into(),
+                    detail: Some("low".into()),
+                },
+                Image {
+                    url: "https://example.test/cat.PNG?size=2".into(),
+                    detail: None,
+                },
+            ],
+            ..Message::new(Role::User, "Which is the cat?")
+        };
+        let req = UpstreamRequest {
+            model: "gemini-x".into(),
+            messages: vec![user],
+            params: Params::default(),
+        };
+        assert_eq!(
+            request_body(&req)["contents"],
+            json!([{"role": "user", "parts": [
+                {"inlineData": {"mimeType": "image/webp", "data": "UklGRg=="}},
+                {"fileData": {"mimeType": "image/png",
+                              "fileUri": "https://example.test/cat.PNG?size=2"}},
+                {"text": "Which is the cat?"},
+            ]}])
+        );
+    }
+
+    #[test]
     fn calls_results_tools_and_choice_take_gemini_shapes() {
         let call = |id: &str, name: &str, arguments: &str| ToolCall {
             id: id.into(),
@@ -586,6 +692,7 @@ mod tests {
                 name: name.into(),
                 arguments: arguments.into(),
             },
+            extra_content: None,
         };
         let result = |id: &str, content: &str| Message {
             tool_call_id: Some(id.into()),
@@ -628,7 +735,8 @@ mod tests {
                 "contents": [
                     {"role": "user", "parts": [{"text": "Weather in Oslo? And the time?"}]},
                     {"role": "model", "parts": [
-                        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+                        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}},
+                         "thoughtSignature": "skip_thought_signature_validator"},
                         {"functionCall": {"name": "now", "args": {}}},
                     ]},
                     {"role": "user", "parts": [
@@ -679,11 +787,15 @@ mod tests {
             id: id.map(str::to_string),
             name: Some(name.into()),
             arguments: arguments.into(),
+            thought_signature: None,
         };
         assert_eq!(
             last.tool_calls,
             [
-                fragment(0, None, "get_weather", r#"{"city":"Oslo"}"#),
+                ToolCallDelta {
+                    thought_signature: Some("c2ln".into()),
+                    ..fragment(0, None, "get_weather", r#"{"city":"Oslo"}"#)
+                },
                 fragment(1, None, "now", "{}"),
                 fragment(2, Some("fc_7"), "get_weather", r#"{"city":"Rome"}"#),
             ]
@@ -695,6 +807,56 @@ mod tests {
             Ok(StreamItem::Delta(d)) => assert_eq!(d.finish_reason.as_deref(), Some("stop")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn signed_calls_go_back_with_their_signature_and_unsigned_turns_get_the_dummy() {
+        let call = |id: &str, signature: Option<&str>| ToolCall {
+            id: id.into(),
+            kind: ToolKind::Function,
+            function: FunctionCall {
+                name: "now".into(),
+                arguments: "{}".into(),
+            },
+            extra_content: signature.map(|s| ExtraContent::thought_signature(s.into())),
+        };
+        let step = |calls: Vec<ToolCall>| {
+            let answers = calls.iter().map(|c| Message {
+                tool_call_id: Some(c.id.clone()),
+                ..Message::new(Role::Tool, "12:00")
+            });
+            let asking = Message {
+                tool_calls: calls.clone(),
+                ..Message::new(Role::Assistant, "")
+            };
+            std::iter::once(asking).chain(answers).collect::<Vec<_>>()
+        };
+        let mut messages = vec![Message::new(Role::User, "Time?")];
+        // Gemini's parallel calls: only the first is signed.
+        messages.extend(step(vec![call("a", Some("c2ln")), call("b", None)]));
+        // Calls another route made.
+        messages.extend(step(vec![call("c", None), call("d", None)]));
+        let req = UpstreamRequest {
+            model: "gemini-x".into(),
+            messages,
+            params: Params::default(),
+        };
+        let contents = request_body(&req)["contents"].clone();
+        let signatures = |turn: usize| -> Vec<Value> {
+            contents[turn]["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["thoughtSignature"].clone())
+                .collect()
+        };
+        assert_eq!(signatures(1), [json!("c2ln"), Value::Null]);
+        assert_eq!(signatures(3), [json!(DUMMY_THOUGHT_SIGNATURE), Value::Null]);
+        assert_eq!(
+            signatures(2),
+            [Value::Null, Value::Null],
+            "results carry none"
+        );
     }
 
     #[test]

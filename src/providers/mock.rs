@@ -105,7 +105,7 @@ impl Mock {
                 index: 0,
                 id: Some(call.id),
                 name: Some(call.name),
-                arguments: String::new(),
+                ..ToolCallDelta::default()
             },
             ToolCallDelta {
                 index: 0,

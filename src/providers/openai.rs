@@ -4,7 +4,8 @@ use serde::Deserialize;
 
 use super::sse::{self, Parsed};
 use super::{Delta, Embeddings, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
-use crate::domain::{Message, ToolCallDelta, Usage};
+use crate::domain::tools::{FunctionCall, ToolKind};
+use crate::domain::{Message, ToolCall, ToolCallDelta, Usage};
 use crate::settings::ProviderSettings;
 use crate::store::AttemptLog;
 
@@ -121,10 +122,30 @@ struct WireMessage<'a> {
     content: Option<WireContent<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    tool_calls: &'a [crate::domain::ToolCall],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireToolCall<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_call_id: Option<&'a str>,
+}
+
+/// A call as OpenAI's API takes it: without `extra_content`, which is data for other providers'
+/// APIs and a field OpenAI's does not know.
+#[derive(serde::Serialize)]
+struct WireToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: ToolKind,
+    function: &'a FunctionCall,
+}
+
+impl<'a> From<&'a ToolCall> for WireToolCall<'a> {
+    fn from(call: &'a ToolCall) -> Self {
+        WireToolCall {
+            id: &call.id,
+            kind: call.kind,
+            function: &call.function,
+        }
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -166,7 +187,7 @@ impl<'a> From<&'a Message> for WireMessage<'a> {
             role: m.role,
             content: WireContent::of(m),
             name: m.name.as_deref(),
-            tool_calls: &m.tool_calls,
+            tool_calls: m.tool_calls.iter().map(WireToolCall::from).collect(),
             tool_call_id: m.tool_call_id.as_deref(),
         }
     }
@@ -224,6 +245,7 @@ impl From<ToolCallPayload> for ToolCallDelta {
             id: p.id,
             name,
             arguments: arguments.unwrap_or_default(),
+            thought_signature: None,
         }
     }
 }
@@ -312,9 +334,10 @@ mod tests {
     }
 
     #[test]
-    fn assistant_turns_that_only_call_tools_send_null_content() {
+    fn assistant_turns_that_only_call_tools_send_null_content_and_no_extra_content() {
         let call: crate::domain::ToolCall = serde_json::from_value(serde_json::json!(
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}))
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"},
+             "extra_content": {"google": {"thought_signature": "c2ln"}}}))
         .unwrap();
         let mut assistant = Message::new(crate::domain::Role::Assistant, "");
         assistant.tool_calls = vec![call];
@@ -328,8 +351,9 @@ mod tests {
         let body = request_body(&req);
         assert_eq!(body["messages"][0]["content"], serde_json::Value::Null);
         assert_eq!(
-            body["messages"][0]["tool_calls"][0]["function"]["name"],
-            "f"
+            body["messages"][0]["tool_calls"],
+            serde_json::json!([{"id": "c1", "type": "function",
+                                "function": {"name": "f", "arguments": "{}"}}])
         );
         assert_eq!(body["messages"][1]["tool_call_id"], "c1");
         assert!(body.get("tools").is_none(), "no tools key without tools");

@@ -1,9 +1,9 @@
 //! The conversation as the Anthropic and Gemini APIs want it: system text apart, and strictly
 //! alternating user/assistant turns (consecutive same-role messages merged, each message kept
-//! as its own part), tool calls as parts of assistant turns and tool results as parts of user
-//! turns.
+//! as its own part), tool calls as parts of assistant turns, tool results and images as parts
+//! of user turns.
 
-use crate::domain::request::Stop;
+use crate::domain::request::{Image, Stop};
 use crate::domain::{Message, Params, Role, ToolCall};
 
 /// Who speaks a turn; tool results have no turn of their own in these formats: they are parts
@@ -19,6 +19,9 @@ pub enum Speaker {
 pub enum Part<'a> {
     /// Never an empty string (both APIs reject empty text parts).
     Text(&'a str),
+    /// An image a user message shows, placed before that message's text (both APIs advise
+    /// images first).
+    Image(&'a Image),
     /// A call an assistant turn made.
     Call(&'a ToolCall),
     /// The answer to a call: its id, the function it answers (Gemini identifies results by
@@ -56,7 +59,10 @@ pub fn conversation(messages: &[Message]) -> Conversation<'_> {
                 }
                 continue;
             }
-            Role::User => (Speaker::User, text(m).collect()),
+            Role::User => {
+                let images = m.images.iter().map(Part::Image);
+                (Speaker::User, images.chain(text(m)).collect())
+            }
             Role::Assistant => {
                 let calls = m.tool_calls.iter().map(Part::Call);
                 (Speaker::Assistant, text(m).chain(calls).collect())
@@ -99,7 +105,7 @@ fn push<'a>(turns: &mut Vec<Turn<'a>>, speaker: Speaker, part: Part<'a>) {
                     .iter()
                     .take_while(|p| matches!(p, Part::Result { .. }))
                     .count(),
-                Part::Text(_) | Part::Call(_) => turn.parts.len(),
+                Part::Text(_) | Part::Image(_) | Part::Call(_) => turn.parts.len(),
             };
             turn.parts.insert(at, part);
         }
@@ -160,6 +166,7 @@ mod tests {
                 name: name.into(),
                 arguments: "{}".into(),
             },
+            extra_content: None,
         }
     }
 
@@ -203,6 +210,30 @@ mod tests {
                     content: ""
                 },
                 Part::Text("and hurry"),
+            ]
+        );
+    }
+
+    #[test]
+    fn images_lead_the_text_of_their_message() {
+        let image = Image {
+            url: "https://example.test/cat.png".into(),
+            detail: None,
+        };
+        let msgs = vec![
+            Message::new(Role::User, "first"),
+            Message {
+                images: vec![image.clone()],
+                ..Message::new(Role::User, "what is this?")
+            },
+        ];
+        let c = conversation(&msgs);
+        assert_eq!(
+            c.turns[0].parts,
+            [
+                Part::Text("first"),
+                Part::Image(&image),
+                Part::Text("what is this?")
             ]
         );
     }

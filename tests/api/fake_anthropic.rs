@@ -6,16 +6,18 @@
 //! `message_delta`, `message_stop`) and refuses, as the real API does, requests without
 //! `anthropic-version` or `max_tokens`, with a `system` role among the messages, with turns
 //! that do not alternate starting with `user`, or with a final assistant message that ends in
-//! whitespace. A final assistant message that is a chunk-aligned prefix (its trailing space
+//! whitespace, or with an `image` block that is not a user's base64 (JPEG, PNG, GIF or WebP)
+//! or URL image. A final assistant message that is a chunk-aligned prefix (its trailing space
 //! trimmed) is a prefill: the answer continues after it, starting with the space a model
 //! would write.
 //!
 //! Offered `tools` (and not answering a tool result), it calls one instead, as a `tool_use`
 //! block: the one named by `tool_choice`, else the first, with the arguments of
 //! [`crate::fake_openai::TOOL_ARGUMENTS`] streamed in [`TOOL_FRAGMENTS`] `input_json_delta`
-//! fragments (each counts as a delta for the faults), then `stop_reason: tool_use`. Like the real API it refuses tool blocks in the wrong role, and a
-//! `tool_use` not answered by a `tool_result` at the start of the next message (or the
-//! reverse).
+//! fragments (each counts as a delta for the faults), then `stop_reason: tool_use`. Like the
+//! real API it refuses tool blocks in the wrong role, tool blocks in a request that defines no
+//! `tools`, and a `tool_use` not answered by a `tool_result` at the start of the next message
+//! (or the reverse).
 #![allow(dead_code)]
 
 use std::io;
@@ -177,8 +179,8 @@ fn tool_to_call(body: &Value) -> Option<String> {
         .map(|t| str_field(t, "name").to_string())
 }
 
-/// A block well formed for its role: tool calls only from the assistant, results only from
-/// the user, ids as the API requires them.
+/// A block well formed for its role: tool calls only from the assistant, results and images
+/// only from the user, ids and image sources as the API requires them.
 fn block_fits(block: &Value, role: &str) -> bool {
     let id_ok = |id: &str| {
         !id.is_empty()
@@ -193,11 +195,30 @@ fn block_fits(block: &Value, role: &str) -> bool {
                 && !str_field(block, "name").is_empty()
                 && block.get("input").is_some_and(Value::is_object)
         }
+        ("image", "user") => block.get("source").is_some_and(image_source_fits),
         ("tool_result", "user") => {
             id_ok(str_field(block, "tool_use_id"))
                 && block
                     .get("content")
                     .is_none_or(|c| c.is_string() || c.is_array())
+        }
+        _ => false,
+    }
+}
+
+/// An image block's `source` as the API takes it: base64 data of one of its four media types,
+/// or an http(s) URL.
+fn image_source_fits(source: &Value) -> bool {
+    match str_field(source, "type") {
+        "base64" => {
+            matches!(
+                str_field(source, "media_type"),
+                "image/jpeg" | "image/png" | "image/gif" | "image/webp"
+            ) && !str_field(source, "data").is_empty()
+        }
+        "url" => {
+            let url = str_field(source, "url");
+            url.starts_with("https://") || url.starts_with("http://")
         }
         _ => false,
     }
@@ -240,6 +261,19 @@ fn unpaired(i: usize, previous: &[Value], blocks: &[Value]) -> Option<String> {
     Some(format!(
         "messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: {extra}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
     ))
+}
+
+fn uses_tool_blocks(messages: &[Value]) -> bool {
+    messages
+        .iter()
+        .flat_map(|m| blocks(m).unwrap_or_default())
+        .any(|b| matches!(block_type(&b), "tool_use" | "tool_result"))
+}
+
+fn defines_tools(body: &Value) -> bool {
+    body.get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
 }
 
 /// The 400s the real API gives a malformed request (its wording, where known).
@@ -301,6 +335,11 @@ fn invalid(req: &Request, body: &Value) -> Option<String> {
             return Some(e);
         }
         previous_blocks = blocks;
+    }
+    if uses_tool_blocks(messages) && !defines_tools(body) {
+        return Some(
+            "Requests which include `tool_use` or `tool_result` blocks must define tools.".into(),
+        );
     }
     let last = messages.last().expect("not empty");
     let trailing_ws = content_text(last).is_some_and(|t| t.ends_with(char::is_whitespace));

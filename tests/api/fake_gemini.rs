@@ -10,10 +10,12 @@
 //!
 //! Offered `functionDeclarations` (and not answering a function response), it calls one
 //! instead: the first of `allowedFunctionNames`, else the first declared, in one chunk with a
-//! whole `functionCall` part whose `args` are [`crate::fake_openai::TOOL_ARGUMENTS`], then a
-//! chunk with `finishReason: STOP`, as Gemini ends a turn that calls functions. Like the real
-//! API it refuses malformed parts, function calls outside `model` turns and responses outside
-//! `user` turns, and a function-call turn not answered by as many responses in the next turn.
+//! whole `functionCall` part whose `args` are [`crate::fake_openai::TOOL_ARGUMENTS`], signed
+//! with [`THOUGHT_SIGNATURE`], then a chunk with `finishReason: STOP`, as Gemini 3 ends a turn
+//! that calls functions. Like the real API it refuses malformed parts (image parts included),
+//! function calls outside `model` turns and responses outside `user` turns, a function-call
+//! turn not answered by as many responses in the next turn, and, like Gemini 3, a step of the
+//! current turn whose first call lacks a signature it issued (or the documented dummy).
 #![allow(dead_code)]
 
 use std::io;
@@ -29,6 +31,11 @@ use crate::fake_http::{
     write_last_chunk, write_sse_head, After, Core, Fake, Plan, RecordedRequest, Request, Wire,
 };
 use crate::fake_openai::TOOL_ARGUMENTS;
+
+/// The `thoughtSignature` of every call the fake makes.
+pub const THOUGHT_SIGNATURE: &str = "ZmFrZSB0aG91Z2h0";
+/// The value Gemini's docs give for a call it did not sign.
+pub const DUMMY_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 
 /// A fault applied to one request. `k` counts the text chunks of *this* response.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,28 +199,73 @@ fn tool_to_call(body: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A part with exactly one kind of data, allowed in its role.
+/// The keys of `Part`'s data union: a part carries exactly one of them.
+const PART_DATA: &[&str] = &[
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+];
+
+/// A part with exactly one kind of data, allowed in its role and well formed.
 fn part_fits(part: &Value, role: &str) -> bool {
     let is_str = |v: &Value, key: &str| {
         v.get(key)
             .is_some_and(|s| s.as_str().is_some_and(|s| !s.is_empty()))
     };
-    match (
-        part.get("text"),
-        part.get("functionCall"),
-        part.get("functionResponse"),
-    ) {
-        (Some(text), None, None) => text.as_str().is_some_and(|t| !t.is_empty()),
-        (None, Some(call), None) => {
-            role == "model" && is_str(call, "name") && call.get("args").is_none_or(Value::is_object)
-        }
-        (None, None, Some(response)) => {
+    let mut kinds = PART_DATA.iter().filter(|k| part.get(**k).is_some());
+    let (Some(&kind), None) = (kinds.next(), kinds.next()) else {
+        return false;
+    };
+    let data = &part[kind];
+    match kind {
+        "text" => data.as_str().is_some_and(|t| !t.is_empty()),
+        "inlineData" => {
             role == "user"
-                && is_str(response, "name")
-                && response.get("response").is_some_and(Value::is_object)
+                && data["mimeType"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("image/"))
+                && is_str(data, "data")
         }
-        _ => false,
+        "fileData" => role == "user" && is_str(data, "mimeType") && is_str(data, "fileUri"),
+        "functionCall" => {
+            role == "model" && is_str(data, "name") && data.get("args").is_none_or(Value::is_object)
+        }
+        _ => {
+            role == "user"
+                && is_str(data, "name")
+                && data.get("response").is_some_and(Value::is_object)
+        }
     }
+}
+
+/// Gemini 3's check of the current turn (the model steps since the last user turn with more
+/// than function responses): each step's first call carries a signature, one the fake issued or
+/// the documented dummy. Earlier turns are not checked, as the docs say.
+fn unsigned_step(turns: &[Value]) -> Option<String> {
+    let start = turns
+        .iter()
+        .rposition(|t| {
+            t["role"] == "user" && parts(t).iter().any(|p| p.get("functionResponse").is_none())
+        })
+        .map_or(0, |i| i + 1);
+    for (i, turn) in turns.iter().enumerate().skip(start) {
+        let Some(call) = parts(turn).iter().find(|p| p.get("functionCall").is_some()) else {
+            continue;
+        };
+        let name = call["functionCall"]["name"].as_str().unwrap_or("");
+        match call.get("thoughtSignature").and_then(Value::as_str) {
+            None => {
+                return Some(format!(
+                    "Function call `{name}` in the `{i}.` content block is missing a `thought_signature`."
+                ))
+            }
+            Some(THOUGHT_SIGNATURE | DUMMY_THOUGHT_SIGNATURE) => {}
+            Some(_) => return Some(format!("Corrupted thought signature in content block {i}.")),
+        }
+    }
+    None
 }
 
 /// The 400s the real API gives a malformed request (its wording, where known).
@@ -252,6 +304,9 @@ fn invalid(body: &Value) -> Option<String> {
             );
         }
         previous = Some(turn);
+    }
+    if let Some(e) = unsigned_step(turns) {
+        return Some(e);
     }
     if previous.and_then(|p| p.get("role")).and_then(Value::as_str) == Some("model") {
         return Some(
@@ -380,10 +435,11 @@ fn text_chunk(a: &Answer, text: &str, finish: Option<&str>, completion: usize) -
     )
 }
 
-/// The whole call, in one part; Gemini sends no call id.
+/// The whole call, in one part, signed as Gemini 3 signs it; Gemini sends no call id.
 fn call_chunk(a: &Answer, name: &str) -> String {
     let args: Value = serde_json::from_str(TOOL_ARGUMENTS).expect("valid arguments");
-    let part = json!({"functionCall": {"name": name, "args": args}});
+    let part = json!({"functionCall": {"name": name, "args": args},
+        "thoughtSignature": THOUGHT_SIGNATURE});
     data(
         json!({"candidates": [{"content": {"parts": [part], "role": "model"}, "index": 0}],
         "usageMetadata": usage(a.prompt_tokens, 1), "modelVersion": a.model}),

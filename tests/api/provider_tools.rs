@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::fake_anthropic::{self, FakeAnthropic};
-use crate::fake_gemini::FakeGemini;
+use crate::fake_gemini::{FakeGemini, THOUGHT_SIGNATURE};
 use crate::fake_openai::TOOL_ARGUMENTS;
 use crate::helpers::*;
 use crate::providers::{toml, with_keys, P};
@@ -26,7 +26,7 @@ fn time_tool() -> Value {
     json!({"type": "function", "function": {"name": "get_time"}})
 }
 
-const QUESTION: &str = "Weather in Oslo?";
+pub const QUESTION: &str = "Weather in Oslo?";
 
 async fn anthropic_app(fake: &FakeAnthropic) -> TestApp {
     spawn_app_with(&toml(&[P("an", "anthropic", fake.base_url())]), with_keys).await
@@ -37,7 +37,7 @@ async fn gemini_app(fake: &FakeGemini) -> TestApp {
 }
 
 /// A compat request on model `m` offering both tools.
-fn compat_asking(stream: bool, tool_choice: Value) -> Value {
+pub fn compat_asking(stream: bool, tool_choice: Value) -> Value {
     json!({"model": "m", "stream": stream, "tools": [weather_tool(), time_tool()],
            "tool_choice": tool_choice, "messages": [{"role": "user", "content": QUESTION}]})
 }
@@ -49,7 +49,7 @@ fn submit_asking(key: &str, messages: Value, tool_choice: Value) -> Value {
 }
 
 /// Every `data:` payload of a compat stream, without `[DONE]`.
-async fn stream_payloads(res: reqwest::Response) -> Vec<Value> {
+pub async fn stream_payloads(res: reqwest::Response) -> Vec<Value> {
     let mut out = Vec::new();
     let mut events = res.bytes_stream().eventsource();
     while let Some(Ok(ev)) = events.next().await {
@@ -196,6 +196,68 @@ async fn an_anthropic_round_trip_sends_tool_use_then_tool_result_before_the_text
 }
 
 #[actix_web::test]
+async fn an_anthropic_follow_up_without_tools_declares_the_history_functions_with_choice_none() {
+    let fake = FakeAnthropic::start().await.with_words(4);
+    let app = anthropic_app(&fake).await;
+    let res = app
+        .post(
+            "/v1/chat/completions",
+            ADMIN_KEY,
+            &compat_asking(false, json!("required")),
+        )
+        .await;
+    let first: Value = res.json().await.unwrap();
+    let call = &first["choices"][0]["message"]["tool_calls"][0];
+
+    let follow_up = json!({"model": "m", "messages": answered(call, "3 degrees")});
+    let res = app
+        .post("/v1/chat/completions", ADMIN_KEY, &follow_up)
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let second: Value = res.json().await.unwrap();
+    assert_eq!(second["choices"][0]["finish_reason"], "stop");
+    assert_eq!(second["choices"][0]["message"]["content"], fake.full_text());
+    let sent = fake.request(1);
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "get_weather", "input_schema": {"type": "object"}}])
+    );
+    assert_eq!(sent["tool_choice"], json!({"type": "none"}));
+}
+
+#[actix_web::test]
+async fn the_fake_anthropic_refuses_tool_blocks_without_tools_as_the_api_does() {
+    let fake = FakeAnthropic::start().await;
+    let mut body = json!({"model": "claude-x", "max_tokens": 64, "stream": true,
+    "messages": [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+            "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+            "content": "3 degrees"}]},
+    ]});
+    let post = |body: Value| {
+        reqwest::Client::new()
+            .post(format!("{}/messages", fake.base_url()))
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+    };
+    let res = post(body.clone()).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let error: Value = res.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("must define tools"));
+
+    body["tools"] = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
+    body["tool_choice"] = json!({"type": "none"});
+    assert_eq!(post(body).await.unwrap().status(), 200);
+}
+
+#[actix_web::test]
 async fn a_gemini_round_trip_sends_function_call_then_function_response_parts() {
     let fake = FakeGemini::start().await.with_words(4);
     let app = gemini_app(&fake).await;
@@ -227,7 +289,8 @@ async fn a_gemini_round_trip_sends_function_call_then_function_response_parts() 
             json!([
                 {"role": "user", "parts": [{"text": QUESTION}]},
                 {"role": "model", "parts": [{"functionCall": {"name": "get_weather",
-                    "args": {"city": "Oslo", "unit": "celsius"}}}]},
+                    "args": {"city": "Oslo", "unit": "celsius"}},
+                    "thoughtSignature": THOUGHT_SIGNATURE}]},
                 {"role": "user", "parts": [
                     {"functionResponse": {"name": "get_weather", "response": response}},
                     {"text": "In celsius, please."},
