@@ -64,9 +64,35 @@ struct CompatMessage {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
-    tool_calls: Option<Vec<ToolCall>>,
+    tool_calls: Option<Vec<EchoedCall>>,
     #[serde(default)]
     tool_call_id: Option<String>,
+}
+
+/// A tool call a client sends back on an assistant message. Clients that rebuild the message
+/// from stream deltas keep each call's `index`; it means nothing here and is dropped.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EchoedCall {
+    id: String,
+    #[serde(rename = "type", default)]
+    kind: crate::domain::tools::ToolKind,
+    function: crate::domain::tools::FunctionCall,
+    #[serde(default)]
+    extra_content: Option<crate::domain::tools::ExtraContent>,
+    #[serde(default, rename = "index")]
+    _index: Option<u32>,
+}
+
+impl EchoedCall {
+    fn into_call(self) -> ToolCall {
+        ToolCall {
+            id: self.id,
+            kind: self.kind,
+            function: self.function,
+            extra_content: self.extra_content,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -143,7 +169,12 @@ impl CompletionRequest {
                 role,
                 content,
                 name: m.name,
-                tool_calls: m.tool_calls.unwrap_or_default(),
+                tool_calls: m
+                    .tool_calls
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(EchoedCall::into_call)
+                    .collect(),
                 tool_call_id: m.tool_call_id,
                 images,
             });

@@ -75,6 +75,16 @@ async fn a_streamed_tool_call_arrives_whole_with_its_index_and_finish_reason() {
     let sent = &fake.requests()[0];
     assert_eq!(sent["tools"][0], weather_tool());
     assert_eq!(sent["tool_choice"], "auto");
+
+    // A client that rebuilt the message from the deltas sends the call back with its `index`.
+    let mut follow_up = asking(true);
+    let messages = follow_up["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}));
+    messages.push(json!({"role": "tool", "tool_call_id": "call_fake_1", "content": "3 C"}));
+    let res = compat(&app, &follow_up).await;
+    assert_eq!(res.status(), 200);
+    let echoed = &fake.requests()[1]["messages"][1]["tool_calls"][0];
+    assert!(echoed.get("index").is_none(), "{echoed}");
 }
 
 #[actix_web::test]
