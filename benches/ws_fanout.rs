@@ -15,8 +15,10 @@
 //!   time it was written (µs since the UNIX epoch) and a space, paced on an absolute schedule. It
 //!   answers the request with headers at once and holds the first chunk until every subscriber
 //!   has joined.
-//! - The load client is a handful of tasks per core, each driving many sockets (a `SelectAll`),
-//!   taking each frame's receive time as it reads it.
+//! - The load client is one task per subscriber on a runtime with a thread per core, with a
+//!   minimal WebSocket client of its own (an upgrade by hand, frames parsed in place from one read
+//!   buffer): the machine is shared with the server, so the client should cost what an efficient
+//!   real client costs. Each read's frames get that read's receive time.
 //!
 //! Checked: every subscriber gets seq 1, 2, 3, … without gap or duplicate, exactly the 200
 //! chunks the upstream wrote (by content, in order) and one `done`. Measured: per-delivery lag
@@ -25,8 +27,6 @@
 //! second, and the CPU time of both processes while streaming.
 
 use anyhow::{anyhow, bail, Context as _};
-use futures_util::stream::{self, SelectAll, StreamExt};
-use futures_util::SinkExt;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader};
@@ -38,16 +38,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 const ADMIN_KEY: &str = "bench-admin-key";
 const DEFAULT_CHUNKS: usize = 200;
-/// Client tasks per core; each drives subscribers / tasks sockets.
-const TASKS_PER_CORE: usize = 4;
-/// WebSocket handshakes in flight per client task while joining.
-const CONNECTS_PER_TASK: usize = 16;
+/// WebSocket handshakes in flight while joining.
+const CONNECTS_IN_FLIGHT: usize = 128;
 const MEMORY_TARGET_KIB: f64 = 16.0;
 /// Open files beyond the sockets (listeners, store files, pipes, the runtime).
 const SPARE_FILES: u64 = 256;
@@ -90,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for scenario in &scenarios {
         println!("\n== {} ==", scenario.title());
-        let report = run(&runtime, &bin, scenario, cores)
+        let report = run(&runtime, &bin, scenario)
             .with_context(|| format!("scenario {}", scenario.title()))?;
         reports.push((scenario.clone(), report));
         // Let the closed sockets' TIME_WAIT and the server's exit settle before the next run.
@@ -220,18 +218,13 @@ impl Report {
     }
 }
 
-fn run(
-    rt: &tokio::runtime::Runtime,
-    bin: &str,
-    s: &Scenario,
-    cores: usize,
-) -> anyhow::Result<Report> {
+fn run(rt: &tokio::runtime::Runtime, bin: &str, s: &Scenario) -> anyhow::Result<Report> {
     let upstream = Upstream::start(s.chunks, s.rate)?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("switchyard.toml");
     std::fs::write(&config, server_config(upstream.addr))?;
     let server = Server::spawn(bin, &config, &dir.path().join("data"))?;
-    let result = rt.block_on(drive(s, &server, &upstream, cores));
+    let result = rt.block_on(drive(s, &server, &upstream));
     let result = result.and_then(|report| {
         server.stop()?;
         Ok(report)
@@ -261,12 +254,7 @@ routes = [{{ provider = "upstream", model = "bench-1" }}]
     )
 }
 
-async fn drive(
-    s: &Scenario,
-    server: &Server,
-    upstream: &Upstream,
-    cores: usize,
-) -> anyhow::Result<Report> {
+async fn drive(s: &Scenario, server: &Server, upstream: &Upstream) -> anyhow::Result<Report> {
     // Submit: the execution starts, the upstream answers with headers and holds the first chunk.
     let http = reqwest::Client::new();
     let res = http
@@ -295,35 +283,27 @@ async fn drive(
     let rss_before_kib = server.rss_kib()?;
 
     // Connect and join every subscriber.
-    let url = format!(
-        "{}/v1/ws?api_key={ADMIN_KEY}",
-        server.address.replace("http://", "ws://")
-    );
-    let joined = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared {
+        host: server.address.trim_start_matches("http://").to_string(),
+        path: format!("/v1/ws?api_key={ADMIN_KEY}"),
+        channel,
+        chunks: s.chunks,
+        connecting: Semaphore::new(CONNECTS_IN_FLIGHT),
+        joined: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        reported: AtomicUsize::new(0),
+    });
     let (abort, abort_rx) = watch::channel(false);
-    let tasks = (cores * TASKS_PER_CORE).min(s.subscribers);
     let started_joining = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let range = (t * s.subscribers / tasks)..((t + 1) * s.subscribers / tasks);
-            tokio::spawn(client_task(
-                url.clone(),
-                channel.clone(),
-                range,
-                s.chunks,
-                joined.clone(),
-                failed.clone(),
-                abort_rx.clone(),
-            ))
-        })
+    let handles: Vec<_> = (0..s.subscribers)
+        .map(|i| tokio::spawn(subscriber(shared.clone(), i, abort_rx.clone())))
         .collect();
     let join_deadline = Instant::now() + Duration::from_secs(300);
     let mut last_print = Instant::now();
     loop {
         let (j, f) = (
-            joined.load(Ordering::Acquire),
-            failed.load(Ordering::Acquire),
+            shared.joined.load(Ordering::Acquire),
+            shared.failed.load(Ordering::Acquire),
         );
         if j + f >= s.subscribers {
             break;
@@ -338,10 +318,10 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let join_secs = started_joining.elapsed().as_secs_f64();
-    let failed_joins = failed.load(Ordering::Acquire);
+    let failed_joins = shared.failed.load(Ordering::Acquire);
     println!(
         "  {} joined in {join_secs:.1} s ({failed_joins} failed)",
-        joined.load(Ordering::Acquire)
+        shared.joined.load(Ordering::Acquire)
     );
     // Let the joins' replays drain, then sample the server's memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -366,7 +346,7 @@ async fn drive(
                 handle.await
             }
         };
-        subs.extend(result?);
+        subs.push(result?);
     }
     let wall_secs = wall.elapsed().as_secs_f64();
     let server_sched = schedstat(server.pid)?.since(server_start);
@@ -494,8 +474,8 @@ impl Sub {
         }
     }
 
-    fn on_text(&mut self, text: &str, now: u64) {
-        let Ok(frame) = serde_json::from_str::<Frame>(text) else {
+    fn on_text(&mut self, text: &[u8], now: u64) {
+        let Ok(frame) = serde_json::from_slice::<Frame>(text) else {
             self.bad_frames += 1;
             return;
         };
@@ -557,93 +537,231 @@ struct FrameData<'a> {
     delta: Option<Cow<'a, str>>,
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// One subscriber's WebSocket, as lean as an efficient client makes it: a plain TCP stream, one
+/// read buffer that frames are parsed from in place (no per-frame allocation, no zero-filling),
+/// and replies to pings. The server's frames are unmasked; ours are masked, as RFC 6455 wants.
+struct WsClient {
+    sock: TcpStream,
+    /// Bytes read and not yet consumed; `pos` is where the next frame starts.
+    buf: Vec<u8>,
+    pos: usize,
+}
 
-/// Connects, joins `channel` from the start and waits for the `joined` acknowledgement.
-async fn connect_and_join(url: &str, channel: &str) -> anyhow::Result<Socket> {
-    // tungstenite zero-fills the spare read buffer before every read: keep it near a frame's size
-    // (a chunk frame is ~150 bytes; the final `done` frame grows it as needed).
-    let config = WebSocketConfig::default()
-        .read_buffer_size(2 * 1024)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-    let join = serde_json::json!({"action": "join", "channel": channel, "after": 0});
-    ws.send(Message::Text(join.to_string().into())).await?;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                let frame: serde_json::Value = serde_json::from_str(&text)?;
-                if frame["event"] == "joined" {
-                    return Ok(ws);
-                }
-                bail!("expected `joined`, got {text}");
+/// A server frame, its payload a range of the read buffer.
+struct WsFrame {
+    opcode: u8,
+    fin: bool,
+    payload: std::ops::Range<usize>,
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+/// Room for a few chunk frames (~150 bytes each); the final `done` frame grows it as needed.
+const READ_BUFFER: usize = 2 * 1024;
+
+impl WsClient {
+    /// The HTTP upgrade by hand; the accept key is checked as any client does.
+    async fn connect(host: &str, path: &str) -> anyhow::Result<WsClient> {
+        let mut sock = TcpStream::connect(host).await?;
+        sock.set_nodelay(true)?;
+        let key = generate_key();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        sock.write_all(request.as_bytes()).await?;
+        let mut client = WsClient {
+            sock,
+            buf: Vec::with_capacity(READ_BUFFER),
+            pos: 0,
+        };
+        let head_end = loop {
+            if let Some(i) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
             }
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(e))) => return Err(e.into()),
-            Ok(None) => bail!("closed before `joined`"),
-            Err(_) => bail!("no `joined` within 30 s"),
+            if client.fill().await? == 0 {
+                bail!("closed during the handshake");
+            }
+        };
+        let head = String::from_utf8_lossy(&client.buf[..head_end]).to_ascii_lowercase();
+        let accept = derive_accept_key(key.as_bytes()).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 101")
+            || !head.contains(&format!("sec-websocket-accept: {accept}\r\n"))
+        {
+            bail!("handshake refused: {}", head.lines().next().unwrap_or(""));
         }
+        client.pos = head_end;
+        Ok(client)
+    }
+
+    /// Reads what the socket has (0: closed), after dropping the bytes already parsed.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.reserve(READ_BUFFER / 2);
+        self.sock.read_buf(&mut self.buf).await
+    }
+
+    /// The next complete frame in the buffer, if any.
+    fn next_frame(&mut self) -> anyhow::Result<Option<WsFrame>> {
+        let b = &self.buf[self.pos..];
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        if b[1] & 0x80 != 0 {
+            bail!("a masked frame from the server");
+        }
+        let (len, header) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => {
+                let len = u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"));
+                (usize::try_from(len)?, 10)
+            }
+            126 | 127 => return Ok(None),
+            n => (n as usize, 2),
+        };
+        if b.len() < header + len {
+            return Ok(None);
+        }
+        let start = self.pos + header;
+        let frame = WsFrame {
+            opcode: b[0] & 0x0f,
+            fin: b[0] & 0x80 != 0,
+            payload: start..start + len,
+        };
+        self.pos = start + len;
+        Ok(Some(frame))
+    }
+
+    async fn send(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mask: [u8; 4] = rand::random();
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        frame.push(0x80 | opcode);
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        self.sock.write_all(&frame).await
     }
 }
 
-/// Drives the subscribers `range`: connects and joins them (a few at a time) while reading every
-/// socket already joined, until all have their `done` or `abort` is set.
-async fn client_task(
-    url: String,
+/// Connects, joins `channel` from the start and waits for the `joined` acknowledgement.
+async fn connect_and_join(host: &str, path: &str, channel: &str) -> anyhow::Result<WsClient> {
+    let mut ws = WsClient::connect(host, path).await?;
+    let join = serde_json::json!({"action": "join", "channel": channel, "after": 0});
+    ws.send(OP_TEXT, join.to_string().as_bytes()).await?;
+    let joined = async {
+        loop {
+            while let Some(frame) = ws.next_frame()? {
+                let payload = &ws.buf[frame.payload];
+                if frame.opcode != OP_TEXT {
+                    continue;
+                }
+                let reply: serde_json::Value = serde_json::from_slice(payload)?;
+                if reply["event"] == "joined" {
+                    return Ok(());
+                }
+                bail!("expected `joined`, got {reply}");
+            }
+            if ws.fill().await? == 0 {
+                bail!("closed before `joined`");
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), joined)
+        .await
+        .map_err(|_| anyhow!("no `joined` within 30 s"))??;
+    Ok(ws)
+}
+
+/// What every subscriber task shares.
+struct Shared {
+    host: String,
+    path: String,
     channel: String,
-    range: std::ops::Range<usize>,
     chunks: usize,
-    joined: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    mut abort: watch::Receiver<bool>,
-) -> Vec<Sub> {
-    let base = range.start;
-    let mut subs: Vec<Sub> = range.clone().map(|_| Sub::new(chunks)).collect();
-    let mut open = subs.len();
-    let (url, channel) = (&url, &channel);
-    let mut connecting = stream::iter(range)
-        .map(|i| async move { (i, connect_and_join(url, channel).await) })
-        .buffer_unordered(CONNECTS_PER_TASK);
-    let mut sockets = SelectAll::new();
-    let mut reported = 0;
-    while open > 0 {
-        tokio::select! {
-            Some((i, result)) = connecting.next() => match result {
-                Ok(ws) => {
-                    sockets.push(ws.map(move |m| (i, m)));
-                    joined.fetch_add(1, Ordering::AcqRel);
+    /// Limits the handshakes in flight while joining.
+    connecting: Semaphore,
+    joined: AtomicUsize,
+    failed: AtomicUsize,
+    /// Connection errors printed so far (a few are enough).
+    reported: AtomicUsize,
+}
+
+/// One subscriber: connects and joins, then reads its socket until `done`, a close, or `abort`.
+/// Every frame taken from one read gets that read's receive time.
+async fn subscriber(shared: Arc<Shared>, i: usize, mut abort: watch::Receiver<bool>) -> Sub {
+    let mut sub = Sub::new(shared.chunks);
+    let permit = shared.connecting.acquire().await.expect("never closed");
+    let joined = connect_and_join(&shared.host, &shared.path, &shared.channel).await;
+    drop(permit);
+    let mut ws = match joined {
+        Ok(ws) => ws,
+        Err(e) => {
+            if shared.reported.fetch_add(1, Ordering::AcqRel) < 3 {
+                eprintln!("  subscriber {i}: {e:#}");
+            }
+            sub.closed = true;
+            shared.failed.fetch_add(1, Ordering::AcqRel);
+            return sub;
+        }
+    };
+    shared.joined.fetch_add(1, Ordering::AcqRel);
+    // The read that brought `joined` may have brought more.
+    if let Err(e) = read_frames(&mut ws, &mut sub, now_us()).await {
+        eprintln!("  subscriber {i}: {e:#}");
+        sub.closed = true;
+    }
+    // The `Ref` the wait returns is not `Send`: drop it inside.
+    let aborted = async move { abort.wait_for(|a| *a).await.is_ok() };
+    tokio::pin!(aborted);
+    while !sub.done && !sub.closed {
+        let read = tokio::select! {
+            biased;
+            read = ws.fill() => read,
+            _ = &mut aborted => break,
+        };
+        match read {
+            Ok(n) if n > 0 => {
+                if let Err(e) = read_frames(&mut ws, &mut sub, now_us()).await {
+                    eprintln!("  subscriber {i}: {e:#}");
+                    sub.closed = true;
                 }
-                Err(e) => {
-                    if reported < 3 {
-                        eprintln!("  subscriber {i}: {e:#}");
-                        reported += 1;
-                    }
-                    subs[i - base].closed = true;
-                    open -= 1;
-                    failed.fetch_add(1, Ordering::AcqRel);
-                }
-            },
-            Some((i, msg)) = sockets.next(), if !sockets.is_empty() => {
-                let now = now_us();
-                let sub = &mut subs[i - base];
-                let finished = sub.done || sub.closed;
-                match msg {
-                    Ok(Message::Text(text)) => sub.on_text(&text, now),
-                    // A socket that closes after its `done` is fine.
-                    Ok(Message::Close(_)) | Err(_) if !sub.done => sub.closed = true,
-                    _ => {}
-                }
-                if !finished && (sub.done || sub.closed) {
-                    open -= 1;
-                }
-            },
-            _ = abort.wait_for(|a| *a) => break,
-            else => break,
+            }
+            _ => sub.closed = true,
         }
     }
-    drop(sockets);
-    subs
+    sub
+}
+
+/// Handles every complete frame in the buffer.
+async fn read_frames(ws: &mut WsClient, sub: &mut Sub, now: u64) -> anyhow::Result<()> {
+    while let Some(frame) = ws.next_frame()? {
+        match frame.opcode {
+            OP_TEXT if frame.fin => sub.on_text(&ws.buf[frame.payload], now),
+            OP_PING => {
+                let payload = ws.buf[frame.payload].to_vec();
+                ws.send(OP_PONG, &payload).await?;
+            }
+            OP_PONG => {}
+            OP_CLOSE => sub.closed = !sub.done,
+            _ => sub.bad_frames += 1,
+        }
+    }
+    Ok(())
 }
 
 fn now_us() -> u64 {
