@@ -53,6 +53,8 @@ pub async fn connect(
     state: web::Data<AppState>,
     query: web::Query<WsQuery>,
 ) -> actix_web::Result<HttpResponse> {
+    // A request that is no WebSocket upgrade is refused before its one-time token is spent.
+    ws::handshake(&req)?;
     let header_key = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)

@@ -80,6 +80,10 @@ async fn the_token_from_the_submit_response_follows_its_execution_to_done() {
         sub["websocket_url"],
         format!("{}/v1/ws", app.address.replace("http://", "ws://"))
     );
+    // A plain GET (no upgrade) is refused without spending the token.
+    let token = sub["ws_token"].as_str().unwrap();
+    let plain = app.client.get(app.url(&format!("/v1/ws?token={token}")));
+    assert_eq!(plain.send().await.unwrap().status(), 400);
     let mut ws = connect(
         &app,
         &format!("token={}", sub["ws_token"].as_str().unwrap()),
