@@ -122,14 +122,32 @@ impl Execution {
 
     // ---- the log: append, then publish once durable ----
 
+    /// Appends an event and asks for a group commit now; it is published once durable.
     fn emit(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
+        let event = self.append(build);
+        let ticket = self.deps.store.commit.ticket();
+        self.publish_when_durable(ctx, ticket, event);
+    }
+
+    /// [`Self::emit`] for an event nobody waits on (`processing`): it rides on the next group
+    /// commit, usually the first chunk's, instead of costing one of its own.
+    fn emit_deferred(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
+        let event = self.append(build);
+        let ticket = self.deps.store.commit.deferred_ticket();
+        self.publish_when_durable(ctx, ticket, event);
+    }
+
+    fn append(&mut self, build: impl FnOnce(u64) -> Event) -> SharedEvent {
         let event = Arc::new(build(self.next_seq));
         self.next_seq += 1;
         if let Err(err) = self.deps.store.append_event(&self.record.id, &event) {
             tracing::error!(execution_id = %self.record.id, error = %err, "event append failed");
         }
         self.deps.metrics.events.inc();
-        let ticket = self.deps.store.commit.ticket();
+        event
+    }
+
+    fn publish_when_durable(&mut self, ctx: &mut Context<Self>, ticket: u64, event: SharedEvent) {
         self.unpublished.push_back((ticket, event));
         self.await_commit(ctx);
     }
@@ -148,17 +166,7 @@ impl Execution {
             let mut batch = Vec::new();
             while act.unpublished.front().is_some_and(|(t, _)| *t <= durable) {
                 let (_, event) = act.unpublished.pop_front().expect("checked above");
-                if matches!(event.kind, EventKind::Status | EventKind::Done) {
-                    let status = if event.kind == EventKind::Done {
-                        act.record.status
-                    } else {
-                        act.status_of(&event)
-                    };
-                    let r = &act.record;
-                    act.deps
-                        .project_feed
-                        .publish(&r.project_id, &r.id, &r.model, status);
-                }
+                act.announce_status(&event);
                 batch.push(event);
             }
             // One wake-up per subscriber per group commit, however many events it made durable.
@@ -175,6 +183,22 @@ impl Execution {
                 ctx.stop();
             }
         }));
+    }
+
+    /// Tells the project feed about the status change a durable event makes, if any.
+    fn announce_status(&self, event: &Event) {
+        let status = match event.kind {
+            EventKind::Done => self.record.status,
+            EventKind::Status => self.status_of(event),
+            _ => return,
+        };
+        // Executions are created `pending`: the first event is no change.
+        if status != Status::Pending {
+            let r = &self.record;
+            self.deps
+                .project_feed
+                .publish(&r.project_id, &r.id, &r.model, status);
+        }
     }
 
     /// The status a `status` event announces.
@@ -572,12 +596,18 @@ impl Actor for Execution {
         match self.record.status {
             Status::Pending => {
                 self.next_seq = self.deps.store.last_seq(self.id()).unwrap_or(1) + 1;
+                // The submit wrote `pending` (seq 1) with the record and may not have waited for
+                // it to be durable: it goes out with the first batch. Ticket 0, because the
+                // submit's writes precede every ticket this actor takes.
+                let pending = Event::status(1, Status::Pending);
+                self.unpublished.push_back((0, Arc::new(pending)));
                 self.record.status = Status::Processing;
                 self.record.started_at_ms = Some(now_ms());
                 let route = &self.routes[self.route_index];
                 let (provider, model) = (route.provider.name().to_string(), route.model.clone());
-                self.emit(ctx, |seq| Event::processing(seq, &provider, &model));
                 self.start_attempt(ctx, None);
+                // After the attempt's record write, so this event's commit covers that too.
+                self.emit_deferred(ctx, |seq| Event::processing(seq, &provider, &model));
             }
             Status::Processing => {
                 if !self.resume_from_log() {
