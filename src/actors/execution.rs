@@ -540,8 +540,9 @@ impl Execution {
         }
         self.deps.store.count_in_analytics(&self.record);
         self.persist();
-        let view = self.record.view(None);
-        self.emit(ctx, |seq| Event::from_payload(seq, EventKind::Done, &view));
+        // Serialized from the record it borrows, before `emit` borrows the actor.
+        let done = Event::from_payload(self.next_seq, EventKind::Done, &self.record.view(None));
+        self.emit(ctx, |_| done);
         self.finishing = true;
         tracing::info!(execution_id = %self.record.id, status = status.as_str(), duration_ms = self.record.duration_ms(), "execution finished");
     }

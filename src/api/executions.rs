@@ -236,7 +236,7 @@ pub(super) fn full_view(
     } else {
         None
     };
-    Ok(record.view(live_text.as_deref()))
+    serde_json::to_value(record.view(live_text.as_deref())).map_err(ApiError::internal)
 }
 
 pub async fn get(
