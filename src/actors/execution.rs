@@ -64,6 +64,8 @@ pub struct Execution {
     next_seq: u64,
     /// Everything emitted as chunks so far: the base of any continuation.
     emitted: String,
+    /// Appended in the current turn, before its ticket is taken.
+    this_turn: Turn,
     /// Appended but not yet durable, with the group-commit ticket that covers each.
     unpublished: VecDeque<(u64, SharedEvent)>,
     awaiting_commit: bool,
@@ -77,6 +79,14 @@ pub struct Execution {
     /// Terminal: waiting for the last events to become durable before stopping.
     finishing: bool,
     done_waiters: Vec<oneshot::Sender<ExecutionRecord>>,
+}
+
+/// The events one turn of the actor appended, which share one group-commit ticket.
+#[derive(Default)]
+struct Turn {
+    events: Vec<SharedEvent>,
+    /// Whether one of them asks for a flush now (otherwise the ticket is deferred).
+    urgent: bool,
 }
 
 /// Cancels the execution; resolves with the final record once durable.
@@ -102,6 +112,7 @@ impl Execution {
             registry,
             next_seq: 1,
             emitted: String::new(),
+            this_turn: Turn::default(),
             unpublished: VecDeque::new(),
             awaiting_commit: false,
             running: None,
@@ -122,33 +133,44 @@ impl Execution {
 
     // ---- the log: append, then publish once durable ----
 
-    /// Appends an event and asks for a group commit now; it is published once durable.
+    /// Appends an event; it is published once a group commit makes it durable.
     fn emit(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
-        let event = self.append(build);
-        let ticket = self.deps.store.commit.ticket();
-        self.publish_when_durable(ctx, ticket, event);
+        self.this_turn.urgent = true;
+        self.append(ctx, build);
     }
 
-    /// [`Self::emit`] for an event nobody waits on (`processing`): it rides on the next group
-    /// commit, usually the first chunk's, instead of costing one of its own.
+    /// [`Self::emit`] for an event nobody waits on (`processing`): unless the same turn emits
+    /// another event, it rides on the next group commit anyone asks for (usually the first
+    /// chunk's) instead of costing one of its own.
     fn emit_deferred(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
-        let event = self.append(build);
-        let ticket = self.deps.store.commit.deferred_ticket();
-        self.publish_when_durable(ctx, ticket, event);
+        self.append(ctx, build);
     }
 
-    fn append(&mut self, build: impl FnOnce(u64) -> Event) -> SharedEvent {
+    fn append(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
         let event = Arc::new(build(self.next_seq));
         self.next_seq += 1;
         if let Err(err) = self.deps.store.append_event(&self.record.id, &event) {
             tracing::error!(execution_id = %self.record.id, error = %err, "event append failed");
         }
         self.deps.metrics.events.inc();
-        event
+        if self.this_turn.events.is_empty() {
+            // Runs once the actor has handled everything that is ready (up to 16 provider
+            // events): one ticket, hence one flush, for all events of the turn.
+            ctx.spawn(fut::ready(()).map(|_, act: &mut Self, ctx| act.take_ticket(ctx)));
+        }
+        self.this_turn.events.push(event);
     }
 
-    fn publish_when_durable(&mut self, ctx: &mut Context<Self>, ticket: u64, event: SharedEvent) {
-        self.unpublished.push_back((ticket, event));
+    /// Takes the group-commit ticket covering every event appended in this turn.
+    fn take_ticket(&mut self, ctx: &mut Context<Self>) {
+        let commit = &self.deps.store.commit;
+        let ticket = if std::mem::take(&mut self.this_turn.urgent) {
+            commit.ticket()
+        } else {
+            commit.deferred_ticket()
+        };
+        let events = self.this_turn.events.drain(..);
+        self.unpublished.extend(events.map(|event| (ticket, event)));
         self.await_commit(ctx);
     }
 
@@ -173,7 +195,7 @@ impl Execution {
             act.live.publish(batch);
             if !act.unpublished.is_empty() {
                 act.await_commit(ctx);
-            } else if act.finishing {
+            } else if act.finishing && act.this_turn.events.is_empty() {
                 if act.record.webhook_url.is_some() {
                     act.deps.webhook_wake.notify_one();
                 }
