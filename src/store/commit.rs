@@ -10,6 +10,9 @@
 //! asks for, or on one the committer runs [`DEFER_LIMIT`] later if nobody does. It is for
 //! writes nothing is waiting on except their own publication (an execution's `processing`
 //! event), which saves a whole flush (sled's write + the fsync) per request.
+//!
+//! When tickets keep arriving while a flush runs, the next flush first lingers for [`LINGER`]
+//! so that more writers share it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +21,11 @@ use tokio::sync::{watch, Notify};
 
 /// The longest a deferred ticket waits for another writer's flush before it gets its own.
 pub const DEFER_LIMIT: Duration = Duration::from_millis(5);
+
+/// How long a flush waits for more writers when the previous one did not keep up (tickets
+/// were taken while it ran). Each flush costs far more CPU than this wait (sled wakes its
+/// whole IO pool on every flush), so under load fewer, larger flushes are cheaper.
+const LINGER: Duration = Duration::from_micros(500);
 
 #[derive(Clone)]
 pub struct GroupCommit {
@@ -49,44 +57,7 @@ impl GroupCommit {
             durable: watch::Sender::new(0),
         });
         // The task lives as long as the runtime it runs on (the server's actix system).
-        let task_inner = inner.clone();
-        tokio::spawn(async move {
-            let inner = task_inner;
-            loop {
-                let durable = *inner.durable.borrow();
-                if inner.requested.load(Ordering::Acquire) <= durable {
-                    inner.wake.notified().await;
-                    continue;
-                }
-                if inner.urgent.load(Ordering::Acquire) <= durable {
-                    // Only deferred tickets: give an urgent one the chance to take them along.
-                    let _ = tokio::time::timeout(DEFER_LIMIT, inner.wake.notified()).await;
-                }
-                let target = inner.requested.load(Ordering::Acquire);
-                let (db, file) = (db.clone(), log_file.clone());
-                let started = std::time::Instant::now();
-                let flush = move || -> sled::Result<()> {
-                    db.flush()?;
-                    if let Some(file) = file {
-                        file.sync_data()?;
-                    }
-                    Ok(())
-                };
-                match tokio::task::spawn_blocking(flush).await {
-                    Ok(Ok(_)) => {
-                        if let Some(h) = inner.flush_seconds.get() {
-                            h.observe(started.elapsed().as_secs_f64());
-                        }
-                        inner.durable.send_replace(target);
-                    }
-                    Ok(Err(err)) => {
-                        tracing::error!(error = %err, "store flush failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
+        tokio::spawn(commit_loop(inner.clone(), db, log_file));
         GroupCommit { inner }
     }
 
@@ -130,6 +101,61 @@ impl GroupCommit {
     pub async fn sync(&self) -> u64 {
         let t = self.ticket();
         self.wait(t).await
+    }
+}
+
+/// Flushes whenever a ticket is pending, forever (until the runtime stops).
+async fn commit_loop(inner: Arc<Inner>, db: sled::Db, log_file: Option<Arc<std::fs::File>>) {
+    // Whether writers took tickets while the last flush ran: then the next one lingers.
+    let mut busy = false;
+    loop {
+        inner.pending().await;
+        let linger = if busy { LINGER } else { Duration::ZERO };
+        let (db, file, task_inner) = (db.clone(), log_file.clone(), inner.clone());
+        let flush = move || -> sled::Result<(u64, Duration)> {
+            std::thread::sleep(linger);
+            // Every write made before this load is in what the flush writes.
+            let target = task_inner.requested.load(Ordering::Acquire);
+            let started = std::time::Instant::now();
+            db.flush()?;
+            if let Some(file) = file {
+                file.sync_data()?;
+            }
+            Ok((target, started.elapsed()))
+        };
+        match tokio::task::spawn_blocking(flush).await {
+            Ok(Ok((target, took))) => {
+                if let Some(h) = inner.flush_seconds.get() {
+                    h.observe(took.as_secs_f64());
+                }
+                inner.durable.send_replace(target);
+                busy = inner.requested.load(Ordering::Acquire) > target;
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "store flush failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+impl Inner {
+    /// Resolves when a flush is due: an urgent ticket is pending, or a deferred one has waited
+    /// [`DEFER_LIMIT`].
+    async fn pending(&self) {
+        loop {
+            let durable = *self.durable.borrow();
+            if self.requested.load(Ordering::Acquire) <= durable {
+                self.wake.notified().await;
+                continue;
+            }
+            if self.urgent.load(Ordering::Acquire) <= durable {
+                // Only deferred tickets: give an urgent one the chance to take them along.
+                let _ = tokio::time::timeout(DEFER_LIMIT, self.wake.notified()).await;
+            }
+            return;
+        }
     }
 }
 
