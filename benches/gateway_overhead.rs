@@ -17,9 +17,10 @@
 //! (the baseline), then through the gateway's `POST /v1/chat/completions`. Reported: latency
 //! p50/p99, time to the first content chunk p50/p99 (streams), throughput, added latency
 //! (gateway − direct), the gateway's CPU time per request (utime + stime from /proc/PID/stat),
-//! its peak memory (VmHWM), and the CPU other processes used meanwhile (the box is shared).
-//! It also checks, by duplicating the gateway's sockets (pidfd_getfd), that the connections it
-//! accepted and the ones it opened upstream have TCP_NODELAY set.
+//! its group-commit flushes per request (from its `/metrics`), its peak memory (VmHWM), and the
+//! CPU other processes used meanwhile (the box is shared). It also checks, by duplicating the
+//! gateway's sockets (pidfd_getfd), that the connections it accepted and the ones it opened
+//! upstream have TCP_NODELAY set.
 //!
 //! `cargo bench --bench gateway_overhead`. Environment:
 //! - `OVERHEAD_SECONDS` measured seconds per scenario and target (default 3),
@@ -450,6 +451,20 @@ fn vm_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The gateway's group-commit flushes so far (`switchyard_store_flush_seconds_count`), read
+/// with a plain blocking HTTP/1.0 GET of `/metrics`.
+fn flush_count(addr: SocketAddr) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(addr).ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(sock, "GET /metrics HTTP/1.0\r\nhost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    sock.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchyard_store_flush_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -659,6 +674,8 @@ struct Figures {
     first50: Option<Duration>,
     first99: Option<Duration>,
     cpu_per_req: Option<Duration>,
+    /// Group-commit flushes (sled flush + fdatasync) per request, from the gateway's metrics.
+    flushes_per_req: Option<f64>,
     /// The gateway's VmHWM so far (it only grows: with the data, up to the store cache).
     peak_mb: Option<f64>,
     others_cores: f64,
@@ -692,11 +709,14 @@ async fn measure(
     let self_pid = std::process::id().to_string();
     let gw_pid = gateway.map(|p| p.to_string());
     let gw_cpu = || gw_pid.as_deref().map_or(0.0, cpu_seconds);
+    let flushes = || gateway.and_then(|_| flush_count(addr));
+    let flushes0 = flushes();
     let (busy0, self0, gw0) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
     let (conns, run) = phase(conns, request, stream, settings.seconds, settings.max).await;
     // Work the gateway does right after answering (the actor's last steps) belongs to it.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (busy1, self1, gw1) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
+    let flushes1 = flushes();
     let elapsed = run.wall + Duration::from_millis(20);
     if let Some(e) = &run.first_error {
         eprintln!("{target}: {} errors, first: {e}", run.errors);
@@ -720,6 +740,10 @@ async fn measure(
         cpu_per_req: gateway
             .filter(|_| n > 0)
             .map(|_| Duration::from_secs_f64((gw1 - gw0) / n as f64)),
+        flushes_per_req: flushes0
+            .zip(flushes1)
+            .filter(|_| n > 0)
+            .map(|(a, b)| (b - a) as f64 / n as f64),
         peak_mb: gateway.map(|p| vm_kb(p, "VmHWM") as f64 / 1024.0),
         others_cores: (others / elapsed.as_secs_f64()).max(0.0),
     };
@@ -849,8 +873,8 @@ fn main() {
     });
 
     println!();
-    println!("| mode | c | target | requests | req/s | p50 | p99 | first chunk p50 | first chunk p99 | added p50 | added p99 | gateway CPU/req | gateway peak memory | other load (cores) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | c | target | requests | req/s | p50 | p99 | first chunk p50 | first chunk p99 | added p50 | added p99 | gateway CPU/req | flushes/req | gateway peak memory | other load (cores) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (mode, concurrency, figures) in &rows {
         let direct = &figures[0];
         for f in figures {
@@ -874,7 +898,7 @@ fn main() {
                 format!("{:.0} ({:.0}%)", f.rps, 100.0 * f.rps / direct.rps)
             };
             println!(
-                "| {mode} | {concurrency} | {} | {}{errors} | {rps} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                "| {mode} | {concurrency} | {} | {}{errors} | {rps} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
                 f.target,
                 f.n,
                 us(f.p50),
@@ -884,6 +908,7 @@ fn main() {
                 added(f.p50, direct.p50),
                 added(f.p99, direct.p99),
                 opt(f.cpu_per_req),
+                f.flushes_per_req.map_or("—".to_string(), |n| format!("{n:.2}")),
                 f.peak_mb.map_or("—".to_string(), |m| format!("{m:.1} MB")),
                 f.others_cores,
             );

@@ -68,6 +68,8 @@ pub struct Execution {
     next_seq: u64,
     /// Everything emitted as chunks so far: the base of any continuation.
     emitted: String,
+    /// Appended in the current turn, before its ticket is taken.
+    this_turn: Turn,
     /// Appended but not yet durable, with the group-commit ticket that covers each.
     unpublished: VecDeque<(u64, SharedEvent)>,
     awaiting_commit: bool,
@@ -81,6 +83,14 @@ pub struct Execution {
     /// Terminal: waiting for the last events to become durable before stopping.
     finishing: bool,
     done_waiters: Vec<oneshot::Sender<ExecutionRecord>>,
+}
+
+/// The events one turn of the actor appended, which share one group-commit ticket.
+#[derive(Default)]
+struct Turn {
+    events: Vec<SharedEvent>,
+    /// Whether one of them asks for a flush now (otherwise the ticket is deferred).
+    urgent: bool,
 }
 
 /// Cancels the execution; resolves with the final record once durable.
@@ -106,6 +116,7 @@ impl Execution {
             registry,
             next_seq: 1,
             emitted: String::new(),
+            this_turn: Turn::default(),
             unpublished: VecDeque::new(),
             awaiting_commit: false,
             running: None,
@@ -126,15 +137,44 @@ impl Execution {
 
     // ---- the log: append, then publish once durable ----
 
+    /// Appends an event; it is published once a group commit makes it durable.
     fn emit(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
+        self.this_turn.urgent = true;
+        self.append(ctx, build);
+    }
+
+    /// [`Self::emit`] for an event nobody waits on (`processing`): unless the same turn emits
+    /// another event, it rides on the next group commit anyone asks for (usually the first
+    /// chunk's) instead of costing one of its own.
+    fn emit_deferred(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
+        self.append(ctx, build);
+    }
+
+    fn append(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
         let event = Arc::new(build(self.next_seq));
         self.next_seq += 1;
         if let Err(err) = self.deps.store.append_event(&self.record.id, &event) {
             tracing::error!(execution_id = %self.record.id, error = %err, "event append failed");
         }
         self.deps.metrics.events.inc();
-        let ticket = self.deps.store.commit.ticket();
-        self.unpublished.push_back((ticket, event));
+        if self.this_turn.events.is_empty() {
+            // Runs once the actor has handled everything that is ready (up to 16 provider
+            // events): one ticket, hence one flush, for all events of the turn.
+            ctx.spawn(fut::ready(()).map(|_, act: &mut Self, ctx| act.take_ticket(ctx)));
+        }
+        self.this_turn.events.push(event);
+    }
+
+    /// Takes the group-commit ticket covering every event appended in this turn.
+    fn take_ticket(&mut self, ctx: &mut Context<Self>) {
+        let commit = &self.deps.store.commit;
+        let ticket = if std::mem::take(&mut self.this_turn.urgent) {
+            commit.ticket()
+        } else {
+            commit.deferred_ticket()
+        };
+        let events = self.this_turn.events.drain(..);
+        self.unpublished.extend(events.map(|event| (ticket, event)));
         self.await_commit(ctx);
     }
 
@@ -152,24 +192,14 @@ impl Execution {
             let mut batch = Vec::new();
             while act.unpublished.front().is_some_and(|(t, _)| *t <= durable) {
                 let (_, event) = act.unpublished.pop_front().expect("checked above");
-                if matches!(event.kind, EventKind::Status | EventKind::Done) {
-                    let status = if event.kind == EventKind::Done {
-                        act.record.status
-                    } else {
-                        act.status_of(&event)
-                    };
-                    let r = &act.record;
-                    act.deps
-                        .project_feed
-                        .publish(&r.project_id, &r.id, &r.model, status);
-                }
+                act.announce_status(&event);
                 batch.push(event);
             }
             // One wake-up per subscriber per group commit, however many events it made durable.
             act.live.publish(batch);
             if !act.unpublished.is_empty() {
                 act.await_commit(ctx);
-            } else if act.finishing {
+            } else if act.finishing && act.this_turn.events.is_empty() {
                 if act.record.webhook_url.is_some() {
                     act.deps.webhook_wake.notify_one();
                 }
@@ -179,6 +209,22 @@ impl Execution {
                 ctx.stop();
             }
         }));
+    }
+
+    /// Tells the project feed about the status change a durable event makes, if any.
+    fn announce_status(&self, event: &Event) {
+        let status = match event.kind {
+            EventKind::Done => self.record.status,
+            EventKind::Status => self.status_of(event),
+            _ => return,
+        };
+        // Executions are created `pending`: the first event is no change.
+        if status != Status::Pending {
+            let r = &self.record;
+            self.deps
+                .project_feed
+                .publish(&r.project_id, &r.id, &r.model, status);
+        }
     }
 
     /// The status a `status` event announces.
@@ -533,8 +579,9 @@ impl Execution {
         }
         self.deps.store.count_in_analytics(&self.record);
         self.persist();
-        let view = self.record.view(None);
-        self.emit(ctx, |seq| Event::from_payload(seq, EventKind::Done, &view));
+        // Serialized from the record it borrows, before `emit` borrows the actor.
+        let done = Event::from_payload(self.next_seq, EventKind::Done, &self.record.view(None));
+        self.emit(ctx, |_| done);
         self.finishing = true;
         tracing::info!(execution_id = %self.record.id, status = status.as_str(), duration_ms = self.record.duration_ms(), "execution finished");
     }
@@ -589,12 +636,18 @@ impl Actor for Execution {
         match self.record.status {
             Status::Pending => {
                 self.next_seq = self.deps.store.last_seq(self.id()).unwrap_or(1) + 1;
+                // The submit wrote `pending` (seq 1) with the record and may not have waited for
+                // it to be durable: it goes out with the first batch. Ticket 0, because the
+                // submit's writes precede every ticket this actor takes.
+                let pending = Event::status(1, Status::Pending);
+                self.unpublished.push_back((0, Arc::new(pending)));
                 self.record.status = Status::Processing;
                 self.record.started_at_ms = Some(now_ms());
                 let route = &self.routes[self.route_index];
                 let (provider, model) = (route.provider.name().to_string(), route.model.clone());
-                self.emit(ctx, |seq| Event::processing(seq, &provider, &model));
                 self.start_attempt(ctx, None);
+                // After the attempt's record write, so this event's commit covers that too.
+                self.emit_deferred(ctx, |seq| Event::processing(seq, &provider, &model));
             }
             Status::Processing => {
                 if !self.resume_from_log() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::execution::{Cancel, Execution, ExecutionDeps};
 use super::live::{LiveFeed, Subscription};
-use crate::domain::ExecutionRecord;
+use crate::domain::{ExecutionRecord, Status};
 use crate::error::{ApiError, ErrorCode};
 
 struct Live {
@@ -64,7 +64,12 @@ impl Handler<StartExecution> for Registry {
         if self.live.contains_key(&id) {
             return;
         }
-        let durable = self.deps.store.last_seq(&id).unwrap_or(0);
+        // A new execution's first event may not be durable yet (see `accept`): readers wait
+        // for its publication. A recovered one's log is durable as far as it goes.
+        let durable = match msg.0.status {
+            Status::Pending => 0,
+            _ => self.deps.store.last_seq(&id).unwrap_or(0),
+        };
         let feed = LiveFeed::new(durable);
         let addr = Execution::new(msg.0, self.deps.clone(), feed.clone(), ctx.address()).start();
         self.live.insert(id, Live { addr, feed });

@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::time::Duration;
 
-use super::{body::read_json, executions::accept, openai_error::OpenAiError, AppState, Principal};
+use super::executions::{accept, Ack};
+use super::{body::read_json, openai_error::OpenAiError, AppState, Principal};
 use crate::actors::{CancelExecution, Registry, Subscribe};
 use crate::cursor::Cursor;
 use crate::domain::request::Stop;
@@ -251,7 +252,7 @@ pub async fn create(
         .map(str::to_string)
         .unwrap_or_else(|| format!("chatcmpl_{}", ids::random_token(24)));
     let (body, streaming, include_usage) = request.into_submit(key)?;
-    let (record, _, _) = accept(&state, &principal, &body, false)
+    let (record, _, _) = accept(&state, &principal, &body, Ack::ByEvents)
         .await
         .map_err(own_field_names)?;
     let live = state

@@ -18,7 +18,7 @@ pub async fn submit(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body: SubmitBody = read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
-    let (record, created, token) = accept(&state, &principal, &body, true).await?;
+    let (record, created, token) = accept(&state, &principal, &body, Ack::Accepted).await?;
     let token = token.unwrap_or_default();
     let status = if created {
         actix_web::http::StatusCode::ACCEPTED
@@ -30,14 +30,25 @@ pub async fn submit(
         .json(submit_view(&req, &record, &token)))
 }
 
-/// Validates and persists a submit, durably, and starts it: `(record, true, _)` for a new
-/// execution, `(original, false, _)` for a retry with the same idempotency key and body;
-/// with a fresh WebSocket token when asked (made durable by the same group commit).
+/// How the caller acknowledges a submit, which decides whether [`accept`] waits for it to be
+/// durable.
+pub(super) enum Ack {
+    /// A `202` (with a fresh WebSocket token): the submit is made durable before returning.
+    Accepted,
+    /// Only through the execution's events (the OpenAI-compatible endpoint): no wait, since every
+    /// event is published after a group commit, and that commit covers the submit written
+    /// before it. Saves one whole commit per request.
+    ByEvents,
+}
+
+/// Validates and persists a submit and starts it: `(record, true, _)` for a new execution,
+/// `(original, false, _)` for a retry with the same idempotency key and body; with a fresh
+/// WebSocket token for [`Ack::Accepted`] (made durable by the same group commit).
 pub(super) async fn accept(
     state: &AppState,
     principal: &Principal,
     body: &SubmitBody,
-    with_token: bool,
+    ack: Ack,
 ) -> Result<(ExecutionRecord, bool, Option<String>), ApiError> {
     body.validate()?;
     let model = resolve_model(state, body)?;
@@ -85,17 +96,19 @@ pub(super) async fn accept(
             ))
         }
     };
-    let token = if with_token {
-        Some(issue_ws_token(state, &record)?)
-    } else {
-        None
+    let token = match ack {
+        Ack::Accepted => Some(issue_ws_token(state, &record)?),
+        Ack::ByEvents => None,
     };
-    // Accepting promises the execution survives a crash: wait for the group commit.
-    state.store.commit.sync().await;
     if created {
-        // The `pending` event was written with the record.
+        // The `pending` event was written with the record. The execution may start before the
+        // submit is durable: it publishes nothing until a commit covers the submit as well.
         state.metrics.events.inc();
         state.registry.do_send(StartExecution(record.clone()));
+    }
+    if matches!(ack, Ack::Accepted) {
+        // Accepting promises the execution survives a crash: wait for the group commit.
+        state.store.commit.sync().await;
     }
     Ok((record, created, token))
 }
@@ -224,7 +237,7 @@ pub(super) fn full_view(
     } else {
         None
     };
-    Ok(record.view(live_text.as_deref()))
+    serde_json::to_value(record.view(live_text.as_deref())).map_err(ApiError::internal)
 }
 
 pub async fn get(

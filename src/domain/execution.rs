@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{rfc3339, ChatRequest, Status};
+use super::{ChatRequest, Status};
 use crate::error::{ErrorBody, ErrorCode};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,51 +83,184 @@ impl ExecutionRecord {
 
     /// The public JSON object (`GET /v1/executions/{id}`, `done` events, webhooks).
     /// `live_text` is the partial output of a running execution, read from its log.
-    pub fn view(&self, live_text: Option<&str>) -> Value {
-        let text = self.output_text.as_deref().or(live_text);
-        let attempts: Vec<Value> = self
-            .attempts
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "provider": a.provider,
-                    "model": a.model,
-                    "strategy": a.strategy,
-                    "outcome": a.outcome,
-                    "chunks_delivered": a.chunks_delivered,
-                    "error_code": a.error_code,
-                    "error_message": a.error_message,
-                    "usage": a.usage,
-                    "started_at": rfc3339(a.started_at_ms),
-                    "time_to_first_chunk_ms": a.first_chunk_ms,
-                    "ended_at": a.ended_at_ms.map(rfc3339),
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "id": self.id,
-            "object": "execution",
-            "status": self.status,
-            "model": self.model,
-            "output": text.map(|t| {
-                let mut output = serde_json::json!({"text": t});
-                if !self.output_tool_calls.is_empty() {
-                    output["tool_calls"] = serde_json::json!(self.output_tool_calls);
-                }
-                output
+    pub fn view<'a>(&'a self, live_text: Option<&'a str>) -> ExecutionView<'a> {
+        ExecutionView {
+            id: &self.id,
+            object: "execution",
+            status: self.status,
+            model: &self.model,
+            output: self
+                .output_text
+                .as_deref()
+                .or(live_text)
+                .map(|text| Output {
+                    text,
+                    tool_calls: &self.output_tool_calls,
+                }),
+            error: self.error.as_ref(),
+            finish_reason: self.finish_reason.as_deref(),
+            usage: self.usage,
+            attempts: self.attempts.iter().map(AttemptView).collect(),
+            metadata: &self.metadata,
+            idempotency_key: &self.idempotency_key,
+            channel_id: &self.channel_id,
+            webhook_url: self.webhook_url.as_deref(),
+            created_at: Rfc3339(self.created_at_ms),
+            started_at: self.started_at_ms.map(Rfc3339),
+            completed_at: self.completed_at_ms.map(Rfc3339),
+            duration_ms: self.duration_ms(),
+        }
+    }
+}
+
+/// [`ExecutionRecord::view`]: serialized straight from the record, without building a JSON
+/// tree first (it is on every request's path: the `done` event).
+#[derive(Serialize)]
+pub struct ExecutionView<'a> {
+    id: &'a str,
+    object: &'static str,
+    status: Status,
+    model: &'a str,
+    output: Option<Output<'a>>,
+    error: Option<&'a ErrorBody>,
+    finish_reason: Option<&'a str>,
+    usage: Option<Usage>,
+    attempts: Vec<AttemptView<'a>>,
+    metadata: &'a Map<String, Value>,
+    idempotency_key: &'a str,
+    channel_id: &'a str,
+    webhook_url: Option<&'a str>,
+    created_at: Rfc3339,
+    started_at: Option<Rfc3339>,
+    completed_at: Option<Rfc3339>,
+    duration_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    text: &'a str,
+    /// Only when the answer called tools.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tool_calls: &'a [super::ToolCall],
+}
+
+/// One attempt in the public view.
+struct AttemptView<'a>(&'a Attempt);
+
+impl Serialize for AttemptView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let a = self.0;
+        let mut s = serializer.serialize_struct("Attempt", 11)?;
+        s.serialize_field("provider", &a.provider)?;
+        s.serialize_field("model", &a.model)?;
+        s.serialize_field("strategy", &a.strategy)?;
+        s.serialize_field("outcome", &a.outcome)?;
+        s.serialize_field("chunks_delivered", &a.chunks_delivered)?;
+        s.serialize_field("error_code", &a.error_code)?;
+        s.serialize_field("error_message", &a.error_message)?;
+        s.serialize_field("usage", &a.usage)?;
+        s.serialize_field("started_at", &Rfc3339(a.started_at_ms))?;
+        s.serialize_field("time_to_first_chunk_ms", &a.first_chunk_ms)?;
+        s.serialize_field("ended_at", &a.ended_at_ms.map(Rfc3339))?;
+        s.end()
+    }
+}
+
+/// Milliseconds since the epoch, serialized as an RFC 3339 timestamp without an intermediate
+/// `String`.
+struct Rfc3339(u64);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.0);
+        serializer.collect_str(&humantime::format_rfc3339_millis(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{rfc3339, Message, Params, Role};
+    use serde_json::json;
+
+    #[test]
+    fn the_view_is_the_documented_object() {
+        let record = ExecutionRecord {
+            id: "exec_1".into(),
+            project_id: "p".into(),
+            status: Status::Completed,
+            model: "chat-default".into(),
+            request: ChatRequest {
+                messages: vec![Message::new(Role::User, "hi")],
+                params: Params::default(),
+            },
+            idempotency_key: "k".into(),
+            fingerprint: "f".into(),
+            metadata: json!({"user": "u1"}).as_object().unwrap().clone(),
+            webhook_url: None,
+            channel_id: "ch_1".into(),
+            output_text: Some("hello".into()),
+            output_tool_calls: Vec::new(),
+            error: None,
+            finish_reason: Some("stop".into()),
+            usage: Some(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+                total_tokens: 3,
             }),
-            "error": self.error,
-            "finish_reason": self.finish_reason,
-            "usage": self.usage,
-            "attempts": attempts,
-            "metadata": self.metadata,
-            "idempotency_key": self.idempotency_key,
-            "channel_id": self.channel_id,
-            "webhook_url": self.webhook_url,
-            "created_at": rfc3339(self.created_at_ms),
-            "started_at": self.started_at_ms.map(rfc3339),
-            "completed_at": self.completed_at_ms.map(rfc3339),
-            "duration_ms": self.duration_ms(),
-        })
+            attempts: vec![Attempt {
+                provider: "mock".into(),
+                model: "m".into(),
+                strategy: "initial".into(),
+                outcome: AttemptOutcome::Succeeded,
+                chunks_delivered: 2,
+                error_code: Some(ErrorCode::ProviderTimeout),
+                error_message: None,
+                usage: None,
+                started_at_ms: 1_700_000_000_100,
+                first_chunk_ms: Some(7),
+                ended_at_ms: None,
+            }],
+            created_at_ms: 1_700_000_000_000,
+            started_at_ms: Some(1_700_000_000_050),
+            completed_at_ms: Some(1_700_000_000_500),
+        };
+        let expected = json!({
+            "id": "exec_1", "object": "execution", "status": "completed",
+            "model": "chat-default", "output": {"text": "hello"}, "error": null,
+            "finish_reason": "stop",
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            "attempts": [{
+                "provider": "mock", "model": "m", "strategy": "initial",
+                "outcome": "succeeded", "chunks_delivered": 2,
+                "error_code": "provider_timeout", "error_message": null, "usage": null,
+                "started_at": rfc3339(1_700_000_000_100), "time_to_first_chunk_ms": 7,
+                "ended_at": null,
+            }],
+            "metadata": {"user": "u1"}, "idempotency_key": "k", "channel_id": "ch_1",
+            "webhook_url": null, "created_at": rfc3339(1_700_000_000_000),
+            "started_at": rfc3339(1_700_000_000_050),
+            "completed_at": rfc3339(1_700_000_000_500), "duration_ms": 500,
+        });
+        assert_eq!(serde_json::to_value(record.view(None)).unwrap(), expected);
+        let running = ExecutionRecord {
+            output_text: None,
+            ..record
+        };
+        let view = serde_json::to_value(running.view(Some("he"))).unwrap();
+        assert_eq!(view["output"], json!({"text": "he"}));
+        let call: crate::domain::ToolCall = serde_json::from_value(
+            json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}),
+        )
+        .unwrap();
+        let calling = ExecutionRecord {
+            output_text: Some(String::new()),
+            output_tool_calls: vec![call],
+            ..running
+        };
+        let view = serde_json::to_value(calling.view(None)).unwrap();
+        assert_eq!(view["output"]["text"], "");
+        assert_eq!(view["output"]["tool_calls"][0]["id"], "c1");
     }
 }

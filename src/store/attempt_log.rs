@@ -1,16 +1,28 @@
 //! The per-attempt debug record behind `GET /v1/executions/{id}/log`: what was sent upstream
 //! (secrets redacted), what came back, each raw chunk with its arrival time, and errors.
-//! Keys: `execution id ‖ 0 ‖ attempt (u32 BE) ‖ entry (u32 BE)`, so one execution's record is
-//! contiguous and ordered. Entries ride on the same group commit as events.
+//!
+//! Entries are collected in memory per attempt and written to sled in batches: one insert when
+//! the attempt ends, and one whenever [`BATCH_BYTES`] have collected in between, instead of one
+//! insert per raw chunk. Readers see the batches in sled plus the part still in memory, so a
+//! running attempt shows everything it recorded. A crash loses the part still in memory: the
+//! debug record is diagnostic, not acknowledged data.
+//!
+//! Keys: `execution id ‖ 0 ‖ attempt (u32 BE) ‖ first entry (u32 BE)` → a JSON array of
+//! entries (a JSON object: one entry, as written before batching), so one execution's record is
+//! contiguous and ordered.
 
 use serde::Serialize;
 use serde_json::Value;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::Store;
 use crate::domain::now_ms;
+
+/// Collected entries are written out once they reach this size, even mid-attempt: it bounds
+/// both the memory of a long stream and what a crash can lose of its record.
+const BATCH_BYTES: usize = 32 * 1024;
 
 /// One thing that happened during an attempt.
 #[derive(Debug, Serialize)]
@@ -40,19 +52,39 @@ pub enum LogEntry<'a> {
     },
 }
 
-/// Writes one attempt's entries; cheap to clone into the task that drives the attempt.
+/// Writes one attempt's entries; cheap to clone into the task that drives the attempt. The
+/// collected rest is written when the last clone is dropped.
 #[derive(Clone)]
 pub struct AttemptLog {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    store: Option<Store>,
+    /// `None`: a log that records nothing.
+    target: Option<(Store, Arc<Batch>)>,
+    started: Instant,
+}
+
+/// The entries of one attempt not yet in sled; shared with readers through [`LiveLogs`].
+struct Batch {
     execution_id: String,
     attempt: u32,
-    started: Instant,
-    next: AtomicU32,
+    pending: Mutex<Pending>,
 }
+
+#[derive(Default)]
+struct Pending {
+    /// Index of the first entry in `json`.
+    first: u32,
+    /// Entries in `json`.
+    count: u32,
+    /// The entries as the elements of a JSON array, without its brackets.
+    json: Vec<u8>,
+}
+
+/// The batches of attempts still running, by execution id, for readers.
+#[derive(Default)]
+pub(super) struct LiveLogs(Mutex<HashMap<String, Vec<Arc<Batch>>>>);
 
 #[derive(Serialize)]
 struct Stamped<'a> {
@@ -91,13 +123,16 @@ pub fn redacted_headers<'h>(
 
 impl AttemptLog {
     pub fn new(store: Store, execution_id: &str, attempt: u32) -> AttemptLog {
+        let batch = Arc::new(Batch {
+            execution_id: execution_id.to_string(),
+            attempt,
+            pending: Mutex::default(),
+        });
+        store.live_logs.add(&batch);
         AttemptLog {
             inner: Arc::new(Inner {
-                store: Some(store),
-                execution_id: execution_id.to_string(),
-                attempt,
+                target: Some((store, batch)),
                 started: Instant::now(),
-                next: AtomicU32::new(0),
             }),
         }
     }
@@ -106,30 +141,110 @@ impl AttemptLog {
     pub fn disabled() -> AttemptLog {
         AttemptLog {
             inner: Arc::new(Inner {
-                store: None,
-                execution_id: String::new(),
-                attempt: 0,
+                target: None,
                 started: Instant::now(),
-                next: AtomicU32::new(0),
             }),
         }
     }
 
     pub fn record(&self, entry: LogEntry<'_>) {
-        let Some(store) = &self.inner.store else {
+        let Some((store, batch)) = &self.inner.target else {
             return;
         };
-        let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let stamped = Stamped {
             at_ms: now_ms(),
             elapsed_ms: (self.inner.started.elapsed().as_micros() as f64) / 1000.0,
             entry,
         };
-        let value = serde_json::to_vec(&stamped).expect("log entries serialize");
-        let key = Store::attempt_log_key(&self.inner.execution_id, self.inner.attempt, n);
-        if let Err(err) = store.attempt_log.insert(key, value) {
-            tracing::warn!(execution_id = %self.inner.execution_id, error = %err, "debug log write failed");
+        let mut pending = batch.lock();
+        if pending.count > 0 {
+            pending.json.push(b',');
         }
+        serde_json::to_writer(&mut pending.json, &stamped).expect("log entries serialize");
+        pending.count += 1;
+        if pending.json.len() >= BATCH_BYTES {
+            batch.write_out(store, &mut pending);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some((store, batch)) = &self.target {
+            batch.write_out(store, &mut batch.lock());
+            store.live_logs.remove(batch);
+        }
+    }
+}
+
+impl Batch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One sled insert for every collected entry (memory only until the next group commit).
+    fn write_out(&self, store: &Store, pending: &mut Pending) {
+        if pending.count == 0 {
+            return;
+        }
+        let mut value = Vec::with_capacity(pending.json.len() + 2);
+        value.push(b'[');
+        value.extend_from_slice(&pending.json);
+        value.push(b']');
+        let key = Store::attempt_log_key(&self.execution_id, self.attempt, pending.first);
+        if let Err(err) = store.attempt_log.insert(key, value) {
+            tracing::warn!(execution_id = %self.execution_id, error = %err, "debug log write failed");
+        }
+        pending.first += pending.count;
+        pending.count = 0;
+        pending.json.clear();
+    }
+}
+
+impl LiveLogs {
+    fn add(&self, batch: &Arc<Batch>) {
+        let mut logs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let list = logs.entry(batch.execution_id.clone()).or_default();
+        list.push(batch.clone());
+    }
+
+    fn remove(&self, batch: &Arc<Batch>) {
+        let mut logs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = logs.get_mut(&batch.execution_id) {
+            list.retain(|b| !Arc::ptr_eq(b, batch));
+            if list.is_empty() {
+                logs.remove(&batch.execution_id);
+            }
+        }
+    }
+
+    /// For each running attempt of the execution: (attempt, index of the first entry not in
+    /// sled, those entries).
+    fn snapshot(&self, id: &str) -> Vec<(u32, u32, Vec<Value>)> {
+        let batches = {
+            let logs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            logs.get(id).cloned().unwrap_or_default()
+        };
+        batches
+            .iter()
+            .map(|batch| {
+                let pending = batch.lock();
+                let mut json = Vec::with_capacity(pending.json.len() + 2);
+                json.push(b'[');
+                json.extend_from_slice(&pending.json);
+                json.push(b']');
+                (batch.attempt, pending.first, entries(&json))
+            })
+            .collect()
+    }
+}
+
+/// The entries of one stored value: a batch (JSON array) or a single entry (JSON object).
+fn entries(value: &[u8]) -> Vec<Value> {
+    match serde_json::from_slice(value) {
+        Ok(Value::Array(entries)) => entries,
+        Ok(entry @ Value::Object(_)) => vec![entry],
+        _ => Vec::new(),
     }
 }
 
@@ -142,6 +257,9 @@ impl Store {
 
     /// Every entry of the execution's debug record as (attempt index, entry JSON), in order.
     pub fn attempt_log(&self, id: &str) -> sled::Result<Vec<(u32, Value)>> {
+        // The in-memory part first: whatever a running attempt writes out after this snapshot
+        // is in sled at or past the snapshot's first index, and skipped there.
+        let live = self.live_logs.snapshot(id);
         let prefix = super::joined(id, &[]);
         let mut out = Vec::new();
         for item in self.attempt_log.scan_prefix(&prefix) {
@@ -151,10 +269,78 @@ impl Store {
                 continue;
             }
             let attempt = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
-            if let Ok(v) = serde_json::from_slice(&value) {
-                out.push((attempt, v));
+            let first = u32::from_be_bytes(rest[4..].try_into().expect("4 bytes"));
+            let in_snapshot = live
+                .iter()
+                .any(|(a, from, _)| *a == attempt && first >= *from);
+            if !in_snapshot {
+                out.extend(entries(&value).into_iter().map(|e| (attempt, e)));
             }
         }
+        for (attempt, _, entries) in live {
+            out.extend(entries.into_iter().map(|e| (attempt, e)));
+        }
+        // Stable: each attempt's entries stay in the order recorded.
+        out.sort_by_key(|(attempt, _)| *attempt);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(store: &Store, id: &str) -> Vec<(u32, String)> {
+        store
+            .attempt_log(id)
+            .unwrap()
+            .into_iter()
+            .map(|(a, e)| (a, e["data"].as_str().unwrap_or_default().to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_running_attempt_shows_everything_and_a_finished_one_reads_back_from_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = AttemptLog::new(store.clone(), "exec_a", 0);
+        first.record(LogEntry::Chunk { data: "a0" });
+        drop(first);
+        let second = AttemptLog::new(store.clone(), "exec_a", 1);
+        let big = "x".repeat(BATCH_BYTES);
+        second.record(LogEntry::Chunk { data: "b0" });
+        second.record(LogEntry::Chunk { data: &big });
+        second.record(LogEntry::Chunk { data: "b2" });
+        let expected = vec![
+            (0, "a0".to_string()),
+            (1, "b0".to_string()),
+            (1, big.clone()),
+            (1, "b2".to_string()),
+        ];
+        assert_eq!(chunks(&store, "exec_a"), expected, "while running");
+        drop(second);
+        assert_eq!(chunks(&store, "exec_a"), expected, "once written");
+        assert!(store.live_logs.snapshot("exec_a").is_empty());
+        assert!(chunks(&store, "exec_ab").is_empty());
+    }
+
+    #[tokio::test]
+    async fn entries_written_one_per_key_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (i, data) in ["c0", "c1"].into_iter().enumerate() {
+            let value = serde_json::json!({"type": "chunk", "data": data});
+            store
+                .attempt_log
+                .insert(
+                    Store::attempt_log_key("exec_old", 0, i as u32),
+                    serde_json::to_vec(&value).unwrap(),
+                )
+                .unwrap();
+        }
+        assert_eq!(
+            chunks(&store, "exec_old"),
+            vec![(0, "c0".to_string()), (0, "c1".to_string())]
+        );
     }
 }

@@ -44,10 +44,9 @@ impl Store {
         record: &ExecutionRecord,
         first_event: &Event,
     ) -> sled::Result<SubmitOutcome> {
+        // No read of the key first: the compare-and-swap answers the same question, and a
+        // retry (the rare case) only costs writing and removing a record.
         let idem_key = joined(&record.project_id, record.idempotency_key.as_bytes());
-        if let Some(existing) = self.idempotency.get(&idem_key)? {
-            return Ok(Self::existing(&existing, &record.fingerprint));
-        }
         let event_key = Self::event_key(&record.id, first_event.seq);
         self.executions
             .insert(record.id.as_bytes(), encode(record))?;

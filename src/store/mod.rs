@@ -3,7 +3,7 @@
 //! Trees: `executions` (id → record), `events` (id ‖ 0 ‖ seq BE → event), `idempotency`
 //! (project ‖ 0 ‖ key → id ‖ 0 ‖ fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id →
 //! ()), `keys` (key id → key record), `key_hashes` (sha256(secret) → key id), `ws_tokens`
-//! (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖ attempt ‖ entry → debug entry),
+//! (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖ attempt ‖ first entry → debug entries),
 //! `webhooks` (id → outbox entry),
 //! `analytics` (project ‖ 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `meta`.
 
@@ -25,6 +25,7 @@ pub use tokens::WsTokenRecord;
 pub use webhooks::WebhookJob;
 
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct Store {
@@ -37,6 +38,8 @@ pub struct Store {
     key_hashes: sled::Tree,
     ws_tokens: sled::Tree,
     attempt_log: sled::Tree,
+    /// Debug entries of running attempts not yet written to `attempt_log`.
+    live_logs: Arc<attempt_log::LiveLogs>,
     webhooks: sled::Tree,
     analytics: sled::Tree,
     meta: sled::Tree,
@@ -72,6 +75,7 @@ impl Store {
             key_hashes: tree("key_hashes")?,
             ws_tokens: tree("ws_tokens")?,
             attempt_log: tree("attempt_log")?,
+            live_logs: Arc::default(),
             webhooks: tree("webhooks")?,
             analytics: tree("analytics")?,
             meta: tree("meta")?,
