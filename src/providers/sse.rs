@@ -161,6 +161,18 @@ where
     super::block_on_test(parse_stream(bytes, AttemptLog::disabled(), parse).collect())
 }
 
+/// The text of every delta in a recorded run, concatenated.
+#[cfg(test)]
+pub(crate) fn recorded_text(items: &[Result<StreamItem, ProviderError>]) -> String {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Ok(StreamItem::Delta(d)) => d.text.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -244,15 +244,7 @@ mod tests {
         sse::run_recorded(body, move |ev| parser.parse(&ev.data))
     }
 
-    fn text(items: &[Result<StreamItem, ProviderError>]) -> String {
-        items
-            .iter()
-            .filter_map(|i| match i {
-                Ok(StreamItem::Delta(d)) => d.text.clone(),
-                _ => None,
-            })
-            .collect()
-    }
+    use crate::providers::sse::recorded_text as text;
 
     fn delta(item: &Result<StreamItem, ProviderError>) -> &Delta {
         match item {

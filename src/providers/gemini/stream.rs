@@ -238,15 +238,7 @@ mod tests {
         sse::run_recorded(body, move |ev| parser.parse(&ev.data))
     }
 
-    fn text(items: &[Result<StreamItem, ProviderError>]) -> String {
-        items
-            .iter()
-            .filter_map(|i| match i {
-                Ok(StreamItem::Delta(d)) => d.text.clone(),
-                _ => None,
-            })
-            .collect()
-    }
+    use crate::providers::sse::recorded_text as text;
 
     fn chunk(text: &str, finish: Option<&str>, completion: u64) -> String {
         let finish = finish
