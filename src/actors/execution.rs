@@ -424,7 +424,15 @@ impl Execution {
             self.record.output_tool_calls = calls;
         }
         let usage = self.running.as_ref().and_then(|r| r.usage);
-        self.record.finish_reason = self.running.as_ref().and_then(|r| r.finish_reason.clone());
+        let reported = self.running.as_ref().and_then(|r| r.finish_reason.clone());
+        // OpenAI says `stop` when a named tool_choice forced the call; every other format says
+        // `tool_calls`: one answer regardless of which route gave it.
+        self.record.finish_reason = match reported {
+            Some(r) if r == "stop" && !self.record.output_tool_calls.is_empty() => {
+                Some("tool_calls".into())
+            }
+            other => other,
+        };
         self.end_attempt(ctx, AttemptOutcome::Succeeded, None);
         self.record.usage = usage;
         self.terminate(ctx, Status::Completed, None);
@@ -626,6 +634,8 @@ impl Actor for Execution {
             act.terminate(ctx, Status::Expired, Some(error));
         });
         if self.routes.is_empty() {
+            // After the events already logged (a restarted execution whose model lost its routes).
+            self.next_seq = self.deps.store.last_seq(self.id()).unwrap_or(0) + 1;
             let error = ErrorBody::new(ErrorCode::ProviderUnavailable, "model has no usable route");
             return self.terminate(ctx, Status::Failed, Some(error));
         }

@@ -154,6 +154,11 @@ impl CompletionRequest {
                     for (j, part) in parts.into_iter().enumerate() {
                         match (part.kind.as_str(), part.text, part.image_url) {
                             ("text", Some(t), _) => text.push_str(&t),
+                            ("text", None, _) => {
+                                return Err(ApiError::invalid(format!(
+                                    "messages[{i}].content[{j}].text: required on a text part"
+                                )))
+                            }
                             ("image_url", _, Some(image)) => images.push(image),
                             (kind, _, _) => {
                                 return Err(unsupported(

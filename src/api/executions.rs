@@ -228,12 +228,16 @@ pub(super) fn owned(
         .ok_or_else(|| ApiError::not_found("execution", id))
 }
 
-pub(super) fn full_view(
+pub(super) async fn full_view(
     state: &AppState,
     record: &ExecutionRecord,
 ) -> Result<serde_json::Value, ApiError> {
     let live_text = if record.output_text.is_none() {
-        Some(state.store.emitted_text(&record.id)?)
+        // The log may hold chunks no commit covers yet: what was read is made durable before
+        // it is shown, so a crash cannot take back text a reader was given.
+        let text = state.store.emitted_text(&record.id)?;
+        state.store.commit.sync().await;
+        Some(text)
     } else {
         None
     };
@@ -246,7 +250,7 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let record = owned(&state, &principal, &id)?;
-    Ok(HttpResponse::Ok().json(full_view(&state, &record)?))
+    Ok(HttpResponse::Ok().json(full_view(&state, &record).await?))
 }
 
 #[derive(Deserialize)]

@@ -74,10 +74,24 @@ impl Image {
         let remote = url::Url::parse(&self.url)
             .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .unwrap_or(false);
-        let inline = self
-            .inline()
-            .is_some_and(|(media_type, data)| media_type.starts_with("image/") && !data.is_empty());
-        if !remote && !inline {
+        if let Some((media_type, data)) = self.inline() {
+            if !INLINE_IMAGE_TYPES.contains(&media_type) {
+                return Err(ApiError::invalid(format!(
+                    "{field}.url: inline images must be one of {}, got `{media_type}`",
+                    INLINE_IMAGE_TYPES.join(", ")
+                )));
+            }
+            use base64::Engine;
+            if data.is_empty()
+                || base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .is_err()
+            {
+                return Err(ApiError::invalid(format!(
+                    "{field}.url: the data URL's payload is not valid base64"
+                )));
+            }
+        } else if !remote {
             return Err(ApiError::invalid(format!(
                 "{field}.url: must be an http(s) URL or a data:image/...;base64,... URL"
             )));
@@ -190,6 +204,8 @@ const MAX_MESSAGES: usize = 2048;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 const MAX_METADATA_KEYS: usize = 50;
 const MAX_IMAGES: usize = 20;
+/// The image types every provider with vision accepts inline.
+const INLINE_IMAGE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
 const MAX_METADATA_KEY_LEN: usize = 40;
 const MAX_METADATA_VALUE_LEN: usize = 500;
 
@@ -484,6 +500,17 @@ mod tests {
             answer("a")
         ]));
         assert!(late.starts_with("messages[5].tool_call_id"), "{late}");
+    }
+
+    #[test]
+    fn inline_images_are_checked_for_type_and_base64() {
+        let user = |url: &str| serde_json::json!([{"role": "user", "content": "look", "images": [{"url": url}]}]);
+        with_messages(user("data:image/png;base64,iVBORw0KGgo=")).unwrap();
+        with_messages(user("https://example.test/cat.jpg")).unwrap();
+        let err = |url: &str| with_messages(user(url)).unwrap_err().body.message;
+        assert!(err("data:image/svg+xml;base64,PHN2Zz4=").contains("`image/svg+xml`"));
+        assert!(err("data:image/png;base64,not base64!").contains("not valid base64"));
+        assert!(err("ftp://example.test/cat.png").contains("http(s) URL"));
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub struct ProviderError {
     /// HTTP status, when the provider answered with one.
     pub status: Option<u16>,
     pub retry_after: Option<Duration>,
+    /// The model's output was unusable (e.g. a malformed tool call): the provider itself is
+    /// healthy, so its breaker must not count it.
+    pub model_fault: bool,
 }
 
 impl ProviderError {
@@ -23,6 +26,7 @@ impl ProviderError {
             message: message.into(),
             status: None,
             retry_after: None,
+            model_fault: false,
         }
     }
 
@@ -34,6 +38,9 @@ impl ProviderError {
     /// Whether this failure says something about the provider's health (as opposed to a
     /// request it rightly refused).
     pub fn counts_against_provider(&self) -> bool {
+        if self.model_fault {
+            return false;
+        }
         match self.code {
             ErrorCode::ProviderUnavailable
             | ErrorCode::ProviderTimeout
@@ -114,6 +121,7 @@ impl ProviderError {
             message: format!("provider answered {status}: {detail}"),
             status: Some(status),
             retry_after,
+            model_fault: false,
         }
     }
 

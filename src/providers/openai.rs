@@ -105,10 +105,15 @@ pub fn request_body(req: &UpstreamRequest) -> serde_json::Value {
         "stream": true,
         "stream_options": {"include_usage": true},
     });
-    if let (Some(obj), serde_json::Value::Object(params)) = (
+    if let (Some(obj), serde_json::Value::Object(mut params)) = (
         body.as_object_mut(),
         serde_json::to_value(&req.params).unwrap_or_default(),
     ) {
+        if req.params.tools.is_empty() {
+            // OpenAI refuses these without `tools` (400), though they ask for nothing then.
+            params.remove("tool_choice");
+            params.remove("parallel_tool_calls");
+        }
         obj.extend(params);
     }
     body
@@ -357,6 +362,23 @@ mod tests {
         );
         assert_eq!(body["messages"][1]["tool_call_id"], "c1");
         assert!(body.get("tools").is_none(), "no tools key without tools");
+    }
+
+    #[test]
+    fn tool_options_without_tools_stay_home() {
+        use crate::domain::tools::{ToolChoice, ToolMode};
+        let req = UpstreamRequest {
+            model: "m".into(),
+            messages: vec![Message::new(crate::domain::Role::User, "hi")],
+            params: crate::domain::Params {
+                tool_choice: Some(ToolChoice::Mode(ToolMode::None)),
+                parallel_tool_calls: Some(false),
+                ..crate::domain::Params::default()
+            },
+        };
+        let body = request_body(&req);
+        assert!(body.get("parallel_tool_calls").is_none(), "{body}");
+        assert!(body.get("tool_choice").is_none(), "{body}");
     }
 
     #[test]

@@ -186,12 +186,15 @@ fn failed_finish(finish: &str) -> Option<ProviderError> {
             format!("the provider stopped the answer (finishReason {finish})"),
         ));
     }
-    UNUSABLE_CALL_FINISH_REASONS.contains(&finish).then(|| {
-        ProviderError::new(
-            ErrorCode::ProviderError,
-            format!("the model produced an unusable tool call (finishReason {finish})"),
-        )
-    })
+    UNUSABLE_CALL_FINISH_REASONS
+        .contains(&finish)
+        .then(|| ProviderError {
+            model_fault: true,
+            ..ProviderError::new(
+                ErrorCode::ProviderError,
+                format!("the model produced an unusable tool call (finishReason {finish})"),
+            )
+        })
 }
 
 fn usage(u: UsageMetadata) -> Usage {
@@ -334,6 +337,10 @@ mod tests {
             let err = items.last().unwrap().as_ref().unwrap_err();
             assert_eq!(err.code, ErrorCode::ProviderError);
             assert!(!err.is_retryable());
+            assert!(
+                !err.counts_against_provider(),
+                "the model's fault, not the provider's"
+            );
             assert!(err.message.contains(reason), "{}", err.message);
         }
     }
