@@ -341,7 +341,17 @@ impl SubmitBody {
         // The calls of the last assistant turn still waiting for a result, and that turn.
         let mut open: Vec<&str> = Vec::new();
         let mut asked_at = 0;
+        // Call ids name their results, so one id may be used once in a conversation.
+        let mut seen = std::collections::HashSet::new();
         for (i, m) in self.messages.iter().enumerate() {
+            for (j, call) in m.tool_calls.iter().enumerate() {
+                if !seen.insert(call.id.as_str()) {
+                    return Err(ApiError::invalid(format!(
+                        "messages[{i}].tool_calls[{j}].id: `{}` is used by another call",
+                        call.id
+                    )));
+                }
+            }
             if let Some(id) = m.tool_call_id.as_deref() {
                 let Some(k) = open.iter().position(|o| *o == id) else {
                     return Err(ApiError::invalid(format!(
@@ -491,6 +501,15 @@ mod tests {
         assert!(at_end.contains("`b` must be answered"), "{at_end}");
         let twice = err(serde_json::json!([user, asks, answer("a"), answer("a")]));
         assert!(twice.starts_with("messages[3].tool_call_id"), "{twice}");
+        let again = err(serde_json::json!([
+            user,
+            asks,
+            answer("a"),
+            answer("b"),
+            user,
+            asks
+        ]));
+        assert!(again.starts_with("messages[5].tool_calls[0].id"), "{again}");
         let late = err(serde_json::json!([
             user,
             asks,
