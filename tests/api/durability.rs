@@ -159,3 +159,39 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged_and_the_execution_resumes
     assert!(msgs.iter().any(|m| m["role"] == "assistant"), "{last}");
     let _ = json!({});
 }
+
+#[actix_web::test]
+async fn sigkill_halfway_through_a_tool_call_resumes_and_makes_the_call_once() {
+    let fake = FakeOpenAi::start()
+        .await
+        .with_chunk_delay(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[&fake]);
+    let data = dir.path().join("data");
+
+    let mut first = Proc::start(&cfg, &data);
+    let mut body = chat_body("tool-kill", "Weather in Oslo?", "fake");
+    body["params"] = json!({"tools": [{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]});
+    let sub = first.submit(&body).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    let mut sse = first.sse(&id).await;
+    while sse.next().await.unwrap().data["status"] != "processing" {}
+    // The fake sends the call's first fragment at once and the next two 300 ms apart.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    first.server.sigkill();
+
+    let second = Proc::start(&cfg, &data);
+    let exec = second.wait_terminal(&id).await;
+    assert_eq!(exec["status"], "completed", "{exec}");
+    assert_eq!(exec["finish_reason"], "tool_calls");
+    assert_eq!(exec["output"]["tool_calls"].as_array().unwrap().len(), 1);
+    let events = second.sse(&id).await.collect_all().await;
+    assert_gapless(&events, 1);
+    assert_eq!(tool_calls_in(&events).len(), 1, "the call once: {events:?}");
+    assert_eq!(
+        tool_calls_in(&events)[0]["function"]["arguments"],
+        crate::fake_openai::TOOL_ARGUMENTS
+    );
+    assert_eq!(fake.request_count(), 2, "asked again after the restart");
+}
