@@ -33,7 +33,7 @@ impl OpenAi {
         log: &AttemptLog,
     ) -> Result<ProviderStream, ProviderError> {
         let body = request_body(req);
-        let mut builder = self.http.post(&self.url).json(&body);
+        let mut builder = self.http.post(&self.url);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
@@ -57,7 +57,7 @@ impl OpenAi {
         if let Some(d) = dimensions {
             body["dimensions"] = d.into();
         }
-        let mut builder = self.http.post(&self.embeddings_url).json(&body);
+        let mut builder = self.http.post(&self.embeddings_url);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }

@@ -12,8 +12,9 @@ use crate::store::{redacted_headers, AttemptLog, LogEntry};
 /// Turns a non-2xx status, its `Retry-After` and its body into one normalized error.
 pub type Classify = fn(u16, Option<Duration>, &str) -> ProviderError;
 
-/// Sends the request whose JSON body is `body` and returns the response once its status is a
-/// success. The request (secrets redacted), the response head and any error body are logged.
+/// Sends `body` as the request's JSON and returns the response once its status is a success.
+/// The request (secrets redacted), the response head and any error body are logged; the body
+/// is serialized once, for the wire, and the log embeds those same bytes.
 pub async fn send(
     http: &reqwest::Client,
     builder: reqwest::RequestBuilder,
@@ -21,9 +22,16 @@ pub async fn send(
     log: &AttemptLog,
     classify: Classify,
 ) -> Result<reqwest::Response, ProviderError> {
+    let json = bytes::Bytes::from(serde_json::to_vec(body).expect("JSON values serialize"));
     let request = builder
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(json.clone())
         .build()
         .map_err(|e| ProviderError::from_transport(&e))?;
+    let sent: &serde_json::value::RawValue = std::str::from_utf8(&json)
+        .ok()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .expect("serde_json writes valid JSON");
     log.record(LogEntry::Request {
         url: request.url().as_str(),
         headers: redacted_headers(
@@ -32,7 +40,7 @@ pub async fn send(
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_bytes())),
         ),
-        body,
+        body: sent,
     });
     let resp = http
         .execute(request)

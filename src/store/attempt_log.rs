@@ -31,7 +31,8 @@ pub enum LogEntry<'a> {
     Request {
         url: &'a str,
         headers: Vec<(String, String)>,
-        body: &'a Value,
+        /// The bytes that were sent, embedded as they are (not serialized a second time).
+        body: &'a serde_json::value::RawValue,
     },
     Response {
         status: u16,

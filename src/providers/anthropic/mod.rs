@@ -45,8 +45,7 @@ impl Anthropic {
         let mut builder = self
             .http
             .post(&self.url)
-            .header("anthropic-version", API_VERSION)
-            .json(&prepared.body);
+            .header("anthropic-version", API_VERSION);
         if let Some(key) = &self.api_key {
             builder = builder.header("x-api-key", key);
         }

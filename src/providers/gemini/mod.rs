@@ -50,7 +50,7 @@ impl Gemini {
         log: &AttemptLog,
     ) -> Result<ProviderStream, ProviderError> {
         let body = request_body(req);
-        let mut builder = self.http.post(self.url(&req.model)).json(&body);
+        let mut builder = self.http.post(self.url(&req.model));
         if let Some(key) = &self.api_key {
             builder = builder.header("x-goog-api-key", key);
         }
