@@ -4,7 +4,6 @@
 //! exponential backoff until a 2xx — at least once, across restarts (the outbox is in sled).
 
 use hmac::{Hmac, Mac};
-use serde_json::json;
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,7 +92,21 @@ impl Deliverer {
         };
         let event_id = format!("evt_{}", job.execution_id.trim_start_matches("exec_"));
         let created = now_ms() / 1000;
-        let body = json!({"id": event_id, "type": job.event_type, "created": created, "data": record.view(None)}).to_string();
+        #[derive(serde::Serialize)]
+        struct Payload<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            created: u64,
+            data: crate::domain::execution::ExecutionView<'a>,
+        }
+        let payload = Payload {
+            id: &event_id,
+            kind: &job.event_type,
+            created,
+            data: record.view(None),
+        };
+        let body = serde_json::to_string(&payload).expect("webhook payloads serialize");
         let result = self
             .http
             .post(&job.url)

@@ -228,11 +228,9 @@ pub(super) fn owned(
         .ok_or_else(|| ApiError::not_found("execution", id))
 }
 
-pub(super) async fn full_view(
-    state: &AppState,
-    record: &ExecutionRecord,
-) -> Result<serde_json::Value, ApiError> {
-    let live_text = if record.output_text.is_none() {
+/// The partial output of a running execution (`None` once it has its final text).
+async fn live_text(state: &AppState, record: &ExecutionRecord) -> Result<Option<String>, ApiError> {
+    Ok(if record.output_text.is_none() {
         // The log may hold chunks no commit covers yet: what was read is made durable before
         // it is shown, so a crash cannot take back text a reader was given.
         let text = state.store.emitted_text(&record.id)?;
@@ -240,8 +238,7 @@ pub(super) async fn full_view(
         Some(text)
     } else {
         None
-    };
-    serde_json::to_value(record.view(live_text.as_deref())).map_err(ApiError::internal)
+    })
 }
 
 pub async fn get(
@@ -250,7 +247,8 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let record = owned(&state, &principal, &id)?;
-    Ok(HttpResponse::Ok().json(full_view(&state, &record).await?))
+    let live = live_text(&state, &record).await?;
+    Ok(HttpResponse::Ok().json(record.view(live.as_deref())))
 }
 
 #[derive(Deserialize)]
