@@ -362,15 +362,17 @@ impl Shape {
 }
 
 /// Whole tool calls as one stream delta, each with the `index` the SDKs accumulate by.
-fn stream_tool_calls(calls: &[Value]) -> Value {
-    let indexed: Vec<Value> = calls
+fn stream_tool_calls(calls: &[ToolCall]) -> Value {
+    #[derive(Serialize)]
+    struct Indexed<'a> {
+        index: usize,
+        #[serde(flatten)]
+        call: &'a ToolCall,
+    }
+    let indexed: Vec<Indexed> = calls
         .iter()
         .enumerate()
-        .map(|(index, call)| {
-            let mut call = call.clone();
-            call["index"] = index.into();
-            call
-        })
+        .map(|(index, call)| Indexed { index, call })
         .collect();
     json!({"tool_calls": indexed})
 }
@@ -489,10 +491,10 @@ impl StreamState {
                         self.sent_text = true;
                         return Step::Frame(self.shape.content(&delta));
                     }
-                    let calls = &data(&event)["tool_calls"];
-                    if let Some(calls) = calls.as_array().filter(|c| !c.is_empty()) {
+                    let calls = event.carried_tool_calls();
+                    if !calls.is_empty() {
                         self.sent_text = true;
-                        return Step::Frame(self.shape.chunk(stream_tool_calls(calls), None));
+                        return Step::Frame(self.shape.chunk(stream_tool_calls(&calls), None));
                     }
                 }
                 EventKind::Status | EventKind::Failover => {
