@@ -191,30 +191,42 @@ async fn the_gemini_request_has_the_generate_content_shape() {
     );
 }
 
-#[actix_web::test]
-async fn an_openai_stream_cut_mid_answer_continues_on_anthropic_with_a_prefill() {
+/// An OpenAI route that cuts its stream after 5 of 12 words, then `fallback` (named `name`,
+/// of `kind`): the answer completes with the fallback's exact text after one failover.
+async fn continued_after_an_openai_cut(
+    (name, kind, base_url): (&str, &str, String),
+    full_text: String,
+    key: &str,
+) -> (Value, Vec<SseEvent>) {
     let openai = FakeOpenAi::start()
         .await
         .with_words(12)
         .with_default(fake_openai::Fault::CutAfter(5));
-    let anthropic = FakeAnthropic::start().await.with_words(12);
     let app = spawn_app_with(
         &toml(&[
             P("oa", "openai", openai.base_url()),
-            P("an", "anthropic", anthropic.base_url()),
+            P(name, kind, base_url),
         ]),
         with_keys,
     )
     .await;
-    let (exec, events) = run(&app, "x1").await;
+    let (exec, events) = run(&app, key).await;
     assert_eq!(exec["status"], "completed", "{exec}");
-    assert_eq!(exec["output"]["text"], anthropic.full_text());
-    assert_eq!(chunk_text(&events), anthropic.full_text());
+    assert_eq!(exec["output"]["text"], full_text);
+    assert_eq!(chunk_text(&events), full_text);
     let failovers = failovers(&events);
     assert_eq!(failovers.len(), 1, "{events:?}");
     assert_eq!(failovers[0].data["from"], "oa");
-    assert_eq!(failovers[0].data["to"], "an");
-    assert_eq!(failovers[0].data["reason"], "stream_interrupted");
+    assert_eq!(failovers[0].data["to"], name);
+    (exec, events)
+}
+
+#[actix_web::test]
+async fn an_openai_stream_cut_mid_answer_continues_on_anthropic_with_a_prefill() {
+    let anthropic = FakeAnthropic::start().await.with_words(12);
+    let fallback = ("an", "anthropic", anthropic.base_url());
+    let (exec, events) = continued_after_an_openai_cut(fallback, anthropic.full_text(), "x1").await;
+    assert_eq!(failovers(&events)[0].data["reason"], "stream_interrupted");
     assert_eq!(exec["attempts"][1]["strategy"], "prefill");
 
     // Native prefill: the emitted text as the final assistant turn, trailing space trimmed,
@@ -229,27 +241,9 @@ async fn an_openai_stream_cut_mid_answer_continues_on_anthropic_with_a_prefill()
 
 #[actix_web::test]
 async fn an_openai_stream_cut_mid_answer_continues_on_gemini_with_an_instruction() {
-    let openai = FakeOpenAi::start()
-        .await
-        .with_words(12)
-        .with_default(fake_openai::Fault::CutAfter(5));
     let gemini = FakeGemini::start().await.with_words(12);
-    let app = spawn_app_with(
-        &toml(&[
-            P("oa", "openai", openai.base_url()),
-            P("ge", "gemini", gemini.base_url()),
-        ]),
-        with_keys,
-    )
-    .await;
-    let (exec, events) = run(&app, "x2").await;
-    assert_eq!(exec["status"], "completed", "{exec}");
-    assert_eq!(exec["output"]["text"], gemini.full_text());
-    assert_eq!(chunk_text(&events), gemini.full_text());
-    let failovers = failovers(&events);
-    assert_eq!(failovers.len(), 1, "{events:?}");
-    assert_eq!(failovers[0].data["from"], "oa");
-    assert_eq!(failovers[0].data["to"], "ge");
+    let fallback = ("ge", "gemini", gemini.base_url());
+    let (exec, _) = continued_after_an_openai_cut(fallback, gemini.full_text(), "x2").await;
     assert_eq!(exec["attempts"][1]["strategy"], "instruction");
 
     let contents = gemini.request(0)["contents"].clone();
