@@ -13,7 +13,7 @@ use super::live::LiveFeed;
 use super::registry::{Deregister, Registry};
 use crate::domain::{
     now_ms, Attempt, AttemptOutcome, Event, EventKind, ExecutionRecord, SharedEvent, Status,
-    ToolCallAssembly, Usage,
+    ToolCall, ToolCallAssembly, Usage,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::providers::{
@@ -595,14 +595,15 @@ impl Execution {
     }
 
     /// Picks up a record left `processing` by a previous process: rebuild the emitted text and
-    /// seq from the log, then continue from it.
-    fn resume_from_log(&mut self) -> bool {
+    /// seq from the log, then continue from it. Returns the tool calls the log's answer already
+    /// ended with (then only its `done` was lost), `None` when the log cannot be read.
+    fn resume_from_log(&mut self) -> Option<Vec<ToolCall>> {
         let store = &self.deps.store;
-        let (text, last) = match (store.emitted_text(self.id()), store.last_seq(self.id())) {
-            (Ok(t), Ok(l)) => (t, l),
-            _ => return false,
+        let (emitted, last) = match (store.emitted(self.id()), store.last_seq(self.id())) {
+            (Ok(e), Ok(l)) => (e, l),
+            _ => return None,
         };
-        self.emitted = text;
+        self.emitted = emitted.text;
         self.next_seq = last + 1;
         for attempt in &mut self.record.attempts {
             if attempt.outcome == AttemptOutcome::Running {
@@ -610,7 +611,7 @@ impl Execution {
                 attempt.ended_at_ms = Some(now_ms());
             }
         }
-        true
+        Some(emitted.tool_calls)
     }
 }
 
@@ -660,15 +661,14 @@ impl Actor for Execution {
                 self.emit_deferred(ctx, |seq| Event::processing(seq, &provider, &model));
             }
             Status::Processing => {
-                if !self.resume_from_log() {
+                let Some(calls) = self.resume_from_log() else {
                     let error = ErrorBody::new(
                         ErrorCode::Internal,
                         "cannot read the execution log to resume",
                     );
                     return self.terminate(ctx, Status::Failed, Some(error));
-                }
-                let calls = self.deps.store.emitted_tool_calls(self.id());
-                if let Some(calls) = calls.ok().filter(|c| !c.is_empty()) {
+                };
+                if !calls.is_empty() {
                     // The answer had ended in tool calls; only its `done` was lost.
                     self.record.output_tool_calls = calls;
                     self.record.finish_reason = Some("tool_calls".into());

@@ -233,7 +233,7 @@ async fn live_text(state: &AppState, record: &ExecutionRecord) -> Result<Option<
     Ok(if record.output_text.is_none() {
         // The log may hold chunks no commit covers yet: what was read is made durable before
         // it is shown, so a crash cannot take back text a reader was given.
-        let text = state.store.emitted_text(&record.id)?;
+        let text = state.store.emitted(&record.id)?.text;
         state.store.commit.sync().await;
         Some(text)
     } else {

@@ -4,7 +4,14 @@
 use std::sync::Arc;
 
 use super::Store;
-use crate::domain::{Event, SharedEvent};
+use crate::domain::{Event, SharedEvent, ToolCall};
+
+/// An execution's answer as its log holds it.
+#[derive(Debug, Default)]
+pub struct Emitted {
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+}
 
 impl Store {
     pub(super) fn event_key(id: &str, seq: u64) -> Vec<u8> {
@@ -44,24 +51,18 @@ impl Store {
         self.events_after(id, 0, usize::MAX)
     }
 
-    /// The concatenated chunk text of an execution, read from its log.
-    pub fn emitted_text(&self, id: &str) -> sled::Result<String> {
-        let mut text = String::new();
+    /// What an execution's log has answered so far, in one pass: the concatenated chunk text,
+    /// and the tool calls it ended with (carried by the one chunk with an empty delta).
+    pub fn emitted(&self, id: &str) -> sled::Result<Emitted> {
+        let mut out = Emitted::default();
         for ev in self.all_events(id)? {
-            if let Some(delta) = ev.chunk_delta() {
-                text.push_str(&delta);
+            match ev.chunk_delta() {
+                Some(delta) if delta.is_empty() => out.tool_calls.extend(ev.carried_tool_calls()),
+                Some(delta) => out.text.push_str(&delta),
+                None => {}
             }
         }
-        Ok(text)
-    }
-
-    /// The tool calls the log's answer ended with (empty unless it called tools).
-    pub fn emitted_tool_calls(&self, id: &str) -> sled::Result<Vec<crate::domain::ToolCall>> {
-        Ok(self
-            .all_events(id)?
-            .iter()
-            .flat_map(|ev| ev.carried_tool_calls())
-            .collect())
+        Ok(out)
     }
 
     /// The highest seq in the log (0 when empty).
