@@ -409,6 +409,7 @@ async fn handle_request(
         body: body.clone(),
         fault: answer.plan.fault.clone(),
         start_chunk: answer.start,
+        received: req.received,
     });
 
     let refusal = match (&answer.plan.fault, &parsed) {

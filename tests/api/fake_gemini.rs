@@ -375,6 +375,7 @@ async fn handle_request(
         body: body.clone(),
         fault: answer.plan.fault.clone(),
         start_chunk: answer.start,
+        received: req.received,
     });
 
     let sse = req.query.split('&').any(|kv| kv == "alt=sse");

@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -60,6 +60,8 @@ pub struct RecordedRequest<F> {
     /// Index of the first content chunk this request was answered from
     /// (0 unless it was a recognised continuation).
     pub start_chunk: usize,
+    /// When the whole request had been read.
+    pub received: Instant,
 }
 
 /// What the next answer looks like.
@@ -353,6 +355,11 @@ impl<W: Wire> Fake<W> {
         self.request_headers(i).remove(&name.to_ascii_lowercase())
     }
 
+    /// When request `i` had been read in full. Panics if there is no such request.
+    pub fn received_at(&self, i: usize) -> Instant {
+        self.record(i).received
+    }
+
     /// Chunk index each request was answered from (continuation offsets).
     pub fn start_chunks(&self) -> Vec<usize> {
         self.core.requests().iter().map(|r| r.start_chunk).collect()
@@ -478,6 +485,8 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub keep_alive: bool,
+    /// When the whole request had been read.
+    pub received: Instant,
 }
 
 impl Request {
@@ -626,6 +635,7 @@ async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<O
         headers,
         body,
         keep_alive,
+        received: Instant::now(),
     }))
 }
 

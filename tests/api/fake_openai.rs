@@ -384,6 +384,7 @@ async fn handle_request(
         body: body.clone(),
         fault: fault.clone(),
         start_chunk: plan.start,
+        received: req.received,
     });
 
     let fault = match fault {
