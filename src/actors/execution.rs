@@ -646,7 +646,10 @@ impl Actor for Execution {
             routing::pick_route(&self.routes, 0, &self.deps.health, now).unwrap_or(0);
         match self.record.status {
             Status::Pending => {
-                self.next_seq = self.deps.store.last_seq(self.id()).unwrap_or(1) + 1;
+                // A pending record has only its `pending` event (seq 1): every later event is
+                // appended after the record says `processing`, and sled makes writes durable
+                // in order, so no read of the log is needed.
+                self.next_seq = 2;
                 // The submit wrote `pending` (seq 1) with the record and may not have waited for
                 // it to be durable: it goes out with the first batch. Ticket 0, because the
                 // submit's writes precede every ticket this actor takes.

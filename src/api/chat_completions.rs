@@ -255,7 +255,7 @@ pub async fn create(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .unwrap_or_else(|| format!("chatcmpl_{}", ids::random_token(24)));
+        .unwrap_or_else(|| format!("chatcmpl_{}", ids::time_ordered_token(16)));
     let (body, streaming, include_usage) = request.into_submit(key)?;
     let (record, _, _) = accept(&state, &principal, &body, Ack::ByEvents)
         .await
