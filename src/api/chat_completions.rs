@@ -12,13 +12,14 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use super::executions::{accept, Ack};
+use super::finished::Finished;
 use super::{body::read_json, openai_error::OpenAiError, AppState, Principal};
 use crate::actors::{CancelExecution, Registry, Subscribe};
 use crate::cursor::Cursor;
 use crate::domain::request::Stop;
 use crate::domain::tools::{Tool, ToolChoice};
 use crate::domain::{ids, EventKind, Message, Params, Role, SharedEvent, SubmitBody, ToolCall};
-use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::error::{ApiError, ErrorCode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,7 +300,8 @@ pub async fn create(
             .streaming(body));
     }
     let done = until_done(cursor, guard).await?;
-    Ok(res.json(completion(&shape, &done)?))
+    let body = Finished::parse(&done)?.completion(&shape.id, shape.created, &shape.model)?;
+    Ok(res.content_type("application/json").body(body))
 }
 
 /// What every chunk of one response repeats.
@@ -385,12 +387,15 @@ fn data(event: &SharedEvent) -> Value {
     serde_json::from_slice(&event.data).unwrap_or(Value::Null)
 }
 
-/// The final execution object (the `done` event's data).
-async fn until_done(mut cursor: Cursor, mut guard: DisconnectGuard) -> Result<Value, ApiError> {
+/// The `done` event (its data is the final execution object).
+async fn until_done(
+    mut cursor: Cursor,
+    mut guard: DisconnectGuard,
+) -> Result<SharedEvent, ApiError> {
     while let Some(event) = cursor.next().await {
         if event.kind == EventKind::Done {
             guard.armed = false;
-            return Ok(data(&event));
+            return Ok(event);
         }
     }
     guard.armed = false;
@@ -398,58 +403,6 @@ async fn until_done(mut cursor: Cursor, mut guard: DisconnectGuard) -> Result<Va
         ErrorCode::Internal,
         "the execution ended without a result",
     ))
-}
-
-fn upstream_model(execution: &Value) -> Option<String> {
-    execution["attempts"]
-        .as_array()?
-        .iter()
-        .rev()
-        .find(|a| a["outcome"] == "succeeded")
-        .and_then(|a| a["model"].as_str())
-        .map(str::to_string)
-}
-
-fn failure(execution: &Value) -> ApiError {
-    let error: Option<ErrorBody> = serde_json::from_value(execution["error"].clone()).ok();
-    match error {
-        Some(e) => ApiError::new(e.code, e.message),
-        None => ApiError::new(
-            ErrorCode::Cancelled,
-            format!(
-                "execution ended {}",
-                execution["status"].as_str().unwrap_or("unfinished")
-            ),
-        ),
-    }
-}
-
-fn completion(shape: &Shape, execution: &Value) -> Result<Value, ApiError> {
-    if execution["status"] != "completed" {
-        return Err(failure(execution));
-    }
-    let output = &execution["output"];
-    let calls = output["tool_calls"].as_array().filter(|c| !c.is_empty());
-    let mut message = json!({"role": "assistant", "content": output["text"], "refusal": null});
-    if let Some(calls) = calls {
-        if output["text"] == "" {
-            message["content"] = Value::Null;
-        }
-        message["tool_calls"] = Value::Array(calls.clone());
-    }
-    Ok(json!({
-        "id": shape.id, "object": "chat.completion", "created": shape.created,
-        "model": upstream_model(execution).unwrap_or_else(|| shape.model.clone()),
-        "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": execution["finish_reason"].as_str().unwrap_or("stop"),
-        }],
-        "usage": execution["usage"],
-        "x_switchyard": {"execution_id": execution["id"], "attempts": execution["attempts"].as_array().map_or(0, Vec::len)},
-    }))
 }
 
 struct StreamState {
@@ -515,18 +468,21 @@ impl StreamState {
                 }
                 EventKind::Error => {}
                 EventKind::Done => {
-                    let payload = data(&event);
                     self.guard.armed = false;
-                    if payload["status"] != "completed" {
-                        return Step::Failed(failure(&payload));
+                    let finished = match Finished::parse(&event) {
+                        Ok(f) => f,
+                        Err(err) => return Step::Failed(err),
+                    };
+                    if !finished.completed() {
+                        return Step::Failed(finished.failure());
                     }
-                    let reason = payload["finish_reason"].as_str().unwrap_or("stop");
+                    let reason = finished.finish_reason.as_deref().unwrap_or("stop");
                     let mut out = self.shape.chunk(json!({}), Some(reason)).to_vec();
                     if self.include_usage {
                         out.extend_from_slice(&sse(&json!({
                             "id": self.shape.id, "object": "chat.completion.chunk", "created": self.shape.created,
                             "model": self.shape.model, "system_fingerprint": null,
-                            "choices": [], "usage": payload["usage"],
+                            "choices": [], "usage": finished.usage,
                         })));
                     }
                     out.extend_from_slice(b"data: [DONE]\n\n");

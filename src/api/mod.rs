@@ -8,6 +8,7 @@ mod debug_log;
 mod embeddings;
 mod events;
 mod executions;
+mod finished;
 mod health;
 mod keys;
 mod me;
