@@ -11,21 +11,39 @@
 //! - the release `switchyard` binary as a separate process, one `openai` provider pointing at
 //!   the fake, once with its data dir on disk and once on /dev/shm (the same fsync calls, but
 //!   tmpfs makes them nearly free: the difference between the two is what durability costs);
+//! - the floor: what the stack Switchyard is built on costs with nothing of Switchyard's in
+//!   it, each floor a separate process (this bench's binary, re-executed) so it is measured
+//!   exactly like the gateway:
+//!   - `floor: actix-web canned`: an actix-web server set up like the gateway's (default workers,
+//!     TCP_NODELAY) whose `POST /v1/chat/completions` reads the body and answers with the bytes
+//!     the gateway sends (the same `chat.completion` JSON; for a stream the same 22 SSE writes,
+//!     `[DONE]` included), no upstream: the framework's own cost;
+//!   - `floor: actix-web + reqwest pass-through`: the same server forwarding to the fake
+//!     upstream with a reqwest client set up like the gateway's provider client, asking for a
+//!     stream as the gateway always does; it relays the events of a stream and collects those
+//!     of a non-stream answer into one `chat.completion` JSON, nothing persisted: the cost of
+//!     the two HTTP hops;
 //! - a hand-rolled HTTP/1.1 load generator (keep-alive connections, TCP_NODELAY).
 //!
 //! For {non-stream, stream (20 chunks)} × {concurrency 1, 32}: requests direct to the upstream
-//! (the baseline), then through the gateway's `POST /v1/chat/completions`. Reported: latency
-//! p50/p99, time to the first content chunk p50/p99 (streams), throughput, added latency
-//! (gateway − direct), the gateway's CPU time per request (utime + stime from /proc/PID/stat),
-//! its group-commit flushes per request (from its `/metrics`), its peak memory (VmHWM), and the
-//! CPU other processes used meanwhile (the box is shared). It also checks, by duplicating the
-//! gateway's sockets (pidfd_getfd), that the connections it accepted and the ones it opened
-//! upstream have TCP_NODELAY set.
+//! (the baseline), then through the floors and the gateway's `POST /v1/chat/completions`, every
+//! answer checked the same way (status, all 20 words, `[DONE]`, no error event). Reported:
+//! latency p50/p99, time to the first content chunk p50/p99 (streams), throughput, added
+//! latency (server − direct), the server process's CPU time per request (utime + stime from
+//! /proc/PID/stat), the gateway's group-commit flushes per request (from its `/metrics`), the
+//! server's peak memory (VmHWM), and the CPU other processes used meanwhile (the box is
+//! shared; it can also hold the kernel's loopback TCP work, softirq time charged to no
+//! process: up to about half a core seen at these request rates). It also checks, by
+//! duplicating the servers' sockets (pidfd_getfd), that the connections they accepted and the
+//! ones they opened upstream have TCP_NODELAY set.
 //!
 //! `cargo bench --bench gateway_overhead`. Environment:
 //! - `OVERHEAD_SECONDS` measured seconds per scenario and target (default 3),
 //! - `OVERHEAD_MAX_REQUESTS` cap per scenario and target (default 20000),
-//! - `OVERHEAD_STORES` which gateway data dirs, `disk`, `shm` or `disk,shm` (default),
+//! - `OVERHEAD_STORES` which gateway data dirs, `disk`, `shm` or `disk,shm` (default; empty for
+//!   no gateway),
+//! - `OVERHEAD_FLOORS` which floors, `canned`, `proxy` or `canned,proxy` (default; they add
+//!   about 20 s to the run), empty for none,
 //! - `OVERHEAD_SCENARIOS` which of `ns1`, `ns32`, `s1`, `s32` (default: all; for profiling),
 //! - `SWITCHYARD_BIN` another gateway binary to measure (default: this build's),
 //! - `OVERHEAD_RUST_LOG` the gateway's `RUST_LOG` (default: unset, i.e. the binary's `info`),
@@ -546,18 +564,311 @@ fn nodelay_of(pid: u32, listen_port: u16, upstream_port: u16) -> Option<[(usize,
     (!failed || out.iter().any(|(_, n)| *n > 0)).then_some(out)
 }
 
-// ---- the gateway process ----
+// ---- the floors: the fixed stack without Switchyard ----
 
-struct Gateway {
+/// Servers made of what Switchyard is built on and nothing of its own, run by re-executing this
+/// bench's binary (so their CPU and memory are measured exactly like the gateway's):
+/// - `canned`: an actix-web server set up like the gateway's that reads the body and answers
+///   with the bytes the gateway would send (the framework's own cost);
+/// - `proxy`: the same server forwarding every request to the fake upstream with a reqwest
+///   client set up like the gateway's provider client, always asking for a stream as the
+///   gateway does: it relays the events of a stream and collects those of a non-stream answer
+///   into one JSON (the cost of the two HTTP hops).
+mod floor {
+    use super::*;
+    use actix_web::{http::header, web, App, HttpResponse, HttpServer};
+    use bytes::Bytes;
+    use futures_util::stream::{self, StreamExt};
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+    use std::convert::Infallible;
+
+    /// Set in a re-executed bench binary: which floor to serve.
+    pub const KIND: &str = "OVERHEAD_FLOOR";
+    /// The fake upstream's address, for the `proxy` floor.
+    pub const UPSTREAM: &str = "OVERHEAD_FLOOR_UPSTREAM";
+    /// What a floor prints once it listens.
+    pub const READY: &str = "floor listening on http://";
+
+    /// Ids as long as the gateway's (24 characters after the prefix).
+    const EXECUTION: &str = "exec_0FLOOR000000000000000000";
+    const ID: &str = "chatcmpl-0FLOOR000000000000000000";
+    const CREATED: u64 = 1_800_000_000;
+    const USAGE: &str = r#"{"completion_tokens":20,"prompt_tokens":9,"total_tokens":29}"#;
+
+    /// A `chat.completion` with the gateway's fields, in its order; `content` is a JSON string.
+    fn completion(model: &str, content: &str, finish: &str, usage: &str) -> String {
+        format!(
+            r#"{{"choices":[{{"finish_reason":"{finish}","index":0,"logprobs":null,"message":{{"content":{content},"refusal":null,"role":"assistant"}}}}],"created":{CREATED},"id":"{ID}","model":"{model}","object":"chat.completion","system_fingerprint":null,"usage":{usage},"x_switchyard":{{"attempts":1,"execution_id":"{EXECUTION}"}}}}"#
+        )
+    }
+
+    /// What the gateway answers for the bench's two requests.
+    struct Canned {
+        json: Bytes,
+        /// One item per write the gateway makes: the role chunk, 20 content chunks, then the
+        /// finish chunk, the usage chunk and `[DONE]` together.
+        events: Arc<[Bytes]>,
+    }
+
+    impl Canned {
+        fn new() -> Canned {
+            let words = words();
+            let text = serde_json::to_string(&words.concat()).expect("a string");
+            let json = completion("ns", &text, "stop", USAGE);
+            let head = format!(
+                r#""created":{CREATED},"id":"{ID}","model":"s20","object":"chat.completion.chunk","system_fingerprint":null"#
+            );
+            let mut events = vec![
+                format!(
+                    r#"data: {{"choices":[{{"delta":{{"content":"","role":"assistant"}},"finish_reason":null,"index":0,"logprobs":null}}],{head}}}"#
+                ) + "\n\n",
+            ];
+            for word in &words {
+                events.push(format!(
+                    r#"data: {{"id":"{ID}","object":"chat.completion.chunk","created":{CREATED},"model":"s20","system_fingerprint":null,"choices":[{{"index":0,"delta":{{"content":"{word}"}},"logprobs":null,"finish_reason":null}}]}}"#
+                ) + "\n\n");
+            }
+            events.push(format!(
+                "data: {{\"choices\":[{{\"delta\":{{}},\"finish_reason\":\"stop\",\"index\":0,\"logprobs\":null}}],{head}}}\n\ndata: {{\"choices\":[],{head},\"usage\":{USAGE}}}\n\ndata: [DONE]\n\n"
+            ));
+            Canned {
+                json: Bytes::from(json),
+                events: events.into_iter().map(Bytes::from).collect(),
+            }
+        }
+    }
+
+    fn ok() -> actix_web::HttpResponseBuilder {
+        let mut res = HttpResponse::Ok();
+        res.insert_header(("x-switchyard-execution-id", EXECUTION));
+        res
+    }
+
+    fn event_stream(
+        res: &mut actix_web::HttpResponseBuilder,
+    ) -> &mut actix_web::HttpResponseBuilder {
+        res.content_type("text/event-stream")
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+    }
+
+    async fn canned(body: web::Bytes, canned: web::Data<Canned>) -> HttpResponse {
+        if find(&body, b"\"stream\":true").is_none() {
+            return ok()
+                .content_type("application/json")
+                .body(canned.json.clone());
+        }
+        // One write per event, as the gateway's (they leave as the upstream's arrive): ready all
+        // at once, actix-web would coalesce them into one. The body's end goes with the last.
+        let events = canned.events.clone();
+        let body = stream::unfold(0, move |i| {
+            let events = events.clone();
+            async move {
+                let event = events.get(i)?.clone();
+                if i > 0 {
+                    tokio::task::yield_now().await;
+                }
+                Some((Ok::<_, Infallible>(event), i + 1))
+            }
+        });
+        event_stream(&mut ok()).streaming(body)
+    }
+
+    /// The fake upstream's endpoint and a client set up like the gateway's provider client.
+    struct Upstream {
+        url: String,
+        http: reqwest::Client,
+    }
+
+    #[derive(Deserialize)]
+    struct Incoming<'a> {
+        #[serde(borrow)]
+        model: &'a RawValue,
+        #[serde(borrow)]
+        messages: &'a RawValue,
+        #[serde(default)]
+        stream: bool,
+    }
+
+    /// The upstream SSE body cut into whole events (`data: …\n\n`).
+    fn events(resp: reqwest::Response) -> impl futures_util::Stream<Item = reqwest::Result<Bytes>> {
+        let state = (resp.bytes_stream(), BytesMut::new());
+        stream::unfold(state, |(mut body, mut buf)| async move {
+            loop {
+                if let Some(i) = find(&buf, b"\n\n") {
+                    let event = buf.split_to(i + 2).freeze();
+                    return Some((Ok(event), (body, buf)));
+                }
+                match body.next().await? {
+                    Ok(bytes) => buf.extend_from_slice(&bytes),
+                    Err(e) => return Some((Err(e), (body, buf))),
+                }
+            }
+        })
+    }
+
+    #[derive(Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow)]
+        model: Cow<'a, str>,
+        #[serde(borrow)]
+        choices: Vec<Choice<'a>>,
+        #[serde(borrow, default)]
+        usage: Option<&'a RawValue>,
+    }
+
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow)]
+        delta: Delta<'a>,
+        #[serde(borrow, default)]
+        finish_reason: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        content: Option<Cow<'a, str>>,
+    }
+
+    fn bad_gateway(message: impl std::fmt::Display) -> HttpResponse {
+        HttpResponse::BadGateway()
+            .json(serde_json::json!({"error": {"message": message.to_string()}}))
+    }
+
+    async fn proxy(body: web::Bytes, upstream: web::Data<Upstream>) -> HttpResponse {
+        let incoming: Incoming = match serde_json::from_slice(&body) {
+            Ok(i) => i,
+            Err(e) => return HttpResponse::BadRequest().body(e.to_string()),
+        };
+        let request = format!(
+            r#"{{"messages":{},"model":{},"stream":true,"stream_options":{{"include_usage":true}}}}"#,
+            incoming.messages, incoming.model
+        );
+        let resp = match upstream
+            .http
+            .post(&upstream.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(request)
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => resp,
+            Ok(resp) => return bad_gateway(format!("upstream status {}", resp.status())),
+            Err(e) => return bad_gateway(e),
+        };
+        if incoming.stream {
+            return event_stream(&mut ok()).streaming(events(resp));
+        }
+        let (mut text, mut model, mut finish, mut usage) =
+            (String::new(), String::new(), String::from("stop"), None);
+        let mut events = std::pin::pin!(events(resp));
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => return bad_gateway(e),
+            };
+            let Some(data) = event.strip_prefix(b"data: ") else {
+                continue;
+            };
+            let data = &data[..data.len() - 2];
+            if data == b"[DONE]" {
+                break;
+            }
+            let chunk: Chunk = match serde_json::from_slice(data) {
+                Ok(c) => c,
+                Err(e) => return bad_gateway(e),
+            };
+            if model.is_empty() {
+                model = chunk.model.into_owned();
+            }
+            for choice in chunk.choices {
+                text.push_str(choice.delta.content.as_deref().unwrap_or(""));
+                if let Some(f) = choice.finish_reason {
+                    finish = f.into_owned();
+                }
+            }
+            if let Some(u) = chunk.usage {
+                usage = Some(u.get().to_string());
+            }
+        }
+        let content = serde_json::to_string(&text).expect("a string");
+        let usage = usage.as_deref().unwrap_or("null");
+        ok().content_type("application/json")
+            .body(completion(&model, &content, &finish, usage))
+    }
+
+    /// What a floor's handler needs.
+    #[derive(Clone)]
+    enum Floor {
+        Canned(web::Data<Canned>),
+        Proxy(web::Data<Upstream>),
+    }
+
+    /// Serves the floor named by `kind` until killed (in the re-executed bench binary).
+    pub fn serve(kind: &str) -> io::Result<()> {
+        // Gone with the bench, whatever ends it.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        actix_web::rt::System::new().block_on(async move {
+            let floor = match kind {
+                "canned" => Floor::Canned(web::Data::new(Canned::new())),
+                "proxy" => {
+                    let addr = std::env::var(UPSTREAM).expect("the upstream's address");
+                    // As the gateway's provider client (src/providers/mod.rs).
+                    let http = reqwest::Client::builder()
+                        .tcp_nodelay(true)
+                        .connect_timeout(Duration::from_secs(5))
+                        .pool_idle_timeout(Duration::from_secs(90))
+                        .build()
+                        .expect("reqwest client");
+                    Floor::Proxy(web::Data::new(Upstream {
+                        url: format!("http://{addr}/v1/chat/completions"),
+                        http,
+                    }))
+                }
+                other => panic!("{KIND}: unknown floor `{other}` (canned, proxy)"),
+            };
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            // As the gateway's (src/startup.rs): default workers, TCP_NODELAY.
+            let server = HttpServer::new(move || {
+                let app = App::new();
+                match &floor {
+                    Floor::Canned(answers) => app
+                        .app_data(answers.clone())
+                        .route("/v1/chat/completions", web::post().to(canned)),
+                    Floor::Proxy(upstream) => app
+                        .app_data(upstream.clone())
+                        .route("/v1/chat/completions", web::post().to(proxy)),
+                }
+            })
+            .tcp_nodelay(true)
+            .listen(listener)?
+            .shutdown_timeout(1)
+            .run();
+            println!("{READY}{addr}");
+            server.await
+        })
+    }
+}
+
+// ---- the measured server processes ----
+
+/// A server process under measurement: the gateway, or a floor.
+struct Server {
     label: &'static str,
     child: Child,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    /// The gateway's data dir and config (floors have none).
+    _dir: Option<tempfile::TempDir>,
+    /// Whether it is the gateway (it has `/metrics` with its flushes).
+    gateway: bool,
     requests: usize,
 }
 
-impl Gateway {
-    fn start(label: &'static str, bin: &Path, parent: &Path, upstream: SocketAddr) -> Gateway {
+impl Server {
+    fn gateway(label: &'static str, bin: &Path, parent: &Path, upstream: SocketAddr) -> Server {
         let dir = tempfile::tempdir_in(parent).expect("gateway temp dir");
         let config = dir.path().join("switchyard.toml");
         let limits = std::env::var("OVERHEAD_LIMITS").unwrap_or_default();
@@ -596,32 +907,34 @@ routes = [{{ provider = "fake", model = "s20" }}]
             .arg("127.0.0.1:0")
             .env("SWITCHYARD_ADMIN_KEY", ADMIN_KEY)
             .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
             .stderr(log);
         if let Ok(filter) = std::env::var("OVERHEAD_RUST_LOG") {
             cmd.env("RUST_LOG", filter);
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        use std::io::BufRead;
-        let mut lines = io::BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the gateway printed its address")
-                .expect("stdout line");
-            if let Some(a) = line.strip_prefix("switchyard listening on http://") {
-                break a.parse().expect("address");
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Gateway {
+        let (child, addr) = spawn(cmd, "switchyard listening on http://");
+        Server {
             label,
             child,
             addr,
-            _dir: dir,
+            _dir: Some(dir),
+            gateway: true,
+            requests: 0,
+        }
+    }
+
+    /// This bench's own binary again, serving the floor `kind` (see `floor`).
+    fn floor(label: &'static str, kind: &str, upstream: SocketAddr) -> Server {
+        let mut cmd = Command::new(std::env::current_exe().expect("the bench's binary"));
+        cmd.env(floor::KIND, kind)
+            .env(floor::UPSTREAM, upstream.to_string())
+            .stderr(Stdio::inherit());
+        let (child, addr) = spawn(cmd, floor::READY);
+        Server {
+            label,
+            child,
+            addr,
+            _dir: None,
+            gateway: false,
             requests: 0,
         }
     }
@@ -631,7 +944,30 @@ routes = [{{ provider = "fake", model = "s20" }}]
     }
 }
 
-impl Drop for Gateway {
+/// Starts `cmd` and waits for the stdout line `ready` followed by its address.
+fn spawn(mut cmd: Command, ready: &str) -> (Child, SocketAddr) {
+    let program = cmd.get_program().to_string_lossy().to_string();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    use std::io::BufRead;
+    let mut lines = io::BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("{program} printed no address"))
+            .expect("stdout line");
+        if let Some(a) = line.strip_prefix(ready) {
+            break a.parse().expect("address");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -673,10 +1009,12 @@ struct Figures {
     p99: Duration,
     first50: Option<Duration>,
     first99: Option<Duration>,
+    /// The server process's (gateway's or floor's) CPU time per request.
     cpu_per_req: Option<Duration>,
     /// Group-commit flushes (sled flush + fdatasync) per request, from the gateway's metrics.
     flushes_per_req: Option<f64>,
-    /// The gateway's VmHWM so far (it only grows: with the data, up to the store cache).
+    /// The server process's VmHWM so far (it only grows: for the gateway, with the data, up to
+    /// the store cache).
     peak_mb: Option<f64>,
     others_cores: f64,
 }
@@ -687,7 +1025,14 @@ struct Settings {
     max: usize,
 }
 
-/// Warm-up, then a measured phase against `addr`; `gateway` is whose CPU to count.
+/// A server process to account for: its pid, and whether it reports flushes (the gateway).
+#[derive(Clone, Copy)]
+struct Process {
+    pid: u32,
+    gateway: bool,
+}
+
+/// Warm-up, then a measured phase against `addr`; `server` is whose CPU to count.
 async fn measure(
     target: String,
     addr: SocketAddr,
@@ -695,7 +1040,7 @@ async fn measure(
     stream: bool,
     concurrency: usize,
     settings: Settings,
-    gateway: Option<u32>,
+    server: Option<Process>,
 ) -> (Figures, Vec<Conn>) {
     let mut conns = Vec::new();
     for _ in 0..concurrency {
@@ -707,13 +1052,13 @@ async fn measure(
         panic!("{target}: warm-up failed: {e}");
     }
     let self_pid = std::process::id().to_string();
-    let gw_pid = gateway.map(|p| p.to_string());
+    let gw_pid = server.map(|p| p.pid.to_string());
     let gw_cpu = || gw_pid.as_deref().map_or(0.0, cpu_seconds);
-    let flushes = || gateway.and_then(|_| flush_count(addr));
+    let flushes = || server.filter(|p| p.gateway).and_then(|_| flush_count(addr));
     let flushes0 = flushes();
     let (busy0, self0, gw0) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
     let (conns, run) = phase(conns, request, stream, settings.seconds, settings.max).await;
-    // Work the gateway does right after answering (the actor's last steps) belongs to it.
+    // Work the server does right after answering (the gateway actor's last steps) is its own.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (busy1, self1, gw1) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
     let flushes1 = flushes();
@@ -737,14 +1082,14 @@ async fn measure(
         p99: percentile(&totals, 0.99),
         first50: stream.then(|| percentile(&firsts, 0.50)),
         first99: stream.then(|| percentile(&firsts, 0.99)),
-        cpu_per_req: gateway
+        cpu_per_req: server
             .filter(|_| n > 0)
             .map(|_| Duration::from_secs_f64((gw1 - gw0) / n as f64)),
         flushes_per_req: flushes0
             .zip(flushes1)
             .filter(|_| n > 0)
             .map(|(a, b)| (b - a) as f64 / n as f64),
-        peak_mb: gateway.map(|p| vm_kb(p, "VmHWM") as f64 / 1024.0),
+        peak_mb: server.map(|p| vm_kb(p.pid, "VmHWM") as f64 / 1024.0),
         others_cores: (others / elapsed.as_secs_f64()).max(0.0),
     };
     (figures, conns)
@@ -779,6 +1124,10 @@ fn gateway_binary() -> PathBuf {
 }
 
 fn main() {
+    if let Ok(kind) = std::env::var(floor::KIND) {
+        floor::serve(&kind).expect("floor server");
+        return;
+    }
     let settings = Settings {
         seconds: Duration::from_secs_f64(env_or("OVERHEAD_SECONDS", 3.0)),
         max: env_or("OVERHEAD_MAX_REQUESTS", 20_000),
@@ -798,18 +1147,31 @@ fn main() {
     );
     println!("gateway binary: {}", bin.display());
 
+    let floors = std::env::var("OVERHEAD_FLOORS").unwrap_or_else(|_| "canned,proxy".into());
+
     let upstream = upstream::start();
-    let mut gateways = Vec::new();
-    for store in stores.split(',').map(str::trim) {
+    // The floors first, then the gateways: each scenario's rows in that order.
+    let mut servers = Vec::new();
+    for kind in floors.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        let label = match kind {
+            "canned" => "floor: actix-web canned",
+            "proxy" => "floor: actix-web + reqwest pass-through",
+            other => panic!("OVERHEAD_FLOORS: unknown floor `{other}` (canned, proxy)"),
+        };
+        let server = Server::floor(label, kind, upstream);
+        println!("{label}: pid {} on {}", server.pid(), server.addr);
+        servers.push(server);
+    }
+    for store in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (label, parent): (&'static str, PathBuf) = match store {
             "disk" => ("gateway (disk)", PathBuf::from(env!("CARGO_TARGET_TMPDIR"))),
             "shm" => ("gateway (/dev/shm)", PathBuf::from("/dev/shm")),
             other => panic!("OVERHEAD_STORES: unknown store `{other}` (disk, shm)"),
         };
         std::fs::create_dir_all(&parent).expect("data dir parent");
-        let gw = Gateway::start(label, &bin, &parent, upstream);
+        let gw = Server::gateway(label, &bin, &parent, upstream);
         println!("{label}: pid {} on {}", gw.pid(), gw.addr);
-        gateways.push(gw);
+        servers.push(gw);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -842,7 +1204,11 @@ fn main() {
                 .await;
                 drop(conns);
                 figures.push(direct);
-                for gw in &mut gateways {
+                for gw in &mut servers {
+                    let process = Process {
+                        pid: gw.pid(),
+                        gateway: gw.gateway,
+                    };
                     let (f, conns) = measure(
                         gw.label.to_string(),
                         gw.addr,
@@ -850,7 +1216,7 @@ fn main() {
                         stream,
                         concurrency,
                         settings,
-                        Some(gw.pid()),
+                        Some(process),
                     )
                     .await;
                     gw.requests += f.warm + f.n + f.errors;
@@ -873,7 +1239,7 @@ fn main() {
     });
 
     println!();
-    println!("| mode | c | target | requests | req/s | p50 | p99 | first chunk p50 | first chunk p99 | added p50 | added p99 | gateway CPU/req | flushes/req | gateway peak memory | other load (cores) |");
+    println!("| mode | c | target | requests | req/s | p50 | p99 | first chunk p50 | first chunk p99 | added p50 | added p99 | server CPU/req | flushes/req | server peak memory | other load (cores) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (mode, concurrency, figures) in &rows {
         let direct = &figures[0];
@@ -915,7 +1281,7 @@ fn main() {
         }
     }
     println!();
-    for gw in &gateways {
+    for gw in &servers {
         println!(
             "{}: peak memory (VmHWM) {:.1} MB, RSS at the end {:.1} MB, after {} requests",
             gw.label,
