@@ -60,7 +60,7 @@ impl Default for Limits {
             ws_token_ttl_ms: 5 * 60 * 1000,
             ws_heartbeat_ms: 5_000,
             ws_client_timeout_ms: 15_000,
-            store_cache_mb: 64,
+            store_cache_mb: 16,
         }
     }
 }
