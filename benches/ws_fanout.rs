@@ -5,6 +5,7 @@
 //! cargo bench --bench ws_fanout -- 1k      # 1,000 subscribers at 50 chunks/s
 //! cargo bench --bench ws_fanout -- 10k     # 10,000 subscribers at 10 chunks/s
 //! cargo bench --bench ws_fanout -- --subscribers 2000 --rate 25 --chunks 50
+//! cargo bench --bench ws_fanout -- --floor 10k   # any of the above against the floor server
 //! ```
 //!
 //! - The server is a separate process (the `switchyard` binary cargo builds for this bench, in
@@ -19,6 +20,18 @@
 //!   minimal WebSocket client of its own (an upgrade by hand, frames parsed in place from one read
 //!   buffer): the machine is shared with the server, so the client should cost what an efficient
 //!   real client costs. Each read's frames get that read's receive time.
+//! - `--floor` runs the scenarios against the floor server instead of Switchyard (module
+//!   `floor`, `benches/ws_fanout/floor.rs`): the leanest fan-out server one can write for this
+//!   client and upstream, to tell what the machine allows any server from what Switchyard costs.
+//!   Plain tokio (a current-thread runtime per core), the HTTP upgrade and RFC 6455 server
+//!   framing by hand, the chunks read from the same upstream over one streaming request, each
+//!   event's frame encoded once and written to every socket with one `send`, no store, no
+//!   allocation per subscriber. It speaks the same protocol (submit, `join`, `joined`, the same
+//!   JSON frames with `channel`, `event`, `seq`, `data`, one `done`), so the same checks apply.
+//!   It is this binary re-executed with `WS_FANOUT_FLOOR_UPSTREAM` set (`main` branches on it
+//!   first): a process of its own, measured exactly like Switchyard. Its `/metrics` is empty, so
+//!   the store-flush row reads `–`. `WS_FANOUT_FLOOR_SHARDS=N` and
+//!   `WS_FANOUT_FLOOR_RUNTIME=multi` change its threads.
 //!
 //! Checked: every subscriber gets seq 1, 2, 3, … without gap or duplicate, exactly the 200
 //! chunks the upstream wrote (by content, in order) and one `done`. Measured: per-delivery lag
@@ -31,7 +44,6 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,27 +70,50 @@ struct Scenario {
     chunks: usize,
     /// p99 lag target in ms, when the scenario has one.
     lag_target_ms: Option<f64>,
+    target: Target,
 }
 
 impl Scenario {
     fn title(&self) -> String {
         format!(
-            "{} subs @ {}/s",
+            "{} subs @ {}/s{}",
             thousands(self.subscribers as u64),
-            self.rate
+            self.rate,
+            match self.target {
+                Target::Switchyard => "",
+                Target::Floor => " (floor)",
+            }
         )
     }
 }
 
+#[path = "ws_fanout/floor.rs"]
+mod floor;
+
 fn main() -> anyhow::Result<()> {
-    let (scenarios, chunks) = parse_args()?;
+    // Re-executed as the floor server (`--floor`): that and nothing else.
+    if let Some(served) = floor::main_if_floor() {
+        return served;
+    }
+    let Options {
+        scenarios,
+        chunks,
+        target,
+    } = parse_args()?;
     let needed = scenarios.iter().map(|s| s.subscribers).max().unwrap_or(0) as u64 + SPARE_FILES;
     let limit = raise_open_file_limit(needed);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let bin = std::env::var("SWITCHYARD_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchyard").to_string());
+    let server = match target {
+        Target::Switchyard => std::env::var("SWITCHYARD_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchyard").to_string()),
+        Target::Floor => format!(
+            "floor (this binary, {} shards, {} runtime)",
+            std::env::var(floor::ENV_SHARDS).unwrap_or_else(|_| cores.to_string()),
+            std::env::var(floor::ENV_RUNTIME).unwrap_or_else(|_| "per-core".into())
+        ),
+    };
     println!(
-        "ws_fanout: server {bin}, {cores} cores, open-file limit {limit} per process, \
+        "ws_fanout: server {server}, {cores} cores, open-file limit {limit} per process, \
          {chunks} chunks per run"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,8 +123,8 @@ fn main() -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for scenario in &scenarios {
         println!("\n== {} ==", scenario.title());
-        let report = run(&runtime, &bin, scenario)
-            .with_context(|| format!("scenario {}", scenario.title()))?;
+        let report =
+            run(&runtime, scenario).with_context(|| format!("scenario {}", scenario.title()))?;
         reports.push((scenario.clone(), report));
         // Let the closed sockets' TIME_WAIT and the server's exit settle before the next run.
         std::thread::sleep(Duration::from_secs(1));
@@ -98,10 +133,25 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_args() -> anyhow::Result<(Vec<Scenario>, usize)> {
+/// Which server the scenarios run against.
+#[derive(Clone, Copy)]
+enum Target {
+    Switchyard,
+    /// The leanest fan-out server ([`floor`]), for what the machine can do at all.
+    Floor,
+}
+
+struct Options {
+    scenarios: Vec<Scenario>,
+    chunks: usize,
+    target: Target,
+}
+
+fn parse_args() -> anyhow::Result<Options> {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let mut names = Vec::new();
     let (mut subscribers, mut rate, mut chunks) = (None, None, DEFAULT_CHUNKS);
+    let mut target = Target::Switchyard;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> anyhow::Result<u64> {
             let v = args.next().ok_or_else(|| anyhow!("{name} needs a value"))?;
@@ -109,12 +159,13 @@ fn parse_args() -> anyhow::Result<(Vec<Scenario>, usize)> {
         };
         match arg.as_str() {
             "1k" | "10k" => names.push(arg),
+            "--floor" => target = Target::Floor,
             "--subscribers" => subscribers = Some(value("--subscribers")? as usize),
             "--rate" => rate = Some(value("--rate")? as u32),
             "--chunks" => chunks = value("--chunks")? as usize,
             other => bail!(
                 "unknown argument `{other}` (expected 1k, 10k, --subscribers N --rate R, \
-                 --chunks N)"
+                 --chunks N, --floor)"
             ),
         }
     }
@@ -123,12 +174,14 @@ fn parse_args() -> anyhow::Result<(Vec<Scenario>, usize)> {
         rate: 50,
         chunks,
         lag_target_ms: Some(20.0),
+        target,
     };
     let ten_k = Scenario {
         subscribers: 10_000,
         rate: 10,
         chunks,
         lag_target_ms: Some(100.0),
+        target,
     };
     let mut scenarios = Vec::new();
     if let (Some(subscribers), Some(rate)) = (subscribers, rate) {
@@ -140,6 +193,7 @@ fn parse_args() -> anyhow::Result<(Vec<Scenario>, usize)> {
             rate,
             chunks,
             lag_target_ms: None,
+            target,
         });
     } else if subscribers.is_some() || rate.is_some() {
         bail!("--subscribers and --rate go together");
@@ -154,7 +208,11 @@ fn parse_args() -> anyhow::Result<(Vec<Scenario>, usize)> {
     if scenarios.is_empty() {
         scenarios = vec![one_k, ten_k];
     }
-    Ok((scenarios, chunks))
+    Ok(Options {
+        scenarios,
+        chunks,
+        target,
+    })
 }
 
 /// Raises the soft open-file limit to the hard one (the server inherits it). Returns the limit.
@@ -218,12 +276,34 @@ impl Report {
     }
 }
 
-fn run(rt: &tokio::runtime::Runtime, bin: &str, s: &Scenario) -> anyhow::Result<Report> {
+fn run(rt: &tokio::runtime::Runtime, s: &Scenario) -> anyhow::Result<Report> {
     let upstream = Upstream::start(s.chunks, s.rate)?;
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("switchyard.toml");
-    std::fs::write(&config, server_config(upstream.addr))?;
-    let server = Server::spawn(bin, &config, &dir.path().join("data"))?;
+    let command = match s.target {
+        Target::Switchyard => {
+            let bin = std::env::var("SWITCHYARD_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchyard").to_string());
+            let config = dir.path().join("switchyard.toml");
+            std::fs::write(&config, server_config(upstream.addr))?;
+            let mut command = Command::new(bin);
+            command
+                .arg("--config")
+                .arg(config)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .arg("--listen")
+                .arg("127.0.0.1:0")
+                .env("SWITCHYARD_ADMIN_KEY", ADMIN_KEY)
+                .env("RUST_LOG", "warn");
+            command
+        }
+        Target::Floor => {
+            let mut command = Command::new(std::env::current_exe()?);
+            command.env(floor::ENV_UPSTREAM, upstream.addr.to_string());
+            command
+        }
+    };
+    let server = Server::spawn(command)?;
     let result = rt.block_on(drive(s, &server, &upstream));
     let result = result.and_then(|report| {
         server.stop()?;
@@ -885,20 +965,13 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(bin: &str, config: &Path, data_dir: &Path) -> anyhow::Result<Server> {
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .env("SWITCHYARD_ADMIN_KEY", ADMIN_KEY)
-            .env("RUST_LOG", "warn")
+    /// Starts the server; it prints `switchyard listening on http://ADDR` when it is ready.
+    fn spawn(mut command: Command) -> anyhow::Result<Server> {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("starting {bin}"))?;
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let address = loop {
