@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::fake_gemini::{self, FakeGemini, DUMMY_THOUGHT_SIGNATURE, THOUGHT_SIGNATURE};
 use crate::fake_openai::{self, FakeOpenAi};
 use crate::helpers::*;
-use crate::provider_tools::{compat_asking, stream_payloads, QUESTION};
+use crate::provider_tools::{compat, compat_asking, first_call, stream_payloads, QUESTION};
 use crate::providers::{toml, with_keys, P};
 
 /// The conversation after `call`, ending with its result: the turn Gemini 3 checks.
@@ -18,18 +18,6 @@ fn history(call: &Value) -> Value {
         {"role": "assistant", "content": null, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": call["id"], "content": "3 degrees"},
     ])
-}
-
-async fn compat(app: &TestApp, body: &Value) -> Value {
-    let res = app.post("/v1/chat/completions", ADMIN_KEY, body).await;
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
-    res.json().await.unwrap()
-}
-
-/// The call of a non-stream compat answer.
-async fn first_call(app: &TestApp) -> Value {
-    let answer = compat(app, &compat_asking(false, json!("required"))).await;
-    answer["choices"][0]["message"]["tool_calls"][0].clone()
 }
 
 /// A follow-up that answers `call`, offering the tools again.
@@ -87,7 +75,7 @@ async fn a_call_made_on_an_openai_route_reaches_gemini_with_the_dummy_signature(
         P("ge", "gemini", gemini.base_url()),
     ]);
     let app = spawn_app_with(&config, with_keys).await;
-    let call = first_call(&app).await;
+    let call = first_call(&app, json!("required")).await;
     assert!(call.get("extra_content").is_none(), "{call}");
 
     openai.push_fault(fake_openai::Fault::status(503));
@@ -109,7 +97,7 @@ async fn a_gemini_call_reaches_an_openai_route_without_extra_content() {
         P("op", "openai", openai.base_url()),
     ]);
     let app = spawn_app_with(&config, with_keys).await;
-    let call = first_call(&app).await;
+    let call = first_call(&app, json!("required")).await;
     assert!(call.get("extra_content").is_some(), "{call}");
 
     gemini.push_fault(fake_gemini::Fault::unavailable());

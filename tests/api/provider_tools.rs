@@ -62,6 +62,19 @@ pub async fn stream_payloads(res: reqwest::Response) -> Vec<Value> {
 }
 
 /// The conversation after `call`: its assistant turn, the result, and a user remark.
+/// A non-stream compat answer, which must be a 200.
+pub async fn compat(app: &TestApp, body: &Value) -> Value {
+    let res = app.post("/v1/chat/completions", ADMIN_KEY, body).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    res.json().await.unwrap()
+}
+
+/// The call of a non-stream compat answer to the weather question under `tool_choice`.
+pub async fn first_call(app: &TestApp, tool_choice: Value) -> Value {
+    let answer = compat(app, &compat_asking(false, tool_choice)).await;
+    answer["choices"][0]["message"]["tool_calls"][0].clone()
+}
+
 fn answered(call: &Value, result: &str) -> Value {
     json!([
         {"role": "user", "content": QUESTION},
@@ -158,25 +171,13 @@ async fn a_gemini_route_returns_the_call_in_the_execution() {
 async fn an_anthropic_round_trip_sends_tool_use_then_tool_result_before_the_text() {
     let fake = FakeAnthropic::start().await.with_words(4);
     let app = anthropic_app(&fake).await;
-    let res = app
-        .post(
-            "/v1/chat/completions",
-            ADMIN_KEY,
-            &compat_asking(false, json!("auto")),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
-    let first: Value = res.json().await.unwrap();
+    let first = compat(&app, &compat_asking(false, json!("auto"))).await;
     assert_eq!(first["choices"][0]["finish_reason"], "tool_calls");
     let call = &first["choices"][0]["message"]["tool_calls"][0];
 
     let mut follow_up = compat_asking(false, json!("auto"));
     follow_up["messages"] = answered(call, "3 degrees");
-    let res = app
-        .post("/v1/chat/completions", ADMIN_KEY, &follow_up)
-        .await;
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
-    let second: Value = res.json().await.unwrap();
+    let second = compat(&app, &follow_up).await;
     assert_eq!(second["choices"][0]["finish_reason"], "stop");
     assert_eq!(second["choices"][0]["message"]["content"], fake.full_text());
 
@@ -199,22 +200,10 @@ async fn an_anthropic_round_trip_sends_tool_use_then_tool_result_before_the_text
 async fn an_anthropic_follow_up_without_tools_declares_the_history_functions_with_choice_none() {
     let fake = FakeAnthropic::start().await.with_words(4);
     let app = anthropic_app(&fake).await;
-    let res = app
-        .post(
-            "/v1/chat/completions",
-            ADMIN_KEY,
-            &compat_asking(false, json!("required")),
-        )
-        .await;
-    let first: Value = res.json().await.unwrap();
-    let call = &first["choices"][0]["message"]["tool_calls"][0];
+    let call = first_call(&app, json!("required")).await;
 
-    let follow_up = json!({"model": "m", "messages": answered(call, "3 degrees")});
-    let res = app
-        .post("/v1/chat/completions", ADMIN_KEY, &follow_up)
-        .await;
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
-    let second: Value = res.json().await.unwrap();
+    let follow_up = json!({"model": "m", "messages": answered(&call, "3 degrees")});
+    let second = compat(&app, &follow_up).await;
     assert_eq!(second["choices"][0]["finish_reason"], "stop");
     assert_eq!(second["choices"][0]["message"]["content"], fake.full_text());
     let sent = fake.request(1);
