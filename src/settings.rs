@@ -21,6 +21,8 @@ pub struct Settings {
     pub compat: Compat,
     #[serde(default)]
     pub webhooks: WebhookSettings,
+    #[serde(default)]
+    pub retention: Retention,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
     /// From `SWITCHYARD_ADMIN_KEY`; never read from the file.
@@ -48,6 +50,9 @@ pub struct Limits {
     /// The store's page cache (sled's `cache_capacity`): most of the process's memory once
     /// the data outgrows it.
     pub store_cache_mb: u64,
+    /// Below this much free space on the data dir's disk new work is refused (503 with
+    /// `Retry-After`), so what is running can still finish; 0 turns the check off.
+    pub min_free_disk_mb: u64,
 }
 
 impl Default for Limits {
@@ -61,6 +66,7 @@ impl Default for Limits {
             ws_heartbeat_ms: 5_000,
             ws_client_timeout_ms: 15_000,
             store_cache_mb: 16,
+            min_free_disk_mb: 256,
         }
     }
 }
@@ -78,6 +84,9 @@ pub struct WebhookSettings {
     pub max_attempts: u32,
     /// One delivery's timeout.
     pub timeout_ms: u64,
+    /// Hosts (names, addresses or CIDRs) a webhook may target although they are, or resolve
+    /// to, loopback, private, link-local or metadata addresses: internal receivers.
+    pub allowed_hosts: Vec<String>,
     /// Resolved from `secret_env` at start.
     #[serde(skip)]
     pub secret: Option<String>,
@@ -90,8 +99,60 @@ impl Default for WebhookSettings {
             retry_base_ms: 1_000,
             max_attempts: 20,
             timeout_ms: 10_000,
+            allowed_hosts: Vec::new(),
             secret: None,
         }
+    }
+}
+
+/// How long finished state is kept (`[retention]`, humantime durations such as `"30d"`);
+/// older state is deleted in the background and answers 404.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Finished executions with their events, idempotency keys and webhook jobs.
+    #[serde(with = "humantime_field")]
+    pub executions: Duration,
+    /// Debug logs (`GET /v1/executions/{id}/log`) of finished executions.
+    #[serde(with = "humantime_field")]
+    pub debug_logs: Duration,
+    /// Per-minute analytics aggregates.
+    #[serde(with = "humantime_field")]
+    pub analytics: Duration,
+    /// Spent or expired WebSocket tokens, counted from their expiry.
+    #[serde(with = "humantime_field")]
+    pub ws_tokens: Duration,
+    /// Webhook jobs that gave up (visible at `GET /v1/webhooks/deliveries` until then).
+    #[serde(with = "humantime_field")]
+    pub dead_webhooks: Duration,
+    /// How often the background sweep runs.
+    #[serde(with = "humantime_field")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 60 * 60;
+        Retention {
+            executions: Duration::from_secs(30 * DAY),
+            debug_logs: Duration::from_secs(7 * DAY),
+            analytics: Duration::from_secs(90 * DAY),
+            ws_tokens: Duration::from_secs(60 * 60),
+            dead_webhooks: Duration::from_secs(30 * DAY),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `"30d"`, `"12h"`, `"90s"`: durations in the config as humantime strings.
+mod humantime_field {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration ({e})")))
     }
 }
 
@@ -336,6 +397,19 @@ impl Settings {
                 return fail(field.into(), "must be greater than 0");
             }
         }
+        let r = &self.retention;
+        for (field, v) in [
+            ("retention.executions", r.executions),
+            ("retention.debug_logs", r.debug_logs),
+            ("retention.analytics", r.analytics),
+            ("retention.ws_tokens", r.ws_tokens),
+            ("retention.dead_webhooks", r.dead_webhooks),
+            ("retention.sweep_interval", r.sweep_interval),
+        ] {
+            if v.is_zero() {
+                return fail(field.into(), "must be longer than 0");
+            }
+        }
         let mut names = HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
             let at = |f: &str| format!("providers[{i}].{f}");
@@ -448,6 +522,20 @@ mod tests {
         let text = format!("{DEFAULT_CONFIG}\n[limits]\nmax_execution_ms = 0\n");
         let err = Settings::parse(&text).unwrap_err().to_string();
         assert!(err.contains("limits.max_execution_ms"), "{err}");
+    }
+
+    #[test]
+    fn retention_takes_humantime_durations_and_names_bad_ones() {
+        let text = format!("{DEFAULT_CONFIG}\n[retention]\nexecutions = \"2d 12h\"\n");
+        let s = Settings::parse(&text).unwrap();
+        assert_eq!(s.retention.executions, Duration::from_secs(60 * 60 * 60));
+        assert_eq!(s.retention.debug_logs, Retention::default().debug_logs);
+        let text = format!("{DEFAULT_CONFIG}\n[retention]\ndebug_logs = \"soon\"\n");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("debug_logs") && err.contains("soon"), "{err}");
+        let text = format!("{DEFAULT_CONFIG}\n[retention]\nsweep_interval = \"0s\"\n");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("retention.sweep_interval"), "{err}");
     }
 
     #[test]
