@@ -20,10 +20,11 @@ use crate::providers::{
     spawn_attempt, AttemptEvent, AttemptHandle, ProviderError, StreamItem, UpstreamRequest,
 };
 use crate::routing::{
-    self, continuation_messages, Decision, FailureContext, HealthBoard, Outcome, Reconciler, Route,
+    self, continuation_messages, Decision, Diverged, FailureContext, HealthBoard, Join, Outcome,
+    Reconciler, Route,
 };
 use crate::settings::{ContinuationStrategy, Settings};
-use crate::store::{AttemptLog, Store};
+use crate::store::{AttemptLog, LogEntry, Store};
 
 /// What every execution needs from the process.
 pub struct ExecutionDeps {
@@ -57,6 +58,18 @@ struct Running {
     /// Tool calls are held until the provider finishes them and emitted whole: a stream that
     /// breaks halfway through a call leaves nothing half-said for a failover to undo.
     tool_calls: ToolCallAssembly,
+    /// This try's debug log, for what the actor itself decides about it (reconciliation).
+    log: AttemptLog,
+}
+
+/// A `failover` to a continuation, held until the continuation's head is reconciled so that
+/// the event can say how the answer joined (and what, if anything, was trimmed).
+struct PendingFailover {
+    from: String,
+    to: String,
+    model: String,
+    reason: ErrorCode,
+    message: String,
 }
 
 pub struct Execution {
@@ -80,6 +93,7 @@ pub struct Execution {
     tries_on_route: u32,
     switches: u32,
     reconciler: Option<Reconciler>,
+    pending_failover: Option<PendingFailover>,
     /// Terminal: waiting for the last events to become durable before stopping.
     finishing: bool,
     done_waiters: Vec<oneshot::Sender<ExecutionRecord>>,
@@ -126,6 +140,7 @@ impl Execution {
             tries_on_route: 0,
             switches: 0,
             reconciler: None,
+            pending_failover: None,
             finishing: false,
             done_waiters: Vec::new(),
         }
@@ -270,7 +285,7 @@ impl Execution {
         self.deps
             .health
             .begin(route.provider.name(), tokio::time::Instant::now());
-        let (rx, handle) = spawn_attempt(route.provider.clone(), request, log);
+        let (rx, handle) = spawn_attempt(route.provider.clone(), request, log.clone());
         self.attempt_seq += 1;
         let id = self.attempt_seq;
         let events = stream::unfold(rx, |mut rx: mpsc::Receiver<AttemptEvent>| async move {
@@ -279,7 +294,7 @@ impl Execution {
         let stream = ctx.add_stream(futures_util::StreamExt::map(events, move |ev| {
             Tagged(id, ev)
         }));
-        self.reconciler = strategy.map(|_| Reconciler::new(&self.emitted));
+        self.reconciler = strategy.map(|s| Reconciler::new(&self.emitted, s));
         self.running = Some(Running {
             id,
             route: self.route_index,
@@ -292,6 +307,7 @@ impl Execution {
             finish_reason: None,
             usage: None,
             tool_calls: ToolCallAssembly::default(),
+            log,
         });
         self.record.attempts.push(Attempt {
             provider: route.provider.name().to_string(),
@@ -369,12 +385,70 @@ impl Execution {
 
     fn on_text(&mut self, ctx: &mut Context<Self>, text: String) {
         let text = match self.reconciler.as_mut() {
-            Some(r) => r.push(text),
             None => Some(text),
+            Some(r) => match r.push(text) {
+                Ok(text) => text,
+                Err(diverged) => return self.on_diverged(ctx, diverged),
+            },
         };
+        self.announce_join(ctx);
         if let Some(text) = text {
             self.emit_chunk(ctx, text);
         }
+    }
+
+    /// Once the continuation's head is settled: records how it joined (the debug log, the
+    /// held `failover` event) before any of its text goes out.
+    fn announce_join(&mut self, ctx: &mut Context<Self>) {
+        let Some(join) = self.reconciler.as_ref().map(Reconciler::join) else {
+            return;
+        };
+        if join == Join::Pending || self.pending_failover.is_none() {
+            return;
+        }
+        let trimmed_bytes = match join {
+            Join::Trimmed(t) => t.trimmed_bytes,
+            _ => 0,
+        };
+        let label = if trimmed_bytes > 0 {
+            "trimmed"
+        } else {
+            "exact"
+        };
+        self.record_join(label, trimmed_bytes);
+        self.flush_failover(ctx, Some((label, trimmed_bytes)));
+    }
+
+    fn record_join(&self, join: &str, trimmed_bytes: usize) {
+        let Some(running) = self.running.as_ref() else {
+            return;
+        };
+        let strategy = running.strategy.map_or("initial", |s| s.as_str());
+        running.log.record(LogEntry::Reconciled {
+            strategy,
+            join,
+            emitted_bytes: self.emitted.len(),
+            trimmed_bytes,
+        });
+        if trimmed_bytes > 0 {
+            tracing::info!(execution_id = %self.record.id, strategy, trimmed_bytes, "continuation reproduced the emitted text; dropped");
+        }
+    }
+
+    /// A `restart` continuation that is a different answer: this try fails rather than
+    /// splicing two answers together.
+    fn on_diverged(&mut self, ctx: &mut Context<Self>, diverged: Diverged) {
+        self.record_join("diverged", 0);
+        let mut err = ProviderError::new(
+            ErrorCode::StreamInterrupted,
+            format!(
+                "the restarted answer diverged from the {} bytes already emitted after {} bytes",
+                self.emitted.len(),
+                diverged.matched_bytes
+            ),
+        );
+        err.model_fault = true;
+        self.on_failed(ctx, err);
     }
 
     fn emit_chunk(&mut self, ctx: &mut Context<Self>, text: String) {
@@ -408,8 +482,15 @@ impl Execution {
     }
 
     fn on_finished(&mut self, ctx: &mut Context<Self>) {
-        if let Some(tail) = self.reconciler.as_mut().and_then(|r| r.finish()) {
-            self.emit_chunk(ctx, tail);
+        match self.reconciler.as_mut().map(Reconciler::finish) {
+            Some(Err(diverged)) => return self.on_diverged(ctx, diverged),
+            Some(Ok(tail)) => {
+                self.announce_join(ctx);
+                if let Some(tail) = tail {
+                    self.emit_chunk(ctx, tail);
+                }
+            }
+            None => {}
         }
         let calls = self
             .running
@@ -447,6 +528,8 @@ impl Execution {
         {
             return self.on_finished(ctx);
         }
+        // The failover to this try, if its head never settled: it joined nothing.
+        self.flush_failover(ctx, None);
         let strategy = self.running.as_ref().and_then(|r| r.strategy);
         let delivered = self.running.as_ref().is_some_and(|r| r.chunks > 0);
         let from = self.routes[self.route_index].provider.name().to_string();
@@ -504,6 +587,42 @@ impl Execution {
         if !self.emitted.is_empty() {
             self.switches += 1;
         }
+        let reason = err.code.as_str();
+        self.deps
+            .metrics
+            .failovers
+            .with_label_values(&[from, &to, reason])
+            .inc();
+        let note = PendingFailover {
+            from: from.to_string(),
+            model: self.routes[self.route_index].model.clone(),
+            to,
+            reason: err.code,
+            message: err.message.clone(),
+        };
+        // An earlier switch whose continuation never settled is told as it was.
+        self.flush_failover(ctx, None);
+        self.pending_failover = Some(note);
+        if self.emitted.is_empty() {
+            // Nothing to join: a plain switch of route, told at once.
+            self.flush_failover(ctx, None);
+        }
+    }
+
+    /// Emits the held `failover` event, with how the continuation joined when it did:
+    /// `(join, trimmed_bytes)`.
+    fn flush_failover(&mut self, ctx: &mut Context<Self>, joined: Option<(&str, usize)>) {
+        let Some(note) = self.pending_failover.take() else {
+            return;
+        };
+        #[derive(serde::Serialize)]
+        struct Continuation<'a> {
+            strategy: &'a str,
+            /// `exact` or `trimmed` (the continuation reproduced the emitted text first).
+            join: &'a str,
+            emitted_bytes: usize,
+            trimmed_bytes: usize,
+        }
         #[derive(serde::Serialize)]
         struct Payload<'a> {
             seq: u64,
@@ -513,28 +632,29 @@ impl Execution {
             model: &'a str,
             reason: ErrorCode,
             message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            continuation: Option<Continuation<'a>>,
         }
-        let model = self.routes[self.route_index].model.clone();
-        let reason = err.code.as_str();
-        self.deps
-            .metrics
-            .failovers
-            .with_label_values(&[from, &to, reason])
-            .inc();
-        self.emit(ctx, |seq| {
-            Event::from_payload(
-                seq,
-                EventKind::Failover,
-                &Payload {
-                    seq,
-                    from,
-                    to: &to,
-                    model: &model,
-                    reason: err.code,
-                    message: &err.message,
-                },
-            )
-        });
+        let strategy = self.running.as_ref().and_then(|r| r.strategy);
+        let continuation = joined
+            .zip(strategy)
+            .map(|((join, trimmed_bytes), s)| Continuation {
+                strategy: s.as_str(),
+                join,
+                emitted_bytes: self.emitted.len(),
+                trimmed_bytes,
+            });
+        let payload = Payload {
+            seq: self.next_seq,
+            from: &note.from,
+            to: &note.to,
+            model: &note.model,
+            reason: note.reason,
+            message: &note.message,
+            continuation,
+        };
+        let event = Event::from_payload(self.next_seq, EventKind::Failover, &payload);
+        self.emit(ctx, |_| event);
     }
 
     // ---- the end ----
@@ -552,6 +672,7 @@ impl Execution {
         if let Some(timer) = self.retry_timer.take() {
             ctx.cancel_future(timer);
         }
+        self.flush_failover(ctx, None);
         if let Some(error) = &error {
             self.emit(ctx, |seq| Event::error(seq, error));
         }

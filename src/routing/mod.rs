@@ -4,7 +4,10 @@
 mod continuation;
 pub mod health;
 
-pub use continuation::{continuation_messages, Reconciler, CONTINUE_INSTRUCTION};
+pub use continuation::{
+    continuation_messages, Diverged, Join, Reconciler, Trim, CONTINUE_INSTRUCTION,
+    MIN_RESTART_EVIDENCE,
+};
 pub use health::{HealthBoard, Outcome};
 
 use std::sync::Arc;

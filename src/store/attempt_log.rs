@@ -51,6 +51,15 @@ pub enum LogEntry<'a> {
         code: &'a str,
         message: &'a str,
     },
+    /// How a continuation's head was joined to the text already emitted (`exact`, `trimmed`
+    /// or `diverged`): every trim is on record where it acted.
+    Reconciled {
+        strategy: &'a str,
+        join: &'a str,
+        emitted_bytes: usize,
+        /// Bytes of the continuation's head dropped as a reproduction of the emitted text.
+        trimmed_bytes: usize,
+    },
 }
 
 /// Writes one attempt's entries; cheap to clone into the task that drives the attempt. The

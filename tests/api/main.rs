@@ -9,6 +9,7 @@ mod helpers;
 
 mod analytics;
 mod bad_input;
+mod continuation_corpus;
 mod durability;
 mod events;
 mod executions;
