@@ -146,7 +146,7 @@ impl Harness {
         store
             .create_execution(&record, &Event::status(1, Status::Pending))
             .expect("execution created");
-        store.commit.sync().await;
+        store.commit.sync().await.expect("bench store writes");
 
         // What the registry does on `StartExecution`, minus starting the actor: the live
         // feed, which every subscriber joins (like `Subscribe`) before a single event flows.

@@ -29,11 +29,12 @@ pub enum ErrorCode {
     ProviderError,
     StreamInterrupted,
     Cancelled,
+    StorageUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidRequest,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unauthorized,
@@ -49,6 +50,7 @@ impl ErrorCode {
         ErrorCode::ProviderError,
         ErrorCode::StreamInterrupted,
         ErrorCode::Cancelled,
+        ErrorCode::StorageUnavailable,
         ErrorCode::Internal,
     ];
 
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::ProviderError => "provider_error",
             ErrorCode::StreamInterrupted => "stream_interrupted",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -87,7 +90,9 @@ impl ErrorCode {
             }
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::ProviderTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ProviderUnavailable | ErrorCode::StorageUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::ProviderError | ErrorCode::StreamInterrupted => StatusCode::BAD_GATEWAY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -101,6 +106,7 @@ impl ErrorCode {
                 | ErrorCode::ProviderTimeout
                 | ErrorCode::ProviderUnavailable
                 | ErrorCode::StreamInterrupted
+                | ErrorCode::StorageUnavailable
                 | ErrorCode::Internal
         )
     }
@@ -130,6 +136,10 @@ impl ErrorBody {
     }
 }
 
+/// What a `storage_unavailable` answer suggests: the free-space check and the reopen both run
+/// about once a second, so a few seconds is when things may have changed.
+pub const STORAGE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -158,6 +168,18 @@ impl ApiError {
         Self::new(ErrorCode::Internal, "internal error")
     }
 
+    /// The store cannot take writes (full disk, failed write): retry later, elsewhere or after
+    /// the store is reopened. Nothing the caller was told was accepted is lost.
+    pub fn storage(reason: impl fmt::Display) -> Self {
+        ApiError {
+            body: ErrorBody::new(
+                ErrorCode::StorageUnavailable,
+                format!("storage is unavailable: {reason}; retry later"),
+            ),
+            retry_after: Some(STORAGE_RETRY_AFTER),
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         self.body.code
     }
@@ -179,8 +201,25 @@ impl fmt::Display for ApiError {
 }
 
 impl From<sled::Error> for ApiError {
+    /// An I/O error is the disk (sled has poisoned itself, see `store::health`); anything else
+    /// is a bug.
     fn from(err: sled::Error) -> Self {
-        ApiError::internal(err)
+        match err {
+            sled::Error::Io(err) => ApiError::storage(err),
+            err => ApiError::internal(err),
+        }
+    }
+}
+
+impl From<crate::store::StoreFailed> for ApiError {
+    fn from(err: crate::store::StoreFailed) -> Self {
+        ApiError::storage(err)
+    }
+}
+
+impl From<crate::store::Refusal> for ApiError {
+    fn from(refusal: crate::store::Refusal) -> Self {
+        ApiError::storage(refusal)
     }
 }
 

@@ -27,9 +27,10 @@ pub struct Application {
 impl Application {
     /// Must run inside an actix system (the actors and the group committer live on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = Store::open_with_cache(
+        let store = Store::open_with(
             &settings.data_dir,
             settings.limits.store_cache_mb.saturating_mul(1024 * 1024),
+            settings.limits.min_free_disk_mb,
         )?;
         let metrics = Arc::new(Metrics::new());
         store.commit.observe_flushes(metrics.store_flush.clone());

@@ -96,6 +96,9 @@ pub struct Execution {
     pending_failover: Option<PendingFailover>,
     /// Terminal: waiting for the last events to become durable before stopping.
     finishing: bool,
+    /// A write failed: the actor stopped without a terminal state; the execution resumes from
+    /// its durable log when the store is reopened.
+    suspended: bool,
     done_waiters: Vec<oneshot::Sender<ExecutionRecord>>,
 }
 
@@ -142,6 +145,7 @@ impl Execution {
             reconciler: None,
             pending_failover: None,
             finishing: false,
+            suspended: false,
             done_waiters: Vec::new(),
         }
     }
@@ -166,10 +170,14 @@ impl Execution {
     }
 
     fn append(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
+        if self.suspended {
+            return;
+        }
         let event = Arc::new(build(self.next_seq));
         self.next_seq += 1;
         if let Err(err) = self.deps.store.append_event(&self.record.id, &event) {
-            tracing::error!(execution_id = %self.record.id, error = %err, "event append failed");
+            self.deps.store.health.fail(&err);
+            return self.suspend(ctx);
         }
         self.deps.metrics.events.inc();
         if self.this_turn.events.is_empty() {
@@ -204,6 +212,9 @@ impl Execution {
         let wait = self.deps.store.commit.wait(ticket);
         ctx.spawn(wait.into_actor(self).map(|durable, act, ctx| {
             act.awaiting_commit = false;
+            let Ok(durable) = durable else {
+                return act.suspend(ctx);
+            };
             let mut batch = Vec::new();
             while act.unpublished.front().is_some_and(|(t, _)| *t <= durable) {
                 let (_, event) = act.unpublished.pop_front().expect("checked above");
@@ -221,6 +232,8 @@ impl Execution {
                 for waiter in act.done_waiters.drain(..) {
                     let _ = waiter.send(act.record.clone());
                 }
+                let record = &act.record;
+                tracing::info!(execution_id = %record.id, status = record.status.as_str(), duration_ms = record.duration_ms(), "execution finished");
                 ctx.stop();
             }
         }));
@@ -253,9 +266,10 @@ impl Execution {
             .unwrap_or(self.record.status)
     }
 
+    /// A failed write poisons the store: the next append sees it and suspends the actor.
     fn persist(&self) {
         if let Err(err) = self.deps.store.put_execution(&self.record) {
-            tracing::error!(execution_id = %self.record.id, error = %err, "record write failed");
+            self.deps.store.health.fail(&err);
         }
     }
 
@@ -693,7 +707,7 @@ impl Execution {
                 dead: false,
             };
             if let Err(err) = self.deps.store.put_webhook(&job) {
-                tracing::error!(execution_id = %self.record.id, error = %err, "webhook outbox write failed");
+                self.deps.store.health.fail(&err);
             }
         }
         let (m, model) = (&self.deps.metrics, self.record.model.as_str());
@@ -712,7 +726,27 @@ impl Execution {
         let done = Event::from_payload(self.next_seq, EventKind::Done, &self.record.view(None));
         self.emit(ctx, |_| done);
         self.finishing = true;
-        tracing::info!(execution_id = %self.record.id, status = status.as_str(), duration_ms = self.record.duration_ms(), "execution finished");
+    }
+
+    /// The store refused a write: nothing more this actor emits could be made durable, so it
+    /// stops here. Events not yet durable are never published (readers only see durable
+    /// ones); the record stays `processing` in the store, and the reopened engine resumes it
+    /// from its log like after a crash.
+    fn suspend(&mut self, ctx: &mut Context<Self>) {
+        if self.suspended {
+            return;
+        }
+        self.suspended = true;
+        tracing::error!(execution_id = %self.record.id, "store refused a write; execution suspended until the store is reopened");
+        if let Some(timer) = self.retry_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if let Some(running) = self.running.take() {
+            ctx.cancel_future(running.stream);
+        }
+        self.unpublished.clear();
+        self.this_turn.events.clear();
+        ctx.stop();
     }
 
     /// Picks up a record left `processing` by a previous process: rebuild the emitted text and
@@ -873,9 +907,11 @@ impl Handler<Cancel> for Execution {
         let (tx, rx) = oneshot::channel();
         self.done_waiters.push(tx);
         self.terminate(ctx, Status::Cancelled, None);
+        let health = self.deps.store.health.clone();
         Box::pin(async move {
-            rx.await.map_err(|_| {
-                ApiError::new(ErrorCode::Internal, "execution stopped before cancelling")
+            rx.await.map_err(|_| match health.failure() {
+                Some(err) => ApiError::storage(err),
+                None => ApiError::new(ErrorCode::Internal, "execution stopped before cancelling"),
             })
         })
     }

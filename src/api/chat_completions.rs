@@ -289,7 +289,9 @@ pub async fn create(
             started: false,
             sent_text: false,
         };
-        let (head, finished) = stream_head(&mut st, keepalive).await?;
+        let (head, finished) = stream_head(&mut st, keepalive)
+            .await
+            .map_err(|err| blame_store(&state, err))?;
         let head = stream::iter(head.into_iter().map(Ok::<_, Infallible>));
         let tail =
             stream::iter((!finished).then_some(st)).flat_map(move |st| stream_tail(st, keepalive));
@@ -299,7 +301,9 @@ pub async fn create(
             .insert_header(("cache-control", "no-cache"))
             .streaming(body));
     }
-    let done = until_done(cursor, guard).await?;
+    let done = until_done(cursor, guard)
+        .await
+        .map_err(|err| blame_store(&state, err))?;
     let body = Finished::parse(&done)?.completion(&shape.id, shape.created, &shape.model)?;
     Ok(res.content_type("application/json").body(body))
 }
@@ -385,6 +389,15 @@ fn sse(value: &Value) -> Bytes {
 
 fn data(event: &SharedEvent) -> Value {
     serde_json::from_slice(&event.data).unwrap_or(Value::Null)
+}
+
+/// An execution whose log ends without `done` was suspended by a failed store write: say so
+/// (503, retryable) rather than blame ourselves.
+fn blame_store(state: &AppState, err: ApiError) -> ApiError {
+    match state.store.health.failure() {
+        Some(reason) if err.code() == ErrorCode::Internal => ApiError::storage(reason),
+        _ => err,
+    }
 }
 
 /// The `done` event (its data is the final execution object).

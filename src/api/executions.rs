@@ -51,6 +51,9 @@ pub(super) async fn accept(
     ack: Ack,
 ) -> Result<(ExecutionRecord, bool, Option<String>), ApiError> {
     body.validate()?;
+    // Refused before anything is written: a full disk or failed store answers 503 now
+    // instead of accepting work it could not keep.
+    state.store.health.admit()?;
     let model = resolve_model(state, body)?;
     let id = ids::execution_id();
     let record = ExecutionRecord {
@@ -108,7 +111,7 @@ pub(super) async fn accept(
     }
     if matches!(ack, Ack::Accepted) {
         // Accepting promises the execution survives a crash: wait for the group commit.
-        state.store.commit.sync().await;
+        state.store.commit.sync().await?;
     }
     Ok((record, created, token))
 }
@@ -234,7 +237,7 @@ async fn live_text(state: &AppState, record: &ExecutionRecord) -> Result<Option<
         // The log may hold chunks no commit covers yet: what was read is made durable before
         // it is shown, so a crash cannot take back text a reader was given.
         let text = state.store.emitted(&record.id)?.text;
-        state.store.commit.sync().await;
+        state.store.commit.sync().await?;
         Some(text)
     } else {
         None

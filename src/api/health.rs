@@ -10,14 +10,19 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when the store answers and at least one provider can be called.
+/// Ready when the store takes writes (not failed, free disk above the floor) and at least
+/// one provider can be called.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let store = state.store.is_open();
+    let refusal = state.store.health.admit().err();
+    let store = refusal.is_none() && state.store.is_writable();
     let providers = state.providers.any_usable();
-    let body = json!({
+    let mut body = json!({
         "status": if store && providers { "ready" } else { "not_ready" },
         "checks": {"store": store, "providers": providers},
     });
+    if let Some(refusal) = refusal {
+        body["checks"]["store_reason"] = json!(refusal.to_string());
+    }
     if store && providers {
         HttpResponse::Ok().json(body)
     } else {

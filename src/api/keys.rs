@@ -74,7 +74,7 @@ pub async fn create(
         state
             .store
             .create_key(&project, body.role.unwrap_or(KeyRole::Member), body.name)?;
-    state.store.commit.sync().await;
+    state.store.commit.sync().await?;
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key created");
     Ok(HttpResponse::Created().json(view(&key, Some(&secret))))
 }
@@ -105,7 +105,7 @@ pub async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let key = owned_key(&state, &principal, &id)?;
     let key = state.store.revoke_key(key)?;
-    state.store.commit.sync().await;
+    state.store.commit.sync().await?;
     tracing::info!(key_id = %key.id, by = %principal.key_id, "api key revoked");
     Ok(HttpResponse::Ok().json(view(&key, None)))
 }
@@ -117,7 +117,7 @@ pub async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let key = owned_key(&state, &principal, &id)?;
     let (key, secret) = state.store.rotate_key(key)?;
-    state.store.commit.sync().await;
+    state.store.commit.sync().await?;
     tracing::info!(key_id = %key.id, by = %principal.key_id, "api key rotated");
     Ok(HttpResponse::Ok().json(view(&key, Some(&secret))))
 }

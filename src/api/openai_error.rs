@@ -33,6 +33,7 @@ fn openai_type(code: ErrorCode) -> &'static str {
         | ErrorCode::ProviderUnavailable
         | ErrorCode::ProviderError
         | ErrorCode::StreamInterrupted
+        | ErrorCode::StorageUnavailable
         | ErrorCode::Internal => "server_error",
         _ => "invalid_request_error",
     }

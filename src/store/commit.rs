@@ -11,14 +11,20 @@
 //! writes nothing is waiting on except their own publication (an execution's `processing`
 //! event), which saves a whole flush (sled's write + the fsync) per request.
 //!
+//! A failed flush is final: sled poisons itself on a write error, so every pending and later
+//! ticket fails ([`StoreFailed`]) instead of waiting for a durability that cannot come, and
+//! the failure is reported to [`StoreHealth`], which decides when the store is reopened.
+//!
 //! No linger: writes that arrive while a flush runs already share the next one, and a 500 µs
 //! wait before flushing under load was measured to lower throughput (gateway_overhead c=32,
 //! twice) and raise submit p99.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+
+use super::health::StoreHealth;
 
 /// The longest a deferred ticket waits for another writer's flush before it gets its own.
 pub const DEFER_LIMIT: Duration = Duration::from_millis(5);
@@ -37,13 +43,24 @@ struct Inner {
     urgent: AtomicU64,
     wake: Notify,
     durable: watch::Sender<u64>,
+    /// Set once a flush failed: nothing written to this store becomes durable any more.
+    failed: AtomicBool,
 }
+
+/// A write could not be made durable: the store failed (full disk, I/O error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store could not make the write durable")]
+pub struct StoreFailed;
 
 impl GroupCommit {
     /// `log_file`: sled's data file. sled 0.34's flush ends with `sync_file_range` on Linux,
     /// which neither flushes the drive's write cache nor the file's size; an `fdatasync` of the
     /// file after each flush does, so "durable" survives a power failure too.
-    pub fn start(db: sled::Db, log_file: Option<std::fs::File>) -> GroupCommit {
+    pub fn start(
+        db: sled::Db,
+        log_file: Option<std::fs::File>,
+        health: StoreHealth,
+    ) -> GroupCommit {
         let log_file = log_file.map(Arc::new);
         let inner = Arc::new(Inner {
             flush_seconds: std::sync::OnceLock::new(),
@@ -51,9 +68,10 @@ impl GroupCommit {
             urgent: AtomicU64::new(0),
             wake: Notify::new(),
             durable: watch::Sender::new(0),
+            failed: AtomicBool::new(false),
         });
         // The task lives as long as the runtime it runs on (the server's actix system).
-        tokio::spawn(commit_loop(inner.clone(), db, log_file));
+        tokio::spawn(commit_loop(inner.clone(), db, log_file, health));
         GroupCommit { inner }
     }
 
@@ -81,12 +99,19 @@ impl GroupCommit {
         t
     }
 
-    /// Resolves once `ticket` is durable, with the durable watermark (≥ `ticket`).
-    pub fn wait(&self, ticket: u64) -> impl std::future::Future<Output = u64> + 'static {
+    /// Resolves once `ticket` is durable, with the durable watermark (≥ `ticket`), or with
+    /// [`StoreFailed`] once it cannot become durable.
+    pub fn wait(
+        &self,
+        ticket: u64,
+    ) -> impl std::future::Future<Output = Result<u64, StoreFailed>> + 'static {
         let mut rx = self.inner.durable.subscribe();
+        let inner = self.inner.clone();
         async move {
-            match rx.wait_for(|d| *d >= ticket).await {
-                Ok(d) => *d,
+            let failed = || inner.failed.load(Ordering::Acquire);
+            match rx.wait_for(|d| *d >= ticket || failed()).await {
+                Ok(d) if *d >= ticket => Ok(*d),
+                Ok(_) => Err(StoreFailed),
                 // The store is gone (shutdown): nothing will become durable any more.
                 Err(_) => std::future::pending().await,
             }
@@ -94,22 +119,27 @@ impl GroupCommit {
     }
 
     /// Makes everything written so far durable.
-    pub async fn sync(&self) -> u64 {
+    pub async fn sync(&self) -> Result<u64, StoreFailed> {
         let t = self.ticket();
         self.wait(t).await
     }
 }
 
-/// Flushes whenever a ticket is pending, forever (until the runtime stops).
-async fn commit_loop(inner: Arc<Inner>, db: sled::Db, log_file: Option<Arc<std::fs::File>>) {
+/// Flushes whenever a ticket is pending, until the runtime stops or a flush fails.
+async fn commit_loop(
+    inner: Arc<Inner>,
+    db: sled::Db,
+    log_file: Option<Arc<std::fs::File>>,
+    health: StoreHealth,
+) {
     loop {
         inner.pending().await;
         let (db, file, task_inner) = (db.clone(), log_file.clone(), inner.clone());
-        let flush = move || -> sled::Result<(u64, Duration)> {
+        let flush = move || -> std::io::Result<(u64, Duration)> {
             // Every write made before this load is in what the flush writes.
             let target = task_inner.requested.load(Ordering::Acquire);
             let started = std::time::Instant::now();
-            db.flush()?;
+            db.flush().map_err(std::io::Error::other)?;
             if let Some(file) = file {
                 file.sync_data()?;
             }
@@ -123,8 +153,11 @@ async fn commit_loop(inner: Arc<Inner>, db: sled::Db, log_file: Option<Arc<std::
                 inner.durable.send_replace(target);
             }
             Ok(Err(err)) => {
-                tracing::error!(error = %err, "store flush failed; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                health.fail(&err);
+                inner.failed.store(true, Ordering::Release);
+                // Wakes every waiter to see the failure.
+                inner.durable.send_modify(|_| {});
+                return;
             }
             Err(_) => return,
         }
@@ -157,7 +190,7 @@ mod tests {
     fn committer() -> (tempfile::TempDir, GroupCommit, prometheus::Histogram) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let commit = GroupCommit::start(db, None);
+        let commit = GroupCommit::start(db, None, StoreHealth::new(dir.path(), 0));
         let flushes =
             prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("f", "f")).unwrap();
         commit.observe_flushes(flushes.clone());
@@ -169,7 +202,7 @@ mod tests {
         let (_dir, commit, flushes) = committer();
         let deferred = commit.deferred_ticket();
         let urgent = commit.ticket();
-        assert!(commit.wait(deferred).await >= urgent);
+        assert!(commit.wait(deferred).await.unwrap() >= urgent);
         assert_eq!(flushes.get_sample_count(), 1);
     }
 
@@ -177,7 +210,7 @@ mod tests {
     async fn a_lone_deferred_ticket_still_becomes_durable() {
         let (_dir, commit, flushes) = committer();
         let deferred = commit.deferred_ticket();
-        assert!(commit.wait(deferred).await >= deferred);
+        assert!(commit.wait(deferred).await.unwrap() >= deferred);
         assert_eq!(flushes.get_sample_count(), 1);
     }
 }

@@ -12,14 +12,16 @@ mod attempt_log;
 mod commit;
 mod events;
 mod executions;
+mod health;
 mod keys;
 mod tokens;
 mod webhooks;
 
 pub use analytics::{Aggregate, Dimension, Histogram, Series, MINUTE};
 pub use attempt_log::{redacted_headers, AttemptLog, LogEntry};
-pub use commit::GroupCommit;
+pub use commit::{GroupCommit, StoreFailed};
 pub use executions::{ListPage, SubmitOutcome};
+pub use health::{Refusal, StoreHealth};
 pub use keys::{hash_secret, KeyRecord, KeyRole};
 pub use tokens::WsTokenRecord;
 pub use webhooks::WebhookJob;
@@ -45,17 +47,20 @@ pub struct Store {
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
+    /// Whether writes can succeed (no failure, free space above the floor).
+    pub health: StoreHealth,
 }
 
 impl Store {
     /// Opens (or creates) the store under `dir`. Must run inside a tokio runtime: the group
     /// committer is a task on it.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
-        Store::open_with_cache(dir, 16 * 1024 * 1024)
+        Store::open_with(dir, 16 * 1024 * 1024, 0)
     }
 
-    /// [`Store::open`] with a page cache of `cache_bytes` (`limits.store_cache_mb`).
-    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
+    /// [`Store::open`] with a page cache of `cache_bytes` (`limits.store_cache_mb`) and a
+    /// free-space floor under which new work is refused (`limits.min_free_disk_mb`).
+    pub fn open_with(dir: &Path, cache_bytes: u64, floor_mb: u64) -> anyhow::Result<Store> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
         let db = sled::Config::new()
@@ -66,6 +71,8 @@ impl Store {
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open store in {}: {e}", dir.display()))?;
         let tree = |name: &str| db.open_tree(name);
+        let health = StoreHealth::new(dir, floor_mb);
+        health.start_monitor(db.clone());
         Ok(Store {
             executions: tree("executions")?,
             events: tree("events")?,
@@ -82,7 +89,9 @@ impl Store {
             commit: GroupCommit::start(
                 db.clone(),
                 std::fs::File::open(dir.join("db").join("db")).ok(),
+                health.clone(),
             ),
+            health,
             db,
         })
     }
@@ -97,8 +106,9 @@ impl Store {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    pub fn is_open(&self) -> bool {
-        self.meta.get(b"probe").is_ok()
+    /// Whether the store answers reads and can take writes.
+    pub fn is_writable(&self) -> bool {
+        self.meta.get(b"probe").is_ok() && self.health.failure().is_none()
     }
 }
 

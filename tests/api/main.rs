@@ -22,6 +22,7 @@ mod provider_tools;
 mod provider_vision;
 mod providers;
 mod routing;
+mod storage;
 mod tools;
 mod webhooks;
 mod websocket;
