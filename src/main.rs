@@ -3,9 +3,10 @@
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use switchyard::settings::Settings;
-use switchyard::startup::Application;
+use switchyard::startup::{Application, Exit};
 
 /// Actor-based streaming router for AI providers.
 #[derive(Parser)]
@@ -44,16 +45,44 @@ fn main() -> anyhow::Result<()> {
     }
     settings.read_secrets_from_env();
 
-    actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings).await?;
-        if let Some(key) = app.bootstrap_admin_key() {
-            println!(
-                "created the admin key of project `default` (shown once, only its hash is stored):"
-            );
-            println!("  {key}");
+    let mut first_start = true;
+    loop {
+        let attempt = settings.clone();
+        let exit = actix_web::rt::System::new().block_on(async move {
+            let app = match Application::build(attempt).await {
+                Ok(app) => app,
+                // The previous engine's store may still be closing; the disk may still be
+                // short. A restart keeps trying; a first start fails loudly.
+                Err(err) if !first_start => {
+                    tracing::error!(error = %err, "reopening the store failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return Ok::<_, anyhow::Error>((Exit::ReopenStore, None));
+                }
+                Err(err) => return Err(err),
+            };
+            if let Some(key) = app.bootstrap_admin_key() {
+                println!(
+                    "created the admin key of project `default` (shown once, only its hash is stored):"
+                );
+                println!("  {key}");
+            }
+            let address = app.address();
+            if first_start {
+                println!("switchyard listening on http://{address}");
+            } else {
+                tracing::info!(%address, "store reopened; serving again");
+            }
+            Ok((app.run_until_stopped().await?, Some(address)))
+        })?;
+        match exit {
+            (Exit::Stopped, _) => return Ok(()),
+            (Exit::ReopenStore, address) => {
+                // Port 0 picked a port on the first start: keep it.
+                if let Some(address) = address {
+                    settings.listen = address;
+                }
+                first_start = false;
+            }
         }
-        println!("switchyard listening on http://{}", app.address());
-        app.run_until_stopped().await?;
-        Ok(())
-    })
+    }
 }

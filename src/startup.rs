@@ -136,14 +136,47 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT (or a stop through the handle), then makes the store durable.
     /// Running executions keep their log; the next start resumes them.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        if let Err(err) = self.store.flush() {
-            tracing::error!(error = %err, "final store flush failed");
+    ///
+    /// A store that failed a write (a full disk: sled poisons itself and never writes again)
+    /// ends the serving too, once disk space is back: the caller then builds a fresh
+    /// application on the same address, which reopens the store and resumes what was running
+    /// from its log, as after a crash ([`Exit::ReopenStore`]).
+    pub async fn run_until_stopped(self) -> std::io::Result<Exit> {
+        let handle = self.server.handle();
+        let reopen = self.store.health.reopen_due();
+        tokio::pin!(reopen);
+        let server = self.server;
+        tokio::pin!(server);
+        let exit = tokio::select! {
+            result = &mut server => result.map(|()| Exit::Stopped),
+            () = &mut reopen => {
+                tracing::warn!("disk space is back: restarting the engine to reopen the store");
+                // Streams cannot make progress on a failed store; their clients resume with
+                // Last-Event-ID against the reopened one.
+                // The stop command is sent on the call; the server future itself carries it
+                // out, so it is the one awaited (awaiting the stop would never be polled).
+                drop(handle.stop(false));
+                let _ = server.await;
+                Ok(Exit::ReopenStore)
+            }
+        };
+        if self.store.health.failure().is_none() {
+            if let Err(err) = self.store.flush() {
+                tracing::error!(error = %err, "final store flush failed");
+            }
         }
         tracing::info!("stopped");
-        result
+        exit
     }
+}
+
+/// Why [`Application::run_until_stopped`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A signal or the server handle stopped it: the process ends.
+    Stopped,
+    /// The store failed and disk space is back: build the application again.
+    ReopenStore,
 }
 
 /// Without `SWITCHYARD_ADMIN_KEY` and without an admin key in the store, creates one and

@@ -10,6 +10,7 @@ mod helpers;
 mod analytics;
 mod bad_input;
 mod continuation_corpus;
+mod disk_full;
 mod durability;
 mod events;
 mod executions;
