@@ -15,6 +15,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
 pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The URL clients reach this server at (`https://router.example/switchyard`): submit
+    /// answers build `websocket_url` from it instead of from the request's Host header.
+    #[serde(default)]
+    pub public_url: Option<String>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -47,6 +51,9 @@ pub struct Limits {
     pub ws_heartbeat_ms: u64,
     /// A WebSocket silent for this long (no pong, no frame) is closed.
     pub ws_client_timeout_ms: u64,
+    /// Largest WebSocket message a client may send (one frame or a fragmented message); a
+    /// larger one closes the socket with 1009.
+    pub ws_max_message_bytes: usize,
     /// The store's page cache (sled's `cache_capacity`): most of the process's memory once
     /// the data outgrows it.
     pub store_cache_mb: u64,
@@ -65,6 +72,7 @@ impl Default for Limits {
             ws_token_ttl_ms: 5 * 60 * 1000,
             ws_heartbeat_ms: 5_000,
             ws_client_timeout_ms: 15_000,
+            ws_max_message_bytes: 64 * 1024,
             store_cache_mb: 16,
             min_free_disk_mb: 256,
         }
@@ -383,6 +391,22 @@ impl Settings {
         if self.models.is_empty() {
             return fail("models".into(), "at least one model is required");
         }
+        if let Some(u) = &self.public_url {
+            let ok = url::Url::parse(u)
+                .map(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.query().is_none()
+                        && u.fragment().is_none()
+                })
+                .unwrap_or(false);
+            if !ok {
+                return fail(
+                    "public_url".into(),
+                    "must be an http or https URL without query or fragment",
+                );
+            }
+        }
         let l = &self.limits;
         for (field, v) in [
             ("limits.max_body_bytes", l.max_body_bytes as u64),
@@ -392,6 +416,7 @@ impl Settings {
             ("limits.ws_heartbeat_ms", l.ws_heartbeat_ms),
             ("limits.ws_client_timeout_ms", l.ws_client_timeout_ms),
             ("limits.store_cache_mb", l.store_cache_mb),
+            ("limits.ws_max_message_bytes", l.ws_max_message_bytes as u64),
         ] {
             if v == 0 {
                 return fail(field.into(), "must be greater than 0");

@@ -86,6 +86,7 @@ impl Application {
             metrics,
             project_feed,
             webhook_secret,
+            revocations: Arc::default(),
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
         });
         let listener = TcpListener::bind(settings.listen)?;

@@ -30,6 +30,7 @@ use crate::channels::ProjectFeed;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::providers::Providers;
+use crate::revocation::Revocations;
 use crate::routing::HealthBoard;
 use crate::settings::Settings;
 use crate::store::Store;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub project_feed: Arc<ProjectFeed>,
     /// Signs webhook deliveries; shown to admins of the default project.
     pub webhook_secret: String,
+    /// Tells open streams that their key was revoked or rotated.
+    pub revocations: Arc<Revocations>,
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`, when set.
     pub env_admin_key_hash: Option<String>,
 }

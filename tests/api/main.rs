@@ -7,6 +7,7 @@ mod fake_http;
 mod fake_openai;
 mod helpers;
 
+mod access;
 mod analytics;
 mod bad_input;
 mod continuation_corpus;
