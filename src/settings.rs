@@ -51,6 +51,19 @@ pub struct Limits {
     pub ws_heartbeat_ms: u64,
     /// A WebSocket silent for this long (no pong, no frame) is closed.
     pub ws_client_timeout_ms: u64,
+    /// A client must send its request head within this long after connecting (or after the
+    /// previous response on a kept-alive connection); else the connection is closed with 408.
+    pub header_timeout_ms: u64,
+    /// A request body must arrive completely within this long after its head: 408
+    /// `request_timeout` and the connection closed otherwise.
+    pub body_timeout_ms: u64,
+    /// After `body_rate_grace_ms`, a body arriving slower than this on average is cut off the
+    /// same way (0 = no minimum rate).
+    pub body_min_bytes_per_sec: u64,
+    pub body_rate_grace_ms: u64,
+    /// Open connections one client address may hold; more are answered 429 `rate_limited` and
+    /// closed (0 = no cap). Counts the TCP peer: behind a proxy, raise it or turn it off.
+    pub ip_max_connections: usize,
     /// Largest WebSocket message a client may send (one frame or a fragmented message); a
     /// larger one closes the socket with 1009.
     pub ws_max_message_bytes: usize,
@@ -73,6 +86,11 @@ impl Default for Limits {
             ws_heartbeat_ms: 5_000,
             ws_client_timeout_ms: 15_000,
             ws_max_message_bytes: 64 * 1024,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 60_000,
+            body_min_bytes_per_sec: 1_024,
+            body_rate_grace_ms: 5_000,
+            ip_max_connections: 256,
             store_cache_mb: 16,
             min_free_disk_mb: 256,
         }
@@ -417,6 +435,8 @@ impl Settings {
             ("limits.ws_client_timeout_ms", l.ws_client_timeout_ms),
             ("limits.store_cache_mb", l.store_cache_mb),
             ("limits.ws_max_message_bytes", l.ws_max_message_bytes as u64),
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.body_timeout_ms", l.body_timeout_ms),
         ] {
             if v == 0 {
                 return fail(field.into(), "must be greater than 0");

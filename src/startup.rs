@@ -27,6 +27,17 @@ pub struct Application {
 impl Application {
     /// Must run inside an actix system (the actors and the group committer live on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        match raise_fd_limit() {
+            Ok((before, after)) if before != after => {
+                tracing::info!(
+                    before,
+                    after,
+                    "raised the open-file limit to the hard limit"
+                )
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+        }
         let store = Store::open_with(
             &settings.data_dir,
             settings.limits.store_cache_mb.saturating_mul(1024 * 1024),
@@ -92,8 +103,10 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)?;
         let address = listener.local_addr()?;
         let shutdown = Duration::from_millis(settings.limits.shutdown_timeout_ms);
+        let limiter = api::ConnectionLimiter::new(settings.limits.ip_max_connections);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(api::refuse_over_cap))
                 .wrap(actix_web::middleware::from_fn(api::observe))
                 .app_data(state.clone())
                 .configure(api::configure)
@@ -101,6 +114,9 @@ impl Application {
         // actix-web leaves accepted sockets at the OS default (Nagle on): a response written
         // in more than one piece (every stream) then waits ~40 ms on the client's delayed ACK.
         .tcp_nodelay(true)
+        .on_connect(move |conn, data| limiter.on_connect(conn, data))
+        // A client that connects and never finishes its request head is closed (408).
+        .client_request_timeout(Duration::from_millis(settings.limits.header_timeout_ms))
         .listen(listener)?
         .shutdown_timeout(shutdown.as_secs().max(1))
         .run();
@@ -145,6 +161,32 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit and returns
+/// (before, after). The common soft default of 1,024 is a few hundred clients: each connection,
+/// each provider stream and sled's files take one descriptor.
+// `rlim_t` is u64 on Linux and macOS but not on every target, hence the casts.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur as u64;
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok((before, before));
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit only reads the struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((before, limit.rlim_cur as u64))
 }
 
 /// Without `SWITCHYARD_ADMIN_KEY` and without an admin key in the store, creates one and

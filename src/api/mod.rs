@@ -4,6 +4,7 @@ mod analytics;
 mod auth;
 mod body;
 mod chat_completions;
+mod connections;
 mod debug_log;
 mod embeddings;
 mod events;
@@ -20,6 +21,7 @@ mod webhook_secret;
 mod ws;
 
 pub use auth::{Principal, DEFAULT_PROJECT};
+pub use connections::{refuse_over_cap, ConnectionLimiter};
 
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};

@@ -10,6 +10,7 @@ mod helpers;
 mod access;
 mod analytics;
 mod bad_input;
+mod connections;
 mod continuation_corpus;
 mod durability;
 mod events;
