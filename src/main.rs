@@ -53,6 +53,9 @@ fn main() -> anyhow::Result<()> {
             println!("  {key}");
         }
         println!("switchyard listening on http://{}", app.address());
+        if let Some(addr) = app.metrics_address() {
+            println!("metrics on http://{addr}/metrics");
+        }
         app.run_until_stopped().await?;
         Ok(())
     })

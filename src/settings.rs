@@ -27,6 +27,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     #[serde(default)]
     pub retention: Retention,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
     /// From `SWITCHYARD_ADMIN_KEY`; never read from the file.
@@ -180,6 +182,20 @@ mod humantime_field {
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration ({e})")))
     }
+}
+
+/// Who may scrape `GET /metrics`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Environment variable holding a token scrapers must send as `Authorization: Bearer …`.
+    /// Set but empty or missing at start: the server refuses to start (it fails closed).
+    pub bearer_token_env: Option<String>,
+    /// Serve `/metrics` on this address only (e.g. an internal interface), not on `listen`.
+    pub listen: Option<SocketAddr>,
+    /// Resolved from `bearer_token_env` at start.
+    #[serde(skip)]
+    pub bearer_token: Option<String>,
 }
 
 /// The OpenAI-compatible endpoint.
@@ -383,6 +399,9 @@ impl Settings {
                     tracing::warn!(provider = %p.name, variable = %var, "provider api key variable is not set");
                 }
             }
+        }
+        if let Some(var) = &self.metrics.bearer_token_env {
+            self.metrics.bearer_token = std::env::var(var).ok().filter(|t| !t.is_empty());
         }
         if let Some(var) = &self.webhooks.secret_env {
             self.webhooks.secret = std::env::var(var).ok().filter(|s| !s.is_empty());

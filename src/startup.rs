@@ -19,6 +19,8 @@ use crate::store::{hash_secret, KeyRole, Store};
 pub struct Application {
     address: SocketAddr,
     server: Server,
+    /// `GET /metrics` on its own address (`[metrics] listen`).
+    metrics_server: Option<(SocketAddr, Server)>,
     store: Store,
     bootstrap_admin_key: Option<String>,
     recovered: usize,
@@ -27,6 +29,13 @@ pub struct Application {
 impl Application {
     /// Must run inside an actix system (the actors and the group committer live on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        if let (Some(var), None) = (
+            &settings.metrics.bearer_token_env,
+            &settings.metrics.bearer_token,
+        ) {
+            // Failing closed: a typo must not publish the metrics unprotected.
+            anyhow::bail!("invalid config: metrics.bearer_token_env: variable `{var}` is not set");
+        }
         match raise_fd_limit() {
             Ok((before, after)) if before != after => {
                 tracing::info!(
@@ -100,6 +109,10 @@ impl Application {
             revocations: Arc::default(),
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
         });
+        let metrics_server = match settings.metrics.listen {
+            Some(addr) => Some(metrics_server(addr, state.clone())?),
+            None => None,
+        };
         let listener = TcpListener::bind(settings.listen)?;
         let address = listener.local_addr()?;
         let shutdown = Duration::from_millis(settings.limits.shutdown_timeout_ms);
@@ -123,6 +136,7 @@ impl Application {
         Ok(Application {
             address,
             server,
+            metrics_server,
             store,
             bootstrap_admin_key,
             recovered,
@@ -131,6 +145,11 @@ impl Application {
 
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Where `/metrics` is served when `[metrics] listen` is set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn port(&self) -> u16 {
@@ -154,7 +173,15 @@ impl Application {
     /// Serves until SIGTERM/SIGINT (or a stop through the handle), then makes the store durable.
     /// Running executions keep their log; the next start resumes them.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let metrics = self.metrics_server.map(|(_, server)| {
+            let handle = server.handle();
+            actix_web::rt::spawn(server);
+            handle
+        });
         let result = self.server.await;
+        if let Some(handle) = metrics {
+            handle.stop(true).await;
+        }
         if let Err(err) = self.store.flush() {
             tracing::error!(error = %err, "final store flush failed");
         }
@@ -166,6 +193,26 @@ impl Application {
 /// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit and returns
 /// (before, after). The common soft default of 1,024 is a few hundred clients: each connection,
 /// each provider stream and sled's files take one descriptor.
+/// A one-worker server answering only `GET /metrics` (scrapes are rare and cheap).
+fn metrics_server(
+    addr: SocketAddr,
+    state: web::Data<AppState>,
+) -> anyhow::Result<(SocketAddr, Server)> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot bind metrics.listen {addr}: {e}"))?;
+    let address = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(api::metrics_listener))
+    })
+    .workers(1)
+    .listen(listener)?
+    .disable_signals()
+    .run();
+    Ok((address, server))
+}
+
 // `rlim_t` is u64 on Linux and macOS but not on every target, hence the casts.
 #[allow(clippy::unnecessary_cast)]
 pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {

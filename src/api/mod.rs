@@ -22,6 +22,7 @@ mod ws;
 
 pub use auth::{Principal, DEFAULT_PROJECT};
 pub use connections::{refuse_over_cap, ConnectionLimiter};
+pub use health::metrics_listener;
 
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};

@@ -1,6 +1,6 @@
 //! Access: revoking or rotating a key ends its open streams (SSE, streaming chat completions,
 //! WebSockets); cross-project key administration; WebSocket tokens on idempotent retries;
-//! `public_url`; WebSocket close codes.
+//! `public_url`; WebSocket close codes; protected metrics.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -357,4 +357,74 @@ async fn websocket_protocol_errors_close_with_their_rfc_6455_codes() {
     // Bad JSON still only gets an error frame, as the contract says.
     ws.send(Message::Text("{nope".into())).await.unwrap();
     assert_eq!(next_text(&mut ws).await["data"]["code"], "invalid_request");
+}
+
+#[actix_web::test]
+async fn metrics_can_require_a_bearer_token() {
+    let app = spawn_app_with(&config(&[]), |s| {
+        s.metrics.bearer_token = Some("scrape-secret".into());
+    })
+    .await;
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    assert_error(res, 401, "unauthorized").await;
+    assert_error(app.get("/metrics", "wrong").await, 401, "unauthorized").await;
+    let res = app.get("/metrics", "scrape-secret").await;
+    assert_eq!(res.status(), 200);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("switchyard_http_requests_total"));
+
+    // A token variable that is not set stops the start instead of exposing the metrics.
+    let toml = format!(
+        "{}\n[metrics]\nbearer_token_env = \"SWITCHYARD_TEST_UNSET_METRICS_TOKEN\"\n",
+        config(&[])
+    );
+    let mut settings = switchyard::settings::Settings::parse(&toml).unwrap();
+    settings.data_dir = app.data_dir.path().join("other");
+    settings.read_secrets_from_env();
+    let err = switchyard::startup::Application::build(settings)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("metrics.bearer_token_env"),
+        "{err}"
+    );
+}
+
+#[actix_web::test]
+async fn metrics_can_move_to_their_own_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = switchyard::settings::Settings::parse(&config(&[])).unwrap();
+    settings.data_dir = dir.path().to_path_buf();
+    settings.admin_key = Some(ADMIN_KEY.into());
+    settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = switchyard::startup::Application::build(settings)
+        .await
+        .unwrap();
+    let main = format!("http://{}", app.address());
+    let metrics = format!("http://{}", app.metrics_address().unwrap());
+    let handle = app.server_handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+    let res = client.get(format!("{main}/metrics")).send().await.unwrap();
+    assert_error(res, 404, "not_found").await;
+    let res = client
+        .get(format!("{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("switchyard_"));
+    // Only the metrics live there.
+    let res = client
+        .get(format!("{metrics}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    handle.stop(true).await;
 }

@@ -18,6 +18,7 @@ mod executions;
 mod failover;
 mod keys;
 mod metrics;
+mod mock;
 mod openai_compat;
 mod provider_signatures;
 mod provider_tools;
