@@ -91,6 +91,17 @@ impl Application {
                 store.remove_orphan(&record)?;
             }
         }
+        // Tokens from before the expiry index were never deleted: one scan removes them.
+        let tokens = store.clone();
+        let kept = settings.retention.ws_tokens.as_millis() as u64;
+        tokio::task::spawn_blocking(move || {
+            let cutoff = crate::domain::now_ms().saturating_sub(kept);
+            match tokens.remove_expired_ws_tokens_by_scan(cutoff) {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed expired websocket tokens"),
+                Err(err) => tracing::warn!(error = %err, "websocket token scan failed"),
+            }
+        });
         let recovered = unfinished.len();
         for record in unfinished {
             tracing::info!(execution_id = %record.id, status = record.status.as_str(), "recovering unfinished execution");

@@ -142,6 +142,29 @@ impl Store {
         Ok(removed)
     }
 
+    /// Deletes tokens that expired before `cutoff_ms` by reading every token record: for the
+    /// tokens written before the expiry index existed (they were never deleted). One full scan
+    /// of the tree; run once at start.
+    pub fn remove_expired_ws_tokens_by_scan(&self, cutoff_ms: u64) -> sled::Result<usize> {
+        let mut removed = 0;
+        for item in self.ws_tokens.iter() {
+            let (key, bytes) = item?;
+            // Token records are keyed by a bare 64-hex-digit hash; index entries contain a 0.
+            if key.len() != 64 || key.contains(&0) {
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<WsTokenRecord>(&bytes) else {
+                continue;
+            };
+            if record.expires_at_ms < cutoff_ms {
+                let hash = String::from_utf8_lossy(&key).into_owned();
+                self.remove_token(&hash, record.expires_at_ms, Some(&record.execution_id))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Drops a token's record, its expiry entry and (when it is still the execution's
     /// current token) the execution's entry.
     fn remove_token(
@@ -219,6 +242,32 @@ mod tests {
         assert_eq!(store.remove_expired_ws_tokens(now + 11).unwrap(), 1);
         assert_eq!(store.ws_token_entries(), 3, "only e1's live token is left");
         assert_eq!(store.remove_expired_ws_tokens(now + 303_001).unwrap(), 1);
+        assert_eq!(store.ws_token_entries(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_scan_removes_expired_tokens_written_without_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let legacy = |token: &str, expires: u64| {
+            let bytes = serde_json::to_vec(&record("old", expires, "h")).unwrap();
+            store
+                .ws_tokens
+                .insert(hash_secret(token).as_bytes(), bytes)
+                .unwrap();
+        };
+        legacy("wst_expired", 10);
+        legacy("wst_live", 10_000);
+        let current = store.ws_token_for(&record("new", 20, "h"), 0).unwrap();
+        assert_eq!(
+            store.remove_expired_ws_tokens(100).unwrap(),
+            1,
+            "only indexed"
+        );
+        assert_eq!(store.remove_expired_ws_tokens_by_scan(100).unwrap(), 1);
+        assert!(store.take_ws_token("wst_expired").unwrap().is_none());
+        assert!(store.take_ws_token("wst_live").unwrap().is_some());
+        assert!(store.take_ws_token(&current).unwrap().is_none());
         assert_eq!(store.ws_token_entries(), 0);
     }
 }
