@@ -330,6 +330,10 @@ max_attempts = 1
 [[models]]
 slug = "bench"
 routes = [{{ provider = "upstream", model = "bench-1" }}]
+
+# Every subscriber connects from 127.0.0.1: no per-address connection cap.
+[limits]
+ip_max_connections = 0
 "#
     )
 }

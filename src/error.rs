@@ -31,10 +31,13 @@ pub enum ErrorCode {
     Cancelled,
     StorageUnavailable,
     Internal,
+    /// The client sent its request body too slowly (`limits.body_timeout_ms`,
+    /// `limits.body_min_bytes_per_sec`): 408, and the connection is closed.
+    RequestTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidRequest,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unauthorized,
@@ -52,6 +55,7 @@ impl ErrorCode {
         ErrorCode::Cancelled,
         ErrorCode::StorageUnavailable,
         ErrorCode::Internal,
+        ErrorCode::RequestTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +77,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::RequestTimeout => "request_timeout",
         }
     }
 
@@ -95,6 +100,7 @@ impl ErrorCode {
             }
             ErrorCode::ProviderError | ErrorCode::StreamInterrupted => StatusCode::BAD_GATEWAY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -108,6 +114,7 @@ impl ErrorCode {
                 | ErrorCode::StreamInterrupted
                 | ErrorCode::StorageUnavailable
                 | ErrorCode::Internal
+                | ErrorCode::RequestTimeout
         )
     }
 }
@@ -237,6 +244,10 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         if let Some(after) = self.retry_after_header() {
             res.insert_header(after);
+        }
+        if self.body.code == ErrorCode::RequestTimeout {
+            // The rest of a body that is not coming must not be read as the next request.
+            res.force_close();
         }
         res.json(Envelope { error: &self.body })
     }

@@ -9,6 +9,7 @@
 //! - [`cursor`]: a reader's position in an event log (replay, then live)
 //! - [`channels`]: WebSocket channel names and the project status feed
 //! - [`metrics`]: every Prometheus collector
+//! - [`revocation`]: the broadcast that ends a revoked or rotated key's open streams
 //! - [`webhooks`]: signed webhook delivery from the outbox
 //! - [`domain`]: ids, requests, statuses, events and the execution record
 //! - [`settings`]: the TOML configuration; [`error`]: the API error type; [`startup`]: assembly
@@ -21,6 +22,7 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod providers;
+pub mod revocation;
 pub mod routing;
 pub mod settings;
 pub mod startup;

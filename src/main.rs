@@ -69,6 +69,9 @@ fn main() -> anyhow::Result<()> {
             let address = app.address();
             if first_start {
                 println!("switchyard listening on http://{address}");
+                if let Some(addr) = app.metrics_address() {
+                    println!("metrics on http://{addr}/metrics");
+                }
             } else {
                 tracing::info!(%address, "store reopened; serving again");
             }

@@ -15,6 +15,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
 pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The URL clients reach this server at (`https://router.example/switchyard`): submit
+    /// answers build `websocket_url` from it instead of from the request's Host header.
+    #[serde(default)]
+    pub public_url: Option<String>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -23,6 +27,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     #[serde(default)]
     pub retention: Retention,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
     /// From `SWITCHYARD_ADMIN_KEY`; never read from the file.
@@ -47,6 +53,22 @@ pub struct Limits {
     pub ws_heartbeat_ms: u64,
     /// A WebSocket silent for this long (no pong, no frame) is closed.
     pub ws_client_timeout_ms: u64,
+    /// A client must send its request head within this long after connecting (or after the
+    /// previous response on a kept-alive connection); else the connection is closed with 408.
+    pub header_timeout_ms: u64,
+    /// A request body must arrive completely within this long after its head: 408
+    /// `request_timeout` and the connection closed otherwise.
+    pub body_timeout_ms: u64,
+    /// After `body_rate_grace_ms`, a body arriving slower than this on average is cut off the
+    /// same way (0 = no minimum rate).
+    pub body_min_bytes_per_sec: u64,
+    pub body_rate_grace_ms: u64,
+    /// Open connections one client address may hold; more are answered 429 `rate_limited` and
+    /// closed (0 = no cap). Counts the TCP peer: behind a proxy, raise it or turn it off.
+    pub ip_max_connections: usize,
+    /// Largest WebSocket message a client may send (one frame or a fragmented message); a
+    /// larger one closes the socket with 1009.
+    pub ws_max_message_bytes: usize,
     /// The store's page cache (sled's `cache_capacity`): most of the process's memory once
     /// the data outgrows it.
     pub store_cache_mb: u64,
@@ -65,6 +87,12 @@ impl Default for Limits {
             ws_token_ttl_ms: 5 * 60 * 1000,
             ws_heartbeat_ms: 5_000,
             ws_client_timeout_ms: 15_000,
+            ws_max_message_bytes: 64 * 1024,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 60_000,
+            body_min_bytes_per_sec: 1_024,
+            body_rate_grace_ms: 5_000,
+            ip_max_connections: 256,
             store_cache_mb: 16,
             min_free_disk_mb: 256,
         }
@@ -154,6 +182,20 @@ mod humantime_field {
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration ({e})")))
     }
+}
+
+/// Who may scrape `GET /metrics`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Environment variable holding a token scrapers must send as `Authorization: Bearer …`.
+    /// Set but empty or missing at start: the server refuses to start (it fails closed).
+    pub bearer_token_env: Option<String>,
+    /// Serve `/metrics` on this address only (e.g. an internal interface), not on `listen`.
+    pub listen: Option<SocketAddr>,
+    /// Resolved from `bearer_token_env` at start.
+    #[serde(skip)]
+    pub bearer_token: Option<String>,
 }
 
 /// The OpenAI-compatible endpoint.
@@ -358,6 +400,9 @@ impl Settings {
                 }
             }
         }
+        if let Some(var) = &self.metrics.bearer_token_env {
+            self.metrics.bearer_token = std::env::var(var).ok().filter(|t| !t.is_empty());
+        }
         if let Some(var) = &self.webhooks.secret_env {
             self.webhooks.secret = std::env::var(var).ok().filter(|s| !s.is_empty());
         }
@@ -383,6 +428,22 @@ impl Settings {
         if self.models.is_empty() {
             return fail("models".into(), "at least one model is required");
         }
+        if let Some(u) = &self.public_url {
+            let ok = url::Url::parse(u)
+                .map(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.query().is_none()
+                        && u.fragment().is_none()
+                })
+                .unwrap_or(false);
+            if !ok {
+                return fail(
+                    "public_url".into(),
+                    "must be an http or https URL without query or fragment",
+                );
+            }
+        }
         let l = &self.limits;
         for (field, v) in [
             ("limits.max_body_bytes", l.max_body_bytes as u64),
@@ -392,6 +453,9 @@ impl Settings {
             ("limits.ws_heartbeat_ms", l.ws_heartbeat_ms),
             ("limits.ws_client_timeout_ms", l.ws_client_timeout_ms),
             ("limits.store_cache_mb", l.store_cache_mb),
+            ("limits.ws_max_message_bytes", l.ws_max_message_bytes as u64),
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.body_timeout_ms", l.body_timeout_ms),
         ] {
             if v == 0 {
                 return fail(field.into(), "must be greater than 0");

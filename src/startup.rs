@@ -19,6 +19,8 @@ use crate::store::{hash_secret, KeyRole, Store};
 pub struct Application {
     address: SocketAddr,
     server: Server,
+    /// `GET /metrics` on its own address (`[metrics] listen`).
+    metrics_server: Option<(SocketAddr, Server)>,
     store: Store,
     bootstrap_admin_key: Option<String>,
     recovered: usize,
@@ -27,6 +29,24 @@ pub struct Application {
 impl Application {
     /// Must run inside an actix system (the actors and the group committer live on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        if let (Some(var), None) = (
+            &settings.metrics.bearer_token_env,
+            &settings.metrics.bearer_token,
+        ) {
+            // Failing closed: a typo must not publish the metrics unprotected.
+            anyhow::bail!("invalid config: metrics.bearer_token_env: variable `{var}` is not set");
+        }
+        match raise_fd_limit() {
+            Ok((before, after)) if before != after => {
+                tracing::info!(
+                    before,
+                    after,
+                    "raised the open-file limit to the hard limit"
+                )
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+        }
         let store = Store::open_with(
             &settings.data_dir,
             settings.limits.store_cache_mb.saturating_mul(1024 * 1024),
@@ -71,6 +91,17 @@ impl Application {
                 store.remove_orphan(&record)?;
             }
         }
+        // Tokens from before the expiry index were never deleted: one scan removes them.
+        let tokens = store.clone();
+        let kept = settings.retention.ws_tokens.as_millis() as u64;
+        tokio::task::spawn_blocking(move || {
+            let cutoff = crate::domain::now_ms().saturating_sub(kept);
+            match tokens.remove_expired_ws_tokens_by_scan(cutoff) {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed expired websocket tokens"),
+                Err(err) => tracing::warn!(error = %err, "websocket token scan failed"),
+            }
+        });
         let recovered = unfinished.len();
         for record in unfinished {
             tracing::info!(execution_id = %record.id, status = record.status.as_str(), "recovering unfinished execution");
@@ -86,13 +117,20 @@ impl Application {
             metrics,
             project_feed,
             webhook_secret,
+            revocations: Arc::default(),
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
         });
+        let metrics_server = match settings.metrics.listen {
+            Some(addr) => Some(metrics_server(addr, state.clone())?),
+            None => None,
+        };
         let listener = TcpListener::bind(settings.listen)?;
         let address = listener.local_addr()?;
         let shutdown = Duration::from_millis(settings.limits.shutdown_timeout_ms);
+        let limiter = api::ConnectionLimiter::new(settings.limits.ip_max_connections);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(api::refuse_over_cap))
                 .wrap(actix_web::middleware::from_fn(api::observe))
                 .app_data(state.clone())
                 .configure(api::configure)
@@ -100,12 +138,16 @@ impl Application {
         // actix-web leaves accepted sockets at the OS default (Nagle on): a response written
         // in more than one piece (every stream) then waits ~40 ms on the client's delayed ACK.
         .tcp_nodelay(true)
+        .on_connect(move |conn, data| limiter.on_connect(conn, data))
+        // A client that connects and never finishes its request head is closed (408).
+        .client_request_timeout(Duration::from_millis(settings.limits.header_timeout_ms))
         .listen(listener)?
         .shutdown_timeout(shutdown.as_secs().max(1))
         .run();
         Ok(Application {
             address,
             server,
+            metrics_server,
             store,
             bootstrap_admin_key,
             recovered,
@@ -114,6 +156,11 @@ impl Application {
 
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Where `/metrics` is served when `[metrics] listen` is set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn port(&self) -> u16 {
@@ -142,6 +189,11 @@ impl Application {
     /// application on the same address, which reopens the store and resumes what was running
     /// from its log, as after a crash ([`Exit::ReopenStore`]).
     pub async fn run_until_stopped(self) -> std::io::Result<Exit> {
+        let metrics = self.metrics_server.map(|(_, server)| {
+            let handle = server.handle();
+            actix_web::rt::spawn(server);
+            handle
+        });
         let handle = self.server.handle();
         let reopen = self.store.health.reopen_due();
         tokio::pin!(reopen);
@@ -160,6 +212,9 @@ impl Application {
                 Ok(Exit::ReopenStore)
             }
         };
+        if let Some(handle) = metrics {
+            handle.stop(true).await;
+        }
         if self.store.health.failure().is_none() {
             if let Err(err) = self.store.flush() {
                 tracing::error!(error = %err, "final store flush failed");
@@ -177,6 +232,52 @@ pub enum Exit {
     Stopped,
     /// The store failed and disk space is back: build the application again.
     ReopenStore,
+}
+
+/// A one-worker server answering only `GET /metrics` (scrapes are rare and cheap).
+fn metrics_server(
+    addr: SocketAddr,
+    state: web::Data<AppState>,
+) -> anyhow::Result<(SocketAddr, Server)> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot bind metrics.listen {addr}: {e}"))?;
+    let address = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(api::metrics_listener))
+    })
+    .workers(1)
+    .listen(listener)?
+    .disable_signals()
+    .run();
+    Ok((address, server))
+}
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit and returns
+/// (before, after). The common soft default of 1,024 is a few hundred clients: each connection,
+/// each provider stream and sled's files take one descriptor.
+// `rlim_t` is u64 on Linux and macOS but not on every target, hence the casts.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur as u64;
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok((before, before));
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit only reads the struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((before, limit.rlim_cur as u64))
 }
 
 /// Without `SWITCHYARD_ADMIN_KEY` and without an admin key in the store, creates one and

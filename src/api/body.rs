@@ -1,9 +1,11 @@
-//! JSON request bodies: a size limit, and errors that name the offending field.
+//! JSON request bodies: a size limit, a deadline and a minimum rate, and errors that name the
+//! offending field.
 
 use actix_web::{http::header, web, HttpRequest};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
+use std::time::{Duration, Instant};
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -14,8 +16,54 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
+/// How a body must arrive: within `total` of the head, and (after `grace`) at no less than
+/// `min_rate` bytes per second on average. A connection trickling a body in byte by byte would
+/// otherwise hold its socket, and with enough of them the process's file descriptors, forever.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub total: Duration,
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+impl Pace {
+    fn of(req: &HttpRequest) -> Pace {
+        let limits = req
+            .app_data::<web::Data<super::AppState>>()
+            .map(|s| s.settings.limits.clone())
+            .unwrap_or_default();
+        Pace {
+            total: Duration::from_millis(limits.body_timeout_ms),
+            min_rate: limits.body_min_bytes_per_sec,
+            grace: Duration::from_millis(limits.body_rate_grace_ms),
+        }
+    }
+
+    /// Why a body with `received` bytes after `elapsed` is cut off, if it is.
+    fn violated(&self, received: usize, elapsed: Duration) -> Option<String> {
+        if elapsed >= self.total {
+            return Some(format!(
+                "request body not received within {} ms",
+                self.total.as_millis()
+            ));
+        }
+        let rated = elapsed.saturating_sub(self.grace).as_secs_f64();
+        if self.min_rate > 0 && rated > 0.0 && (received as f64) < self.min_rate as f64 * rated {
+            return Some(format!(
+                "request body arriving slower than {} bytes per second",
+                self.min_rate
+            ));
+        }
+        None
+    }
+}
+
+/// How often a stalled body is checked against its [`Pace`].
+const PACE_CHECK: Duration = Duration::from_millis(250);
+
 /// Reads and parses the body, refusing more than `limit` bytes (early, from Content-Length,
-/// when the client announces it).
+/// when the client announces it) and bodies that arrive too slowly (408 `request_timeout`,
+/// the connection closed; see [`Pace`]).
 pub async fn read_json<T: DeserializeOwned>(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -30,8 +78,19 @@ pub async fn read_json<T: DeserializeOwned>(
         discard_rest(payload).await;
         return Err(too_large(limit));
     }
+    let pace = Pace::of(req);
+    let started = Instant::now();
     let mut buf = BytesMut::with_capacity(announced.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = match tokio::time::timeout(PACE_CHECK, payload.next()).await {
+            Ok(None) => break,
+            Ok(Some(chunk)) => Some(chunk),
+            Err(_) => None,
+        };
+        if let Some(why) = pace.violated(buf.len(), started.elapsed()) {
+            return Err(ApiError::new(ErrorCode::RequestTimeout, why));
+        }
+        let Some(chunk) = next else { continue };
         let chunk =
             chunk.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
@@ -90,6 +149,28 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_must_beat_the_deadline_and_the_minimum_rate() {
+        let pace = Pace {
+            total: Duration::from_secs(30),
+            min_rate: 100,
+            grace: Duration::from_secs(5),
+        };
+        let s = Duration::from_secs;
+        assert!(pace.violated(0, s(4)).is_none(), "grace");
+        assert!(
+            pace.violated(1_000, s(10)).is_none(),
+            "100 B/s after 5 s of grace"
+        );
+        assert!(pace.violated(499, s(10)).unwrap().contains("slower"));
+        assert!(pace.violated(1 << 30, s(30)).unwrap().contains("within"));
+        let no_rate = Pace {
+            min_rate: 0,
+            ..pace
+        };
+        assert!(no_rate.violated(0, s(29)).is_none());
+    }
     use crate::domain::SubmitBody;
 
     fn msg(body: &str) -> String {

@@ -295,7 +295,9 @@ pub async fn create(
         let head = stream::iter(head.into_iter().map(Ok::<_, Infallible>));
         let tail =
             stream::iter((!finished).then_some(st)).flat_map(move |st| stream_tail(st, keepalive));
-        let body = head.chain(tail);
+        // A revoked or rotated key ends the answer with an error event (the SDKs raise it).
+        let revoked = principal.revocation(&state);
+        let body = head.chain(until_revoked(tail, revoked));
         return Ok(res
             .content_type("text/event-stream")
             .insert_header(("cache-control", "no-cache"))
@@ -535,6 +537,25 @@ async fn stream_head(
             }
         }
     }
+}
+
+/// `tail` until `revoked` fires, then one `unauthorized` error event and the end.
+fn until_revoked(
+    tail: impl futures_util::Stream<Item = Result<Bytes, Infallible>>,
+    revoked: crate::revocation::Revoked,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    let revoked = stream::once(revoked.fired()).map(|()| {
+        let err = ApiError::new(
+            ErrorCode::Unauthorized,
+            "the api key was revoked or rotated while streaming",
+        );
+        Ok(sse(&json!({"error": OpenAiError(err).body()})))
+    });
+    // Whichever ends first: the tail at its end, or the revocation after its one event.
+    let end = || stream::once(async { None });
+    stream::select(tail.map(Some).chain(end()), revoked.map(Some).chain(end()))
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(std::future::ready)
 }
 
 /// The rest of the stream; an unrecoverable failure ends it with an error event, never with a

@@ -1,9 +1,10 @@
 //! `GET /v1/executions/{id}/events`: the event log as Server-Sent Events, resumable with
-//! `Last-Event-ID` or `?after=`, live until `done`.
+//! `Last-Event-ID` or `?after=`, live until `done` — or until the key that opened it is revoked
+//! or rotated (the stream then ends; the client reconnects with a valid key and `Last-Event-ID`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -45,6 +46,7 @@ pub async fn stream(
         .map_err(ApiError::internal)?;
     let cursor = Cursor::new(state.store.clone(), record.id, after, live);
     let keepalive = Duration::from_millis(state.settings.limits.sse_keepalive_ms);
+    let revoked = principal.revocation(&state);
     let gauge = SubscriberGauge::open(state.metrics.sse_subscribers.clone());
     let body = stream::unfold((cursor, gauge), move |(mut cursor, gauge)| async move {
         match tokio::time::timeout(keepalive, cursor.next()).await {
@@ -52,7 +54,8 @@ pub async fn stream(
             Ok(None) => None,
             Err(_) => Some((Ok(KEEPALIVE), (cursor, gauge))),
         }
-    });
+    })
+    .take_until(revoked.fired());
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))

@@ -27,7 +27,7 @@ pub async fn submit(
     };
     Ok(HttpResponse::build(status)
         .insert_header((header::LOCATION, format!("/v1/executions/{}", record.id)))
-        .json(submit_view(&req, &record, &token)))
+        .json(submit_view(&state, &req, &record, &token)))
 }
 
 /// How the caller acknowledges a submit, which decides whether [`accept`] waits for it to be
@@ -100,7 +100,7 @@ pub(super) async fn accept(
         }
     };
     let token = match ack {
-        Ack::Accepted => Some(issue_ws_token(state, &record)?),
+        Ack::Accepted => Some(issue_ws_token(state, principal, &record)?),
         Ack::ByEvents => None,
     };
     if created {
@@ -184,34 +184,64 @@ fn websocket_channel(record: &ExecutionRecord) -> String {
     crate::channels::execution_channel(&record.project_id, &record.id)
 }
 
-fn issue_ws_token(state: &AppState, record: &ExecutionRecord) -> Result<String, ApiError> {
-    let token = ids::ws_token();
-    state.store.put_ws_token(
-        &token,
+/// The execution's WebSocket token for this caller: an idempotent retry gets the token the
+/// first answer carried while it is unspent, instead of minting one more.
+fn issue_ws_token(
+    state: &AppState,
+    principal: &Principal,
+    record: &ExecutionRecord,
+) -> Result<String, ApiError> {
+    let now = now_ms();
+    let token = state.store.ws_token_for(
         &WsTokenRecord {
             project_id: record.project_id.clone(),
             execution_id: record.id.clone(),
             channel: websocket_channel(record),
-            expires_at_ms: now_ms() + state.settings.limits.ws_token_ttl_ms,
+            expires_at_ms: now + state.settings.limits.ws_token_ttl_ms,
+            key_id: principal
+                .key_hash
+                .as_ref()
+                .map(|_| principal.key_id.clone()),
+            key_hash: principal.key_hash.clone(),
         },
+        now,
     )?;
     Ok(token)
 }
 
-fn submit_view(req: &HttpRequest, record: &ExecutionRecord, token: &str) -> serde_json::Value {
+/// `public_url` + `/v1/ws` when configured (behind a proxy the Host header names the proxy's
+/// upstream, not what browsers reach), else built from the request's scheme and Host.
+fn websocket_url(state: &AppState, req: &HttpRequest) -> String {
+    if let Some(public) = &state.settings.public_url {
+        let (scheme, rest) = match public.split_once("://") {
+            Some(("https", rest)) => ("wss", rest),
+            Some((_, rest)) => ("ws", rest),
+            None => ("ws", public.as_str()),
+        };
+        return format!("{scheme}://{}/v1/ws", rest.trim_end_matches('/'));
+    }
     let conn = req.connection_info();
     let scheme = if conn.scheme() == "https" {
         "wss"
     } else {
         "ws"
     };
+    format!("{scheme}://{}/v1/ws", conn.host())
+}
+
+fn submit_view(
+    state: &AppState,
+    req: &HttpRequest,
+    record: &ExecutionRecord,
+    token: &str,
+) -> serde_json::Value {
     json!({
         "id": record.id,
         "object": "execution",
         "status": record.status,
         "model": record.model,
         "channel_id": record.channel_id,
-        "websocket_url": format!("{scheme}://{}/v1/ws", conn.host()),
+        "websocket_url": websocket_url(state, req),
         "websocket_channel": websocket_channel(record),
         "ws_token": token,
         "events_url": format!("/v1/executions/{}/events", record.id),

@@ -1,10 +1,12 @@
 //! Liveness, readiness and the metrics scrape.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{http::header, web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
 use super::AppState;
+use crate::error::{ApiError, ErrorCode};
 use crate::routing::health::BreakerState;
+use crate::store::hash_secret;
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -30,9 +32,54 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// `GET /metrics` on the main listener: absent when `[metrics] listen` moves it elsewhere.
+pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    if state.settings.metrics.listen.is_some() {
+        return ApiError::new(
+            ErrorCode::NotFound,
+            format!("no route for {} {}", req.method(), req.path()),
+        )
+        .error_response();
+    }
+    scrape(&state, &req)
+}
+
+/// `GET /metrics` on the `[metrics] listen` address.
+pub async fn metrics_listener(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    scrape(&state, &req)
+}
+
+/// Whether the request carries the scrape token (always, when none is configured). Compares
+/// hashes, so the time taken says nothing about how much of the token matched.
+fn authorized(state: &AppState, req: &HttpRequest) -> bool {
+    let Some(token) = &state.settings.metrics.bearer_token else {
+        return true;
+    };
+    let sent = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    sent.is_some_and(|sent| hash_secret(sent) == hash_secret(token))
+}
+
 /// Prometheus text exposition.
 /// Gauges that are cheaper to read at scrape time than to keep current are set here.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+fn scrape(state: &AppState, req: &HttpRequest) -> HttpResponse {
+    if !authorized(state, req) {
+        let mut res = ApiError::new(
+            ErrorCode::Unauthorized,
+            "metrics need `Authorization: Bearer <metrics token>`",
+        )
+        .error_response();
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return res;
+    }
     let m = &state.metrics;
     let now = tokio::time::Instant::now();
     for p in &state.settings.providers {

@@ -1,5 +1,7 @@
-//! `/v1/keys`: admin keys create, list, rotate and revoke their project's keys; admins of the
-//! `default` project may also create the first keys of a new project.
+//! `/v1/keys`: admin keys create, list, rotate and revoke their project's keys. Admins of the
+//! `default` project administer every project: they create keys in any project, list one with
+//! `?project=`, and rotate or revoke any key by id. Other admins see only their own project
+//! (a foreign key id answers 404, a foreign `project` 403, as creating there does).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -79,21 +81,46 @@ pub async fn create(
     Ok(HttpResponse::Created().json(view(&key, Some(&secret))))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    project: Option<String>,
+}
+
+/// Whether the caller administers every project (an admin key of `default`).
+fn operator(principal: &Principal) -> bool {
+    principal.role == KeyRole::Admin && principal.project_id == DEFAULT_PROJECT
+}
+
 pub async fn list(
     state: web::Data<AppState>,
     principal: Principal,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
-    let keys = state.store.list_keys(&principal.project_id)?;
+    let project = query
+        .into_inner()
+        .project
+        .unwrap_or_else(|| principal.project_id.clone());
+    if project != principal.project_id && !operator(&principal) {
+        return Err(ApiError::new(
+            crate::error::ErrorCode::Forbidden,
+            "only admin keys of the default project list other projects' keys",
+        ));
+    }
+    let keys = state.store.list_keys(&project)?;
     let data: Vec<_> = keys.iter().map(|k| view(k, None)).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
 }
 
+/// The live key `id` if the caller administers its project; anything else looks unknown.
 fn owned_key(state: &AppState, principal: &Principal, id: &str) -> Result<KeyRecord, ApiError> {
     principal.require_admin()?;
     state
         .store
-        .project_key(&principal.project_id, id)?
+        .key_by_id(id)?
+        .filter(|k| operator(principal) || k.project_id == principal.project_id)
         .filter(|k| k.revoked_at_ms.is_none())
         .ok_or_else(|| ApiError::not_found("api key", id))
 }
@@ -106,7 +133,9 @@ pub async fn revoke(
     let key = owned_key(&state, &principal, &id)?;
     let key = state.store.revoke_key(key)?;
     state.store.commit.sync().await?;
-    tracing::info!(key_id = %key.id, by = %principal.key_id, "api key revoked");
+    // After the write: a stream starting now checks the store and finds the key revoked.
+    state.revocations.revoke(&key.id);
+    tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key revoked");
     Ok(HttpResponse::Ok().json(view(&key, None)))
 }
 
@@ -118,6 +147,8 @@ pub async fn rotate(
     let key = owned_key(&state, &principal, &id)?;
     let (key, secret) = state.store.rotate_key(key)?;
     state.store.commit.sync().await?;
-    tracing::info!(key_id = %key.id, by = %principal.key_id, "api key rotated");
+    // Streams opened with the old secret end; the new secret opens new ones.
+    state.revocations.revoke(&key.id);
+    tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key rotated");
     Ok(HttpResponse::Ok().json(view(&key, Some(&secret))))
 }

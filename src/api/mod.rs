@@ -4,6 +4,7 @@ mod analytics;
 mod auth;
 mod body;
 mod chat_completions;
+mod connections;
 mod debug_log;
 mod embeddings;
 mod events;
@@ -20,6 +21,8 @@ mod webhook_secret;
 mod ws;
 
 pub use auth::{Principal, DEFAULT_PROJECT};
+pub use connections::{refuse_over_cap, ConnectionLimiter};
+pub use health::metrics_listener;
 
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -30,6 +33,7 @@ use crate::channels::ProjectFeed;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::providers::Providers;
+use crate::revocation::Revocations;
 use crate::routing::HealthBoard;
 use crate::settings::Settings;
 use crate::store::Store;
@@ -45,6 +49,8 @@ pub struct AppState {
     pub project_feed: Arc<ProjectFeed>,
     /// Signs webhook deliveries; shown to admins of the default project.
     pub webhook_secret: String,
+    /// Tells open streams that their key was revoked or rotated.
+    pub revocations: Arc<Revocations>,
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`, when set.
     pub env_admin_key_hash: Option<String>,
 }

@@ -56,6 +56,10 @@ impl ResponseError for OpenAiError {
         if let Some(after) = self.0.retry_after_header() {
             res.insert_header(after);
         }
+        if self.0.code() == ErrorCode::RequestTimeout {
+            // As in `ApiError`: the unread rest of the body must not become the next request.
+            res.force_close();
+        }
         res.json(json!({"error": self.body()}))
     }
 }

@@ -4,10 +4,16 @@
 //! that context only while the socket can take more bytes, so a slow client holds back only its
 //! own cursors; their live feed lags and they catch up from the event log (the client gets a
 //! `lagged` frame with the last seq it had). Frames queued in one poll leave in one write.
+//!
+//! The session ends with a close code that says why: 4401 when its credential is refused or
+//! later revoked or rotated, 4408 on heartbeat timeout, 1002 on a WebSocket protocol error, 1003
+//! on binary data, 1007 on text that is not UTF-8, 1009 on a message over
+//! `limits.ws_max_message_bytes`.
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
+use bytes::BytesMut;
 use bytestring::ByteString;
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
@@ -17,11 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{AppState, Principal};
+use super::{auth::watch_key, AppState, Principal};
 use crate::actors::Subscribe;
 use crate::channels::{self, ChannelRef};
 use crate::cursor::Cursor;
 use crate::domain::now_ms;
+use crate::revocation::Revoked;
 
 /// Close codes (4000–4999 are the application's): documented in the README.
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
@@ -64,37 +71,72 @@ pub async fn connect(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::to_string);
-    let grant = match (&query.token, query.api_key.clone().or(header_key)) {
+    // The key behind the grant (the token's issuer, or the key itself) is watched: revoking or
+    // rotating it closes the session with 4401.
+    let (grant, revoked) = match (&query.token, query.api_key.clone().or(header_key)) {
         (Some(token), _) => match state.store.take_ws_token(token) {
-            Ok(Some(t)) if t.expires_at_ms > now_ms() => Grant::Token {
-                project: t.project_id,
-                channel: t.channel,
-            },
-            Ok(Some(_)) => Grant::Refused("token expired"),
-            _ => Grant::Refused("invalid or already used token"),
+            Ok(Some(t)) if t.expires_at_ms > now_ms() => {
+                let revoked = match &t.key_id {
+                    Some(key_id) => watch_key(&state, key_id, t.key_hash.as_deref()),
+                    None => Revoked::never(),
+                };
+                if revoked.is_fired() {
+                    (
+                        Grant::Refused("the key that issued this token was revoked or rotated"),
+                        Revoked::never(),
+                    )
+                } else {
+                    let grant = Grant::Token {
+                        project: t.project_id,
+                        channel: t.channel,
+                    };
+                    (grant, revoked)
+                }
+            }
+            Ok(Some(_)) => (Grant::Refused("token expired"), Revoked::never()),
+            _ => (
+                Grant::Refused("invalid or already used token"),
+                Revoked::never(),
+            ),
         },
         (None, Some(key)) => match Principal::from_secret(&state, &key) {
-            Ok(p) => Grant::Key {
-                project: p.project_id,
-            },
-            Err(_) => Grant::Refused("invalid api key"),
+            Ok(p) => {
+                let revoked = p.revocation(&state);
+                let grant = Grant::Key {
+                    project: p.project_id,
+                };
+                (grant, revoked)
+            }
+            Err(_) => (Grant::Refused("invalid api key"), Revoked::never()),
         },
-        (None, None) => Grant::Refused("missing token or api key"),
+        (None, None) => (Grant::Refused("missing token or api key"), Revoked::never()),
     };
+    let max_message = state.settings.limits.ws_max_message_bytes;
     let session = WsSession {
         state: state.into_inner(),
         grant,
+        revoked: Some(revoked),
         channels: HashMap::new(),
         last_seen: Instant::now(),
+        fragments: None,
+        max_message,
     };
-    ws::start(session, &req, body)
+    // One frame may not exceed the message limit either (the codec refuses it with Overflow).
+    ws::WsResponseBuilder::new(session, &req, body)
+        .frame_size(max_message)
+        .start()
 }
 
 pub struct WsSession {
     state: Arc<AppState>,
     grant: Grant,
+    /// Taken by `started`, which waits on it.
+    revoked: Option<Revoked>,
     channels: HashMap<String, SpawnHandle>,
     last_seen: Instant,
+    /// A fragmented text message being assembled (actix hands over the fragments).
+    fragments: Option<BytesMut>,
+    max_message: usize,
 }
 
 /// A frame for the client, or the end of a channel's stream.
@@ -127,6 +169,74 @@ impl WsSession {
     fn error(&self, ctx: &mut ws::WebsocketContext<Self>, code: &str, message: &str) {
         let frame = json!({"event": "error", "data": {"code": code, "message": message}});
         self.send(ctx, frame.to_string());
+    }
+
+    /// Sends a close frame with `code` and ends the session.
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: ws::CloseCode, why: &str) {
+        ctx.close(Some(ws::CloseReason {
+            code,
+            description: Some(why.to_string()),
+        }));
+        ctx.stop();
+    }
+
+    /// One piece of a fragmented message: assembled within the size limit, then handled as a
+    /// whole text frame.
+    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (data, last) = match item {
+            actix_http::ws::Item::FirstBinary(_) => {
+                return self.close(ctx, ws::CloseCode::Unsupported, "frames are JSON text")
+            }
+            actix_http::ws::Item::FirstText(data) => {
+                if self.fragments.is_some() {
+                    return self.close(
+                        ctx,
+                        ws::CloseCode::Protocol,
+                        "fragmented message restarted",
+                    );
+                }
+                self.fragments = Some(BytesMut::new());
+                (data, false)
+            }
+            actix_http::ws::Item::Continue(data) => (data, false),
+            actix_http::ws::Item::Last(data) => (data, true),
+        };
+        let Some(buf) = self.fragments.as_mut() else {
+            return self.close(
+                ctx,
+                ws::CloseCode::Protocol,
+                "continuation without a first frame",
+            );
+        };
+        if buf.len() + data.len() > self.max_message {
+            let why = format!("message larger than {} bytes", self.max_message);
+            return self.close(ctx, ws::CloseCode::Size, &why);
+        }
+        buf.extend_from_slice(&data);
+        if last {
+            let buf = self.fragments.take().unwrap_or_default();
+            match std::str::from_utf8(&buf) {
+                Ok(text) => self.on_client_text(text, ctx),
+                Err(_) => self.close(ctx, ws::CloseCode::Invalid, "text frame is not UTF-8"),
+            }
+        }
+    }
+
+    /// Maps a frame the codec refused to the close code RFC 6455 gives it.
+    fn on_protocol_error(&self, err: ws::ProtocolError, ctx: &mut ws::WebsocketContext<Self>) {
+        match err {
+            ws::ProtocolError::Overflow => {
+                let why = format!("message larger than {} bytes", self.max_message);
+                self.close(ctx, ws::CloseCode::Size, &why)
+            }
+            // actix reports a text frame that is not UTF-8 as an I/O error carrying the UTF-8
+            // error's text; any other I/O error is the connection failing (nothing to send on).
+            ws::ProtocolError::Io(e) if e.to_string().contains("utf-8") => {
+                self.close(ctx, ws::CloseCode::Invalid, "text frame is not UTF-8")
+            }
+            ws::ProtocolError::Io(_) => ctx.stop(),
+            other => self.close(ctx, ws::CloseCode::Protocol, &other.to_string()),
+        }
     }
 
     fn project(&self) -> &str {
@@ -274,11 +384,13 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.state.metrics.ws_sockets.inc();
         if let Grant::Refused(reason) = self.grant {
-            ctx.close(Some(ws::CloseReason {
-                code: ws::CloseCode::Other(CLOSE_UNAUTHORIZED),
-                description: Some(reason.to_string()),
+            return self.close(ctx, ws::CloseCode::Other(CLOSE_UNAUTHORIZED), reason);
+        }
+        if let Some(revoked) = self.revoked.take() {
+            ctx.spawn(revoked.fired().into_actor(self).map(|(), act, ctx| {
+                let why = "the api key was revoked or rotated";
+                act.close(ctx, ws::CloseCode::Other(CLOSE_UNAUTHORIZED), why);
             }));
-            return ctx.stop();
         }
         let limits = &self.state.settings.limits;
         let timeout = Duration::from_millis(limits.ws_client_timeout_ms);
@@ -319,10 +431,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 ctx.stop();
             }
             Ok(ws::Message::Binary(_)) => {
-                self.error(ctx, "invalid_request", "frames are JSON text")
+                self.close(ctx, ws::CloseCode::Unsupported, "frames are JSON text")
             }
-            Ok(_) => {}
-            Err(_) => ctx.stop(),
+            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
+            Ok(ws::Message::Pong(_) | ws::Message::Nop) => {}
+            Err(err) => self.on_protocol_error(err, ctx),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The built-in mock provider: deterministic text with configurable length and pacing, no
-//! network. It understands continuations (prefill and instruction), so failover and crash
+//! network. Chunks are generated one at a time as the stream is polled, so a long answer costs
+//! no memory up front and a cancelled one no work past the cancel. It understands continuations (prefill and instruction), so failover and crash
 //! resumption can be demonstrated with it. Offered tools, it calls one (arguments filled in
 //! from the function's schema) unless the conversation already ends with a tool result.
 
@@ -68,15 +69,16 @@ impl Mock {
         if let Some(call) = tool_call(req) {
             return self.call_tool(req, call, log);
         }
-        let words = answer(req, self.chunks);
-        let start = continuation_offset(req, &words);
+        let answer = Answer::of(req, self.chunks);
+        let start = continuation_offset(req, &answer);
         let prompt_tokens: u64 = req.messages.iter().map(|m| approx_tokens(&m.content)).sum();
-        let completion_tokens = (words.len() - start) as u64;
+        let completion_tokens = answer.chunks - start;
         let interval = self.interval;
         let log = log.clone();
-        let body = stream::iter(words.into_iter().skip(start)).then(move |word| {
+        let body = stream::iter(start..answer.chunks).then(move |i| {
             let log = log.clone();
             async move {
+                let word = answer.chunk(i);
                 if !interval.is_zero() {
                     tokio::time::sleep(interval).await;
                 }
@@ -245,30 +247,46 @@ impl Mock {
     }
 }
 
-/// The full answer for this conversation: chunk `i` is one word and a space, chosen from the
-/// vocabulary by a hash of the first user message (stable across continuations).
-fn answer(req: &UpstreamRequest, chunks: u32) -> Vec<String> {
-    let prompt = req
-        .messages
-        .iter()
-        .find(|m| m.role == Role::User)
-        .map(|m| m.content.as_str())
-        .unwrap_or_default();
-    let seed = prompt.bytes().fold(1469598103934665603u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(1099511628211)
-    });
-    (0..chunks as u64)
-        .map(|i| {
-            let w =
-                VOCABULARY[((seed >> 7).wrapping_add(i * 11) % VOCABULARY.len() as u64) as usize];
-            format!("{w} ")
-        })
-        .collect()
+/// The answer for this conversation, computed chunk by chunk: chunk `i` is one word and a
+/// space, chosen from the vocabulary by a hash of the first user message (stable across
+/// continuations).
+#[derive(Clone, Copy)]
+struct Answer {
+    seed: u64,
+    chunks: u64,
+}
+
+impl Answer {
+    fn of(req: &UpstreamRequest, chunks: u32) -> Answer {
+        let prompt = req
+            .messages
+            .iter()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .unwrap_or_default();
+        let seed = prompt.bytes().fold(1469598103934665603u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(1099511628211)
+        });
+        Answer {
+            seed,
+            chunks: chunks.into(),
+        }
+    }
+
+    fn word(&self, i: u64) -> &'static str {
+        let n = VOCABULARY.len() as u64;
+        VOCABULARY[((self.seed >> 7).wrapping_add(i.wrapping_mul(11)) % n) as usize]
+    }
+
+    fn chunk(&self, i: u64) -> String {
+        format!("{} ", self.word(i))
+    }
 }
 
 /// How many chunks a continuation already has: the trailing assistant text (prefill, or the
-/// assistant turn before the continue instruction) when it is a chunk-aligned prefix.
-fn continuation_offset(req: &UpstreamRequest, words: &[String]) -> usize {
+/// assistant turn before the continue instruction) when it is a chunk-aligned prefix. Walks
+/// the answer only as far as that text reaches.
+fn continuation_offset(req: &UpstreamRequest, answer: &Answer) -> u64 {
     let msgs = &req.messages;
     let prior = match msgs.last() {
         Some(m) if m.role == Role::Assistant => Some(m),
@@ -280,15 +298,21 @@ fn continuation_offset(req: &UpstreamRequest, words: &[String]) -> usize {
         _ => None,
     };
     let Some(prior) = prior else { return 0 };
-    let mut acc = String::new();
-    for (i, w) in words.iter().enumerate() {
-        if acc == prior.content {
+    let mut rest = prior.content.as_str();
+    for i in 0..answer.chunks {
+        if rest.is_empty() {
             return i;
         }
-        acc.push_str(w);
+        match rest
+            .strip_prefix(answer.word(i))
+            .and_then(|r| r.strip_prefix(' '))
+        {
+            Some(r) => rest = r,
+            None => return 0,
+        }
     }
-    if acc == prior.content {
-        words.len()
+    if rest.is_empty() {
+        answer.chunks
     } else {
         0
     }
@@ -317,6 +341,26 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_huge_answer_streams_without_being_built_first() {
+        let mock = Mock {
+            chunks: u32::MAX,
+            interval: Duration::ZERO,
+        };
+        let r = req(vec![Message::new(Role::User, "hello")]);
+        let first: Vec<_> = crate::providers::block_on_test(
+            mock.open(&r, &AttemptLog::disabled()).take(3).collect(),
+        );
+        let text: String = first
+            .into_iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Delta(d)) => d.text,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text.split_whitespace().count(), 3);
     }
 
     #[test]

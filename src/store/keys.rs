@@ -88,6 +88,14 @@ impl Store {
         Ok((record.revoked_at_ms.is_none() && record.hash == hash).then_some(record))
     }
 
+    /// The key with this id, in any project, revoked or not.
+    pub fn key_by_id(&self, id: &str) -> sled::Result<Option<KeyRecord>> {
+        self.keys
+            .get(id.as_bytes())?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
     pub fn project_key(&self, project_id: &str, id: &str) -> sled::Result<Option<KeyRecord>> {
         Ok(self
             .keys

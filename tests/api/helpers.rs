@@ -300,7 +300,48 @@ pub struct ServerProcess {
 }
 
 pub fn spawn_process(config_path: &std::path::Path, data_dir: &std::path::Path) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    spawn_command(
+        Command::new(env!("CARGO_BIN_EXE_switchyard")),
+        config_path,
+        data_dir,
+    )
+}
+
+/// [`spawn_process`] with the open-file soft limit lowered to `soft` before the server starts
+/// (as a shell's common `ulimit -n 1024` leaves it).
+pub fn spawn_process_with_fd_limit(
+    config_path: &std::path::Path,
+    data_dir: &std::path::Path,
+    soft: u64,
+) -> ServerProcess {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = soft.min(limit.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    spawn_command(command, config_path, data_dir)
+}
+
+fn spawn_command(
+    mut command: Command,
+    config_path: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> ServerProcess {
+    let mut child = command
         .arg("--config")
         .arg(config_path)
         .arg("--data-dir")

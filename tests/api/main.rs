@@ -7,8 +7,10 @@ mod fake_http;
 mod fake_openai;
 mod helpers;
 
+mod access;
 mod analytics;
 mod bad_input;
+mod connections;
 mod continuation_corpus;
 mod disk_full;
 mod durability;
@@ -17,6 +19,7 @@ mod executions;
 mod failover;
 mod keys;
 mod metrics;
+mod mock;
 mod openai_compat;
 mod provider_signatures;
 mod provider_tools;
