@@ -40,17 +40,14 @@ impl Application {
         let health = Arc::new(HealthBoard::new(&settings));
         let project_feed = Arc::new(ProjectFeed::default());
         let webhook_wake = Arc::new(tokio::sync::Notify::new());
-        let webhook_secret = match &settings.webhooks.secret {
-            Some(secret) => secret.clone(),
-            None => store.webhook_secret()?,
-        };
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(&settings.webhooks, &store)?);
         crate::webhooks::Deliverer::start(
             store.clone(),
-            webhook_secret.clone(),
-            settings.webhooks.clone(),
+            settings.clone(),
+            webhooks.clone(),
             metrics.clone(),
             webhook_wake.clone(),
-        );
+        )?;
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
@@ -85,7 +82,7 @@ impl Application {
             registry,
             metrics,
             project_feed,
-            webhook_secret,
+            webhooks,
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
         });
         let listener = TcpListener::bind(settings.listen)?;
