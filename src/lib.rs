@@ -9,7 +9,7 @@
 //! - [`cursor`]: a reader's position in an event log (replay, then live)
 //! - [`channels`]: WebSocket channel names and the project status feed
 //! - [`metrics`]: every Prometheus collector
-//! - [`webhooks`]: signed webhook delivery from the outbox
+//! - [`webhooks`]: webhook egress rules, per-project signing, fair delivery from the outbox
 //! - [`domain`]: ids, requests, statuses, events and the execution record
 //! - [`settings`]: the TOML configuration; [`error`]: the API error type; [`startup`]: assembly
 

@@ -18,6 +18,9 @@ use crate::store::{DeliveryStatus, DueEntry, Store, WebhookJob};
 /// The longest the loop sleeps with nothing due: a backstop for a missed wake-up, cheap since
 /// a pass reads one index range per project with pending jobs.
 const IDLE: Duration = Duration::from_secs(5);
+/// How long a delivery holds its slot after the store failed to read or record it: its due
+/// entry is unchanged, and without the pause it would be picked up again at once.
+const STORE_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct Deliverer {
     store: Store,
@@ -203,7 +206,7 @@ impl Deliverer {
                 let _ = self.store.drop_due_entry(entry);
                 return;
             }
-            Err(_) => return,
+            Err(_) => return tokio::time::sleep(STORE_PAUSE).await,
         };
         let record = match self.store.get_execution(&job.execution_id) {
             Ok(Some(record)) => record,
@@ -212,10 +215,12 @@ impl Deliverer {
                 let _ = self.store.remove_webhook(&job.execution_id);
                 return;
             }
-            Err(_) => return,
+            Err(_) => return tokio::time::sleep(STORE_PAUSE).await,
         };
         let outcome = self.attempt(&job, &record).await;
-        self.record(job, entry.due_at_ms, outcome);
+        if self.record(job, entry.due_at_ms, outcome).is_err() {
+            tokio::time::sleep(STORE_PAUSE).await;
+        }
     }
 
     async fn attempt(&self, job: &WebhookJob, record: &crate::domain::ExecutionRecord) -> Outcome {
@@ -275,7 +280,7 @@ impl Deliverer {
     }
 
     /// Stores the try's outcome: delivered, rescheduled, or given up.
-    fn record(&self, mut job: WebhookJob, due_at_ms: u64, outcome: Outcome) {
+    fn record(&self, mut job: WebhookJob, due_at_ms: u64, outcome: Outcome) -> sled::Result<()> {
         let now = now_ms();
         let retention = &self.settings.retention;
         job.attempts += 1;
@@ -311,12 +316,14 @@ impl Deliverer {
                 }
             }
         };
+        self.metrics.webhooks.with_label_values(&[label]).inc();
         if let Err(err) = self.store.update_webhook(&job, due_at_ms) {
             self.store.health.fail(&err);
+            return Err(err);
         }
-        self.metrics.webhooks.with_label_values(&[label]).inc();
         // Rides on the next group commit; after a crash before it, a delivery repeats.
         let _ = self.store.commit.ticket();
+        Ok(())
     }
 
     /// Deletes delivered jobs with their executions' retention and dead ones after

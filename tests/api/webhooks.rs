@@ -215,37 +215,54 @@ async fn a_pending_delivery_survives_a_crash() {
 }
 
 /// Accepts TCP connections and never answers: every delivery to it waits for its timeout.
-/// Counts the connections it holds.
-fn start_blackhole() -> (String, Arc<AtomicUsize>) {
+struct Blackhole {
+    url: String,
+    /// Connections it holds.
+    accepted: Arc<AtomicUsize>,
+    /// When the first one came: no delivery to it can time out before that plus the timeout.
+    first: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+fn start_blackhole() -> Blackhole {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
+    let hole = Blackhole {
+        url: format!("http://{}/hook", listener.local_addr().unwrap()),
+        accepted: Arc::default(),
+        first: Arc::default(),
+    };
+    let (accepted, first) = (hole.accepted.clone(), hole.first.clone());
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for stream in listener.incoming().flatten() {
-            counter.fetch_add(1, Ordering::SeqCst);
+            first
+                .lock()
+                .unwrap()
+                .get_or_insert_with(std::time::Instant::now);
+            accepted.fetch_add(1, Ordering::SeqCst);
             held.push(stream);
         }
     });
-    (url, accepted)
+    hole
 }
 
-#[actix_web::test]
-async fn one_projects_dead_receiver_does_not_delay_another_projects_delivery() {
-    const TIMEOUT_MS: u64 = 5_000;
-    let (blackhole, held) = start_blackhole();
+const BLACKHOLE_TIMEOUT_MS: u64 = 10_000;
+
+/// How long after project a's first delivery started project b's delivery arrived, while a's
+/// 64 deliveries hang on `destinations` receivers that never answer (spread evenly). Without
+/// fairness, b's delivery waits for a's first timeouts (`BLACKHOLE_TIMEOUT_MS`) at least.
+async fn wait_behind_blackholes(destinations: usize) -> Duration {
+    let blackholes: Vec<_> = (0..destinations).map(|_| start_blackhole()).collect();
     let receiver = start_receiver(0);
     let app = spawn_app_with(&config(&[]), |s| {
         allow_loopback(s);
-        s.webhooks.timeout_ms = TIMEOUT_MS;
+        s.webhooks.timeout_ms = BLACKHOLE_TIMEOUT_MS;
     })
     .await;
     let key_b = app.create_key("project-b", "admin").await;
     let mut ids = Vec::new();
     for i in 0..64 {
         let mut body = chat_body(&format!("fair-a-{i}"), "Hi", "chat-default");
-        body["webhook_url"] = json!(blackhole);
+        body["webhook_url"] = json!(blackholes[i % destinations].url);
         ids.push(
             app.submit(ADMIN_KEY, &body).await["id"]
                 .as_str()
@@ -256,33 +273,65 @@ async fn one_projects_dead_receiver_does_not_delay_another_projects_delivery() {
     for id in &ids {
         app.wait_terminal(ADMIN_KEY, id).await;
     }
-    // A's deliveries are now hanging on the blackhole.
+    // A's deliveries are now hanging on the blackholes.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = std::time::Instant::now();
+    let submitted = std::time::Instant::now();
     let mut body = chat_body("fair-b", "Hi", "chat-default");
     body["webhook_url"] = json!(receiver.url);
     app.submit(&key_b, &body).await;
-    for _ in 0..6000 {
+    for _ in 0..3000 {
         if !receiver.hits.lock().unwrap().is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let waited = started.elapsed();
-    eprintln!("fairness: project b's delivery arrived after {waited:?}");
+    let arrived = std::time::Instant::now();
     assert!(
         !receiver.hits.lock().unwrap().is_empty(),
         "b's hook arrived"
     );
-    assert!(
-        waited < Duration::from_millis(TIMEOUT_MS),
-        "b waited {waited:?}, longer than a's deliveries take to time out"
+    let first = blackholes
+        .iter()
+        .filter_map(|b| *b.first.lock().unwrap())
+        .min()
+        .expect("a's deliveries reached the blackholes");
+    eprintln!(
+        "fairness ({destinations} dead destinations): b's delivery arrived {:?} after its submit, {:?} after a's first delivery started",
+        arrived - submitted,
+        arrived - first
     );
-    let limit = switchyard::settings::WebhookSettings::default().max_in_flight_per_destination;
-    let held = held.load(Ordering::SeqCst);
+    let limits = switchyard::settings::WebhookSettings::default();
+    let held: Vec<usize> = blackholes
+        .iter()
+        .map(|b| b.accepted.load(Ordering::SeqCst))
+        .collect();
     assert!(
-        (1..=limit).contains(&held),
-        "{held} connections to one destination, the limit is {limit}"
+        held.iter()
+            .all(|n| *n <= limits.max_in_flight_per_destination),
+        "connections per destination {held:?}, the limit is {}",
+        limits.max_in_flight_per_destination
+    );
+    assert!(held.iter().sum::<usize>() <= limits.max_in_flight_per_project);
+    arrived - first
+}
+
+#[actix_web::test]
+async fn one_projects_dead_receiver_does_not_delay_another_projects_delivery() {
+    let waited = wait_behind_blackholes(1).await;
+    // Generous: half of the time before any of a's deliveries could have timed out.
+    assert!(
+        waited < Duration::from_millis(BLACKHOLE_TIMEOUT_MS / 2),
+        "b arrived {waited:?} after a started: it waited for a's timeouts"
+    );
+}
+
+#[actix_web::test]
+async fn one_projects_many_dead_receivers_do_not_delay_another_projects_delivery() {
+    // 16 destinations × 4 could fill every slot; the per-project limit keeps room for b.
+    let waited = wait_behind_blackholes(16).await;
+    assert!(
+        waited < Duration::from_millis(BLACKHOLE_TIMEOUT_MS / 2),
+        "b arrived {waited:?} after a started: it waited for a's timeouts"
     );
 }
 
