@@ -374,7 +374,8 @@ impl Store {
     }
 
     /// Gives every job the index entries it should have: jobs from before the indexes existed,
-    /// and those a crash left between writes. Fills in missing projects from the execution, and
+    /// and those a crash left between writes. Runs once per start: it reads every job (the
+    /// only full scan), and writes only what is missing. Fills in missing projects from the execution, and
     /// gives dead jobs from before retention `dead_retention_ms` from now.
     pub fn reindex_webhooks(&self, dead_retention_ms: u64) -> sled::Result<usize> {
         let t = &self.webhooks;
@@ -402,15 +403,22 @@ impl Store {
             if changed {
                 t.jobs.insert(job.execution_id.as_bytes(), encode(&job))?;
             }
-            let mut missing = !t.by_project.contains_key(job.project_key())?;
-            t.by_project.insert(job.project_key(), &[])?;
+            // Reads first: a start writes only what is missing.
+            let mut missing = false;
+            if !t.by_project.contains_key(job.project_key())? {
+                t.by_project.insert(job.project_key(), &[])?;
+                missing = true;
+            }
             if job.status() == DeliveryStatus::Pending {
-                missing |= t
-                    .due
-                    .insert(job.due_key(), job.destination().as_bytes())?
-                    .is_none();
+                if !t.due.contains_key(job.due_key())? {
+                    t.due.insert(job.due_key(), job.destination().as_bytes())?;
+                    missing = true;
+                }
             } else if let Some(key) = job.expiry_key() {
-                missing |= t.expiry.insert(key, &[])?.is_none();
+                if !t.expiry.contains_key(&key)? {
+                    t.expiry.insert(key, &[])?;
+                    missing = true;
+                }
             }
             repaired += (changed || missing) as usize;
         }
@@ -499,4 +507,88 @@ fn parse_due(rest: &[u8], project: &str, value: &[u8]) -> Option<DueEntry> {
         destination: String::from_utf8_lossy(value).into_owned(),
         due_at_ms: due,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_secret_signs_only_until_its_grace_period_ends() {
+        let s = SigningSecrets {
+            current: "new".into(),
+            created_at_ms: 1_000,
+            previous: Some("old".into()),
+            previous_expires_at_ms: Some(5_000),
+        };
+        assert_eq!(s.active(4_999), ["new", "old"]);
+        assert_eq!(s.active(5_000), ["new"]);
+    }
+
+    #[tokio::test]
+    async fn jobs_from_before_the_indexes_are_indexed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // The shape earlier versions wrote: no project, no timestamps, dead kept forever.
+        let old = |id: &str, dead: bool| {
+            serde_json::json!({"execution_id": id, "url": "https://example.com/h",
+                "event_type": "execution.completed", "attempts": 3, "next_at_ms": 10,
+                "last_error": "answered 500", "dead": dead})
+        };
+        for (id, dead) in [("exec_a", false), ("exec_b", true)] {
+            let bytes = serde_json::to_vec(&old(id, dead)).unwrap();
+            store.webhooks.jobs.insert(id.as_bytes(), bytes).unwrap();
+        }
+        assert!(store
+            .due_webhooks(1_000, 8, |_| false)
+            .unwrap()
+            .projects
+            .is_empty());
+
+        assert_eq!(store.reindex_webhooks(60_000).unwrap(), 2);
+        assert_eq!(
+            store.reindex_webhooks(60_000).unwrap(),
+            0,
+            "nothing left to repair"
+        );
+        let scan = store.due_webhooks(1_000, 8, |_| false).unwrap();
+        assert_eq!(scan.projects.len(), 1);
+        let (project, entries) = &scan.projects[0];
+        assert_eq!(project, "default");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].execution_id, "exec_a");
+        assert_eq!(entries[0].destination, "https://example.com:443");
+        let page = store.list_webhooks("default", None, 10, None).unwrap();
+        assert_eq!(page.jobs.len(), 2);
+        let dead = store.webhook("exec_b").unwrap().unwrap();
+        assert_eq!(dead.status(), DeliveryStatus::Dead);
+        let expires = dead.expires_at_ms.unwrap();
+        assert_eq!(
+            store.sweep_webhooks(expires - 1).unwrap(),
+            0,
+            "kept until then"
+        );
+        assert_eq!(store.sweep_webhooks(expires + 1).unwrap(), 1);
+        assert!(store.webhook("exec_b").unwrap().is_none());
+        assert_eq!(
+            store
+                .list_webhooks("default", None, 10, None)
+                .unwrap()
+                .jobs
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_destination_is_scheme_host_and_port() {
+        assert_eq!(
+            destination("https://Hooks.Example.com/a?b=1"),
+            "https://hooks.example.com:443"
+        );
+        assert_eq!(
+            destination("http://10.0.0.1:8080/x"),
+            "http://10.0.0.1:8080"
+        );
+    }
 }
