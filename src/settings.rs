@@ -571,6 +571,28 @@ mod tests {
     }
 
     #[test]
+    fn webhook_allowed_hosts_and_limits_are_checked_and_named() {
+        let text = format!(
+            "{DEFAULT_CONFIG}\n[webhooks]\nallowed_hosts = [\"hooks.internal\", \"10.0.0.0/8\", \"::1\"]\n"
+        );
+        assert_eq!(
+            Settings::parse(&text).unwrap().webhooks.allowed_hosts.len(),
+            3
+        );
+        let text = format!(
+            "{DEFAULT_CONFIG}\n[webhooks]\nallowed_hosts = [\"ok.example\", \"http://x/\"]\n"
+        );
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("webhooks.allowed_hosts[1]"), "{err}");
+        let text = format!("{DEFAULT_CONFIG}\n[webhooks]\nmax_in_flight_per_destination = 0\n");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("webhooks.max_in_flight_per_destination"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn network_providers_need_a_base_url() {
         for kind in ["openai", "anthropic", "gemini"] {
             let text = DEFAULT_CONFIG.replace("kind = \"mock\"", &format!("kind = \"{kind}\""));

@@ -168,16 +168,18 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         return Some("metadata");
     }
     let class = match s[0] {
-        0x64 if s[1] == 0xff9b && s[2] == 1 => "NAT64 (local)",
-        0x100 if s[1..4] == [0, 0, 0] => "discard",
         0x2001 if s[1] < 0x200 => "reserved (IETF protocol assignments, Teredo)",
         0x2001 if s[1] == 0xdb8 => "documentation",
         0x3fff if s[1] < 0x1000 => "documentation",
+        // Global unicast is 2000::/3; everything else is special or unassigned.
+        x if x & 0xe000 == 0x2000 => return None,
         x if x & 0xfe00 == 0xfc00 => "private (unique local)",
         x if x & 0xffc0 == 0xfe80 => "link-local",
         x if x & 0xffc0 == 0xfec0 => "site-local (deprecated)",
         x if x & 0xff00 == 0xff00 => "multicast",
-        _ => return None,
+        0x64 if s[1] == 0xff9b => "NAT64 (local)",
+        0x100 if s[1..4] == [0, 0, 0] => "discard",
+        _ => "reserved",
     };
     Some(class)
 }
@@ -278,6 +280,10 @@ mod tests {
             "http://[fd00:ec2::254]/",
             "http://[fc00::1]/",
             "http://[ff02::1]/",
+            "http://[::ffff:0:7f00:1]/",
+            "http://[64:ff9b:1::a00:1]/",
+            "http://[100::1]/",
+            "http://[4000::1]/",
             "http://224.0.0.1/",
             "http://255.255.255.255/",
             "https://user:pw@example.com/",
