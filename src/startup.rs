@@ -40,7 +40,11 @@ impl Application {
         let health = Arc::new(HealthBoard::new(&settings));
         let project_feed = Arc::new(ProjectFeed::default());
         let webhook_wake = Arc::new(tokio::sync::Notify::new());
-        let webhooks = Arc::new(crate::webhooks::Webhooks::new(&settings.webhooks, &store)?);
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            &settings.webhooks,
+            &store,
+            webhook_wake.clone(),
+        )?);
         crate::webhooks::Deliverer::start(
             store.clone(),
             settings.clone(),

@@ -94,6 +94,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/v1/webhooks/deliveries",
         web::get().to(webhook_deliveries::list),
     )
+    .route(
+        "/v1/webhooks/deliveries/{id}/retry",
+        web::post().to(webhook_deliveries::retry),
+    )
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
     .route("/v1/keys/{id}", web::delete().to(keys::revoke))

@@ -1,5 +1,6 @@
 //! `GET /v1/webhooks/deliveries`: the caller's project's webhook deliveries, newest first:
-//! pending ones with their next try, delivered ones, and dead ones until retention removes them.
+//! pending ones with their next try, delivered ones, and dead ones until retention removes them;
+//! `POST /v1/webhooks/deliveries/{id}/retry`: deliver a delivered or dead one again.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -7,7 +8,7 @@ use serde_json::json;
 
 use super::{AppState, Principal};
 use crate::domain::rfc3339;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::store::{DeliveryStatus, WebhookJob};
 
 const MAX_PAGE: usize = 100;
@@ -83,4 +84,33 @@ pub async fn list(
         "has_more": page.next_cursor.is_some(),
         "next_cursor": page.next_cursor,
     })))
+}
+
+/// Queues a delivered or dead delivery again, due now, with a fresh attempt budget (after the
+/// receiver or its DNS was fixed); `409` while it is still pending.
+pub async fn retry(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let execution_id = id
+        .strip_prefix("evt_")
+        .map(|rest| format!("exec_{rest}"))
+        .unwrap_or_default();
+    let job = state
+        .store
+        .webhook(&execution_id)?
+        .filter(|job| job.project_id == principal.project_id)
+        .ok_or_else(|| ApiError::not_found("webhook delivery", &id))?;
+    if job.status() == DeliveryStatus::Pending {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "delivery is still pending; it is retried on its own",
+        ));
+    }
+    let job = state.store.requeue_webhook(&job, crate::domain::now_ms())?;
+    state.store.commit.sync().await?;
+    state.webhooks.wake.notify_one();
+    tracing::info!(execution_id = %job.execution_id, by = %principal.key_id, "webhook delivery queued again");
+    Ok(HttpResponse::Ok().json(view(&job)))
 }

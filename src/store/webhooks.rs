@@ -235,6 +235,29 @@ impl Store {
         Ok(())
     }
 
+    /// Makes a delivered or dead job pending again, due at `now_ms` with a fresh attempt budget
+    /// (a manual redelivery). Job first, then its due entry; the stale expiry entry is dropped
+    /// (the sweep would skip it anyway).
+    pub fn requeue_webhook(&self, job: &WebhookJob, now_ms: u64) -> sled::Result<WebhookJob> {
+        let t = &self.webhooks;
+        let requeued = WebhookJob {
+            attempts: 0,
+            next_at_ms: now_ms,
+            dead: false,
+            delivered_at_ms: None,
+            expires_at_ms: None,
+            ..job.clone()
+        };
+        t.jobs
+            .insert(requeued.execution_id.as_bytes(), encode(&requeued))?;
+        t.due
+            .insert(requeued.due_key(), requeued.destination().as_bytes())?;
+        if let Some(key) = job.expiry_key() {
+            t.expiry.remove(key)?;
+        }
+        Ok(requeued)
+    }
+
     pub fn webhook(&self, execution_id: &str) -> sled::Result<Option<WebhookJob>> {
         Ok(self
             .webhooks

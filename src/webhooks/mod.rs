@@ -30,10 +30,16 @@ pub struct Webhooks {
     /// `secret_env`, else the one global secret of earlier versions: the default project
     /// starts with it, so existing receivers keep verifying.
     default_seed: Option<String>,
+    /// Wakes the deliverer when something became due now.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Webhooks {
-    pub fn new(settings: &WebhookSettings, store: &Store) -> anyhow::Result<Webhooks> {
+    pub fn new(
+        settings: &WebhookSettings,
+        store: &Store,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> anyhow::Result<Webhooks> {
         let allow = AllowList::parse(&settings.allowed_hosts)
             .map_err(|e| anyhow::anyhow!("invalid config: webhooks.{e}"))?;
         let default_seed = match &settings.secret {
@@ -43,6 +49,7 @@ impl Webhooks {
         Ok(Webhooks {
             allow: Arc::new(allow),
             default_seed,
+            wake,
         })
     }
 

@@ -690,3 +690,63 @@ async fn each_project_signs_with_its_own_rotatable_secret() {
         .await
         .contains("grace_period_ms"));
 }
+
+#[actix_web::test]
+async fn a_dead_delivery_can_be_retried_once_the_receiver_is_fixed() {
+    let receiver = start_receiver(usize::MAX);
+    let app = spawn_app_with(&config(&[]), |s| {
+        allow_loopback(s);
+        s.webhooks.retry_base_ms = 10;
+        s.webhooks.max_attempts = 2;
+    })
+    .await;
+    let mut body = chat_body("retry-dead", "Hi", "chat-default");
+    body["webhook_url"] = json!(receiver.url);
+    let id = app.submit(ADMIN_KEY, &body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dead = wait_delivery(&app, ADMIN_KEY, &id, "dead").await;
+    let retry = format!(
+        "/v1/webhooks/deliveries/{}/retry",
+        dead["id"].as_str().unwrap()
+    );
+
+    let other = app.create_key("project-b", "admin").await;
+    let res = app.post(&retry, &other, &json!({})).await;
+    assert_error(res, 404, "not_found").await;
+
+    receiver.failures.store(0, Ordering::SeqCst);
+    let res = app.post(&retry, ADMIN_KEY, &json!({})).await;
+    assert_eq!(res.status(), 200);
+    let queued: Value = res.json().await.unwrap();
+    assert_eq!(queued["status"], "pending");
+    assert_eq!(queued["attempts"], 0);
+    let delivered = wait_delivery(&app, ADMIN_KEY, &id, "delivered").await;
+    assert_eq!(delivered["attempts"], 1);
+    assert_eq!(
+        receiver.hits.lock().unwrap().len(),
+        3,
+        "two failures, then one more try"
+    );
+
+    // A pending delivery retries on its own.
+    let slow = start_receiver(usize::MAX);
+    let app2 = spawn_app_with(&config(&[]), |s| {
+        allow_loopback(s);
+        s.webhooks.retry_base_ms = 60_000;
+    })
+    .await;
+    body["webhook_url"] = json!(slow.url);
+    let id = app2.submit(ADMIN_KEY, &body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pending = wait_delivery(&app2, ADMIN_KEY, &id, "pending").await;
+    let retry = format!(
+        "/v1/webhooks/deliveries/{}/retry",
+        pending["id"].as_str().unwrap()
+    );
+    let res = app2.post(&retry, ADMIN_KEY, &json!({})).await;
+    assert_error(res, 409, "conflict").await;
+}
