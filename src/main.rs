@@ -45,18 +45,21 @@ fn main() -> anyhow::Result<()> {
     }
     settings.read_secrets_from_env();
 
+    // Bound once: a store reopen builds the application again on the same socket.
+    let listener = std::net::TcpListener::bind(settings.listen)?;
     let mut first_start = true;
     loop {
         let attempt = settings.clone();
+        let socket = listener.try_clone()?;
         let exit = actix_web::rt::System::new().block_on(async move {
-            let app = match Application::build(attempt).await {
+            let app = match Application::build_on(attempt, socket).await {
                 Ok(app) => app,
                 // The previous engine's store may still be closing; the disk may still be
                 // short. A restart keeps trying; a first start fails loudly.
                 Err(err) if !first_start => {
                     tracing::error!(error = %err, "reopening the store failed; retrying in 1 s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    return Ok::<_, anyhow::Error>((Exit::ReopenStore, None));
+                    return Ok::<_, anyhow::Error>(Exit::ReopenStore);
                 }
                 Err(err) => return Err(err),
             };
@@ -75,17 +78,11 @@ fn main() -> anyhow::Result<()> {
             } else {
                 tracing::info!(%address, "store reopened; serving again");
             }
-            Ok((app.run_until_stopped().await?, Some(address)))
+            Ok(app.run_until_stopped().await?)
         })?;
         match exit {
-            (Exit::Stopped, _) => return Ok(()),
-            (Exit::ReopenStore, address) => {
-                // Port 0 picked a port on the first start: keep it.
-                if let Some(address) = address {
-                    settings.listen = address;
-                }
-                first_start = false;
-            }
+            Exit::Stopped => return Ok(()),
+            Exit::ReopenStore => first_start = false,
         }
     }
 }

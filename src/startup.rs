@@ -29,6 +29,16 @@ pub struct Application {
 impl Application {
     /// Must run inside an actix system (the actors and the group committer live on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(settings.listen)?;
+        Self::build_on(settings, listener).await
+    }
+
+    /// [`Self::build`] serving on a listener bound beforehand: the binary keeps one across
+    /// store reopens, so clients wait in its backlog instead of finding the port closed.
+    pub async fn build_on(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
         if let (Some(var), None) = (
             &settings.metrics.bearer_token_env,
             &settings.metrics.bearer_token,
@@ -60,17 +70,18 @@ impl Application {
         let health = Arc::new(HealthBoard::new(&settings));
         let project_feed = Arc::new(ProjectFeed::default());
         let webhook_wake = Arc::new(tokio::sync::Notify::new());
-        let webhook_secret = match &settings.webhooks.secret {
-            Some(secret) => secret.clone(),
-            None => store.webhook_secret()?,
-        };
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            &settings.webhooks,
+            &store,
+            webhook_wake.clone(),
+        )?);
         crate::webhooks::Deliverer::start(
             store.clone(),
-            webhook_secret.clone(),
-            settings.webhooks.clone(),
+            settings.clone(),
+            webhooks.clone(),
             metrics.clone(),
             webhook_wake.clone(),
-        );
+        )?;
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
@@ -116,15 +127,14 @@ impl Application {
             registry,
             metrics,
             project_feed,
-            webhook_secret,
             revocations: Arc::default(),
+            webhooks,
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
         });
         let metrics_server = match settings.metrics.listen {
             Some(addr) => Some(metrics_server(addr, state.clone())?),
             None => None,
         };
-        let listener = TcpListener::bind(settings.listen)?;
         let address = listener.local_addr()?;
         let shutdown = Duration::from_millis(settings.limits.shutdown_timeout_ms);
         let limiter = api::ConnectionLimiter::new(settings.limits.ip_max_connections);
