@@ -10,6 +10,7 @@
 //! - [`channels`]: WebSocket channel names and the project status feed
 //! - [`metrics`]: every Prometheus collector
 //! - [`webhooks`]: signed webhook delivery from the outbox
+//! - [`retention`]: the background sweep that deletes state past its `[retention]`
 //! - [`domain`]: ids, requests, statuses, events and the execution record
 //! - [`settings`]: the TOML configuration; [`error`]: the API error type; [`startup`]: assembly
 
@@ -21,6 +22,7 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod providers;
+pub mod retention;
 pub mod routing;
 pub mod settings;
 pub mod startup;
