@@ -27,7 +27,9 @@ use switchyard::actors::execution::ExecutionDeps;
 use switchyard::actors::{Execution, Registry};
 use switchyard::channels::{channel_id_for, ProjectFeed};
 use switchyard::cursor::Cursor;
-use switchyard::domain::{ids, now_ms, Event, EventKind, ExecutionRecord, Status, SubmitBody};
+use switchyard::domain::{
+    ids, now_ms, ChatRequest, Event, EventKind, ExecutionRecord, Status, SubmitBody,
+};
 use switchyard::metrics::Metrics;
 use switchyard::providers::Providers;
 use switchyard::routing::HealthBoard;
@@ -140,11 +142,11 @@ impl Harness {
 
     async fn run_async(&self, subscribers: usize) -> Run {
         let store = &self.deps.store;
-        let record = new_record();
+        let (record, request) = new_record();
         let id = record.id.clone();
         // What the submit handler does: the record and its first event, durable.
         store
-            .create_execution(&record, &Event::status(1, Status::Pending))
+            .create_execution(&record, &request, &Event::status(1, Status::Pending))
             .expect("execution created");
         store.commit.sync().await.expect("bench store writes");
 
@@ -171,7 +173,14 @@ impl Harness {
             self.flushes.get_sample_sum(),
         );
         let started = Instant::now();
-        Execution::new(record, self.deps.clone(), live, self.registry.clone()).start();
+        Execution::new(
+            record,
+            Arc::new(request),
+            self.deps.clone(),
+            live,
+            self.registry.clone(),
+        )
+        .start();
         let mut last_done = started;
         let mut outcomes = Vec::with_capacity(subscribers);
         while let Some(seen) = seen_rx.recv().await {
@@ -220,8 +229,8 @@ impl Drop for Harness {
     }
 }
 
-/// A pending execution record, as the submit handler builds it.
-fn new_record() -> ExecutionRecord {
+/// A pending execution record and its request, as the submit handler builds them.
+fn new_record() -> (ExecutionRecord, ChatRequest) {
     let key = ids::random_token(16);
     let body: SubmitBody = serde_json::from_value(serde_json::json!({
         "model": "chat-default",
@@ -231,13 +240,12 @@ fn new_record() -> ExecutionRecord {
     .expect("submit body");
     body.validate().expect("valid body");
     let id = ids::execution_id();
-    ExecutionRecord {
+    let record = ExecutionRecord {
         channel_id: channel_id_for(&id),
         id,
         project_id: switchyard::api::DEFAULT_PROJECT.to_string(),
         status: Status::Pending,
         model: body.model.clone(),
-        request: body.chat_request(),
         idempotency_key: body.idempotency_key.clone(),
         fingerprint: body.fingerprint(),
         metadata: body.metadata.clone(),
@@ -251,7 +259,8 @@ fn new_record() -> ExecutionRecord {
         created_at_ms: now_ms(),
         started_at_ms: None,
         completed_at_ms: None,
-    }
+    };
+    (record, body.chat_request())
 }
 
 /// Reads the cursor to its end the way the SSE handler does (one shared frame per event),

@@ -11,6 +11,7 @@
 //! - [`metrics`]: every Prometheus collector
 //! - [`revocation`]: the broadcast that ends a revoked or rotated key's open streams
 //! - [`webhooks`]: webhook egress rules, per-project signing, fair delivery from the outbox
+//! - [`retention`]: the background sweep that deletes state past its `[retention]`
 //! - [`domain`]: ids, requests, statuses, events and the execution record
 //! - [`settings`]: the TOML configuration; [`error`]: the API error type; [`startup`]: assembly
 
@@ -22,6 +23,7 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod providers;
+pub mod retention;
 pub mod revocation;
 pub mod routing;
 pub mod settings;

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub store_size: IntGauge,
     pub store_flush: Histogram,
     pub webhooks: IntCounterVec,
+    pub retention_deleted: IntCounterVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -180,6 +181,11 @@ impl Metrics {
                 "switchyard_webhook_deliveries_total",
                 "Webhook delivery tries by outcome (delivered, failed, dead).",
                 &["outcome"],
+            ),
+            retention_deleted: counter_vec(
+                "switchyard_retention_deleted_total",
+                "What the retention sweep deleted, by kind (execution, debug_log, analytics_minute, ws_token).",
+                &["kind"],
             ),
             registry: r,
         }

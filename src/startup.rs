@@ -93,15 +93,12 @@ impl Application {
         }))
         .start();
 
-        let mut unfinished = Vec::new();
-        for record in store.unfinished_executions()? {
-            if store.is_acknowledged(&record)? {
-                unfinished.push(record);
-            } else {
-                tracing::info!(execution_id = %record.id, "removing an execution a crash left unacknowledged");
-                store.remove_orphan(&record)?;
-            }
-        }
+        let recovered = recover(&store, &registry)?;
+        crate::retention::Sweeper::start(
+            store.clone(),
+            settings.retention.clone(),
+            metrics.clone(),
+        );
         // Tokens from before the expiry index were never deleted: one scan removes them.
         let tokens = store.clone();
         let kept = settings.retention.ws_tokens.as_millis() as u64;
@@ -113,11 +110,6 @@ impl Application {
                 Err(err) => tracing::warn!(error = %err, "websocket token scan failed"),
             }
         });
-        let recovered = unfinished.len();
-        for record in unfinished {
-            tracing::info!(execution_id = %record.id, status = record.status.as_str(), "recovering unfinished execution");
-            registry.do_send(StartExecution(record));
-        }
 
         let state = web::Data::new(AppState {
             store: store.clone(),
@@ -288,6 +280,29 @@ pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
         return Err(std::io::Error::last_os_error());
     }
     Ok((before, limit.rlim_cur as u64))
+}
+
+/// Restarts the executions a previous process left unfinished (read from the `unfinished`
+/// index, not the history) and removes those a crash left unacknowledged. Returns how many
+/// were restarted.
+fn recover(store: &Store, registry: &actix::Addr<Registry>) -> anyhow::Result<usize> {
+    let mut recovered = 0;
+    for record in store.unfinished_executions()? {
+        if !store.is_acknowledged(&record)? {
+            tracing::info!(execution_id = %record.id, "removing an execution a crash left unacknowledged");
+            store.remove_orphan(&record)?;
+            continue;
+        }
+        let Some(request) = store.get_request(&record.id)? else {
+            tracing::error!(execution_id = %record.id, "unfinished execution without its request, left as it is");
+            continue;
+        };
+        tracing::info!(execution_id = %record.id, status = record.status.as_str(), "recovering unfinished execution");
+        store.reindex(&record)?;
+        registry.do_send(StartExecution(record, Arc::new(request)));
+        recovered += 1;
+    }
+    Ok(recovered)
 }
 
 /// Without `SWITCHYARD_ADMIN_KEY` and without an admin key in the store, creates one and

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::live::LiveFeed;
 use super::registry::{Deregister, Registry};
 use crate::domain::{
-    now_ms, Attempt, AttemptOutcome, Event, EventKind, ExecutionRecord, SharedEvent, Status,
-    ToolCall, ToolCallAssembly, Usage,
+    now_ms, Attempt, AttemptOutcome, ChatRequest, Event, EventKind, ExecutionRecord, SharedEvent,
+    Status, ToolCall, ToolCallAssembly, Usage,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::providers::{
@@ -75,6 +75,9 @@ struct PendingFailover {
 pub struct Execution {
     deps: Arc<ExecutionDeps>,
     record: ExecutionRecord,
+    /// What was submitted; stored apart from the record (see `ExecutionRecord`) and shared
+    /// with each attempt's debug log, which refers to it instead of copying it.
+    request: Arc<ChatRequest>,
     routes: Vec<Route>,
     live: LiveFeed,
     registry: Addr<Registry>,
@@ -118,16 +121,18 @@ pub struct Cancel;
 impl Execution {
     pub fn new(
         record: ExecutionRecord,
+        request: Arc<ChatRequest>,
         deps: Arc<ExecutionDeps>,
         live: LiveFeed,
         registry: Addr<Registry>,
     ) -> Execution {
         let routes = routing::plan(&deps.settings, &deps.providers, &record.model)
-            .map(|routes| routing::capable(routes, &routing::Needs::of(&record.request)))
+            .map(|routes| routing::capable(routes, &routing::Needs::of(&request)))
             .unwrap_or_default();
         Execution {
             deps,
             record,
+            request,
             routes,
             live,
             registry,
@@ -283,18 +288,19 @@ impl Execution {
             s => s,
         };
         let messages = match strategy {
-            Some(s) => continuation_messages(&self.record.request.messages, &self.emitted, s),
-            None => self.record.request.messages.clone(),
+            Some(s) => continuation_messages(&self.request.messages, &self.emitted, s),
+            None => self.request.messages.clone(),
         };
         let request = UpstreamRequest {
             model: route.model.clone(),
             messages,
-            params: self.record.request.params.clone(),
+            params: self.request.params.clone(),
         };
         let log = AttemptLog::new(
             self.deps.store.clone(),
             &self.record.id,
             self.record.attempts.len() as u32,
+            self.request.clone(),
         );
         self.deps
             .health

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::execution::{Cancel, Execution, ExecutionDeps};
 use super::live::{LiveFeed, Subscription};
-use crate::domain::{ExecutionRecord, Status};
+use crate::domain::{ChatRequest, ExecutionRecord, Status};
 use crate::error::{ApiError, ErrorCode};
 
 struct Live {
@@ -33,10 +33,10 @@ impl Actor for Registry {
     type Context = Context<Self>;
 }
 
-/// Runs an accepted (pending) or recovered (processing) execution.
+/// Runs an accepted (pending) or recovered (processing) execution, with its request.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StartExecution(pub ExecutionRecord);
+pub struct StartExecution(pub ExecutionRecord, pub Arc<ChatRequest>);
 
 /// A live subscription, or `None` when the execution is not running (its log is complete).
 #[derive(Message)]
@@ -71,7 +71,8 @@ impl Handler<StartExecution> for Registry {
             _ => self.deps.store.last_seq(&id).unwrap_or(0),
         };
         let feed = LiveFeed::new(durable);
-        let addr = Execution::new(msg.0, self.deps.clone(), feed.clone(), ctx.address()).start();
+        let addr =
+            Execution::new(msg.0, msg.1, self.deps.clone(), feed.clone(), ctx.address()).start();
         self.live.insert(id, Live { addr, feed });
         self.deps
             .metrics

@@ -9,7 +9,10 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use super::{executions::owned, AppState, Principal};
+use super::{
+    executions::{not_found, owned},
+    AppState, Principal,
+};
 use crate::actors::Subscribe;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
@@ -29,7 +32,6 @@ pub async fn stream(
     query: web::Query<EventsQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let record = owned(&state, &principal, &id)?;
     let after = match req.headers().get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -37,6 +39,17 @@ pub async fn stream(
             .and_then(|s| s.trim().parse::<u64>().ok())
             .ok_or_else(|| ApiError::invalid("Last-Event-ID: must be an event seq number"))?,
         None => query.after.unwrap_or(0),
+    };
+    let record = match after {
+        0 => owned(&state, &principal, &id)?,
+        // A reader resuming a log it once read: tell it the log is gone, not just unknown.
+        after => state
+            .store
+            .get_project_execution(&principal.project_id, &id)?
+            .ok_or_else(|| {
+                let doing = format!("cannot resume events after seq {after}: ");
+                not_found(&state, &id, &doing)
+            })?,
     };
     // Subscribe before the cursor reads the log, so nothing falls between the two.
     let live = state

@@ -65,7 +65,6 @@ pub(super) async fn accept(
         project_id: principal.project_id.clone(),
         status: Status::Pending,
         model,
-        request: body.chat_request(),
         idempotency_key: body.idempotency_key.clone(),
         fingerprint: body.fingerprint(),
         metadata: body.metadata.clone(),
@@ -80,9 +79,11 @@ pub(super) async fn accept(
         started_at_ms: None,
         completed_at_ms: None,
     };
-    let outcome = state
-        .store
-        .create_execution(&record, &Event::status(1, Status::Pending))?;
+    let request = std::sync::Arc::new(body.chat_request());
+    let outcome =
+        state
+            .store
+            .create_execution(&record, &request, &Event::status(1, Status::Pending))?;
     let (record, created) = match outcome {
         SubmitOutcome::Created => (record, true),
         SubmitOutcome::Existing {
@@ -110,7 +111,9 @@ pub(super) async fn accept(
         // The `pending` event was written with the record. The execution may start before the
         // submit is durable: it publishes nothing until a commit covers the submit as well.
         state.metrics.events.inc();
-        state.registry.do_send(StartExecution(record.clone()));
+        state
+            .registry
+            .do_send(StartExecution(record.clone(), request));
     }
     if matches!(ack, Ack::Accepted) {
         // Accepting promises the execution survives a crash: wait for the group commit.
@@ -261,7 +264,18 @@ pub(super) fn owned(
     state
         .store
         .get_project_execution(&principal.project_id, id)?
-        .ok_or_else(|| ApiError::not_found("execution", id))
+        .ok_or_else(|| not_found(state, id, ""))
+}
+
+/// The 404 for an execution that is not (or no longer) there: the message says how long
+/// finished executions are kept, since an id that once worked was most likely deleted by
+/// retention. `doing` says what could not be done, for a more specific message.
+pub(super) fn not_found(state: &AppState, id: &str, doing: &str) -> ApiError {
+    let keep = humantime::format_duration(state.settings.retention.executions);
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("{doing}no execution with id `{id}`; finished executions are kept for {keep} (retention.executions), then deleted"),
+    )
 }
 
 /// The partial output of a running execution (`None` once it has its final text).

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{ChatRequest, Status};
+use super::Status;
 use crate::error::{ErrorBody, ErrorCode};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,14 +46,16 @@ pub struct Attempt {
     pub ended_at_ms: Option<u64>,
 }
 
-/// Everything known about an execution except its event log (which lives beside it).
+/// Everything known about an execution except its event log and its request, which live
+/// beside it: the record is rewritten on every status and attempt change, the request (up to
+/// megabytes) is written once. A record written before the split still decodes (its
+/// `request` field is ignored; the store's migration moves it out).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionRecord {
     pub id: String,
     pub project_id: String,
     pub status: Status,
     pub model: String,
-    pub request: ChatRequest,
     pub idempotency_key: String,
     pub fingerprint: String,
     pub metadata: Map<String, Value>,
@@ -181,7 +183,7 @@ impl Serialize for Rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{rfc3339, Message, Params, Role};
+    use crate::domain::rfc3339;
     use serde_json::json;
 
     #[test]
@@ -191,10 +193,6 @@ mod tests {
             project_id: "p".into(),
             status: Status::Completed,
             model: "chat-default".into(),
-            request: ChatRequest {
-                messages: vec![Message::new(Role::User, "hi")],
-                params: Params::default(),
-            },
             idempotency_key: "k".into(),
             fingerprint: "f".into(),
             metadata: json!({"user": "u1"}).as_object().unwrap().clone(),

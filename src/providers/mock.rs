@@ -62,9 +62,8 @@ impl Mock {
         log.record(LogEntry::Request {
             url: "mock://local",
             headers: Vec::new(),
-            body: &serde_json::value::to_raw_value(&serde_json::json!({"model": req.model,
-                "messages": req.messages, "tools": req.params.tools}))
-            .expect("JSON values serialize"),
+            body: &serde_json::json!({"model": req.model,
+                "messages": req.messages, "tools": req.params.tools}),
         });
         if let Some(call) = tool_call(req) {
             return self.call_tool(req, call, log);

@@ -13,8 +13,9 @@ use crate::store::{redacted_headers, AttemptLog, LogEntry};
 pub type Classify = fn(u16, Option<Duration>, &str) -> ProviderError;
 
 /// Sends `body` as the request's JSON and returns the response once its status is a success.
-/// The request (secrets redacted), the response head and any error body are logged; the body
-/// is serialized once, for the wire, and the log embeds those same bytes.
+/// The request (secrets redacted), the response head and any error body are logged; the log
+/// stores the body with references to the execution's request for the prompt (see
+/// `store::request_refs`), which serializes the same value to the same JSON.
 pub async fn send(
     http: &reqwest::Client,
     builder: reqwest::RequestBuilder,
@@ -28,10 +29,6 @@ pub async fn send(
         .body(json.clone())
         .build()
         .map_err(|e| ProviderError::from_transport(&e))?;
-    let sent: &serde_json::value::RawValue = std::str::from_utf8(&json)
-        .ok()
-        .and_then(|text| serde_json::from_str(text).ok())
-        .expect("serde_json writes valid JSON");
     log.record(LogEntry::Request {
         url: request.url().as_str(),
         headers: redacted_headers(
@@ -40,7 +37,7 @@ pub async fn send(
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_bytes())),
         ),
-        body: sent,
+        body,
     });
     let resp = http
         .execute(request)

@@ -334,7 +334,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Attempt, ChatRequest, Usage};
+    use crate::domain::{Attempt, Usage};
     use crate::error::{ErrorBody, ErrorCode};
 
     #[test]
@@ -396,10 +396,6 @@ mod tests {
             project_id: "p".into(),
             status,
             model: "chat".into(),
-            request: ChatRequest {
-                messages: Vec::new(),
-                params: Default::default(),
-            },
             idempotency_key: "k".into(),
             fingerprint: "f".into(),
             metadata: Default::default(),

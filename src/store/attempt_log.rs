@@ -9,7 +9,8 @@
 //!
 //! Keys: `execution id ‖ 0 ‖ attempt (u32 BE) ‖ first entry (u32 BE)` → a JSON array of
 //! entries (a JSON object: one entry, as written before batching), so one execution's record is
-//! contiguous and ordered.
+//! contiguous and ordered. A logged request body refers to the execution's request for the
+//! prompt instead of copying it per attempt (see `request_refs`).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -17,8 +18,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::Store;
-use crate::domain::now_ms;
+use super::{request_refs, Store};
+use crate::domain::{now_ms, ChatRequest};
 
 /// Collected entries are written out once they reach this size, even mid-attempt: it bounds
 /// both the memory of a long stream and what a crash can lose of its record.
@@ -31,8 +32,8 @@ pub enum LogEntry<'a> {
     Request {
         url: &'a str,
         headers: Vec<(String, String)>,
-        /// The bytes that were sent, embedded as they are (not serialized a second time).
-        body: &'a serde_json::value::RawValue,
+        /// The body that was sent; the prompt in it is stored as a reference to the request.
+        body: &'a Value,
     },
     Response {
         status: u16,
@@ -72,6 +73,8 @@ pub struct AttemptLog {
 struct Inner {
     /// `None`: a log that records nothing.
     target: Option<(Store, Arc<Batch>)>,
+    /// The execution's request, whose pieces a logged body refers to.
+    request: Option<Arc<ChatRequest>>,
     started: Instant,
 }
 
@@ -97,11 +100,20 @@ struct Pending {
 pub(super) struct LiveLogs(Mutex<HashMap<String, Vec<Arc<Batch>>>>);
 
 #[derive(Serialize)]
-struct Stamped<'a> {
+struct Stamped<E> {
     at_ms: u64,
     elapsed_ms: f64,
     #[serde(flatten)]
-    entry: LogEntry<'a>,
+    entry: E,
+}
+
+/// How a [`LogEntry::Request`] is stored: its body with references to the request.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "request")]
+struct StoredRequest<'a> {
+    url: &'a str,
+    headers: Vec<(String, String)>,
+    body: request_refs::Referencing<'a>,
 }
 
 /// Header names whose values never reach the log.
@@ -132,7 +144,13 @@ pub fn redacted_headers<'h>(
 }
 
 impl AttemptLog {
-    pub fn new(store: Store, execution_id: &str, attempt: u32) -> AttemptLog {
+    /// The log of attempt `attempt` of the execution submitted with `request`.
+    pub fn new(
+        store: Store,
+        execution_id: &str,
+        attempt: u32,
+        request: Arc<ChatRequest>,
+    ) -> AttemptLog {
         let batch = Arc::new(Batch {
             execution_id: execution_id.to_string(),
             attempt,
@@ -142,6 +160,7 @@ impl AttemptLog {
         AttemptLog {
             inner: Arc::new(Inner {
                 target: Some((store, batch)),
+                request: Some(request),
                 started: Instant::now(),
             }),
         }
@@ -152,6 +171,7 @@ impl AttemptLog {
         AttemptLog {
             inner: Arc::new(Inner {
                 target: None,
+                request: None,
                 started: Instant::now(),
             }),
         }
@@ -161,16 +181,45 @@ impl AttemptLog {
         let Some((store, batch)) = &self.inner.target else {
             return;
         };
-        let stamped = Stamped {
-            at_ms: now_ms(),
-            elapsed_ms: (self.inner.started.elapsed().as_micros() as f64) / 1000.0,
-            entry,
-        };
+        let at_ms = now_ms();
+        let elapsed_ms = (self.inner.started.elapsed().as_micros() as f64) / 1000.0;
         let mut pending = batch.lock();
         if pending.count > 0 {
             pending.json.push(b',');
         }
-        serde_json::to_writer(&mut pending.json, &stamped).expect("log entries serialize");
+        let written = match entry {
+            LogEntry::Request { url, headers, body } => {
+                let pieces = self
+                    .inner
+                    .request
+                    .as_deref()
+                    .map(request_refs::pieces)
+                    .unwrap_or_default();
+                let entry = StoredRequest {
+                    url,
+                    headers,
+                    body: request_refs::Referencing {
+                        value: body,
+                        pieces: &pieces,
+                    },
+                };
+                let stamped = Stamped {
+                    at_ms,
+                    elapsed_ms,
+                    entry,
+                };
+                serde_json::to_writer(&mut pending.json, &stamped)
+            }
+            entry => {
+                let stamped = Stamped {
+                    at_ms,
+                    elapsed_ms,
+                    entry,
+                };
+                serde_json::to_writer(&mut pending.json, &stamped)
+            }
+        };
+        written.expect("log entries serialize");
         pending.count += 1;
         if pending.json.len() >= BATCH_BYTES {
             batch.write_out(store, &mut pending);
@@ -290,6 +339,14 @@ impl Store {
         for (attempt, _, entries) in live {
             out.extend(entries.into_iter().map(|e| (attempt, e)));
         }
+        if out.iter().any(|(_, e)| request_refs::has_refs(e)) {
+            if let Some(request) = self.get_request(id)? {
+                let pieces = request_refs::pieces(&request);
+                for (_, entry) in &mut out {
+                    request_refs::resolve(entry, &pieces);
+                }
+            }
+        }
         // Stable: each attempt's entries stay in the order recorded.
         out.sort_by_key(|(attempt, _)| *attempt);
         Ok(out)
@@ -313,10 +370,11 @@ mod tests {
     async fn a_running_attempt_shows_everything_and_a_finished_one_reads_back_from_sled() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let first = AttemptLog::new(store.clone(), "exec_a", 0);
+        let request = Arc::new(crate::store::executions::tests::request());
+        let first = AttemptLog::new(store.clone(), "exec_a", 0, request.clone());
         first.record(LogEntry::Chunk { data: "a0" });
         drop(first);
-        let second = AttemptLog::new(store.clone(), "exec_a", 1);
+        let second = AttemptLog::new(store.clone(), "exec_a", 1, request);
         let big = "x".repeat(BATCH_BYTES);
         second.record(LogEntry::Chunk { data: "b0" });
         second.record(LogEntry::Chunk { data: &big });

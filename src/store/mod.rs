@@ -1,11 +1,13 @@
 //! All state, in sled trees behind typed functions; nothing else touches sled.
 //!
-//! Trees: `executions` (id → record), `events` (id ‖ 0 ‖ seq BE → event), `idempotency`
-//! (project ‖ 0 ‖ key → id ‖ 0 ‖ fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id →
-//! ()), `keys` (key id → key record), `key_hashes` (sha256(secret) → key id), `ws_tokens`
-//! (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖ attempt ‖ first entry → debug entries),
-//! `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`),
-//! `analytics` (project ‖ 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `meta`.
+//! Trees: `executions` (id → record, without its request), `requests` (id → the request,
+//! written once), `events` (id ‖ 0 ‖ seq BE → event), `idempotency` (project ‖ 0 ‖ key → id ‖ 0 ‖
+//! fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id → ()), `status_index`,
+//! `unfinished` and `finished` (see [`indexes`]), `keys` (key id → key record), `key_hashes`
+//! (sha256(secret) → key id), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
+//! attempt ‖ first entry → debug entries), `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`), `analytics` (project ‖
+//! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `meta` (with the layout version, see
+//! [`layout`]).
 
 mod analytics;
 mod attempt_log;
@@ -13,7 +15,11 @@ mod commit;
 mod events;
 mod executions;
 mod health;
+mod indexes;
 mod keys;
+mod layout;
+mod request_refs;
+mod retention;
 mod tokens;
 mod webhooks;
 
@@ -23,6 +29,8 @@ pub use commit::{GroupCommit, StoreFailed};
 pub use executions::{ListPage, SubmitOutcome};
 pub use health::{Refusal, StoreHealth};
 pub use keys::{hash_secret, KeyRecord, KeyRole};
+pub use layout::LAYOUT_VERSION;
+pub use retention::Swept;
 pub use tokens::WsTokenRecord;
 pub use webhooks::{DeliveryStatus, DueEntry, SigningSecrets, WebhookJob};
 
@@ -33,6 +41,12 @@ use std::sync::Arc;
 pub struct Store {
     db: sled::Db,
     executions: sled::Tree,
+    /// Each execution's request, apart from its record: written once at submit, never
+    /// rewritten when the record is.
+    requests: sled::Tree,
+    status_index: sled::Tree,
+    unfinished: sled::Tree,
+    finished: sled::Tree,
     events: sled::Tree,
     idempotency: sled::Tree,
     project_index: sled::Tree,
@@ -73,8 +87,12 @@ impl Store {
         let tree = |name: &str| db.open_tree(name);
         let health = StoreHealth::new(dir, floor_mb);
         health.start_monitor(db.clone());
-        Ok(Store {
+        let store = Store {
             executions: tree("executions")?,
+            requests: tree("requests")?,
+            status_index: tree("status_index")?,
+            unfinished: tree("unfinished")?,
+            finished: tree("finished")?,
             events: tree("events")?,
             idempotency: tree("idempotency")?,
             project_index: tree("project_index")?,
@@ -93,7 +111,9 @@ impl Store {
             ),
             health,
             db,
-        })
+        };
+        store.migrate()?;
+        Ok(store)
     }
 
     /// Makes everything written so far durable (used at shutdown).

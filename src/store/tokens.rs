@@ -117,15 +117,18 @@ impl Store {
         Ok(Some(record))
     }
 
-    /// Deletes every token that expired before `cutoff_ms`, spent or not, with its index
-    /// entries; returns how many. For the retention sweep:
-    /// `store.remove_expired_ws_tokens(now_ms() - retention.ws_tokens)`. Cost: one range scan
-    /// of the expiry index up to the cutoff.
-    pub fn remove_expired_ws_tokens(&self, cutoff_ms: u64) -> sled::Result<usize> {
+    /// Deletes up to `batch` tokens that expired before `cutoff_ms`, spent or not, with their
+    /// index entries (the retention sweep calls it with `now - retention.ws_tokens`). Cost: a
+    /// range scan of the expiry index, oldest first.
+    pub fn remove_expired_ws_tokens(
+        &self,
+        cutoff_ms: u64,
+        batch: usize,
+    ) -> sled::Result<super::Swept> {
         let start = super::joined("exp", &[]);
         let end = super::joined("exp", &cutoff_ms.to_be_bytes());
         let mut removed = 0;
-        for item in self.ws_tokens.range(start..end) {
+        for item in self.ws_tokens.range(start..end).take(batch) {
             let (key, _) = item?;
             let tail = &key[4..];
             let (expires, hash) = tail.split_at(8);
@@ -139,7 +142,10 @@ impl Store {
             self.remove_token(&hash, expires, execution_id.as_deref())?;
             removed += 1;
         }
-        Ok(removed)
+        Ok(super::Swept {
+            deleted: removed,
+            more: removed == batch,
+        })
     }
 
     /// Deletes tokens that expired before `cutoff_ms` by reading every token record: for the
@@ -239,9 +245,21 @@ mod tests {
         store
             .ws_token_for(&record("e2", now + 10, "h"), now)
             .unwrap();
-        assert_eq!(store.remove_expired_ws_tokens(now + 11).unwrap(), 1);
+        assert_eq!(
+            store
+                .remove_expired_ws_tokens(now + 11, 64)
+                .unwrap()
+                .deleted,
+            1
+        );
         assert_eq!(store.ws_token_entries(), 3, "only e1's live token is left");
-        assert_eq!(store.remove_expired_ws_tokens(now + 303_001).unwrap(), 1);
+        assert_eq!(
+            store
+                .remove_expired_ws_tokens(now + 303_001, 64)
+                .unwrap()
+                .deleted,
+            1
+        );
         assert_eq!(store.ws_token_entries(), 0);
     }
 
@@ -260,7 +278,7 @@ mod tests {
         legacy("wst_live", 10_000);
         let current = store.ws_token_for(&record("new", 20, "h"), 0).unwrap();
         assert_eq!(
-            store.remove_expired_ws_tokens(100).unwrap(),
+            store.remove_expired_ws_tokens(100, 64).unwrap().deleted,
             1,
             "only indexed"
         );
