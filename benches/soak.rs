@@ -205,8 +205,8 @@ routes = [{{ provider = "primary", model = "p" }}, {{ provider = "fallback", mod
         let started = Instant::now();
         let mut samples = Vec::new();
         println!(
-            "{:>6} {:>10} {:>8} {:>10} {:>10}",
-            "t (s)", "completed", "failed", "RSS MB", "disk MB"
+            "{:>6} {:>10} {:>8} {:>10} {:>10} {:>10}",
+            "t (s)", "completed", "failed", "RSS MB", "disk MB", "swept"
         );
         while Instant::now() < deadline {
             tokio::time::sleep(SAMPLE_EVERY.min(deadline - Instant::now())).await;
@@ -215,13 +215,15 @@ routes = [{{ provider = "primary", model = "p" }}, {{ provider = "fallback", mod
                 rss_bytes(pid),
                 allocated_bytes(&data),
             );
+            let swept = swept_executions(&client, &address).await;
             println!(
-                "{:>6} {:>10} {:>8} {:>10.1} {:>10.1}",
+                "{:>6} {:>10} {:>8} {:>10.1} {:>10.1} {:>10}",
                 sample.0,
                 tally.completed.load(Ordering::Relaxed),
                 tally.failed.load(Ordering::Relaxed),
                 sample.1 as f64 / 1e6,
-                sample.2 as f64 / 1e6
+                sample.2 as f64 / 1e6,
+                swept
             );
             samples.push(sample);
         }
@@ -368,6 +370,18 @@ async fn one_execution(
         }
     }
     Ok(())
+}
+
+/// Executions the retention sweep has deleted so far, from the server's own counter.
+async fn swept_executions(client: &reqwest::Client, address: &str) -> u64 {
+    let Ok(res) = client.get(format!("{address}/metrics")).send().await else {
+        return 0;
+    };
+    let text = res.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchyard_retention_deleted_total{kind=\"execution\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 fn rss_bytes(pid: u32) -> u64 {
