@@ -201,9 +201,6 @@ impl Application {
     }
 }
 
-/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit and returns
-/// (before, after). The common soft default of 1,024 is a few hundred clients: each connection,
-/// each provider stream and sled's files take one descriptor.
 /// A one-worker server answering only `GET /metrics` (scrapes are rare and cheap).
 fn metrics_server(
     addr: SocketAddr,
@@ -224,6 +221,9 @@ fn metrics_server(
     Ok((address, server))
 }
 
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit and returns
+/// (before, after). The common soft default of 1,024 is a few hundred clients: each connection,
+/// each provider stream and sled's files take one descriptor.
 // `rlim_t` is u64 on Linux and macOS but not on every target, hence the casts.
 #[allow(clippy::unnecessary_cast)]
 pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {

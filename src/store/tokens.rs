@@ -75,7 +75,11 @@ impl Store {
             self.remove_token(&hash, previous.record.expires_at_ms, None)?;
         }
         let token = ids::ws_token();
-        self.put_ws_token(&token, record)?;
+        let hash = hash_secret(&token);
+        let bytes = serde_json::to_vec(record).expect("token records serialize");
+        self.ws_tokens.insert(hash.as_bytes(), bytes.clone())?;
+        self.ws_tokens
+            .insert(expiry_key(record.expires_at_ms, &hash), bytes)?;
         let issued = Issued {
             token: token.clone(),
             record: record.clone(),
@@ -87,13 +91,14 @@ impl Store {
         Ok(token)
     }
 
-    /// Stores a token minted by the caller (no reuse, no per-execution entry).
+    /// Stores a token minted by the caller, as tokens were stored before [`Store::ws_token_for`]:
+    /// the record alone, no reuse entry and no expiry index (only a scan of the tree, such as
+    /// [`Store::remove_expired_ws_tokens_by_scan`], finds it once expired). For tests and tools.
     pub fn put_ws_token(&self, token: &str, record: &WsTokenRecord) -> sled::Result<()> {
-        let hash = hash_secret(token);
-        let bytes = serde_json::to_vec(record).expect("token records serialize");
-        self.ws_tokens.insert(hash.as_bytes(), bytes.clone())?;
-        self.ws_tokens
-            .insert(expiry_key(record.expires_at_ms, &hash), bytes)?;
+        self.ws_tokens.insert(
+            hash_secret(token).as_bytes(),
+            serde_json::to_vec(record).expect("token records serialize"),
+        )?;
         Ok(())
     }
 
@@ -256,11 +261,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let legacy = |token: &str, expires: u64| {
-            let bytes = serde_json::to_vec(&record("old", expires, "h")).unwrap();
             store
-                .ws_tokens
-                .insert(hash_secret(token).as_bytes(), bytes)
-                .unwrap();
+                .put_ws_token(token, &record("old", expires, "h"))
+                .unwrap()
         };
         legacy("wst_expired", 10);
         legacy("wst_live", 10_000);
