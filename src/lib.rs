@@ -10,7 +10,7 @@
 //! - [`channels`]: WebSocket channel names and the project status feed
 //! - [`metrics`]: every Prometheus collector
 //! - [`revocation`]: the broadcast that ends a revoked or rotated key's open streams
-//! - [`webhooks`]: signed webhook delivery from the outbox
+//! - [`webhooks`]: webhook egress rules, per-project signing, fair delivery from the outbox
 //! - [`domain`]: ids, requests, statuses, events and the execution record
 //! - [`settings`]: the TOML configuration; [`error`]: the API error type; [`startup`]: assembly
 

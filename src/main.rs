@@ -3,9 +3,10 @@
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use switchyard::settings::Settings;
-use switchyard::startup::Application;
+use switchyard::startup::{Application, Exit};
 
 /// Actor-based streaming router for AI providers.
 #[derive(Parser)]
@@ -44,19 +45,44 @@ fn main() -> anyhow::Result<()> {
     }
     settings.read_secrets_from_env();
 
-    actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings).await?;
-        if let Some(key) = app.bootstrap_admin_key() {
-            println!(
-                "created the admin key of project `default` (shown once, only its hash is stored):"
-            );
-            println!("  {key}");
+    // Bound once: a store reopen builds the application again on the same socket.
+    let listener = std::net::TcpListener::bind(settings.listen)?;
+    let mut first_start = true;
+    loop {
+        let attempt = settings.clone();
+        let socket = listener.try_clone()?;
+        let exit = actix_web::rt::System::new().block_on(async move {
+            let app = match Application::build_on(attempt, socket).await {
+                Ok(app) => app,
+                // The previous engine's store may still be closing; the disk may still be
+                // short. A restart keeps trying; a first start fails loudly.
+                Err(err) if !first_start => {
+                    tracing::error!(error = %err, "reopening the store failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return Ok::<_, anyhow::Error>(Exit::ReopenStore);
+                }
+                Err(err) => return Err(err),
+            };
+            if let Some(key) = app.bootstrap_admin_key() {
+                println!(
+                    "created the admin key of project `default` (shown once, only its hash is stored):"
+                );
+                println!("  {key}");
+            }
+            let address = app.address();
+            if first_start {
+                println!("switchyard listening on http://{address}");
+                if let Some(addr) = app.metrics_address() {
+                    println!("metrics on http://{addr}/metrics");
+                }
+            } else {
+                tracing::info!(%address, "store reopened; serving again");
+            }
+            Ok(app.run_until_stopped().await?)
+        })?;
+        match exit {
+            Exit::Stopped => return Ok(()),
+            Exit::ReopenStore => first_start = false,
         }
-        println!("switchyard listening on http://{}", app.address());
-        if let Some(addr) = app.metrics_address() {
-            println!("metrics on http://{addr}/metrics");
-        }
-        app.run_until_stopped().await?;
-        Ok(())
-    })
+    }
 }

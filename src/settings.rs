@@ -110,8 +110,15 @@ pub struct WebhookSettings {
     pub retry_base_ms: u64,
     /// Deliveries tried before giving up.
     pub max_attempts: u32,
-    /// One delivery's timeout.
+    /// One delivery's timeout (connecting, sending, and waiting for the answer).
     pub timeout_ms: u64,
+    /// Deliveries in flight at once, over all projects.
+    pub max_in_flight: usize,
+    /// Deliveries in flight at once for one project: the others' share when it has a backlog.
+    pub max_in_flight_per_project: usize,
+    /// Deliveries in flight at once to one destination (scheme, host, port): a receiver that
+    /// never answers holds this many slots, not all of them.
+    pub max_in_flight_per_destination: usize,
     /// Hosts (names, addresses or CIDRs) a webhook may target although they are, or resolve
     /// to, loopback, private, link-local or metadata addresses: internal receivers.
     pub allowed_hosts: Vec<String>,
@@ -127,6 +134,9 @@ impl Default for WebhookSettings {
             retry_base_ms: 1_000,
             max_attempts: 20,
             timeout_ms: 10_000,
+            max_in_flight: 64,
+            max_in_flight_per_project: 16,
+            max_in_flight_per_destination: 4,
             allowed_hosts: Vec::new(),
             secret: None,
         }
@@ -461,6 +471,28 @@ impl Settings {
                 return fail(field.into(), "must be greater than 0");
             }
         }
+        let w = &self.webhooks;
+        for (field, v) in [
+            ("webhooks.retry_base_ms", w.retry_base_ms),
+            ("webhooks.max_attempts", w.max_attempts as u64),
+            ("webhooks.timeout_ms", w.timeout_ms),
+            ("webhooks.max_in_flight", w.max_in_flight as u64),
+            (
+                "webhooks.max_in_flight_per_project",
+                w.max_in_flight_per_project as u64,
+            ),
+            (
+                "webhooks.max_in_flight_per_destination",
+                w.max_in_flight_per_destination as u64,
+            ),
+        ] {
+            if v == 0 {
+                return fail(field.into(), "must be greater than 0");
+            }
+        }
+        if let Err(e) = crate::webhooks::egress::AllowList::parse(&w.allowed_hosts) {
+            return Err(anyhow::anyhow!("invalid config: webhooks.{e}"));
+        }
         let r = &self.retention;
         for (field, v) in [
             ("retention.executions", r.executions),
@@ -600,6 +632,28 @@ mod tests {
         let text = format!("{DEFAULT_CONFIG}\n[retention]\nsweep_interval = \"0s\"\n");
         let err = Settings::parse(&text).unwrap_err().to_string();
         assert!(err.contains("retention.sweep_interval"), "{err}");
+    }
+
+    #[test]
+    fn webhook_allowed_hosts_and_limits_are_checked_and_named() {
+        let text = format!(
+            "{DEFAULT_CONFIG}\n[webhooks]\nallowed_hosts = [\"hooks.internal\", \"10.0.0.0/8\", \"::1\"]\n"
+        );
+        assert_eq!(
+            Settings::parse(&text).unwrap().webhooks.allowed_hosts.len(),
+            3
+        );
+        let text = format!(
+            "{DEFAULT_CONFIG}\n[webhooks]\nallowed_hosts = [\"ok.example\", \"http://x/\"]\n"
+        );
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("webhooks.allowed_hosts[1]"), "{err}");
+        let text = format!("{DEFAULT_CONFIG}\n[webhooks]\nmax_in_flight_per_destination = 0\n");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("webhooks.max_in_flight_per_destination"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,6 +29,16 @@ pub struct Application {
 impl Application {
     /// Must run inside an actix system (the actors and the group committer live on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(settings.listen)?;
+        Self::build_on(settings, listener).await
+    }
+
+    /// [`Self::build`] serving on a listener bound beforehand: the binary keeps one across
+    /// store reopens, so clients wait in its backlog instead of finding the port closed.
+    pub async fn build_on(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
         if let (Some(var), None) = (
             &settings.metrics.bearer_token_env,
             &settings.metrics.bearer_token,
@@ -60,17 +70,18 @@ impl Application {
         let health = Arc::new(HealthBoard::new(&settings));
         let project_feed = Arc::new(ProjectFeed::default());
         let webhook_wake = Arc::new(tokio::sync::Notify::new());
-        let webhook_secret = match &settings.webhooks.secret {
-            Some(secret) => secret.clone(),
-            None => store.webhook_secret()?,
-        };
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            &settings.webhooks,
+            &store,
+            webhook_wake.clone(),
+        )?);
         crate::webhooks::Deliverer::start(
             store.clone(),
-            webhook_secret.clone(),
-            settings.webhooks.clone(),
+            settings.clone(),
+            webhooks.clone(),
             metrics.clone(),
             webhook_wake.clone(),
-        );
+        )?;
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
@@ -116,15 +127,14 @@ impl Application {
             registry,
             metrics,
             project_feed,
-            webhook_secret,
             revocations: Arc::default(),
+            webhooks,
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
         });
         let metrics_server = match settings.metrics.listen {
             Some(addr) => Some(metrics_server(addr, state.clone())?),
             None => None,
         };
-        let listener = TcpListener::bind(settings.listen)?;
         let address = listener.local_addr()?;
         let shutdown = Duration::from_millis(settings.limits.shutdown_timeout_ms);
         let limiter = api::ConnectionLimiter::new(settings.limits.ip_max_connections);
@@ -183,22 +193,55 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT (or a stop through the handle), then makes the store durable.
     /// Running executions keep their log; the next start resumes them.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    ///
+    /// A store that failed a write (a full disk: sled poisons itself and never writes again)
+    /// ends the serving too, once disk space is back: the caller then builds a fresh
+    /// application on the same address, which reopens the store and resumes what was running
+    /// from its log, as after a crash ([`Exit::ReopenStore`]).
+    pub async fn run_until_stopped(self) -> std::io::Result<Exit> {
         let metrics = self.metrics_server.map(|(_, server)| {
             let handle = server.handle();
             actix_web::rt::spawn(server);
             handle
         });
-        let result = self.server.await;
+        let handle = self.server.handle();
+        let reopen = self.store.health.reopen_due();
+        tokio::pin!(reopen);
+        let server = self.server;
+        tokio::pin!(server);
+        let exit = tokio::select! {
+            result = &mut server => result.map(|()| Exit::Stopped),
+            () = &mut reopen => {
+                tracing::warn!("disk space is back: restarting the engine to reopen the store");
+                // Streams cannot make progress on a failed store; their clients resume with
+                // Last-Event-ID against the reopened one.
+                // The stop command is sent on the call; the server future itself carries it
+                // out, so it is the one awaited (awaiting the stop would never be polled).
+                drop(handle.stop(false));
+                let _ = server.await;
+                Ok(Exit::ReopenStore)
+            }
+        };
         if let Some(handle) = metrics {
             handle.stop(true).await;
         }
-        if let Err(err) = self.store.flush() {
-            tracing::error!(error = %err, "final store flush failed");
+        if self.store.health.failure().is_none() {
+            if let Err(err) = self.store.flush() {
+                tracing::error!(error = %err, "final store flush failed");
+            }
         }
         tracing::info!("stopped");
-        result
+        exit
     }
+}
+
+/// Why [`Application::run_until_stopped`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A signal or the server handle stopped it: the process ends.
+    Stopped,
+    /// The store failed and disk space is back: build the application again.
+    ReopenStore,
 }
 
 /// A one-worker server answering only `GET /metrics` (scrapes are rare and cheap).

@@ -697,15 +697,13 @@ impl Execution {
         // Everything derived from the terminal state is written first, the record last: a
         // reader that sees the terminal status also sees its outbox entry, analytics, metrics.
         if let Some(url) = &self.record.webhook_url {
-            let job = crate::store::WebhookJob {
-                execution_id: self.record.id.clone(),
-                url: url.clone(),
-                event_type: format!("execution.{}", status.as_str()),
-                attempts: 0,
-                next_at_ms: now_ms(),
-                last_error: None,
-                dead: false,
-            };
+            let job = crate::store::WebhookJob::new(
+                &self.record.id,
+                &self.record.project_id,
+                url,
+                format!("execution.{}", status.as_str()),
+                now_ms(),
+            );
             if let Err(err) = self.deps.store.put_webhook(&job) {
                 self.deps.store.health.fail(&err);
             }

@@ -51,6 +51,9 @@ pub(super) async fn accept(
     ack: Ack,
 ) -> Result<(ExecutionRecord, bool, Option<String>), ApiError> {
     body.validate()?;
+    if let Some(url) = &body.webhook_url {
+        state.webhooks.check_target(url)?;
+    }
     // Refused before anything is written: a full disk or failed store answers 503 now
     // instead of accepting work it could not keep.
     state.store.health.admit()?;

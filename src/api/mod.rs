@@ -17,6 +17,7 @@ mod models;
 mod openai_error;
 mod routing_status;
 mod static_files;
+mod webhook_deliveries;
 mod webhook_secret;
 mod ws;
 
@@ -47,10 +48,10 @@ pub struct AppState {
     pub registry: Addr<Registry>,
     pub metrics: Arc<Metrics>,
     pub project_feed: Arc<ProjectFeed>,
-    /// Signs webhook deliveries; shown to admins of the default project.
-    pub webhook_secret: String,
     /// Tells open streams that their key was revoked or rotated.
     pub revocations: Arc<Revocations>,
+    /// Webhook egress rules and per-project signing secrets.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`, when set.
     pub env_admin_key_hash: Option<String>,
 }
@@ -91,6 +92,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/v1/analytics", web::get().to(analytics::get))
     .route("/v1/me", web::get().to(me::get))
     .route("/v1/webhooks/secret", web::get().to(webhook_secret::get))
+    .route(
+        "/v1/webhooks/secret/rotate",
+        web::post().to(webhook_secret::rotate),
+    )
+    .route(
+        "/v1/webhooks/deliveries",
+        web::get().to(webhook_deliveries::list),
+    )
+    .route(
+        "/v1/webhooks/deliveries/{id}/retry",
+        web::post().to(webhook_deliveries::retry),
+    )
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
     .route("/v1/keys/{id}", web::delete().to(keys::revoke))

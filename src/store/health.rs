@@ -161,6 +161,9 @@ impl StoreHealth {
         let _ = failure.wait_for(|f| f.is_some()).await;
         let room = self.inner.floor_bytes.max(REOPEN_ROOM);
         loop {
+            // Measured now: the monitor's last figure may predate whatever filled the disk.
+            let health = self.clone();
+            let _ = tokio::task::spawn_blocking(move || health.measure()).await;
             if self.free_bytes() >= room {
                 return;
             }

@@ -4,7 +4,7 @@
 //! (project ‖ 0 ‖ key → id ‖ 0 ‖ fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id →
 //! ()), `keys` (key id → key record), `key_hashes` (sha256(secret) → key id), `ws_tokens`
 //! (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖ attempt ‖ first entry → debug entries),
-//! `webhooks` (id → outbox entry),
+//! `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`),
 //! `analytics` (project ‖ 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `meta`.
 
 mod analytics;
@@ -24,7 +24,7 @@ pub use executions::{ListPage, SubmitOutcome};
 pub use health::{Refusal, StoreHealth};
 pub use keys::{hash_secret, KeyRecord, KeyRole};
 pub use tokens::WsTokenRecord;
-pub use webhooks::WebhookJob;
+pub use webhooks::{DeliveryStatus, DueEntry, SigningSecrets, WebhookJob};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub struct Store {
     attempt_log: sled::Tree,
     /// Debug entries of running attempts not yet written to `attempt_log`.
     live_logs: Arc<attempt_log::LiveLogs>,
-    webhooks: sled::Tree,
+    webhooks: webhooks::WebhookTrees,
     analytics: sled::Tree,
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
@@ -83,7 +83,7 @@ impl Store {
             ws_tokens: tree("ws_tokens")?,
             attempt_log: tree("attempt_log")?,
             live_logs: Arc::default(),
-            webhooks: tree("webhooks")?,
+            webhooks: webhooks::WebhookTrees::open(&db)?,
             analytics: tree("analytics")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(

@@ -1,0 +1,116 @@
+//! `GET /v1/webhooks/deliveries`: the caller's project's webhook deliveries, newest first:
+//! pending ones with their next try, delivered ones, and dead ones until retention removes them;
+//! `POST /v1/webhooks/deliveries/{id}/retry`: deliver a delivered or dead one again.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppState, Principal};
+use crate::domain::rfc3339;
+use crate::error::{ApiError, ErrorCode};
+use crate::store::{DeliveryStatus, WebhookJob};
+
+const MAX_PAGE: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    /// Text, so that a non-number gets an error naming `limit`.
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn view(job: &WebhookJob) -> serde_json::Value {
+    let status = job.status();
+    json!({
+        "object": "webhook_delivery",
+        "id": format!("evt_{}", job.execution_id.trim_start_matches("exec_")),
+        "execution_id": job.execution_id,
+        "type": job.event_type,
+        "url": job.url,
+        "status": status.as_str(),
+        "attempts": job.attempts,
+        "last_error": job.last_error,
+        "next_attempt_at": (status == DeliveryStatus::Pending).then(|| rfc3339(job.next_at_ms)),
+        "last_attempt_at": job.last_attempt_at_ms.map(rfc3339),
+        "delivered_at": job.delivered_at_ms.map(rfc3339),
+        "created_at": rfc3339(job.created_at_ms),
+    })
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "status: must be one of pending, delivered, dead; got `{s}`"
+            ))
+        })?),
+    };
+    let limit = match query.limit.as_deref() {
+        None => 20,
+        Some(text) => text.parse::<usize>().unwrap_or(0),
+    };
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    if query
+        .cursor
+        .as_deref()
+        .is_some_and(|c| !c.starts_with("exec_"))
+    {
+        return Err(ApiError::invalid(
+            "cursor: not a cursor from a previous page",
+        ));
+    }
+    let page = state.store.list_webhooks(
+        &principal.project_id,
+        status,
+        limit,
+        query.cursor.as_deref(),
+    )?;
+    let data: Vec<_> = page.jobs.iter().map(view).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": data,
+        "has_more": page.next_cursor.is_some(),
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+/// Queues a delivered or dead delivery again, due now, with a fresh attempt budget (after the
+/// receiver or its DNS was fixed); `409` while it is still pending.
+pub async fn retry(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let execution_id = id
+        .strip_prefix("evt_")
+        .map(|rest| format!("exec_{rest}"))
+        .unwrap_or_default();
+    let job = state
+        .store
+        .webhook(&execution_id)?
+        .filter(|job| job.project_id == principal.project_id)
+        .ok_or_else(|| ApiError::not_found("webhook delivery", &id))?;
+    if job.status() == DeliveryStatus::Pending {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "delivery is still pending; it is retried on its own",
+        ));
+    }
+    let job = state.store.requeue_webhook(&job, crate::domain::now_ms())?;
+    state.store.commit.sync().await?;
+    state.webhooks.wake.notify_one();
+    tracing::info!(execution_id = %job.execution_id, by = %principal.key_id, "webhook delivery queued again");
+    Ok(HttpResponse::Ok().json(view(&job)))
+}
