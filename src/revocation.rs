@@ -11,9 +11,17 @@ use tokio::sync::watch;
 
 #[derive(Default)]
 pub struct Revocations {
-    /// key id → flag flipped to `true` once. A std mutex: held for a map lookup, never across
-    /// an await.
-    keys: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// A std mutex: held for a map lookup, never across an await.
+    inner: Mutex<Watched>,
+}
+
+#[derive(Default)]
+struct Watched {
+    /// key id → flag flipped to `true` once.
+    keys: HashMap<String, watch::Sender<bool>>,
+    /// Size after the last pruning: the next one waits until the map has doubled, so pruning
+    /// costs O(1) per stream opened, amortized.
+    pruned_at: usize,
 }
 
 /// Resolves once the watched key is revoked or rotated.
@@ -23,12 +31,14 @@ impl Revocations {
     /// A receiver for `key_id`. Subscribe *before* checking that the key is still valid: a
     /// revocation after the subscription is seen, one before it is caught by the check.
     pub fn watch(&self, key_id: &str) -> Revoked {
-        let mut keys = self.keys.lock().expect("revocations lock");
+        let mut watched = self.inner.lock().expect("revocations lock");
         // Forget keys whose streams have all ended, so the map follows the open streams.
-        if keys.len() > 64 {
-            keys.retain(|_, tx| tx.receiver_count() > 0);
+        if watched.keys.len() > 64.max(2 * watched.pruned_at) {
+            watched.keys.retain(|_, tx| tx.receiver_count() > 0);
+            watched.pruned_at = watched.keys.len();
         }
-        let tx = keys
+        let tx = watched
+            .keys
             .entry(key_id.to_string())
             .or_insert_with(|| watch::channel(false).0);
         Revoked(Some(tx.subscribe()))
@@ -36,7 +46,12 @@ impl Revocations {
 
     /// Ends every stream watching `key_id` (called on revoke and on rotate).
     pub fn revoke(&self, key_id: &str) {
-        let tx = self.keys.lock().expect("revocations lock").remove(key_id);
+        let tx = self
+            .inner
+            .lock()
+            .expect("revocations lock")
+            .keys
+            .remove(key_id);
         if let Some(tx) = tx {
             tx.send_replace(true);
         }
@@ -44,8 +59,12 @@ impl Revocations {
 
     /// Keys with at least one open stream (for tests and metrics).
     pub fn watched(&self) -> usize {
-        let keys = self.keys.lock().expect("revocations lock");
-        keys.values().filter(|tx| tx.receiver_count() > 0).count()
+        let watched = self.inner.lock().expect("revocations lock");
+        watched
+            .keys
+            .values()
+            .filter(|tx| tx.receiver_count() > 0)
+            .count()
     }
 }
 
@@ -102,5 +121,18 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), Revoked::already().fired())
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn keys_whose_streams_ended_are_forgotten() {
+        let r = Revocations::default();
+        for i in 0..1_000 {
+            drop(r.watch(&format!("key_{i}")));
+        }
+        let kept = r.watch("key_open");
+        let size = r.inner.lock().unwrap().keys.len();
+        assert!(size <= 130, "the map follows the open streams: {size}");
+        assert_eq!(r.watched(), 1);
+        drop(kept);
     }
 }

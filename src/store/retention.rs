@@ -289,21 +289,21 @@ mod tests {
     async fn expired_ws_tokens_go_in_slices_and_live_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let token = |expires_at_ms| WsTokenRecord {
+        let token = |execution_id: String, expires_at_ms| WsTokenRecord {
             project_id: "p".into(),
-            execution_id: "exec_1".into(),
+            execution_id,
             channel: "c".into(),
             expires_at_ms,
             key_id: None,
             key_hash: None,
         };
+        let mut old = Vec::new();
+        let mut new = Vec::new();
         for i in 0..10 {
-            store
-                .put_ws_token(&format!("old{i}"), &token(1_000))
-                .unwrap();
-            store
-                .put_ws_token(&format!("new{i}"), &token(9_000))
-                .unwrap();
+            let t = token(format!("exec_old{i}"), 1_000);
+            old.push(store.ws_token_for(&t, 0).unwrap());
+            let t = token(format!("exec_new{i}"), 9_000);
+            new.push(store.ws_token_for(&t, 0).unwrap());
         }
         let mut deleted = 0;
         loop {
@@ -314,9 +314,9 @@ mod tests {
             }
         }
         assert_eq!(deleted, 10);
-        // Ten token records, each with its expiry entry.
-        assert_eq!(store.ws_tokens.len(), 20);
-        assert!(store.take_ws_token("new3").unwrap().is_some());
-        assert!(store.take_ws_token("old3").unwrap().is_none());
+        // The live tokens keep their record, expiry entry and per-execution entry.
+        assert_eq!(store.ws_tokens.len(), 30);
+        assert!(store.take_ws_token(&new[3]).unwrap().is_some());
+        assert!(store.take_ws_token(&old[3]).unwrap().is_none());
     }
 }

@@ -5,8 +5,11 @@
 //! - `sha256(token)` → [`WsTokenRecord`]: what [`Store::take_ws_token`] consumes;
 //! - `exec ‖ 0 ‖ execution id` → the execution's unspent token, so an idempotent retry of the
 //!   submit answers with the same token instead of minting another;
-//! - `exp ‖ 0 ‖ expires_at BE ‖ sha256(token)` → (): the expiry index
+//! - `exp ‖ 0 ‖ expires_at BE ‖ sha256(token)` → the token's record again: the expiry index
 //!   [`Store::remove_expired_ws_tokens`] walks.
+//!
+//! Every value in the tree parses as a [`WsTokenRecord`] with the entry's expiry, so a sweep
+//! that scans the whole tree and deletes whatever expired stays correct for all three kinds.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +37,8 @@ pub struct WsTokenRecord {
 #[derive(Serialize, Deserialize)]
 struct Issued {
     token: String,
-    expires_at_ms: u64,
-    key_hash: Option<String>,
+    #[serde(flatten)]
+    record: WsTokenRecord,
 }
 
 /// A token about to expire is not handed out again: the client needs time to connect.
@@ -64,25 +67,22 @@ impl Store {
             let hash = hash_secret(&previous.token);
             let unspent = self.ws_tokens.contains_key(hash.as_bytes())?;
             if unspent
-                && previous.key_hash == record.key_hash
-                && previous.expires_at_ms > now_ms + REUSE_MARGIN_MS
+                && previous.record.key_hash == record.key_hash
+                && previous.record.expires_at_ms > now_ms + REUSE_MARGIN_MS
             {
                 return Ok(previous.token);
             }
-            self.remove_token(&hash, previous.expires_at_ms, None)?;
+            self.remove_token(&hash, previous.record.expires_at_ms, None)?;
         }
         let token = ids::ws_token();
         let hash = hash_secret(&token);
-        self.ws_tokens.insert(
-            hash.as_bytes(),
-            serde_json::to_vec(record).expect("token records serialize"),
-        )?;
+        let bytes = serde_json::to_vec(record).expect("token records serialize");
+        self.ws_tokens.insert(hash.as_bytes(), bytes.clone())?;
         self.ws_tokens
-            .insert(expiry_key(record.expires_at_ms, &hash), &[])?;
+            .insert(expiry_key(record.expires_at_ms, &hash), bytes)?;
         let issued = Issued {
             token: token.clone(),
-            expires_at_ms: record.expires_at_ms,
-            key_hash: record.key_hash.clone(),
+            record: record.clone(),
         };
         self.ws_tokens.insert(
             exec,
@@ -91,15 +91,14 @@ impl Store {
         Ok(token)
     }
 
-    /// Stores a token minted by the caller (no reuse, no per-execution entry).
+    /// Stores a token minted by the caller, as tokens were stored before [`Store::ws_token_for`]:
+    /// the record alone, no reuse entry and no expiry index (only a scan of the tree, such as
+    /// [`Store::remove_expired_ws_tokens_by_scan`], finds it once expired). For tests and tools.
     pub fn put_ws_token(&self, token: &str, record: &WsTokenRecord) -> sled::Result<()> {
-        let hash = hash_secret(token);
         self.ws_tokens.insert(
-            hash.as_bytes(),
+            hash_secret(token).as_bytes(),
             serde_json::to_vec(record).expect("token records serialize"),
         )?;
-        self.ws_tokens
-            .insert(expiry_key(record.expires_at_ms, &hash), &[])?;
         Ok(())
     }
 
@@ -129,15 +128,13 @@ impl Store {
         let end = super::joined("exp", &cutoff_ms.to_be_bytes());
         let mut removed = 0;
         for item in self.ws_tokens.range(start..end).take(batch) {
-            let (key, _) = item?;
+            let (key, value) = item?;
             let tail = &key[4..];
             let (expires, hash) = tail.split_at(8);
             let expires = u64::from_be_bytes(expires.try_into().expect("8 bytes"));
             let hash = String::from_utf8_lossy(hash).into_owned();
-            let execution_id = self
-                .ws_tokens
-                .remove(hash.as_bytes())?
-                .and_then(|b| serde_json::from_slice::<WsTokenRecord>(&b).ok())
+            let execution_id = serde_json::from_slice::<WsTokenRecord>(&value)
+                .ok()
                 .map(|r| r.execution_id);
             self.remove_token(&hash, expires, execution_id.as_deref())?;
             removed += 1;
@@ -264,15 +261,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_entry_reads_as_a_token_record_with_its_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.ws_token_for(&record("e1", 5_000, "h"), 0).unwrap();
+        let mut expiries = Vec::new();
+        for item in store.ws_tokens.iter() {
+            let (_, value) = item.unwrap();
+            let r: WsTokenRecord = serde_json::from_slice(&value).unwrap();
+            expiries.push(r.expires_at_ms);
+        }
+        assert_eq!(expiries, vec![5_000; 3]);
+    }
+
+    #[tokio::test]
     async fn the_scan_removes_expired_tokens_written_without_the_index() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let legacy = |token: &str, expires: u64| {
-            let bytes = serde_json::to_vec(&record("old", expires, "h")).unwrap();
             store
-                .ws_tokens
-                .insert(hash_secret(token).as_bytes(), bytes)
-                .unwrap();
+                .put_ws_token(token, &record("old", expires, "h"))
+                .unwrap()
         };
         legacy("wst_expired", 10);
         legacy("wst_live", 10_000);
