@@ -185,10 +185,12 @@ impl Deliverer {
                     slots.take(&entry);
                     last_served.clone_from(project);
                     started = true;
-                    let (this, done) = (self.clone(), done.clone());
+                    let this = self.clone();
+                    let release = Release(Some(entry), done.clone());
                     tokio::spawn(async move {
-                        this.deliver(&entry).await;
-                        let _ = done.send(entry);
+                        if let Some(entry) = &release.0 {
+                            this.deliver(entry).await;
+                        }
                     });
                 }
             }
@@ -342,6 +344,18 @@ impl Deliverer {
                 Ok(n) => tracing::info!(jobs = n, "expired webhook jobs deleted"),
                 Err(err) => tracing::warn!(error = %err, "webhook retention sweep failed"),
             }
+        }
+    }
+}
+
+/// Gives a delivery's slot back when its task ends, however it ends (a panic included), so a
+/// slot is never lost.
+struct Release(Option<DueEntry>, mpsc::UnboundedSender<DueEntry>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(entry) = self.0.take() {
+            let _ = self.1.send(entry);
         }
     }
 }
