@@ -1,13 +1,14 @@
 //! `GET /v1/webhooks/secret` and `POST /v1/webhooks/secret/rotate`: the caller's project's
-//! webhook signing secret, for that project's admins.
+//! webhook signing secret, for that project's admins; admins of `default` reach any project's
+//! with `?project=`, as they do its keys.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{body::read_json, AppState, Principal};
+use super::{body::read_json, keys::valid_project_id, AppState, Principal, DEFAULT_PROJECT};
 use crate::domain::{now_ms, rfc3339};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::store::SigningSecrets;
 
 /// The longest a replaced secret keeps signing.
@@ -28,16 +29,42 @@ fn view(project: &str, s: &SigningSecrets) -> serde_json::Value {
     })
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectQuery {
+    project: Option<String>,
+}
+
+/// The project meant: the caller's own, or (admins of `default` only) the one in `?project=`.
+fn target(principal: &Principal, query: ProjectQuery) -> Result<String, ApiError> {
+    principal.require_admin()?;
+    let project = query
+        .project
+        .unwrap_or_else(|| principal.project_id.clone());
+    if project != principal.project_id && principal.project_id != DEFAULT_PROJECT {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only admin keys of the default project manage other projects' webhook secrets",
+        ));
+    }
+    if !valid_project_id(&project) {
+        return Err(ApiError::invalid(
+            "project: 1 to 64 letters, digits, `_` or `-`",
+        ));
+    }
+    Ok(project)
+}
+
 pub async fn get(
     state: web::Data<AppState>,
     principal: Principal,
+    query: web::Query<ProjectQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
-    let secrets = state
-        .webhooks
-        .secrets(&state.store, &principal.project_id)?;
+    let project = target(&principal, query.into_inner())?;
+    let secrets = state.webhooks.secrets(&state.store, &project)?;
+    // Shown only once durable: a crash cannot replace a secret someone already holds.
     state.store.commit.sync().await?;
-    Ok(HttpResponse::Ok().json(view(&principal.project_id, &secrets)))
+    Ok(HttpResponse::Ok().json(view(&project, &secrets)))
 }
 
 #[derive(Deserialize, Default)]
@@ -51,10 +78,11 @@ struct RotateBody {
 pub async fn rotate(
     state: web::Data<AppState>,
     principal: Principal,
+    query: web::Query<ProjectQuery>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
+    let project = target(&principal, query.into_inner())?;
     let has_body = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -69,11 +97,10 @@ pub async fn rotate(
             "grace_period_ms: must be at most {MAX_GRACE_MS} (7 days)"
         )));
     }
-    let secrets =
-        state
-            .webhooks
-            .rotate(&state.store, &principal.project_id, body.grace_period_ms)?;
+    let secrets = state
+        .webhooks
+        .rotate(&state.store, &project, body.grace_period_ms)?;
     state.store.commit.sync().await?;
-    tracing::info!(project_id = %principal.project_id, by = %principal.key_id, grace_ms = body.grace_period_ms, "webhook secret rotated");
-    Ok(HttpResponse::Ok().json(view(&principal.project_id, &secrets)))
+    tracing::info!(project_id = %project, by = %principal.key_id, grace_ms = body.grace_period_ms, "webhook secret rotated");
+    Ok(HttpResponse::Ok().json(view(&project, &secrets)))
 }

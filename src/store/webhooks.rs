@@ -603,6 +603,50 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_pass_over_the_due_index_does_bounded_work_per_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let job = |id: String, project: &str, at: u64| {
+            WebhookJob::new(
+                &id,
+                project,
+                "https://a.example/h",
+                "execution.completed".into(),
+                at,
+            )
+        };
+        // Project a: 1,000 due jobs to one busy destination, and delivered ones (not indexed).
+        for i in 0..1000 {
+            store
+                .put_webhook(&job(format!("exec_a{i:04}"), "a", 100))
+                .unwrap();
+        }
+        for i in 0..500 {
+            let mut done = job(format!("exec_d{i:04}"), "a", 100);
+            done.delivered_at_ms = Some(100);
+            store.put_webhook(&done).unwrap();
+        }
+        // Project b: one due job and one due later.
+        store.put_webhook(&job("exec_b1".into(), "b", 150)).unwrap();
+        store
+            .put_webhook(&job("exec_b2".into(), "b", 5_000))
+            .unwrap();
+
+        let mut examined = 0;
+        let scan = store
+            .due_webhooks(1_000, 16, |e| {
+                examined += 1;
+                e.project_id == "a"
+            })
+            .unwrap();
+        assert!(examined <= 16 * 8 + 2, "examined {examined} entries");
+        assert_eq!(scan.projects.len(), 1);
+        assert_eq!(scan.projects[0].0, "b");
+        assert_eq!(scan.projects[0].1[0].execution_id, "exec_b1");
+        assert_eq!(scan.next_due_ms, Some(5_000));
+    }
+
     #[test]
     fn the_destination_is_scheme_host_and_port() {
         assert_eq!(

@@ -143,6 +143,11 @@ impl Deliverer {
         if slots.ids.len() >= max {
             return None;
         }
+        if self.store.health.failure().is_some() {
+            // A failed store records no outcome: every try would be repeated. Nothing starts
+            // until the store is reopened (by a new engine, with its own deliverer).
+            return None;
+        }
         let scan = self.store.due_webhooks(now_ms(), per_project, |e| {
             slots.ids.contains(&e.execution_id)
                 || Slots::count(&slots.by_destination, &e.destination) >= per_destination
@@ -180,10 +185,12 @@ impl Deliverer {
                     slots.take(&entry);
                     last_served.clone_from(project);
                     started = true;
-                    let (this, done) = (self.clone(), done.clone());
+                    let this = self.clone();
+                    let release = Release(Some(entry), done.clone());
                     tokio::spawn(async move {
-                        this.deliver(&entry).await;
-                        let _ = done.send(entry);
+                        if let Some(entry) = &release.0 {
+                            this.deliver(entry).await;
+                        }
                     });
                 }
             }
@@ -341,10 +348,87 @@ impl Deliverer {
     }
 }
 
+/// Gives a delivery's slot back when its task ends, however it ends (a panic included), so a
+/// slot is never lost.
+struct Release(Option<DueEntry>, mpsc::UnboundedSender<DueEntry>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(entry) = self.0.take() {
+            let _ = self.1.send(entry);
+        }
+    }
+}
+
 enum Outcome {
     Delivered,
     Failed(String),
     /// The destination is not allowed (literal address, or what its name resolves to):
     /// recorded and not retried.
     Refused(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ExecutionRecord, Status};
+
+    fn finished(id: &str, url: &str) -> ExecutionRecord {
+        ExecutionRecord {
+            id: id.into(),
+            project_id: "default".into(),
+            status: Status::Completed,
+            model: "chat-default".into(),
+            idempotency_key: id.into(),
+            fingerprint: "f".into(),
+            metadata: Default::default(),
+            webhook_url: Some(url.into()),
+            channel_id: "ch_1".into(),
+            output_text: Some("hello".into()),
+            output_tool_calls: Vec::new(),
+            error: None,
+            finish_reason: Some("stop".into()),
+            usage: None,
+            attempts: Vec::new(),
+            created_at_ms: now_ms(),
+            started_at_ms: None,
+            completed_at_ms: Some(now_ms()),
+        }
+    }
+
+    /// Whether a due job reaches a receiver within 500 ms, with the store failed or not.
+    async fn reaches_receiver(store_failed: bool) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", receiver.local_addr().unwrap());
+        let mut settings = Settings::embedded_default();
+        settings.webhooks.allowed_hosts = vec!["127.0.0.1".into()];
+        let settings = Arc::new(settings);
+        let wake = Arc::new(Notify::new());
+        let webhooks = Arc::new(Webhooks::new(&settings.webhooks, &store, wake.clone()).unwrap());
+        store.put_execution(&finished("exec_1", &url)).unwrap();
+        let job = WebhookJob::new("exec_1", "default", &url, "execution.completed".into(), 0);
+        store.put_webhook(&job).unwrap();
+        if store_failed {
+            store.health.fail(&"no space left on device");
+        }
+        let metrics = Arc::new(Metrics::new());
+        Deliverer::start(store, settings, webhooks, metrics, wake).unwrap();
+        tokio::time::timeout(Duration::from_millis(500), receiver.accept())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn nothing_is_tried_while_the_store_cannot_record_the_outcome() {
+        assert!(
+            reaches_receiver(false).await,
+            "delivered on a healthy store"
+        );
+        assert!(
+            !reaches_receiver(true).await,
+            "a failed store would repeat it"
+        );
+    }
 }

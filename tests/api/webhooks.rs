@@ -679,6 +679,36 @@ async fn each_project_signs_with_its_own_rotatable_secret() {
         .post("/v1/webhooks/secret/rotate", &member_b, &json!({}))
         .await;
     assert_eq!(res.status(), 403);
+
+    // Admins of `default` reach other projects' secrets, as they do their keys; others do not.
+    let seen = app
+        .get("/v1/webhooks/secret?project=project-b", ADMIN_KEY)
+        .await;
+    assert_eq!(seen.status(), 200);
+    let seen: Value = seen.json().await.unwrap();
+    assert_eq!(seen["project_id"], "project-b");
+    assert_eq!(seen["secret"], third.as_str());
+    let res = app
+        .get("/v1/webhooks/secret?project=default", &admin_b)
+        .await;
+    assert_eq!(res.status(), 403);
+    let res = app
+        .post(
+            "/v1/webhooks/secret/rotate?project=default",
+            &admin_b,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    let res = app
+        .post(
+            "/v1/webhooks/secret/rotate?project=project-b",
+            ADMIN_KEY,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_ne!(secret_of(&app, &admin_b).await["secret"], third.as_str());
     let res = app
         .post(
             "/v1/webhooks/secret/rotate",
