@@ -3,8 +3,8 @@
 //! between batches, so a backlog (a first start after an upgrade, a long pause) drains without
 //! holding up the hot path. What it deletes and in which order is `store::retention`.
 //!
-//! Webhook jobs go with their execution; dead ones of executions still kept are the outbox's
-//! own business (`retention.dead_webhooks`, not swept here).
+//! Pending and delivered webhook jobs go with their execution; dead ones are the outbox's own
+//! sweep's (`retention.dead_webhooks`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,11 @@ impl Sweeper {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                // A failed store takes no more writes; the application built to reopen it
+                // starts a sweeper of its own, and this one lets go of the old store.
+                if sweeper.store.health.failure().is_some() {
+                    return;
+                }
                 sweeper.clone().sweep().await;
             }
         });

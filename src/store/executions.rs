@@ -131,7 +131,7 @@ impl Store {
     /// Overwrites the record (never its request) and moves its index entries along with its
     /// status; durable at the writer's next group-commit ticket. The entries of the new status
     /// are written before the record and the old status's entry removed after it (see
-    /// [`indexes`]).
+    /// `indexes`).
     pub fn put_execution(&self, record: &ExecutionRecord) -> sled::Result<()> {
         let id = record.id.as_bytes();
         let before = self.executions.get(id)?.and_then(|b| status_of(&b));

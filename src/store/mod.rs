@@ -3,11 +3,11 @@
 //! Trees: `executions` (id → record, without its request), `requests` (id → the request,
 //! written once), `events` (id ‖ 0 ‖ seq BE → event), `idempotency` (project ‖ 0 ‖ key → id ‖ 0 ‖
 //! fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id → ()), `status_index`,
-//! `unfinished` and `finished` (see [`indexes`]), `keys` (key id → key record), `key_hashes`
+//! `unfinished` and `finished` (see `indexes`), `keys` (key id → key record), `key_hashes`
 //! (sha256(secret) → key id), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
 //! attempt ‖ first entry → debug entries), `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`), `analytics` (project ‖
 //! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `meta` (with the layout version, see
-//! [`layout`]).
+//! `layout`).
 
 mod analytics;
 mod attempt_log;

@@ -3,13 +3,12 @@
 //!
 //! Each sweep reads only what it deletes (or a bounded window): finished executions and debug
 //! logs come off the front of the `finished` index, analytics minutes off the front of each
-//! (project, dimension) range, WebSocket tokens in slices of a round-robin scan (the tree
-//! holds only tokens younger than their TTL plus their retention). Every delete is idempotent
-//! and the index entry that leads to it goes last, so a crash mid-batch is finished by the
-//! next sweep.
+//! (project, dimension) range; WebSocket tokens off the front of their expiry index
+//! (`Store::remove_expired_ws_tokens`). Every delete is idempotent and the index entry that
+//! leads to it goes last, so a crash mid-batch is finished by the next sweep.
 //!
-//! sled does not shrink its file: freed space is reused by later writes, so a store under
-//! retention levels off at the size its retention window needs instead of growing forever.
+//! sled does not shrink its file: freed space is reused by later writes, though only in part
+//! (README "Storage and retention" has the figures).
 
 use super::{indexes, joined, Store};
 use crate::domain::ExecutionRecord;
@@ -29,7 +28,7 @@ pub struct Swept {
 
 impl Store {
     /// Deletes up to `batch` executions that finished before `cutoff_ms`, with their request,
-    /// events, debug log, idempotency claim, listing entries and webhook job. Running
+    /// events, debug log, idempotency claim, listing entries and webhook job (unless dead). Running
     /// executions are never in `finished`, so never deleted. Returns how many were deleted.
     pub fn sweep_executions(&self, cutoff_ms: u64, batch: usize) -> sled::Result<Swept> {
         let end = indexes::finished_key(cutoff_ms, "");
@@ -64,7 +63,11 @@ impl Store {
             self.idempotency.remove(idem_key)?;
         }
         self.unindex_all(record)?;
-        self.remove_webhook(&record.id)?;
+        // A dead delivery stays listed for `retention.dead_webhooks` (the outbox's sweep
+        // deletes it then); a pending or delivered one has nothing left to deliver.
+        if !self.webhook(&record.id)?.is_some_and(|job| job.dead) {
+            self.remove_webhook(&record.id)?;
+        }
         self.executions.remove(record.id.as_bytes())?;
         Ok(())
     }
@@ -239,6 +242,34 @@ mod tests {
         store.sweep_executions(u64::MAX / 2, 10).unwrap();
         assert!(store.get_execution(&running.id).unwrap().is_some());
         assert!(store.get_execution(&young.id).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_dead_webhook_job_outlives_its_execution_and_a_pending_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (id, key, dead) in [("exec_dead", "kd", true), ("exec_pending", "kp", false)] {
+            finished(&store, id, key, 1_000);
+            store
+                .put_webhook(&crate::store::WebhookJob {
+                    execution_id: id.into(),
+                    project_id: "p".into(),
+                    url: "https://hooks.example/x".into(),
+                    event_type: "execution.completed".into(),
+                    attempts: 1,
+                    next_at_ms: 2_000,
+                    last_error: None,
+                    dead,
+                    created_at_ms: 1_000,
+                    last_attempt_at_ms: None,
+                    delivered_at_ms: None,
+                    expires_at_ms: dead.then_some(u64::MAX / 2),
+                })
+                .unwrap();
+        }
+        assert_eq!(store.sweep_executions(5_000, 10).unwrap().deleted, 2);
+        assert!(store.webhook("exec_dead").unwrap().is_some());
+        assert!(store.webhook("exec_pending").unwrap().is_none());
     }
 
     #[tokio::test]

@@ -39,6 +39,30 @@ fn disk_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// Resident memory of a process, from `/proc` (0 where there is none).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Every file under `dir` with its size (what the figures are made of).
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            out.extend(walk(&entry.path()));
+        } else {
+            out.push(format!("{} {}", entry.path().display(), meta.len()));
+        }
+    }
+    out
+}
+
 struct Server {
     process: ServerProcess,
     client: reqwest::Client,
@@ -138,11 +162,19 @@ async fn storage_figures() {
     let prompt = "lorem ipsum ".repeat(1024 * 1024 / 12);
     server.run("big", 10, &prompt).await;
     let big = (server.stop(&data).saturating_sub(base)) as f64 / 10.0;
+    if std::env::var("FIGURES_FILES").is_ok() {
+        for entry in walk(&data) {
+            println!("{entry}");
+        }
+    }
 
     // Start-up and a `?status=` listing with `n` finished executions in the store.
     let data = dir.path().join("many");
     let (server, _) = start(&config, &data);
-    server.run("many", n, "Say something short.").await;
+    server.run("many", n / 10, "Say something short.").await;
+    let rss_tenth = rss_bytes(server.process.child.id());
+    server.run("more", n - n / 10, "Say something short.").await;
+    let rss_all = rss_bytes(server.process.child.id());
     let on_disk = server.stop(&data);
     let (server, startup) = start(&config, &data);
     let mut listing = Duration::MAX;
@@ -159,6 +191,7 @@ async fn storage_figures() {
         res.bytes().await.unwrap();
         listing = listing.min(t.elapsed());
     }
+    let rss_restarted = rss_bytes(server.process.child.id());
     server.stop(&data);
 
     println!("bytes on disk per small execution: {small:.0}");
@@ -166,5 +199,66 @@ async fn storage_figures() {
     println!(
         "{n} executions: {:.1} MB on disk, start-up {startup:.2?}, `?status=processing` listing {listing:.2?}",
         on_disk as f64 / 1e6
+    );
+    println!(
+        "resident memory: {:.1} MB after {} executions, {:.1} MB after {n} ({:.0} bytes per execution in between), {:.1} MB after the restart",
+        rss_tenth as f64 / 1e6,
+        n / 10,
+        rss_all as f64 / 1e6,
+        (rss_all as f64 - rss_tenth as f64) / (n - n / 10) as f64,
+        rss_restarted as f64 / 1e6
+    );
+}
+
+/// What deleting does to the file: rounds of executions, each deleted by retention before the
+/// next. sled never shrinks its file; freed space is reused, so the size levels off.
+#[actix_web::test]
+#[ignore = "slow: prints the storage figures for README"]
+async fn storage_reuse_figures() {
+    let rounds = 8;
+    let per_round = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    let retained = CONFIG.replace(
+        "[[providers]]",
+        "[retention]\nexecutions = \"1s\"\nsweep_interval = \"200ms\"\n\n[[providers]]",
+    );
+    std::fs::write(&config, retained).unwrap();
+    let data = dir.path().join("data");
+    let (server, _) = start(&config, &data);
+    let mut sizes = Vec::new();
+    let mut rss = Vec::new();
+    for round in 0..rounds {
+        server
+            .run(&format!("round{round}"), per_round, "Say something short.")
+            .await;
+        // Past the retention and a few sweeps.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let list: Value = server
+            .client
+            .get(server.url("/v1/executions?limit=1"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["data"], serde_json::json!([]), "all swept: {list}");
+        sizes.push(disk_bytes(&data));
+        rss.push(rss_bytes(server.process.child.id()));
+    }
+    server.stop(&data);
+    let mb = |bytes: &[u64]| {
+        bytes
+            .iter()
+            .map(|b| format!("{:.1}", *b as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "after each round of {per_round} executions deleted by retention: {} MB on disk, {} MB resident",
+        mb(&sizes),
+        mb(&rss)
     );
 }
