@@ -234,6 +234,10 @@ routes = [{{ provider = "primary", model = "p" }}, {{ provider = "fallback", mod
     });
     let _ = server.kill();
     let _ = server.wait();
+    if std::env::var_os("SOAK_KEEP").is_some() {
+        println!("data dir kept: {}", data.display());
+        std::mem::forget(dir);
+    }
 
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let (completed, failed) = (get(&tally.completed), get(&tally.failed));
