@@ -27,6 +27,7 @@ pub struct Metrics {
     pub ws_lagged: IntCounter,
     pub breaker_state: IntGaugeVec,
     pub breaker_cooldown: prometheus::GaugeVec,
+    pub route_breaker_state: IntGaugeVec,
     pub store_size: IntGauge,
     pub store_flush: Histogram,
     pub webhooks: IntCounterVec,
@@ -145,7 +146,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "switchyard_provider_breaker_state",
-                        "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+                        "Aggregate breaker over all of a provider's routes (informational): 0 closed, 1 half-open, 2 open.",
                     ),
                     &["provider"],
                 )
@@ -159,6 +160,17 @@ impl Metrics {
                         "Time left before an open breaker admits its probe.",
                     ),
                     &["provider"],
+                )
+                .expect("valid metric"),
+            ),
+            route_breaker_state: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "switchyard_route_breaker_state",
+                        "Circuit breaker of one route (provider, upstream model), the one admission reads: 0 closed, 1 half-open, 2 open.",
+                    ),
+                    &["provider", "model"],
                 )
                 .expect("valid metric"),
             ),

@@ -304,7 +304,7 @@ impl Execution {
         );
         self.deps
             .health
-            .begin(route.provider.name(), tokio::time::Instant::now());
+            .begin(route.key(), tokio::time::Instant::now());
         let (rx, handle) = spawn_attempt(route.provider.clone(), request, log.clone());
         self.attempt_seq += 1;
         let id = self.attempt_seq;
@@ -371,10 +371,15 @@ impl Execution {
             (_, Some(e)) if e.counts_against_provider() => Outcome::Failure,
             _ => Outcome::Neutral,
         };
-        let provider = self.routes[running.route].provider.name();
-        self.deps
-            .health
-            .end(provider, tokio::time::Instant::now(), health);
+        let provider_wide = error.is_some_and(|e| e.is_provider_wide());
+        let route = &self.routes[running.route];
+        self.deps.health.end(
+            route.key(),
+            tokio::time::Instant::now(),
+            health,
+            provider_wide,
+        );
+        let provider = route.provider.name();
         let code = error.map_or("none", |e| e.code.as_str());
         let outcome_label = match outcome {
             AttemptOutcome::Running => "running",
@@ -856,10 +861,10 @@ impl Actor for Execution {
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let Some(running) = self.running.take() {
             running.handle.abort();
-            let provider = self.routes[running.route].provider.name();
+            let key = self.routes[running.route].key();
             self.deps
                 .health
-                .end(provider, tokio::time::Instant::now(), Outcome::Neutral);
+                .end(key, tokio::time::Instant::now(), Outcome::Neutral, false);
         }
         self.registry.do_send(Deregister(self.record.id.clone()));
     }

@@ -111,7 +111,7 @@ async fn route(
         let r = &routes[index];
         let name = r.provider.name();
         let started = Instant::now();
-        state.health.begin(name, started);
+        state.health.begin(r.key(), started);
         let timeout = r.provider.settings.total_timeout();
         let result = match tokio::time::timeout(
             timeout,
@@ -128,7 +128,7 @@ async fn route(
                     latency: started.elapsed(),
                     first_chunk: None,
                 };
-                state.health.end(name, Instant::now(), outcome);
+                state.health.end(r.key(), Instant::now(), outcome, false);
                 return Ok((r.model.clone(), embeddings));
             }
             Err(err) => err,
@@ -138,7 +138,9 @@ async fn route(
         } else {
             Outcome::Neutral
         };
-        state.health.end(name, Instant::now(), outcome);
+        state
+            .health
+            .end(r.key(), Instant::now(), outcome, err.is_provider_wide());
         tracing::warn!(provider = %name, code = %err.code, error = %err.message, "embeddings attempt failed");
         let ctx = FailureContext {
             route_index: index,

@@ -133,8 +133,8 @@ fn resolve_model(state: &AppState, body: &SubmitBody) -> Result<String, ApiError
         let load = |slug: &str| {
             routing::capable(plan(slug), &needs)
                 .iter()
-                .filter(|r| r.provider.usable() && state.health.admits(r.provider.name(), now))
-                .map(|r| state.health.in_flight(r.provider.name()))
+                .filter(|r| r.provider.usable() && state.health.admits(r.key(), now))
+                .map(|r| state.health.in_flight(r.key()))
                 .min()
         };
         return state

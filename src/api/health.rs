@@ -84,19 +84,29 @@ fn scrape(state: &AppState, req: &HttpRequest) -> HttpResponse {
     let now = tokio::time::Instant::now();
     for p in &state.settings.providers {
         if let Some((breaker, cooldown)) = state.health.state(&p.name, now) {
-            let value = match breaker {
-                BreakerState::Closed => 0,
-                BreakerState::HalfOpen => 1,
-                BreakerState::Open => 2,
-            };
-            m.breaker_state.with_label_values(&[&p.name]).set(value);
+            m.breaker_state
+                .with_label_values(&[&p.name])
+                .set(breaker_value(breaker));
             m.breaker_cooldown
                 .with_label_values(&[&p.name])
                 .set(cooldown.as_secs_f64());
         }
     }
+    for (provider, model, breaker, _) in state.health.route_states(now) {
+        m.route_breaker_state
+            .with_label_values(&[&provider, &model])
+            .set(breaker_value(breaker));
+    }
     m.store_size.set(state.store.size_on_disk() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
+}
+
+fn breaker_value(state: BreakerState) -> i64 {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        BreakerState::Open => 2,
+    }
 }

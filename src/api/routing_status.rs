@@ -1,11 +1,13 @@
-//! `GET /v1/routing/status`: every provider's breaker, cooldown, latency, error rate and
-//! in-flight count, and each model's routes with whether they are in rotation now.
+//! `GET /v1/routing/status`: each model's routes with their own breaker, cooldown, latency,
+//! error rate and in-flight count and whether they are in rotation now, and every provider's
+//! aggregate over its routes (informational: admission is per route).
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::{AppState, Principal};
 use crate::error::ApiError;
+use crate::routing::health::RouteKey;
 
 pub async fn get(state: web::Data<AppState>, _: Principal) -> Result<HttpResponse, ApiError> {
     let now = tokio::time::Instant::now();
@@ -29,7 +31,16 @@ pub async fn get(state: web::Data<AppState>, _: Principal) -> Result<HttpRespons
             let routes: Vec<Value> = m
                 .routes
                 .iter()
-                .map(|r| json!({"provider": r.provider, "model": r.model, "admitted": state.health.admits(&r.provider, now)}))
+                .map(|r| {
+                    let key = RouteKey {
+                        provider: &r.provider,
+                        model: &r.model,
+                    };
+                    let mut v = json!({"provider": r.provider, "model": r.model,
+                                       "admitted": state.health.admits(key, now)});
+                    v["health"] = state.health.route_snapshot(key, now);
+                    v
+                })
                 .collect();
             json!({"slug": m.slug, "routes": routes})
         })

@@ -51,6 +51,18 @@ impl ProviderError {
         }
     }
 
+    /// Whether the fault is the provider's as a whole rather than one model's: no HTTP answer
+    /// at all (connection refused or reset) or rejected credentials. Such a fault counts
+    /// against every route of the provider.
+    pub fn is_provider_wide(&self) -> bool {
+        !self.model_fault
+            && match self.code {
+                ErrorCode::ProviderUnavailable => self.status.is_none(),
+                ErrorCode::ProviderError => matches!(self.status, Some(401 | 403)),
+                _ => false,
+            }
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody::new(self.code, self.message.clone())
     }
@@ -253,5 +265,20 @@ mod tests {
             r#"{"error":{"code":400,"message":"Please ensure that multiturn requests ends with a user role or a function response.","status":"INVALID_ARGUMENT"}}"#,
         );
         assert!(gemini.rejects_message_form());
+    }
+
+    #[test]
+    fn only_faults_of_the_whole_provider_are_provider_wide() {
+        let refused = ProviderError::new(ErrorCode::ProviderUnavailable, "connection refused");
+        assert!(refused.is_provider_wide());
+        assert!(ProviderError::from_status(401, None, "{}").is_provider_wide());
+        assert!(ProviderError::from_status(403, None, "{}").is_provider_wide());
+        // A model's outage, overload or timeout says nothing about the provider's other models.
+        for status in [429, 500, 503, 404] {
+            let err = ProviderError::from_status(status, None, "{}");
+            assert!(!err.is_provider_wide(), "{status}");
+        }
+        assert!(!ProviderError::stalled(Duration::from_secs(1)).is_provider_wide());
+        assert!(!ProviderError::cut("eof").is_provider_wide());
     }
 }

@@ -1,6 +1,10 @@
-//! Provider health: a circuit breaker per provider, EWMA latency and time to first chunk, and
-//! in-flight counts. State transitions take the clock as an argument, so they are tested with
-//! paused time.
+//! Route health: a circuit breaker per route — (provider, upstream model) — with EWMA latency
+//! and time to first chunk and in-flight counts, so two models of one provider fail
+//! independently: one model's outage does not cool the other down, and the other's successes
+//! do not close its breaker. Faults that are the provider's as a whole (connection refused or
+//! reset, rejected credentials) count against every route of that provider. A per-provider
+//! aggregate of all its attempts is kept for operators; it decides nothing. State transitions
+//! take the clock as an argument, so they are tested with paused time.
 //!
 //! Closed → Open after `breaker_failures` consecutive failures, or when at least half of the
 //! last 20 attempts (with 10 or more) failed. Open → (cooldown) → one half-open probe → Closed on
@@ -137,29 +141,42 @@ impl ProviderHealth {
                     self.state = BreakerState::Closed;
                     self.open_until = None;
                     self.probe_in_flight = false;
-                    tracing::info!("provider breaker closed");
+                    tracing::info!("breaker closed");
                 }
             }
-            Outcome::Failure => {
-                self.record(false);
-                self.failures += 1;
-                self.consecutive_failures += 1;
-                self.last_failure = Some(now);
-                let failing = self.state == BreakerState::HalfOpen
-                    || self.consecutive_failures >= self.failure_threshold
-                    || (self.window.len() >= MIN_WINDOW && self.error_rate() >= MAX_ERROR_RATE);
-                if failing {
-                    self.state = BreakerState::Open;
-                    self.open_until = Some(now + self.cooldown);
-                    self.probe_in_flight = false;
-                }
-            }
+            Outcome::Failure => self.fault(now),
             Outcome::Neutral => {
                 if self.state == BreakerState::HalfOpen {
                     self.probe_in_flight = false;
                 }
             }
         }
+    }
+
+    /// Counts a fault: from this route's own attempt, or one that was its provider's as a
+    /// whole (then no attempt of this route was in flight).
+    pub fn fault(&mut self, now: Instant) {
+        self.record(false);
+        self.failures += 1;
+        self.consecutive_failures += 1;
+        self.last_failure = Some(now);
+        let failing = self.state == BreakerState::HalfOpen
+            || self.consecutive_failures >= self.failure_threshold
+            || (self.window.len() >= MIN_WINDOW && self.error_rate() >= MAX_ERROR_RATE);
+        if failing {
+            self.state = BreakerState::Open;
+            self.open_until = Some(now + self.cooldown);
+            self.probe_in_flight = false;
+        }
+    }
+
+    /// (state, cooldown left) as gauges read them.
+    fn gauge(&self, now: Instant) -> (BreakerState, Duration) {
+        let left = match (self.state, self.open_until) {
+            (BreakerState::Open, Some(until)) => until.saturating_duration_since(now),
+            _ => Duration::ZERO,
+        };
+        (self.state(now), left)
     }
 
     fn record(&mut self, ok: bool) {
@@ -202,67 +219,144 @@ impl ProviderHealth {
     }
 }
 
-/// Every provider's health, shared by all executions.
+/// A route's name in the board: provider and upstream model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteKey<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+}
+
+/// Every route's health (and each provider's aggregate), shared by all executions.
 pub struct HealthBoard {
-    providers: Mutex<HashMap<String, ProviderHealth>>,
+    inner: Mutex<Board>,
+}
+
+struct Board {
+    /// The breaker settings of each provider, for routes first seen at run time.
+    settings: HashMap<String, (u32, Duration)>,
+    routes: HashMap<(String, String), ProviderHealth>,
+    providers: HashMap<String, ProviderHealth>,
+}
+
+impl Board {
+    fn route(&mut self, key: RouteKey<'_>) -> Option<&mut ProviderHealth> {
+        let id = (key.provider.to_string(), key.model.to_string());
+        if !self.routes.contains_key(&id) {
+            let &(failures, cooldown) = self.settings.get(key.provider)?;
+            self.routes
+                .insert(id.clone(), ProviderHealth::new(failures, cooldown));
+        }
+        self.routes.get_mut(&id)
+    }
 }
 
 impl HealthBoard {
     pub fn new(settings: &Settings) -> HealthBoard {
-        let providers = settings
+        let breaker: HashMap<String, (u32, Duration)> = settings
             .providers
             .iter()
             .map(|p| {
-                let health = ProviderHealth::new(
-                    p.breaker_failures,
-                    Duration::from_millis(p.breaker_cooldown_ms),
-                );
-                (p.name.clone(), health)
+                let cooldown = Duration::from_millis(p.breaker_cooldown_ms);
+                (p.name.clone(), (p.breaker_failures, cooldown))
             })
             .collect();
+        let fresh = |name: &str| {
+            let (failures, cooldown) = breaker[name];
+            ProviderHealth::new(failures, cooldown)
+        };
+        let providers = breaker.keys().map(|n| (n.clone(), fresh(n))).collect();
+        let routes = settings
+            .models
+            .iter()
+            .flat_map(|m| &m.routes)
+            .filter(|r| breaker.contains_key(&r.provider))
+            .map(|r| ((r.provider.clone(), r.model.clone()), fresh(&r.provider)))
+            .collect();
         HealthBoard {
-            providers: Mutex::new(providers),
+            inner: Mutex::new(Board {
+                settings: breaker,
+                routes,
+                providers,
+            }),
         }
     }
 
-    fn with<R>(&self, name: &str, f: impl FnOnce(&mut ProviderHealth) -> R) -> Option<R> {
-        let mut map = self.providers.lock().unwrap_or_else(|e| e.into_inner());
-        map.get_mut(name).map(f)
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn admits(&self, name: &str, now: Instant) -> bool {
-        self.with(name, |h| h.admits(now)).unwrap_or(true)
+    fn with<R>(&self, key: RouteKey<'_>, f: impl FnOnce(&mut ProviderHealth) -> R) -> Option<R> {
+        self.board().route(key).map(f)
     }
 
-    pub fn last_failure(&self, name: &str) -> Option<Instant> {
-        self.with(name, |h| h.last_failure()).flatten()
+    pub fn admits(&self, key: RouteKey<'_>, now: Instant) -> bool {
+        self.with(key, |h| h.admits(now)).unwrap_or(true)
     }
 
-    pub fn in_flight(&self, name: &str) -> u32 {
-        self.with(name, |h| h.in_flight).unwrap_or(0)
+    pub fn last_failure(&self, key: RouteKey<'_>) -> Option<Instant> {
+        self.with(key, |h| h.last_failure()).flatten()
     }
 
-    pub fn begin(&self, name: &str, now: Instant) {
-        self.with(name, |h| h.begin(now));
+    pub fn in_flight(&self, key: RouteKey<'_>) -> u32 {
+        self.with(key, |h| h.in_flight).unwrap_or(0)
     }
 
-    pub fn end(&self, name: &str, now: Instant, outcome: Outcome) {
-        self.with(name, |h| h.end(now, outcome));
+    pub fn begin(&self, key: RouteKey<'_>, now: Instant) {
+        let mut board = self.board();
+        if let Some(h) = board.route(key) {
+            h.begin(now);
+        }
+        if let Some(h) = board.providers.get_mut(key.provider) {
+            h.begin(now);
+        }
     }
 
-    /// (state, cooldown left) for the metrics scrape.
-    pub fn state(&self, name: &str, now: Instant) -> Option<(BreakerState, Duration)> {
-        self.with(name, |h| {
-            let left = match (h.state, h.open_until) {
-                (BreakerState::Open, Some(until)) => until.saturating_duration_since(now),
-                _ => Duration::ZERO,
-            };
-            (h.state(now), left)
-        })
+    /// Ends an attempt on `key`. A failure that is the provider's as a whole
+    /// (`provider_wide`) also counts against every other route of that provider.
+    pub fn end(&self, key: RouteKey<'_>, now: Instant, outcome: Outcome, provider_wide: bool) {
+        let mut board = self.board();
+        if let Some(h) = board.route(key) {
+            h.end(now, outcome);
+        }
+        if let Some(h) = board.providers.get_mut(key.provider) {
+            h.end(now, outcome);
+        }
+        if provider_wide && outcome == Outcome::Failure {
+            for ((provider, model), h) in &mut board.routes {
+                if provider == key.provider && model != key.model {
+                    h.fault(now);
+                }
+            }
+        }
     }
 
-    pub fn snapshot(&self, name: &str, now: Instant) -> Value {
-        self.with(name, |h| h.snapshot(now)).unwrap_or(Value::Null)
+    /// A provider's aggregate (state, cooldown left) for the metrics scrape.
+    pub fn state(&self, provider: &str, now: Instant) -> Option<(BreakerState, Duration)> {
+        self.board().providers.get(provider).map(|h| h.gauge(now))
+    }
+
+    /// Every route's (provider, model, state, cooldown left), for the metrics scrape.
+    pub fn route_states(&self, now: Instant) -> Vec<(String, String, BreakerState, Duration)> {
+        self.board()
+            .routes
+            .iter()
+            .map(|((p, m), h)| {
+                let (state, left) = h.gauge(now);
+                (p.clone(), m.clone(), state, left)
+            })
+            .collect()
+    }
+
+    /// A provider's aggregate over all its routes: what operators read; it admits nothing.
+    pub fn snapshot(&self, provider: &str, now: Instant) -> Value {
+        self.board()
+            .providers
+            .get(provider)
+            .map_or(Value::Null, |h| h.snapshot(now))
+    }
+
+    pub fn route_snapshot(&self, key: RouteKey<'_>, now: Instant) -> Value {
+        self.with(key, |h| h.snapshot(now)).unwrap_or(Value::Null)
     }
 }
 
@@ -353,5 +447,40 @@ mod tests {
         assert_eq!(snap["latency_ms_ewma"].as_f64().unwrap().round(), 120.0);
         assert_eq!(snap["first_chunk_ms_ewma"].as_f64().unwrap().round(), 20.0);
         assert_eq!(snap["in_flight"], 0);
+    }
+
+    fn board(providers: &str, routes: &str) -> HealthBoard {
+        let toml = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"x\"\n{providers}\n{routes}");
+        HealthBoard::new(&Settings::parse(&toml).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_wide_fault_counts_against_every_route_of_the_provider() {
+        let b = board(
+            "[[providers]]\nname = \"p\"\nkind = \"mock\"\nbreaker_failures = 1\n\
+             [[providers]]\nname = \"q\"\nkind = \"mock\"\nbreaker_failures = 1",
+            "[[models]]\nslug = \"a\"\nroutes = [{ provider = \"p\", model = \"m1\" }, { provider = \"q\", model = \"m1\" }]\n\
+             [[models]]\nslug = \"b\"\nroutes = [{ provider = \"p\", model = \"m2\" }]",
+        );
+        let key = |provider, model| RouteKey { provider, model };
+        let now = Instant::now();
+        // A model's own fault: only its route.
+        b.begin(key("p", "m1"), now);
+        b.end(key("p", "m1"), now, Outcome::Failure, false);
+        assert!(!b.admits(key("p", "m1"), now));
+        assert!(b.admits(key("p", "m2"), now));
+        assert!(b.admits(key("q", "m1"), now));
+        // The provider's as a whole (refused connection, bad key): every route of it.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let now = Instant::now();
+        b.begin(key("p", "m1"), now);
+        b.end(key("p", "m1"), now, Outcome::Failure, true);
+        assert!(!b.admits(key("p", "m1"), now));
+        assert!(!b.admits(key("p", "m2"), now));
+        assert!(
+            b.admits(key("q", "m1"), now),
+            "another provider is not touched"
+        );
+        assert_eq!(b.in_flight(key("p", "m2")), 0);
     }
 }

@@ -28,6 +28,16 @@ pub struct Route {
     pub vision: bool,
 }
 
+impl Route {
+    /// This route's name in the health board.
+    pub fn key(&self) -> health::RouteKey<'_> {
+        health::RouteKey {
+            provider: self.provider.name(),
+            model: &self.model,
+        }
+    }
+}
+
 /// What a request asks of a route.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Needs {
@@ -111,8 +121,8 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
     )
 }
 
-/// The first route at or after `from` whose provider's breaker admits an attempt; when every
-/// one is open, the one that failed longest ago (rather than failing at once).
+/// The first route at or after `from` whose breaker admits an attempt; when every one is open,
+/// the one that failed longest ago (rather than failing at once).
 pub fn pick_route(
     routes: &[Route],
     from: usize,
@@ -122,8 +132,8 @@ pub fn pick_route(
     let candidates = from..routes.len();
     candidates
         .clone()
-        .find(|&i| health.admits(routes[i].provider.name(), now))
-        .or_else(|| candidates.min_by_key(|&i| health.last_failure(routes[i].provider.name())))
+        .find(|&i| health.admits(routes[i].key(), now))
+        .or_else(|| candidates.min_by_key(|&i| health.last_failure(routes[i].key())))
 }
 
 /// Where an execution stands when an attempt fails.

@@ -207,3 +207,65 @@ async fn auto_spreads_requests_over_healthy_models() {
         assert_eq!(exec["status"], "completed");
     }
 }
+
+/// Health is per route: one upstream model failing opens its own breaker only; another model
+/// of the same provider stays in rotation, and its successes do not close the failing one's.
+#[actix_web::test]
+async fn two_models_of_one_provider_fail_independently() {
+    let shared = FakeOpenAi::start()
+        .await
+        .with_words(3)
+        .with_script(vec![Fault::status(500), Fault::status(500)]);
+    let backup = FakeOpenAi::start().await.with_words(3);
+    let mut toml = config(&[&shared, &backup]);
+    toml.push_str(
+        "\n[[models]]\nslug = \"other\"\nroutes = [{ provider = \"fake0\", model = \"up-other\" }]\n",
+    );
+    let app = spawn_app_with(&toml, |s| {
+        s.providers[1].max_attempts = 1;
+        s.providers[1].breaker_failures = 2;
+        s.providers[1].breaker_cooldown_ms = 60_000;
+    })
+    .await;
+    let run = |key: &'static str, model: &'static str| {
+        let app = &app;
+        async move {
+            let sub = app.submit(ADMIN_KEY, &chat_body(key, "Hi", model)).await;
+            app.wait_terminal(ADMIN_KEY, sub["id"].as_str().unwrap())
+                .await
+        }
+    };
+    for key in ["m1", "m2"] {
+        let exec = run(key, "fake").await;
+        assert_eq!(exec["attempts"][0]["provider"], "fake0");
+        assert_eq!(exec["attempts"][1]["provider"], "fake1");
+    }
+    let route = |s: &serde_json::Value, slug: &str, i: usize| {
+        let model = s["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["slug"] == slug)
+            .unwrap()
+            .clone();
+        model["routes"][i].clone()
+    };
+    let s = status(&app).await;
+    let failing = route(&s, "fake", 0);
+    assert_eq!(failing["admitted"], false, "{failing}");
+    assert_eq!(failing["health"]["state"], "open", "{failing}");
+    let sibling = route(&s, "other", 0);
+    assert_eq!(sibling["admitted"], true, "{sibling}");
+    assert_eq!(sibling["health"]["state"], "closed", "{sibling}");
+
+    // The other model of the same provider answers...
+    let exec = run("o1", "other").await;
+    assert_eq!(exec["status"], "completed");
+    assert_eq!(exec["attempts"][0]["provider"], "fake0");
+    assert_eq!(shared.request_count(), 3);
+    // ...and that success does not close the failing model's breaker.
+    let exec = run("m3", "fake").await;
+    assert_eq!(exec["attempts"].as_array().unwrap().len(), 1, "{exec}");
+    assert_eq!(exec["attempts"][0]["provider"], "fake1");
+    assert_eq!(shared.request_count(), 3);
+}
