@@ -557,7 +557,8 @@ impl Execution {
         self.flush_failover(ctx, None);
         let strategy = self.running.as_ref().and_then(|r| r.strategy);
         let delivered = self.running.as_ref().is_some_and(|r| r.chunks > 0);
-        let from = self.routes[self.route_index].provider.name().to_string();
+        let from_route = self.route_index;
+        let from = self.routes[from_route].provider.name().to_string();
         tracing::warn!(execution_id = %self.record.id, provider = %from, code = %err.code, error = %err.message, "attempt failed");
         self.end_attempt(ctx, AttemptOutcome::Failed, Some(&err));
         self.persist();
@@ -581,7 +582,7 @@ impl Execution {
                     routing::jitter(delay)
                 };
                 self.tries_on_route += 1;
-                self.announce_failover(ctx, &from, &err, delivered);
+                self.announce_failover(ctx, &from, Some(from_route), &err, delivered);
                 self.retry_timer =
                     Some(ctx.run_later(delay, move |act, ctx| act.start_attempt(ctx, strategy)));
             }
@@ -590,23 +591,25 @@ impl Execution {
                 self.route_index = routing::pick_route(&self.routes, index, &self.deps.health, now)
                     .unwrap_or(index);
                 self.tries_on_route = 1;
-                self.announce_failover(ctx, &from, &err, delivered);
+                self.announce_failover(ctx, &from, Some(from_route), &err, delivered);
                 self.start_attempt(ctx, None);
             }
         }
     }
 
-    /// Tells subscribers the answer continues elsewhere: when the route changes, or when the
-    /// failed try had delivered text. A quiet retry of the same route is not news.
+    /// Tells subscribers the answer continues elsewhere: whenever the route (provider and
+    /// upstream model) changes — also between two models of one provider — or when the failed
+    /// try had delivered text. A quiet retry of the same route is not news.
     fn announce_failover(
         &mut self,
         ctx: &mut Context<Self>,
         from: &str,
+        from_route: Option<usize>,
         err: &ProviderError,
         delivered: bool,
     ) {
         let to = self.routes[self.route_index].provider.name().to_string();
-        if from == to && !delivered {
+        if from_route == Some(self.route_index) && !delivered {
             return;
         }
         if !self.emitted.is_empty() {
@@ -850,7 +853,7 @@ impl Actor for Execution {
                         .last()
                         .map(|a| a.provider.clone())
                         .unwrap_or_default();
-                    self.announce_failover(ctx, &from, &err, true);
+                    self.announce_failover(ctx, &from, None, &err, true);
                 }
                 self.start_attempt(ctx, None);
             }

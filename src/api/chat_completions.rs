@@ -425,6 +425,7 @@ struct StreamState {
     shape: Shape,
     include_usage: bool,
     guard: DisconnectGuard,
+    /// Whether the role chunk went out (it leads the first frame of the answer).
     started: bool,
     /// Whether answer text went out (after that, a failure can only be an error event).
     sent_text: bool,
@@ -443,6 +444,21 @@ enum Step {
 }
 
 impl StreamState {
+    /// The first frame of the answer goes out behind the role chunk, which is held until then
+    /// so that it names the upstream model that actually answers (a switch before any text
+    /// changes it).
+    fn with_role(&mut self, frame: Bytes) -> Bytes {
+        if std::mem::replace(&mut self.started, true) {
+            return frame;
+        }
+        let mut out = self
+            .shape
+            .chunk(json!({"role": "assistant", "content": ""}), None)
+            .to_vec();
+        out.extend_from_slice(&frame);
+        Bytes::from(out)
+    }
+
     async fn step(&mut self, keepalive: Duration) -> Step {
         loop {
             let event = match tokio::time::timeout(keepalive, self.cursor.next()).await {
@@ -457,28 +473,22 @@ impl StreamState {
                     };
                     if !delta.is_empty() {
                         self.sent_text = true;
-                        return Step::Frame(self.shape.content(&delta));
+                        let frame = self.shape.content(&delta);
+                        return Step::Frame(self.with_role(frame));
                     }
                     let calls = event.carried_tool_calls();
                     if !calls.is_empty() {
                         self.sent_text = true;
-                        return Step::Frame(self.shape.chunk(stream_tool_calls(&calls), None));
+                        let frame = self.shape.chunk(stream_tool_calls(&calls), None);
+                        return Step::Frame(self.with_role(frame));
                     }
                 }
                 EventKind::Status | EventKind::Failover => {
                     let payload = data(&event);
+                    // `processing` names the first route's model, each `failover` the next
+                    // one's: the chunks after it name the model that answers them.
                     if let Some(model) = payload["model"].as_str() {
                         self.shape.model = model.to_string();
-                    }
-                    if event.kind == EventKind::Status
-                        && payload["status"] == "processing"
-                        && !self.started
-                    {
-                        self.started = true;
-                        return Step::Frame(
-                            self.shape
-                                .chunk(json!({"role": "assistant", "content": ""}), None),
-                        );
                     }
                 }
                 EventKind::Error => {}
@@ -492,7 +502,8 @@ impl StreamState {
                         return Step::Failed(finished.failure());
                     }
                     let reason = finished.finish_reason.as_deref().unwrap_or("stop");
-                    let mut out = self.shape.chunk(json!({}), Some(reason)).to_vec();
+                    let finish = self.shape.chunk(json!({}), Some(reason));
+                    let mut out = self.with_role(finish).to_vec();
                     if self.include_usage {
                         out.extend_from_slice(&sse(&json!({
                             "id": self.shape.id, "object": "chat.completion.chunk", "created": self.shape.created,

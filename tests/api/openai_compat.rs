@@ -348,3 +348,63 @@ async fn image_parts_go_to_vision_routes_only_and_arrive_as_content_parts() {
     let message = openai_error_message(post(&app, &bad).await, 400).await;
     assert!(message.contains("images[0].url"), "{message}");
 }
+
+/// A switch between two models of one provider before any text is a failover like any other:
+/// announced, and the answer — streamed chunks, the non-stream object, the attempts — names
+/// the upstream model that actually answered.
+#[actix_web::test]
+async fn a_switch_between_two_models_of_one_provider_is_announced_and_named() {
+    let shared = FakeOpenAi::start().await.with_words(3);
+    let mut toml = config(&[&shared]);
+    toml.push_str(
+        "\n[[models]]\nslug = \"pair\"\nroutes = [{ provider = \"fake0\", model = \"up-a\" }, \
+         { provider = \"fake0\", model = \"up-b\" }]\n",
+    );
+    let app = spawn_app_with(&toml, |s| {
+        s.providers[1].max_attempts = 1;
+    })
+    .await;
+
+    // Streamed: every chunk after the switch names up-b, and the log has the failover.
+    shared.set_script(vec![Fault::status(500)]);
+    let res = post(&app, &request("pair", true)).await;
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["x-switchyard-execution-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (chunks, done) = chunks(res).await;
+    assert!(done);
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, shared.full_text());
+    for chunk in &chunks {
+        assert_eq!(chunk["model"], "up-b", "{chunk}");
+    }
+    let events = sse_open(&app.client, &app.address, ADMIN_KEY, &id, None)
+        .await
+        .collect_all()
+        .await;
+    let failovers: Vec<_> = events.iter().filter(|e| e.event == "failover").collect();
+    assert_eq!(failovers.len(), 1, "{events:?}");
+    assert_eq!(failovers[0].data["from"], "fake0");
+    assert_eq!(failovers[0].data["to"], "fake0");
+    assert_eq!(failovers[0].data["model"], "up-b");
+    let exec: Value = app
+        .get(&format!("/v1/executions/{id}"), ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(exec["attempts"][0]["model"], "up-a");
+    assert_eq!(exec["attempts"][1]["model"], "up-b");
+
+    // Not streamed: the same model in the answer.
+    shared.set_script(vec![Fault::status(500)]);
+    let res = post(&app, &request("pair", false)).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["model"], "up-b", "{body}");
+}
