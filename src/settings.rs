@@ -29,6 +29,8 @@ pub struct Settings {
     pub retention: Retention,
     #[serde(default)]
     pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub cors: CorsSettings,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
     /// From `SWITCHYARD_ADMIN_KEY`; never read from the file.
@@ -192,6 +194,28 @@ mod humantime_field {
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration ({e})")))
     }
+}
+
+/// Which other origins' pages may call the API from a browser.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSettings {
+    /// Exact origins (`https://app.example`, `http://localhost:3000`), or `"*"` for any. Empty:
+    /// no cross-origin access (the default).
+    pub allowed_origins: Vec<String>,
+}
+
+/// `scheme://host[:port]` with nothing after it: what a browser sends in `Origin`.
+fn is_origin(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.path() == "/"
+            && !s.ends_with('/')
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && u.username().is_empty()
+    })
 }
 
 /// Who may scrape `GET /metrics`.
@@ -437,6 +461,14 @@ impl Settings {
         }
         if self.models.is_empty() {
             return fail("models".into(), "at least one model is required");
+        }
+        for (i, origin) in self.cors.allowed_origins.iter().enumerate() {
+            if origin != "*" && !is_origin(origin) {
+                return fail(
+                    format!("cors.allowed_origins[{i}]"),
+                    "must be \"*\" or an origin: scheme://host[:port], no path",
+                );
+            }
         }
         if let Some(u) = &self.public_url {
             let ok = url::Url::parse(u)

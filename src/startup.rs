@@ -130,8 +130,10 @@ impl Application {
         let address = listener.local_addr()?;
         let shutdown = Duration::from_millis(settings.limits.shutdown_timeout_ms);
         let limiter = api::ConnectionLimiter::new(settings.limits.ip_max_connections);
+        let cors = settings.cors.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(api::cors::middleware(&cors))
                 .wrap(actix_web::middleware::from_fn(api::refuse_over_cap))
                 .wrap(actix_web::middleware::from_fn(api::observe))
                 .app_data(state.clone())

@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod chat_completions;
 mod connections;
+pub mod cors;
 mod debug_log;
 mod embeddings;
 mod events;

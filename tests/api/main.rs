@@ -12,6 +12,7 @@ mod analytics;
 mod bad_input;
 mod connections;
 mod continuation_corpus;
+mod cors;
 mod disk_full;
 mod durability;
 mod events;

@@ -10,6 +10,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync, createWriteStream } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import { createServer } from "node:http";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -27,9 +28,12 @@ const TEST_TIMEOUT_MS = 60_000;
 // The mock streams 40 chunks 50 ms apart (2 s): long enough to watch an execution live.
 // `chat-failover` starts on an upstream that cuts its stream after three chunks and continues
 // on a steady one (both served by fake-upstream.mjs).
-const config = (upstream) => `
+const config = (upstream, foreignOrigin) => `
 listen = "127.0.0.1:0"
 data_dir = "unused"
+
+[cors]
+allowed_origins = ["${foreignOrigin}"]
 
 [[providers]]
 name = "mock"
@@ -88,9 +92,9 @@ function build() {
   if (r.status !== 0) throw new Error("cargo build failed");
 }
 
-async function startServer(work, upstream) {
+async function startServer(work, upstream, foreignOrigin) {
   const configPath = join(work, "switchyard.toml");
-  writeFileSync(configPath, config(upstream));
+  writeFileSync(configPath, config(upstream, foreignOrigin));
   const child = spawn(
     BINARY,
     ["--config", configPath, "--data-dir", join(work, "data"), "--listen", "127.0.0.1:0"],
@@ -357,6 +361,116 @@ test("dashboard: sign out forgets the key", async () => {
   assertEqual(pageErrors.length, 0, `no script errors on the page: ${pageErrors.join("; ")}`);
 });
 
+// ---- another origin ----
+
+// A page server on its own port: `http://localhost:PORT` is listed in [cors], the same server
+// reached as `http://127.0.0.1:PORT` is another origin that is not.
+async function startForeignOrigin() {
+  const server = createServer((_, res) => {
+    res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+    res.end("<!doctype html><title>another origin</title><p>a page on another origin</p>");
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const port = server.address().port;
+  return {
+    allowed: `http://localhost:${port}`,
+    unlisted: `http://127.0.0.1:${port}`,
+    close: () => new Promise((r) => server.close(r)),
+  };
+}
+
+let FOREIGN;
+
+test("cors: a page on another origin submits, follows over SSE and over the WebSocket channel", async () => {
+  const other = await context.newPage();
+  await other.goto(`${FOREIGN.allowed}/`);
+  const got = await other.evaluate(async ({ base, key }) => {
+    const auth = { Authorization: `Bearer ${key}` };
+    const res = await fetch(`${base}/v1/executions`, {
+      method: "POST",
+      headers: { ...auth, "Content-Type": "application/json", "Idempotency-Key": "cors-1" },
+      body: JSON.stringify({
+        model: "chat-failover",
+        idempotency_key: "cors-1",
+        messages: [{ role: "user", content: "from another origin" }],
+      }),
+    });
+    const sub = await res.json();
+    // SSE with an Authorization header: a streamed fetch (EventSource cannot send headers).
+    const sse = async () => {
+      const r = await fetch(`${base}${sub.events_url}`, { headers: auth });
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      let text = "";
+      const seqs = [];
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const field = (name) =>
+            block.split("\n").find((l) => l.startsWith(`${name}:`))?.slice(name.length + 1).trim();
+          const event = field("event");
+          if (!event) continue;
+          seqs.push(Number(field("id")));
+          if (event === "chunk") text += JSON.parse(field("data")).delta;
+          if (event === "done") {
+            reader.cancel();
+            return { text, seqs };
+          }
+        }
+      }
+      return { text, seqs };
+    };
+    const ws = () =>
+      new Promise((resolve, reject) => {
+        const socket = new WebSocket(`${sub.websocket_url}?token=${encodeURIComponent(sub.ws_token)}`);
+        let text = "";
+        socket.onopen = () =>
+          socket.send(JSON.stringify({ action: "join", channel: sub.websocket_channel, after: 0 }));
+        socket.onerror = () => reject(new Error("websocket error"));
+        socket.onmessage = (msg) => {
+          const frame = JSON.parse(msg.data);
+          if (frame.event === "chunk") text += frame.data.delta;
+          if (frame.event === "done") {
+            socket.close();
+            resolve(text);
+          }
+        };
+      });
+    const [overSse, overWs] = await Promise.all([sse(), ws()]);
+    // A compat answer's execution id header is exposed to the page.
+    const compat = await fetch(`${base}/v1/chat/completions`, {
+      method: "POST",
+      headers: { ...auth, "Content-Type": "application/json" },
+      body: JSON.stringify({ model: "chat-default", messages: [{ role: "user", content: "hi" }] }),
+    });
+    await compat.json();
+    return { status: res.status, overSse, overWs, compatId: compat.headers.get("x-switchyard-execution-id") };
+  }, { base: BASE, key: ADMIN_KEY });
+  assertEqual(got.status, 202, "submit from another origin");
+  assertEqual(got.overSse.text, FULL_TEXT, "the text over SSE");
+  assert(got.overSse.seqs.every((seq, i) => seq === i + 1), `seqs without gaps: ${got.overSse.seqs}`);
+  assertEqual(got.overWs, FULL_TEXT, "the text over the WebSocket channel");
+  assert(/^exec_/.test(got.compatId || ""), `x-switchyard-execution-id readable: ${got.compatId}`);
+
+  // The same page server under another name is an origin the config does not list.
+  await other.goto(`${FOREIGN.unlisted}/`);
+  const refused = await other.evaluate(async ({ base, key }) => {
+    try {
+      await fetch(`${base}/v1/models`, { headers: { Authorization: `Bearer ${key}` } });
+      return "read";
+    } catch (err) {
+      return String(err);
+    }
+  }, { base: BASE, key: ADMIN_KEY });
+  assert(refused.includes("TypeError") || refused.includes("Failed to fetch"), `an unlisted origin cannot read: ${refused}`);
+  await other.close();
+});
+
 // ---- main ----
 
 async function main() {
@@ -369,7 +483,8 @@ async function main() {
   let failed = 0;
   try {
     upstream = await startFakeUpstream();
-    server = await startServer(work, upstream.baseUrl);
+    FOREIGN = await startForeignOrigin();
+    server = await startServer(work, upstream.baseUrl, FOREIGN.allowed);
     BASE = server.address;
     console.log(`server at ${BASE}, chromium at ${CHROMIUM}, artifacts in ${ARTIFACTS}`);
     context = await chromium.launchPersistentContext(join(work, "chromium-profile"), {
@@ -407,6 +522,7 @@ async function main() {
     if (context) await context.close().catch(() => {});
     if (server) await stopServer(server.child);
     if (upstream) await upstream.close();
+    if (FOREIGN) await FOREIGN.close();
     rmSync(work, { recursive: true, force: true });
   }
   console.log(`${passed} passed, ${failed} failed`);
