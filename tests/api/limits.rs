@@ -410,3 +410,55 @@ async fn key_limits_need_an_admin_of_the_project_and_valid_values() {
         json!({"requests_per_minute": 5, "concurrent_executions": 2, "monthly_spend_cap_micros": 5000000})
     );
 }
+
+#[actix_web::test]
+async fn key_overrides_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(&config, base()).unwrap();
+    let data = dir.path().join("data");
+    let client = Client::new();
+    let post = |address: &str, key: &str, path: &str, body: &Value| {
+        client
+            .post(format!("{address}{path}"))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+    };
+    let mut server = crate::helpers::spawn_process(&config, &data);
+    let created: Value = post(
+        &server.address,
+        ADMIN_KEY,
+        "/v1/keys",
+        &json!({"role": "member"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let (id, member) = (
+        created["id"].as_str().unwrap(),
+        created["key"].as_str().unwrap(),
+    );
+    let res = client
+        .patch(format!("{}/v1/keys/{id}", server.address))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"limits": {"requests_per_minute": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Answered means durable: a SIGKILL right after does not lose it.
+    server.sigkill();
+    let server = crate::helpers::spawn_process(&config, &data);
+    let first = post(&server.address, member, "/v1/executions", &body())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    assert_eq!(header(&first, "x-ratelimit-limit-requests"), Some("1"));
+    let second = post(&server.address, member, "/v1/executions", &body())
+        .await
+        .unwrap();
+    assert_error(second, 429, "rate_limited").await;
+}
