@@ -223,6 +223,12 @@ impl RateLimits {
         self.keys.insert(key_id.to_string(), state);
     }
 
+    /// Drops a revoked key's state (its executions still give their places back).
+    pub fn forget_key(&self, key_id: &str) {
+        self.overrides.remove(key_id);
+        self.keys.remove(key_id);
+    }
+
     fn build(&self, key_id: &str, in_flight: Arc<AtomicU64>) -> Arc<KeyState> {
         let own = self.overrides.get(key_id).map(|o| *o).unwrap_or_default();
         let d = &self.defaults;

@@ -137,6 +137,7 @@ pub async fn revoke(
     state.store.commit.sync().await?;
     // After the write: a stream starting now checks the store and finds the key revoked.
     state.revocations.revoke(&key.id);
+    state.limits.forget_key(&key.id);
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key revoked");
     Ok(HttpResponse::Ok().json(view(&key, None)))
 }
