@@ -9,6 +9,7 @@
 //! - [`cursor`]: a reader's position in an event log (replay, then live)
 //! - [`channels`]: WebSocket channel names and the project status feed
 //! - [`metrics`]: every Prometheus collector
+//! - [`limits`]: client rate limits (per address, key, project) and executions in flight per key
 //! - [`revocation`]: the broadcast that ends a revoked or rotated key's open streams
 //! - [`webhooks`]: webhook egress rules, per-project signing, fair delivery from the outbox
 //! - [`retention`]: the background sweep that deletes state past its `[retention]`
@@ -21,6 +22,7 @@ pub mod channels;
 pub mod cursor;
 pub mod domain;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod providers;
 pub mod retention;

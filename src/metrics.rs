@@ -32,6 +32,7 @@ pub struct Metrics {
     pub store_flush: Histogram,
     pub webhooks: IntCounterVec,
     pub retention_deleted: IntCounterVec,
+    pub rate_limited: IntCounterVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -70,6 +71,11 @@ impl Metrics {
             register(&r, IntCounter::new(name, help).expect("valid metric"))
         };
         Metrics {
+            rate_limited: counter_vec(
+                "switchyard_rate_limited_total",
+                "Requests refused by a client rate limit, by scope (ip, key, project, tokens, concurrency).",
+                &["scope"],
+            ),
             http_requests: counter_vec(
                 "switchyard_http_requests_total",
                 "HTTP requests by route pattern, method and status.",

@@ -77,6 +77,19 @@ pub struct Limits {
     /// Below this much free space on the data dir's disk new work is refused (503 with
     /// `Retry-After`), so what is running can still finish; 0 turns the check off.
     pub min_free_disk_mb: u64,
+    /// Client rate limits (`crate::limits`), each 0 = no limit. Requests per minute per
+    /// client address, per API key and per project; the whole minute's allowance may be
+    /// spent at once (the burst), then it refills evenly.
+    pub ip_requests_per_minute: u64,
+    pub key_requests_per_minute: u64,
+    pub project_requests_per_minute: u64,
+    /// Per API key: prompt estimate + `max_tokens` of each submit, per minute.
+    pub key_tokens_per_minute: u64,
+    /// Per API key: executions not yet terminal.
+    pub key_concurrent_executions: u64,
+    /// Proxies (addresses or CIDRs) whose `X-Forwarded-For` / `Forwarded` name the client;
+    /// from any other peer those headers are ignored, so they cannot dodge the per-IP limit.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Limits {
@@ -97,6 +110,12 @@ impl Default for Limits {
             ip_max_connections: 256,
             store_cache_mb: 16,
             min_free_disk_mb: 256,
+            ip_requests_per_minute: 0,
+            key_requests_per_minute: 0,
+            project_requests_per_minute: 0,
+            key_tokens_per_minute: 0,
+            key_concurrent_executions: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -503,6 +522,43 @@ impl Settings {
                 return fail(field.into(), "must be greater than 0");
             }
         }
+        for (field, v, max) in [
+            (
+                "limits.ip_requests_per_minute",
+                l.ip_requests_per_minute,
+                crate::limits::MAX_REQUESTS_PER_MINUTE,
+            ),
+            (
+                "limits.key_requests_per_minute",
+                l.key_requests_per_minute,
+                crate::limits::MAX_REQUESTS_PER_MINUTE,
+            ),
+            (
+                "limits.project_requests_per_minute",
+                l.project_requests_per_minute,
+                crate::limits::MAX_REQUESTS_PER_MINUTE,
+            ),
+            (
+                "limits.key_tokens_per_minute",
+                l.key_tokens_per_minute,
+                crate::limits::MAX_TOKENS_PER_MINUTE,
+            ),
+            (
+                "limits.key_concurrent_executions",
+                l.key_concurrent_executions,
+                crate::limits::MAX_CONCURRENT_EXECUTIONS,
+            ),
+        ] {
+            if v > max {
+                return fail(
+                    field.into(),
+                    &format!("must be between 0 (no limit) and {max}"),
+                );
+            }
+        }
+        if let Err(e) = crate::limits::parse_trusted_proxies(&l.trusted_proxies) {
+            return Err(anyhow::anyhow!("invalid config: limits.{e}"));
+        }
         let w = &self.webhooks;
         for (field, v) in [
             ("webhooks.retry_base_ms", w.retry_base_ms),
@@ -686,6 +742,29 @@ mod tests {
             err.contains("webhooks.max_in_flight_per_destination"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rate_limits_are_checked_and_named() {
+        let text = format!(
+            "{DEFAULT_CONFIG}\n[limits]\nkey_requests_per_minute = 60\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n"
+        );
+        let s = Settings::parse(&text).unwrap();
+        assert_eq!(s.limits.key_requests_per_minute, 60);
+        assert_eq!(
+            Settings::embedded_default().limits.ip_requests_per_minute,
+            0
+        );
+        let text = format!("{DEFAULT_CONFIG}\n[limits]\nkey_tokens_per_minute = 99999999999999\n");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("limits.key_tokens_per_minute"), "{err}");
+        let text = format!("{DEFAULT_CONFIG}\n[limits]\nip_requests_per_minute = -1\n");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("ip_requests_per_minute"), "{err}");
+        let text =
+            format!("{DEFAULT_CONFIG}\n[limits]\ntrusted_proxies = [\"10.0.0.1\", \"proxy\"]\n");
+        let err = Settings::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("limits.trusted_proxies[1]"), "{err}");
     }
 
     #[test]

@@ -111,6 +111,18 @@ impl Application {
             }
         });
 
+        let limits = Arc::new(crate::limits::RateLimits::new(
+            &settings.limits,
+            store.key_limit_overrides()?,
+        ));
+        let shrink = limits.clone();
+        actix_web::rt::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                shrink.shrink();
+            }
+        });
         let state = web::Data::new(AppState {
             store: store.clone(),
             settings: settings.clone(),
@@ -122,6 +134,7 @@ impl Application {
             revocations: Arc::default(),
             webhooks,
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
+            limits,
         });
         let metrics_server = match settings.metrics.listen {
             Some(addr) => Some(metrics_server(addr, state.clone())?),
@@ -135,6 +148,7 @@ impl Application {
             App::new()
                 .wrap(api::cors::middleware(&cors))
                 .wrap(actix_web::middleware::from_fn(api::refuse_over_cap))
+                .wrap(actix_web::middleware::from_fn(api::rate_limit_headers))
                 .wrap(actix_web::middleware::from_fn(api::observe))
                 .app_data(state.clone())
                 .configure(api::configure)
@@ -301,7 +315,7 @@ fn recover(store: &Store, registry: &actix::Addr<Registry>) -> anyhow::Result<us
         };
         tracing::info!(execution_id = %record.id, status = record.status.as_str(), "recovering unfinished execution");
         store.reindex(&record)?;
-        registry.do_send(StartExecution(record, Arc::new(request)));
+        registry.do_send(StartExecution(record, Arc::new(request), None));
         recovered += 1;
     }
     Ok(recovered)

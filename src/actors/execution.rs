@@ -103,6 +103,9 @@ pub struct Execution {
     /// its durable log when the store is reopened.
     suspended: bool,
     done_waiters: Vec<oneshot::Sender<ExecutionRecord>>,
+    /// The execution's place among its key's executions in flight: dropped as the terminal
+    /// status is written, so a client that sees it may submit again at once.
+    permit: Option<crate::limits::Permit>,
 }
 
 /// The events one turn of the actor appended, which share one group-commit ticket.
@@ -152,7 +155,14 @@ impl Execution {
             finishing: false,
             suspended: false,
             done_waiters: Vec::new(),
+            permit: None,
         }
+    }
+
+    /// Holds a place among the key's executions in flight until the terminal status.
+    pub fn holding(mut self, permit: Option<crate::limits::Permit>) -> Execution {
+        self.permit = permit;
+        self
     }
 
     fn id(&self) -> &str {
@@ -733,6 +743,7 @@ impl Execution {
             tokens("completion", usage.completion_tokens);
         }
         self.deps.store.count_in_analytics(&self.record);
+        self.permit = None;
         self.persist();
         // Serialized from the record it borrows, before `emit` borrows the actor.
         let done = Event::from_payload(self.next_seq, EventKind::Done, &self.record.view(None));

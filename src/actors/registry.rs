@@ -33,10 +33,15 @@ impl Actor for Registry {
     type Context = Context<Self>;
 }
 
-/// Runs an accepted (pending) or recovered (processing) execution, with its request.
+/// Runs an accepted (pending) or recovered (processing) execution, with its request and its
+/// place among its key's executions in flight (given back when it reaches a terminal status).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StartExecution(pub ExecutionRecord, pub Arc<ChatRequest>);
+pub struct StartExecution(
+    pub ExecutionRecord,
+    pub Arc<ChatRequest>,
+    pub Option<crate::limits::Permit>,
+);
 
 /// A live subscription, or `None` when the execution is not running (its log is complete).
 #[derive(Message)]
@@ -71,8 +76,9 @@ impl Handler<StartExecution> for Registry {
             _ => self.deps.store.last_seq(&id).unwrap_or(0),
         };
         let feed = LiveFeed::new(durable);
-        let addr =
-            Execution::new(msg.0, msg.1, self.deps.clone(), feed.clone(), ctx.address()).start();
+        let addr = Execution::new(msg.0, msg.1, self.deps.clone(), feed.clone(), ctx.address())
+            .holding(msg.2)
+            .start();
         self.live.insert(id, Live { addr, feed });
         self.deps
             .metrics

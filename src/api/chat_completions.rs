@@ -258,7 +258,7 @@ pub async fn create(
         .map(str::to_string)
         .unwrap_or_else(|| format!("chatcmpl_{}", ids::time_ordered_token(16)));
     let (body, streaming, include_usage) = request.into_submit(key)?;
-    let (record, _, _) = accept(&state, &principal, &body, Ack::ByEvents)
+    let (record, _, _) = accept(&state, &req, &principal, &body, Ack::ByEvents)
         .await
         .map_err(own_field_names)?;
     let live = state

@@ -40,7 +40,7 @@ pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, OpenAiError> {
-    principal?;
+    let principal = principal?;
     let body: EmbeddingsRequest =
         read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
     let _ = &body.user;
@@ -66,6 +66,14 @@ pub async fn create(
             ApiError::invalid(format!("input: 1 to {MAX_INPUTS} non-empty strings")).into(),
         );
     }
+    let chars: usize = input.iter().map(String::len).sum();
+    // Held while the request runs: embeddings count among the key's work in flight.
+    let _permit = super::rate_limits::admit(
+        &state,
+        &req,
+        &principal,
+        crate::limits::estimate_tokens(chars, Some(0)),
+    )?;
     let routes = routing::plan(&state.settings, &state.providers, &body.model)
         .filter(|r| !r.is_empty())
         .ok_or_else(|| ApiError::invalid(format!("model: unknown model `{}`", body.model)))?;

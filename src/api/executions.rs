@@ -18,7 +18,7 @@ pub async fn submit(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body: SubmitBody = read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
-    let (record, created, token) = accept(&state, &principal, &body, Ack::Accepted).await?;
+    let (record, created, token) = accept(&state, &req, &principal, &body, Ack::Accepted).await?;
     let token = token.unwrap_or_default();
     let status = if created {
         actix_web::http::StatusCode::ACCEPTED
@@ -46,6 +46,7 @@ pub(super) enum Ack {
 /// WebSocket token for [`Ack::Accepted`] (made durable by the same group commit).
 pub(super) async fn accept(
     state: &AppState,
+    req: &HttpRequest,
     principal: &Principal,
     body: &SubmitBody,
     ack: Ack,
@@ -54,6 +55,13 @@ pub(super) async fn accept(
     if let Some(url) = &body.webhook_url {
         state.webhooks.check_target(url)?;
     }
+    let chars = body.messages.iter().map(|m| m.content.len()).sum();
+    let permit = super::rate_limits::admit(
+        state,
+        req,
+        principal,
+        crate::limits::estimate_tokens(chars, body.params.max_tokens),
+    )?;
     // Refused before anything is written: a full disk or failed store answers 503 now
     // instead of accepting work it could not keep.
     state.store.health.admit()?;
@@ -113,7 +121,7 @@ pub(super) async fn accept(
         state.metrics.events.inc();
         state
             .registry
-            .do_send(StartExecution(record.clone(), request));
+            .do_send(StartExecution(record.clone(), request, permit));
     }
     if matches!(ack, Ack::Accepted) {
         // Accepting promises the execution survives a crash: wait for the group commit.

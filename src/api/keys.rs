@@ -10,7 +10,8 @@ use serde_json::json;
 use super::{auth::DEFAULT_PROJECT, body::read_json, AppState, Principal};
 use crate::domain::rfc3339;
 use crate::error::ApiError;
-use crate::store::{KeyRecord, KeyRole};
+use crate::limits::{MAX_CONCURRENT_EXECUTIONS, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE};
+use crate::store::{KeyLimits, KeyRecord, KeyRole};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +35,7 @@ fn view(key: &KeyRecord, secret: Option<&str>) -> serde_json::Value {
         "created_at": rfc3339(key.created_at_ms),
         "rotated_at": key.rotated_at_ms.map(rfc3339),
         "revoked_at": key.revoked_at_ms.map(rfc3339),
+        "limits": key.limits,
     });
     if let Some(secret) = secret {
         v["key"] = json!(secret);
@@ -135,6 +137,7 @@ pub async fn revoke(
     state.store.commit.sync().await?;
     // After the write: a stream starting now checks the store and finds the key revoked.
     state.revocations.revoke(&key.id);
+    state.limits.forget_key(&key.id);
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key revoked");
     Ok(HttpResponse::Ok().json(view(&key, None)))
 }
@@ -151,4 +154,70 @@ pub async fn rotate(
     state.revocations.revoke(&key.id);
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key rotated");
     Ok(HttpResponse::Ok().json(view(&key, Some(&secret))))
+}
+
+/// `PATCH /v1/keys/{id}` with `{"limits": {…}}`: each field given replaces the key's own
+/// limit (`null` returns it to the `[limits]` default, 0 is no limit); fields left out stay.
+pub async fn update(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let key = owned_key(&state, &principal, &id)?;
+    let body: serde_json::Map<String, serde_json::Value> =
+        read_json(&req, payload, 64 * 1024).await?;
+    if let Some(field) = body.keys().find(|k| *k != "limits") {
+        return Err(ApiError::invalid(format!(
+            "{field}: unknown field, expected `limits`"
+        )));
+    }
+    let Some(changes) = body.get("limits") else {
+        return Err(ApiError::invalid("limits: required"));
+    };
+    let limits = patched_limits(key.limits, changes)?;
+    let key = state.store.set_key_limits(key, limits)?;
+    state.store.commit.sync().await?;
+    // Durable first, then in force: what the caller is told is what a restart keeps.
+    state.limits.set_key_limits(&key.id, key.limits);
+    tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key limits changed");
+    Ok(HttpResponse::Ok().json(view(&key, None)))
+}
+
+fn patched_limits(
+    mut limits: KeyLimits,
+    changes: &serde_json::Value,
+) -> Result<KeyLimits, ApiError> {
+    let Some(changes) = changes.as_object() else {
+        return Err(ApiError::invalid("limits: must be an object"));
+    };
+    for (field, value) in changes {
+        let (slot, max) = match field.as_str() {
+            "requests_per_minute" => (&mut limits.requests_per_minute, MAX_REQUESTS_PER_MINUTE),
+            "tokens_per_minute" => (&mut limits.tokens_per_minute, MAX_TOKENS_PER_MINUTE),
+            "concurrent_executions" => (
+                &mut limits.concurrent_executions,
+                MAX_CONCURRENT_EXECUTIONS,
+            ),
+            "monthly_spend_cap_micros" => (&mut limits.monthly_spend_cap_micros, i64::MAX as u64),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "limits.{other}: unknown field, expected requests_per_minute, tokens_per_minute, concurrent_executions or monthly_spend_cap_micros"
+                )))
+            }
+        };
+        *slot = match value {
+            serde_json::Value::Null => None,
+            v => match v.as_u64().filter(|n| *n <= max) {
+                Some(n) => Some(n),
+                None => {
+                    return Err(ApiError::invalid(format!(
+                        "limits.{field}: must be an integer between 0 (no limit) and {max}, or null for the default"
+                    )))
+                }
+            },
+        };
+    }
+    Ok(limits)
 }

@@ -16,6 +16,7 @@ mod keys;
 mod me;
 mod models;
 mod openai_error;
+mod rate_limits;
 mod routing_status;
 mod static_files;
 mod webhook_deliveries;
@@ -25,6 +26,7 @@ mod ws;
 pub use auth::{Principal, DEFAULT_PROJECT};
 pub use connections::{refuse_over_cap, ConnectionLimiter};
 pub use health::metrics_listener;
+pub use rate_limits::rate_limit_headers;
 
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -55,6 +57,8 @@ pub struct AppState {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`, when set.
     pub env_admin_key_hash: Option<String>,
+    /// Client rate limits and executions in flight per key.
+    pub limits: Arc<crate::limits::RateLimits>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -108,6 +112,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
     .route("/v1/keys/{id}", web::delete().to(keys::revoke))
+    .route("/v1/keys/{id}", web::patch().to(keys::update))
     .route("/v1/keys/{id}/rotate", web::post().to(keys::rotate))
     .default_service(web::to(no_route));
 }

@@ -27,6 +27,29 @@ pub struct KeyRecord {
     pub created_at_ms: u64,
     pub rotated_at_ms: Option<u64>,
     pub revoked_at_ms: Option<u64>,
+    /// Overrides of the `[limits]` defaults for this key (`PATCH /v1/keys/{id}`).
+    #[serde(default, skip_serializing_if = "KeyLimits::is_empty")]
+    pub limits: KeyLimits,
+}
+
+/// A key's own limits; `None` follows the `[limits]` default, 0 is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_executions: Option<u64>,
+    /// Stored and shown only: spending is not counted yet (balances are separate work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_spend_cap_micros: Option<u64>,
+}
+
+impl KeyLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == KeyLimits::default()
+    }
 }
 
 pub fn hash_secret(secret: &str) -> String {
@@ -61,6 +84,7 @@ impl Store {
             created_at_ms: now_ms(),
             rotated_at_ms: None,
             revoked_at_ms: None,
+            limits: KeyLimits::default(),
         };
         self.put_key(&record)?;
         self.key_hashes
@@ -136,6 +160,30 @@ impl Store {
         record.revoked_at_ms = Some(now_ms());
         self.put_key(&record)?;
         Ok(record)
+    }
+
+    /// Replaces a key's limit overrides.
+    pub fn set_key_limits(
+        &self,
+        mut record: KeyRecord,
+        limits: KeyLimits,
+    ) -> sled::Result<KeyRecord> {
+        record.limits = limits;
+        self.put_key(&record)?;
+        Ok(record)
+    }
+
+    /// Every live key with limit overrides: read once at start into the in-memory cache.
+    pub fn key_limit_overrides(&self) -> sled::Result<Vec<(String, KeyLimits)>> {
+        let mut out = Vec::new();
+        for item in self.keys.iter() {
+            let (_, bytes) = item?;
+            let record = decode(&bytes)?;
+            if record.revoked_at_ms.is_none() && !record.limits.is_empty() {
+                out.push((record.id, record.limits));
+            }
+        }
+        Ok(out)
     }
 
     /// Whether the project has a live admin key (decides the first-start bootstrap).

@@ -28,7 +28,7 @@ pub use attempt_log::{redacted_headers, AttemptLog, LogEntry};
 pub use commit::{GroupCommit, StoreFailed};
 pub use executions::{ListPage, SubmitOutcome};
 pub use health::{Refusal, StoreHealth};
-pub use keys::{hash_secret, KeyRecord, KeyRole};
+pub use keys::{hash_secret, KeyLimits, KeyRecord, KeyRole};
 pub use layout::LAYOUT_VERSION;
 pub use retention::Swept;
 pub use tokens::WsTokenRecord;

@@ -19,6 +19,7 @@ mod events;
 mod executions;
 mod failover;
 mod keys;
+mod limits;
 mod metrics;
 mod mock;
 mod openai_compat;
