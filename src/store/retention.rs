@@ -7,8 +7,9 @@
 //! (`Store::remove_expired_ws_tokens`). Every delete is idempotent and the index entry that
 //! leads to it goes last, so a crash mid-batch is finished by the next sweep.
 //!
-//! sled does not shrink its file: freed space is reused by later writes, though only in part
-//! (README "Storage and retention" has the figures).
+//! Deleted data is given back by sled's segment cleaning, which keeps up only because its
+//! flusher runs often (`SLED_FLUSH_EVERY_MS` in `store/mod.rs`; README "Storage and
+//! retention" has the figures).
 
 use super::{indexes, joined, Store};
 use crate::domain::ExecutionRecord;
