@@ -318,8 +318,6 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-const MAX_PAGE: usize = 100;
-
 pub async fn list(
     state: web::Data<AppState>,
     principal: Principal,
@@ -333,15 +331,7 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = match query.limit.as_deref() {
-        None => 20,
-        Some(text) => text.parse::<usize>().unwrap_or(0),
-    };
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit: must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = super::paging::limit(query.limit.as_deref())?;
     let cursor = match &query.cursor {
         Some(c) => Some(
             hex::decode(c)
@@ -354,12 +344,7 @@ pub async fn list(
             .store
             .list_executions(&principal.project_id, status, limit, cursor.as_deref())?;
     let data: Vec<_> = page.records.iter().map(|r| r.view(None)).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "object": "list",
-        "data": data,
-        "has_more": page.next_cursor.is_some(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(super::paging::list(&data, page.next_cursor.as_deref()))
 }
 
 pub async fn cancel(

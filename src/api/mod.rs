@@ -16,6 +16,7 @@ mod keys;
 mod me;
 mod models;
 mod openai_error;
+mod paging;
 mod rate_limits;
 mod routing_status;
 mod static_files;

@@ -11,8 +11,6 @@ use crate::domain::rfc3339;
 use crate::error::{ApiError, ErrorCode};
 use crate::store::{DeliveryStatus, WebhookJob};
 
-const MAX_PAGE: usize = 100;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -53,15 +51,7 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = match query.limit.as_deref() {
-        None => 20,
-        Some(text) => text.parse::<usize>().unwrap_or(0),
-    };
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit: must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = super::paging::limit(query.limit.as_deref())?;
     if query
         .cursor
         .as_deref()
@@ -78,12 +68,7 @@ pub async fn list(
         query.cursor.as_deref(),
     )?;
     let data: Vec<_> = page.jobs.iter().map(view).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "object": "list",
-        "data": data,
-        "has_more": page.next_cursor.is_some(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(super::paging::list(&data, page.next_cursor.as_deref()))
 }
 
 /// Queues a delivered or dead delivery again, due now, with a fresh attempt budget (after the
