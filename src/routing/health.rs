@@ -234,19 +234,29 @@ pub struct HealthBoard {
 struct Board {
     /// The breaker settings of each provider, for routes first seen at run time.
     settings: HashMap<String, (u32, Duration)>,
-    routes: HashMap<(String, String), ProviderHealth>,
+    /// provider → upstream model → health: looked up by `&str`, no allocation per attempt.
+    routes: HashMap<String, HashMap<String, ProviderHealth>>,
     providers: HashMap<String, ProviderHealth>,
 }
 
 impl Board {
     fn route(&mut self, key: RouteKey<'_>) -> Option<&mut ProviderHealth> {
-        let id = (key.provider.to_string(), key.model.to_string());
-        if !self.routes.contains_key(&id) {
-            let &(failures, cooldown) = self.settings.get(key.provider)?;
+        let &(failures, cooldown) = self.settings.get(key.provider)?;
+        let known = self
+            .routes
+            .get(key.provider)
+            .is_some_and(|models| models.contains_key(key.model));
+        if !known {
+            // A route first seen at run time (an embeddings model): allocate once.
             self.routes
-                .insert(id.clone(), ProviderHealth::new(failures, cooldown));
+                .entry(key.provider.to_string())
+                .or_default()
+                .insert(
+                    key.model.to_string(),
+                    ProviderHealth::new(failures, cooldown),
+                );
         }
-        self.routes.get_mut(&id)
+        self.routes.get_mut(key.provider)?.get_mut(key.model)
     }
 }
 
@@ -265,13 +275,15 @@ impl HealthBoard {
             ProviderHealth::new(failures, cooldown)
         };
         let providers = breaker.keys().map(|n| (n.clone(), fresh(n))).collect();
-        let routes = settings
-            .models
-            .iter()
-            .flat_map(|m| &m.routes)
-            .filter(|r| breaker.contains_key(&r.provider))
-            .map(|r| ((r.provider.clone(), r.model.clone()), fresh(&r.provider)))
-            .collect();
+        let mut routes: HashMap<String, HashMap<String, ProviderHealth>> = HashMap::new();
+        for r in settings.models.iter().flat_map(|m| &m.routes) {
+            if breaker.contains_key(&r.provider) {
+                routes
+                    .entry(r.provider.clone())
+                    .or_default()
+                    .insert(r.model.clone(), fresh(&r.provider));
+            }
+        }
         HealthBoard {
             inner: Mutex::new(Board {
                 settings: breaker,
@@ -322,8 +334,8 @@ impl HealthBoard {
             h.end(now, outcome);
         }
         if provider_wide && outcome == Outcome::Failure {
-            for ((provider, model), h) in &mut board.routes {
-                if provider == key.provider && model != key.model {
+            if let Some(models) = board.routes.get_mut(key.provider) {
+                for (_, h) in models.iter_mut().filter(|(m, _)| *m != key.model) {
                     h.fault(now);
                 }
             }
@@ -337,10 +349,13 @@ impl HealthBoard {
 
     /// Every route's (provider, model, state, cooldown left), for the metrics scrape.
     pub fn route_states(&self, now: Instant) -> Vec<(String, String, BreakerState, Duration)> {
-        self.board()
+        let board = self.board();
+        let routes = board
             .routes
             .iter()
-            .map(|((p, m), h)| {
+            .flat_map(|(p, models)| models.iter().map(move |(m, h)| (p, m, h)));
+        routes
+            .map(|(p, m, h)| {
                 let (state, left) = h.gauge(now);
                 (p.clone(), m.clone(), state, left)
             })
