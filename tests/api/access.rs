@@ -22,21 +22,9 @@ async fn slow_app(extra: &str) -> TestApp {
     spawn_app_with(&format!("{toml}{extra}"), |_| {}).await
 }
 
-/// Creates a key (as the env admin) and returns (id, secret).
+/// Creates a key and returns (id, secret).
 async fn key_in(app: &TestApp, admin: &str, project: &str, role: &str) -> (String, String) {
-    let res = app
-        .post(
-            "/v1/keys",
-            admin,
-            &json!({"project_id": project, "role": role}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    let v: Value = res.json().await.unwrap();
-    (
-        v["id"].as_str().unwrap().to_string(),
-        v["key"].as_str().unwrap().to_string(),
-    )
+    app.create_key_by(admin, project, role).await
 }
 
 async fn revoke(app: &TestApp, admin: &str, id: &str) -> reqwest::Response {

@@ -152,6 +152,23 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// Creates a key with `admin` and returns (id, secret).
+    pub async fn create_key_by(&self, admin: &str, project: &str, role: &str) -> (String, String) {
+        let res = self
+            .post(
+                "/v1/keys",
+                admin,
+                &json!({"project_id": project, "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let v: Value = res.json().await.unwrap();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        )
+    }
+
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
@@ -197,17 +214,9 @@ impl TestApp {
         panic!("execution {id} did not finish");
     }
 
+    /// Creates a key as the env admin and returns its secret.
     pub async fn create_key(&self, project: &str, role: &str) -> String {
-        let res = self
-            .post(
-                "/v1/keys",
-                ADMIN_KEY,
-                &json!({"project_id": project, "role": role}),
-            )
-            .await;
-        assert_eq!(res.status(), 201);
-        let v: Value = res.json().await.unwrap();
-        v["key"].as_str().unwrap().to_string()
+        self.create_key_by(ADMIN_KEY, project, role).await.1
     }
 
     /// Opens the SSE stream (with `Last-Event-ID` when given).

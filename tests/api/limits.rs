@@ -27,19 +27,7 @@ fn client_from(ip: &str) -> Client {
 
 /// Creates a key (as the env admin) and returns (id, secret).
 async fn key(app: &TestApp, project: &str, role: &str) -> (String, String) {
-    let res = app
-        .post(
-            "/v1/keys",
-            ADMIN_KEY,
-            &json!({"project_id": project, "role": role}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    let v: Value = res.json().await.unwrap();
-    (
-        v["id"].as_str().unwrap().to_string(),
-        v["key"].as_str().unwrap().to_string(),
-    )
+    app.create_key_by(ADMIN_KEY, project, role).await
 }
 
 static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
