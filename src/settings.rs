@@ -416,7 +416,31 @@ pub struct RouteSettings {
     /// answer as if it had seen the image.
     #[serde(default)]
     pub vision: bool,
+    /// USD per million input (prompt) tokens; embeddings are priced per input token only.
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    /// USD per million output (completion) tokens.
+    #[serde(default)]
+    pub output_per_mtok: f64,
+    /// Output tokens a request without `max_tokens` is reserved for when a hold is placed
+    /// (`crate::ledger`): the route's own default cap on an answer.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    /// Upstream quotas of this (provider, model) — its tier's caps; 0 = none.
+    #[serde(default)]
+    pub requests_per_minute: u64,
+    #[serde(default)]
+    pub tokens_per_minute: u64,
+    #[serde(default)]
+    pub requests_per_day: u64,
+    #[serde(default)]
+    pub tokens_per_day: u64,
 }
+
+/// Largest price per million tokens a route may declare: anything above is a typo.
+pub const MAX_PRICE_PER_MTOK: f64 = 10_000.0;
+/// Largest upstream quota a route may declare.
+pub const MAX_ROUTE_QUOTA: u64 = 1_000_000_000_000;
 
 impl Settings {
     /// Parses and validates a TOML document.
@@ -658,11 +682,36 @@ impl Settings {
                         &format!("unknown provider `{}`", r.provider),
                     );
                 }
+                let at = |f: &str| format!("models[{i}].routes[{j}].{f}");
                 if r.model.trim().is_empty() {
-                    return fail(
-                        format!("models[{i}].routes[{j}].model"),
-                        "must not be empty",
-                    );
+                    return fail(at("model"), "must not be empty");
+                }
+                for (f, v) in [
+                    ("input_per_mtok", r.input_per_mtok),
+                    ("output_per_mtok", r.output_per_mtok),
+                ] {
+                    if !(0.0..=MAX_PRICE_PER_MTOK).contains(&v) {
+                        return fail(
+                            at(f),
+                            &format!("must be a price in USD between 0 and {MAX_PRICE_PER_MTOK}"),
+                        );
+                    }
+                }
+                if r.max_output_tokens == Some(0) {
+                    return fail(at("max_output_tokens"), "must be greater than 0");
+                }
+                for (f, v) in [
+                    ("requests_per_minute", r.requests_per_minute),
+                    ("tokens_per_minute", r.tokens_per_minute),
+                    ("requests_per_day", r.requests_per_day),
+                    ("tokens_per_day", r.tokens_per_day),
+                ] {
+                    if v > MAX_ROUTE_QUOTA {
+                        return fail(
+                            at(f),
+                            &format!("must be between 0 (no quota) and {MAX_ROUTE_QUOTA}"),
+                        );
+                    }
                 }
             }
         }
@@ -706,6 +755,34 @@ mod tests {
         let text = format!("{DEFAULT_CONFIG}\n[limits]\nmax_execution_ms = 0\n");
         let err = Settings::parse(&text).unwrap_err().to_string();
         assert!(err.contains("limits.max_execution_ms"), "{err}");
+    }
+
+    #[test]
+    fn route_prices_and_quotas_are_checked_and_named() {
+        let route = |extra: &str| {
+            DEFAULT_CONFIG.replace(
+                "provider = \"mock\", model = \"mock-1\"",
+                &format!("provider = \"mock\", model = \"mock-1\", {extra}"),
+            )
+        };
+        let s = Settings::parse(&route(
+            "input_per_mtok = 0.15, output_per_mtok = 0.6, tokens_per_day = 1000",
+        ))
+        .unwrap();
+        let r = &s.model("chat-default").unwrap().routes[0];
+        assert_eq!((r.input_per_mtok, r.output_per_mtok), (0.15, 0.6));
+        assert_eq!(r.tokens_per_day, 1000);
+        for (extra, field) in [
+            ("input_per_mtok = -1.0", "routes[0].input_per_mtok"),
+            ("output_per_mtok = nan", "routes[0].output_per_mtok"),
+            ("output_per_mtok = 1e9", "routes[0].output_per_mtok"),
+            ("requests_per_day = -3", "requests_per_day"),
+            ("tokens_per_minute = 1e20", "tokens_per_minute"),
+            ("max_output_tokens = 0", "routes[0].max_output_tokens"),
+        ] {
+            let err = Settings::parse(&route(extra)).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
     }
 
     #[test]
