@@ -113,6 +113,7 @@ impl Harness {
             // Assembled as `Application::build` does.
             let providers = Arc::new(Providers::from_settings(&settings).expect("providers"));
             let deps = Arc::new(ExecutionDeps {
+                ledger: Arc::new(switchyard::ledger::Ledger::open(store.clone()).expect("ledger")),
                 store,
                 health: Arc::new(HealthBoard::new(&settings)),
                 settings: Arc::new(settings),
@@ -256,6 +257,8 @@ fn new_record() -> (ExecutionRecord, ChatRequest) {
         finish_reason: None,
         usage: None,
         attempts: Vec::new(),
+        key_id: None,
+        cost: None,
         created_at_ms: now_ms(),
         started_at_ms: None,
         completed_at_ms: None,

@@ -34,10 +34,13 @@ pub enum ErrorCode {
     /// The client sent its request body too slowly (`limits.body_timeout_ms`,
     /// `limits.body_min_bytes_per_sec`): 408, and the connection is closed.
     RequestTimeout,
+    /// The project's balance (less its open holds) or the key's monthly spend cap does not
+    /// cover what the request may cost: 402, not retryable until someone tops up.
+    InsufficientBalance,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidRequest,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unauthorized,
@@ -56,6 +59,7 @@ impl ErrorCode {
         ErrorCode::StorageUnavailable,
         ErrorCode::Internal,
         ErrorCode::RequestTimeout,
+        ErrorCode::InsufficientBalance,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +82,7 @@ impl ErrorCode {
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::InsufficientBalance => "insufficient_balance",
         }
     }
 
@@ -101,6 +106,7 @@ impl ErrorCode {
             ErrorCode::ProviderError | ErrorCode::StreamInterrupted => StatusCode::BAD_GATEWAY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
         }
     }
 

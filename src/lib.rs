@@ -22,6 +22,7 @@ pub mod channels;
 pub mod cursor;
 pub mod domain;
 pub mod error;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod providers;

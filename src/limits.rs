@@ -223,6 +223,14 @@ impl RateLimits {
         self.keys.insert(key_id.to_string(), state);
     }
 
+    /// The key's monthly spend cap in micro-dollars (`None` or 0: none).
+    pub fn monthly_spend_cap(&self, key_id: &str) -> Option<u64> {
+        self.overrides
+            .get(key_id)?
+            .monthly_spend_cap_micros
+            .filter(|&c| c > 0)
+    }
+
     /// Drops a revoked key's state (its executions still give their places back).
     pub fn forget_key(&self, key_id: &str) {
         self.overrides.remove(key_id);

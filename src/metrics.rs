@@ -33,6 +33,9 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     pub retention_deleted: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub spend: IntCounterVec,
+    pub insufficient_balance: IntCounter,
+    pub held: IntGauge,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -71,6 +74,19 @@ impl Metrics {
             register(&r, IntCounter::new(name, help).expect("valid metric"))
         };
         Metrics {
+            spend: counter_vec(
+                "switchyard_spend_micros_total",
+                "What completed answers cost at the routes' prices, in micro-dollars, by model slug.",
+                &["model"],
+            ),
+            insufficient_balance: counter(
+                "switchyard_insufficient_balance_total",
+                "Submits refused because the balance or the key's monthly cap did not cover their hold.",
+            ),
+            held: gauge(
+                "switchyard_held_micros",
+                "What all projects' open holds reserve, in micro-dollars.",
+            ),
             rate_limited: counter_vec(
                 "switchyard_rate_limited_total",
                 "Requests refused by a client rate limit, by scope (ip, key, project, tokens, concurrency).",

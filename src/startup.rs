@@ -82,6 +82,7 @@ impl Application {
             metrics.clone(),
             webhook_wake.clone(),
         )?;
+        let ledger = Arc::new(crate::ledger::Ledger::open(store.clone())?);
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
@@ -90,10 +91,11 @@ impl Application {
             project_feed: project_feed.clone(),
             metrics: metrics.clone(),
             webhook_wake: webhook_wake.clone(),
+            ledger: ledger.clone(),
         }))
         .start();
 
-        let recovered = recover(&store, &registry)?;
+        let recovered = recover(&store, &ledger, &registry)?;
         crate::retention::Sweeper::start(
             store.clone(),
             settings.retention.clone(),
@@ -135,6 +137,7 @@ impl Application {
             webhooks,
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
             limits,
+            ledger,
         });
         let metrics_server = match settings.metrics.listen {
             Some(addr) => Some(metrics_server(addr, state.clone())?),
@@ -301,11 +304,17 @@ pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
 /// Restarts the executions a previous process left unfinished (read from the `unfinished`
 /// index, not the history) and removes those a crash left unacknowledged. Returns how many
 /// were restarted.
-fn recover(store: &Store, registry: &actix::Addr<Registry>) -> anyhow::Result<usize> {
+fn recover(
+    store: &Store,
+    ledger: &crate::ledger::Ledger,
+    registry: &actix::Addr<Registry>,
+) -> anyhow::Result<usize> {
     let mut recovered = 0;
     for record in store.unfinished_executions()? {
         if !store.is_acknowledged(&record)? {
             tracing::info!(execution_id = %record.id, "removing an execution a crash left unacknowledged");
+            let key_id = record.key_id.as_deref().unwrap_or_default();
+            ledger.settle(&record.id, &record.project_id, key_id, None)?;
             store.remove_orphan(&record)?;
             continue;
         }

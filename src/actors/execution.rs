@@ -16,6 +16,7 @@ use crate::domain::{
     Status, ToolCall, ToolCallAssembly, Usage,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::ledger::pricing;
 use crate::providers::{
     spawn_attempt, AttemptEvent, AttemptHandle, ProviderError, StreamItem, UpstreamRequest,
 };
@@ -36,6 +37,7 @@ pub struct ExecutionDeps {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Wakes webhook delivery once a terminal state is durable.
     pub webhook_wake: Arc<tokio::sync::Notify>,
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 /// Mid-stream switches allowed per execution before it fails.
@@ -60,6 +62,10 @@ struct Running {
     tool_calls: ToolCallAssembly,
     /// This try's debug log, for what the actor itself decides about it (reconciliation).
     log: AttemptLog,
+    /// What the try was sent and has produced, for its cost when the provider reports no
+    /// usage (a cut stream): prompt tokens by the admission measure, text bytes received.
+    input_tokens: u64,
+    text_bytes: usize,
 }
 
 /// A `failover` to a continuation, held until the continuation's head is reconciled so that
@@ -301,6 +307,7 @@ impl Execution {
             Some(s) => continuation_messages(&self.request.messages, &self.emitted, s),
             None => self.request.messages.clone(),
         };
+        let input_tokens = pricing::approx_tokens(messages.iter().map(|m| m.content.len()).sum());
         let request = UpstreamRequest {
             model: route.model.clone(),
             messages,
@@ -338,6 +345,8 @@ impl Execution {
             usage: None,
             tool_calls: ToolCallAssembly::default(),
             log,
+            input_tokens,
+            text_bytes: 0,
         });
         self.record.attempts.push(Attempt {
             provider: route.provider.name().to_string(),
@@ -348,6 +357,7 @@ impl Execution {
             error_code: None,
             error_message: None,
             usage: None,
+            cost_micros: None,
             started_at_ms: now_ms(),
             first_chunk_ms: None,
             ended_at_ms: None,
@@ -408,10 +418,19 @@ impl Execution {
                 .with_label_values(&[provider])
                 .observe(took);
         }
+        let price = route.price;
+        let cost = (!price.is_free()).then(|| match running.usage {
+            Some(usage) => price.usage_cost(&usage),
+            None => price.cost_micros(
+                running.input_tokens,
+                pricing::approx_tokens(running.text_bytes),
+            ),
+        });
         if let Some(attempt) = self.record.attempts.last_mut() {
             attempt.outcome = outcome;
             attempt.chunks_delivered = running.chunks;
             attempt.usage = running.usage;
+            attempt.cost_micros = cost;
             attempt.ended_at_ms = Some(now_ms());
             attempt.error_code = error.map(|e| e.code);
             attempt.error_message = error.map(|e| e.message.clone());
@@ -419,6 +438,9 @@ impl Execution {
     }
 
     fn on_text(&mut self, ctx: &mut Context<Self>, text: String) {
+        if let Some(running) = self.running.as_mut() {
+            running.text_bytes += text.len();
+        }
         let text = match self.reconciler.as_mut() {
             None => Some(text),
             Some(r) => match r.push(text) {
@@ -742,9 +764,29 @@ impl Execution {
             tokens("prompt", usage.prompt_tokens);
             tokens("completion", usage.completion_tokens);
         }
+        let cost = (status == Status::Completed).then(|| self.record.attempts_cost());
+        let priced = self.routes.iter().any(|r| !r.price.is_free());
+        if priced || self.record.cost.is_some() {
+            self.record.cost.get_or_insert_default().settled_micros = Some(cost.unwrap_or(0));
+            if let Some(cost) = cost {
+                m.spend.with_label_values(&[model]).inc_by(cost);
+            }
+        }
         self.deps.store.count_in_analytics(&self.record);
         self.permit = None;
         self.persist();
+        // After the terminal record (see `store::ledger`): a crash between the two leaves a
+        // hold that recovery settles from the record.
+        if priced || self.record.cost.is_some() {
+            let key_id = self.record.key_id.as_deref().unwrap_or_default();
+            if let Err(err) =
+                self.deps
+                    .ledger
+                    .settle(&self.record.id, &self.record.project_id, key_id, cost)
+            {
+                self.deps.store.health.fail(&err);
+            }
+        }
         // Serialized from the record it borrows, before `emit` borrows the actor.
         let done = Event::from_payload(self.next_seq, EventKind::Done, &self.record.view(None));
         self.emit(ctx, |_| done);

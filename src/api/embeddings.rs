@@ -77,7 +77,31 @@ pub async fn create(
     let routes = routing::plan(&state.settings, &state.providers, &body.model)
         .filter(|r| !r.is_empty())
         .ok_or_else(|| ApiError::invalid(format!("model: unknown model `{}`", body.model)))?;
-    let (model, embeddings) = route(&state, &routes, &input, body.dimensions).await?;
+    let cap = state.limits.monthly_spend_cap(&principal.key_id);
+    let reservation = if cap.is_some() || state.ledger.is_limited(&principal.project_id) {
+        let worst = super::balance::embedding_worst_case(
+            routes.iter().map(|r| r.price),
+            crate::ledger::pricing::approx_tokens(chars),
+        );
+        let amount = crate::ledger::pricing::hold_for(worst);
+        super::balance::reserve_amount(&state, &principal, cap, amount)?
+    } else {
+        None
+    };
+    // A failed request drops its reservation: nothing is charged.
+    let (model, price, embeddings) = route(&state, &routes, &input, body.dimensions).await?;
+    let cost = price.cost_micros(embeddings.prompt_tokens, 0);
+    let charged = match reservation {
+        Some(r) => state.ledger.charge_reserved(r, cost),
+        None if cost > 0 => state
+            .ledger
+            .charge(&principal.project_id, &principal.key_id, cost),
+        None => Ok(0),
+    };
+    // The answer exists: it is returned even when its charge cannot be written.
+    if let Err(err) = charged {
+        state.store.health.fail(&err);
+    }
     let data: Vec<_> = embeddings
         .vectors
         .into_iter()
@@ -112,7 +136,7 @@ async fn route(
     routes: &[routing::Route],
     input: &[String],
     dimensions: Option<u32>,
-) -> Result<(String, Embeddings), ApiError> {
+) -> Result<(String, crate::ledger::pricing::Price, Embeddings), ApiError> {
     let mut index = routing::pick_route(routes, 0, &state.health, Instant::now()).unwrap_or(0);
     let mut tries = 1;
     loop {
@@ -137,7 +161,7 @@ async fn route(
                     first_chunk: None,
                 };
                 state.health.end(r.key(), Instant::now(), outcome, false);
-                return Ok((r.model.clone(), embeddings));
+                return Ok((r.model.clone(), r.price, embeddings));
             }
             Err(err) => err,
         };

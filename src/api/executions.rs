@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{body::read_json, AppState, Principal};
 use crate::actors::{CancelExecution, StartExecution};
-use crate::domain::{ids, now_ms, rfc3339, Event, ExecutionRecord, Status, SubmitBody};
+use crate::domain::{ids, now_ms, rfc3339, Cost, Event, ExecutionRecord, Status, SubmitBody};
 use crate::error::{ApiError, ErrorCode};
 use crate::routing;
 use crate::store::{SubmitOutcome, WsTokenRecord};
@@ -66,6 +66,9 @@ pub(super) async fn accept(
     // instead of accepting work it could not keep.
     state.store.health.admit()?;
     let model = resolve_model(state, body)?;
+    // Checked and counted now, written once the execution exists: a retry of an existing
+    // submit drops it unwritten and holds nothing twice.
+    let mut hold = super::balance::reserve(state, principal, &model, body)?;
     let id = ids::execution_id();
     let record = ExecutionRecord {
         channel_id: crate::channels::channel_id_for(&id),
@@ -83,6 +86,11 @@ pub(super) async fn accept(
         finish_reason: None,
         usage: None,
         attempts: Vec::new(),
+        key_id: Some(principal.key_id.clone()),
+        cost: hold.as_ref().map(|h| Cost {
+            held_micros: h.amount(),
+            settled_micros: None,
+        }),
         created_at_ms: now_ms(),
         started_at_ms: None,
         completed_at_ms: None,
@@ -93,7 +101,14 @@ pub(super) async fn accept(
             .store
             .create_execution(&record, &request, &Event::status(1, Status::Pending))?;
     let (record, created) = match outcome {
-        SubmitOutcome::Created => (record, true),
+        SubmitOutcome::Created => {
+            if let Some(hold) = hold.as_mut() {
+                // Before the actor starts: every event it publishes follows a commit that
+                // covers the hold too.
+                state.ledger.hold(hold, &record.id)?;
+            }
+            (record, true)
+        }
         SubmitOutcome::Existing {
             id,
             same_body: true,

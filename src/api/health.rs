@@ -98,6 +98,7 @@ fn scrape(state: &AppState, req: &HttpRequest) -> HttpResponse {
             .set(breaker_value(breaker));
     }
     m.store_size.set(state.store.size_on_disk() as i64);
+    m.held.set(state.ledger.held_micros() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

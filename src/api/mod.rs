@@ -2,6 +2,7 @@
 
 mod analytics;
 mod auth;
+mod balance;
 mod body;
 mod chat_completions;
 mod connections;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub env_admin_key_hash: Option<String>,
     /// Client rate limits and executions in flight per key.
     pub limits: Arc<crate::limits::RateLimits>,
+    /// Balances, holds and keys' monthly spend.
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -110,6 +113,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/v1/webhooks/deliveries/{id}/retry",
         web::post().to(webhook_deliveries::retry),
     )
+    .route(
+        "/v1/projects/{project_id}/balance",
+        web::post().to(balance::top_up),
+    )
+    .route("/v1/balance", web::get().to(balance::get))
+    .route("/v1/ledger", web::get().to(balance::ledger))
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
     .route("/v1/keys/{id}", web::delete().to(keys::revoke))

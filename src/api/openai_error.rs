@@ -29,6 +29,8 @@ fn openai_type(code: ErrorCode) -> &'static str {
         ErrorCode::Forbidden => "permission_error",
         ErrorCode::NotFound => "not_found_error",
         ErrorCode::RateLimited => "rate_limit_error",
+        // OpenAI's own type for an account out of credit.
+        ErrorCode::InsufficientBalance => "insufficient_quota",
         ErrorCode::ProviderTimeout
         | ErrorCode::ProviderUnavailable
         | ErrorCode::ProviderError

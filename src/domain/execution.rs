@@ -44,6 +44,21 @@ pub struct Attempt {
     pub first_chunk_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at_ms: Option<u64>,
+    /// What this attempt cost in micro-dollars at its route's prices (its usage, or an
+    /// estimate from the text it produced when the provider reported none); `None` on a
+    /// route without prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micros: Option<u64>,
+}
+
+/// What an execution holds and was charged, in micro-dollars (`crate::ledger`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cost {
+    /// The hold placed at submit (0 when the project has no balance and the key no cap).
+    pub held_micros: u64,
+    /// What the answer cost — the sum over its attempts — once `completed`; 0 for any other
+    /// end (the hold is released); `None` while running.
+    pub settled_micros: Option<u64>,
 }
 
 /// Everything known about an execution except its event log and its request, which live
@@ -72,12 +87,22 @@ pub struct ExecutionRecord {
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
     pub attempts: Vec<Attempt>,
+    /// The API key that submitted: its monthly spend is charged (not shown in the view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub completed_at_ms: Option<u64>,
 }
 
 impl ExecutionRecord {
+    /// The sum of the attempts' costs.
+    pub fn attempts_cost(&self) -> u64 {
+        self.attempts.iter().filter_map(|a| a.cost_micros).sum()
+    }
+
     pub fn duration_ms(&self) -> Option<u64> {
         self.completed_at_ms
             .map(|end| end.saturating_sub(self.created_at_ms))
@@ -103,6 +128,7 @@ impl ExecutionRecord {
             finish_reason: self.finish_reason.as_deref(),
             usage: self.usage,
             attempts: self.attempts.iter().map(AttemptView).collect(),
+            cost: self.cost,
             metadata: &self.metadata,
             idempotency_key: &self.idempotency_key,
             channel_id: &self.channel_id,
@@ -128,6 +154,8 @@ pub struct ExecutionView<'a> {
     finish_reason: Option<&'a str>,
     usage: Option<Usage>,
     attempts: Vec<AttemptView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<Cost>,
     metadata: &'a Map<String, Value>,
     idempotency_key: &'a str,
     channel_id: &'a str,
@@ -153,7 +181,7 @@ impl Serialize for AttemptView<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let a = self.0;
-        let mut s = serializer.serialize_struct("Attempt", 11)?;
+        let mut s = serializer.serialize_struct("Attempt", 12)?;
         s.serialize_field("provider", &a.provider)?;
         s.serialize_field("model", &a.model)?;
         s.serialize_field("strategy", &a.strategy)?;
@@ -165,6 +193,10 @@ impl Serialize for AttemptView<'_> {
         s.serialize_field("started_at", &Rfc3339(a.started_at_ms))?;
         s.serialize_field("time_to_first_chunk_ms", &a.first_chunk_ms)?;
         s.serialize_field("ended_at", &a.ended_at_ms.map(Rfc3339))?;
+        match a.cost_micros {
+            Some(cost) => s.serialize_field("cost_micros", &cost)?,
+            None => s.skip_field("cost_micros")?,
+        }
         s.end()
     }
 }
@@ -216,10 +248,13 @@ mod tests {
                 error_code: Some(ErrorCode::ProviderTimeout),
                 error_message: None,
                 usage: None,
+                cost_micros: None,
                 started_at_ms: 1_700_000_000_100,
                 first_chunk_ms: Some(7),
                 ended_at_ms: None,
             }],
+            key_id: None,
+            cost: None,
             created_at_ms: 1_700_000_000_000,
             started_at_ms: Some(1_700_000_000_050),
             completed_at_ms: Some(1_700_000_000_500),

@@ -26,6 +26,7 @@ pub struct Route {
     pub json_mode: bool,
     pub tools: bool,
     pub vision: bool,
+    pub price: crate::ledger::pricing::Price,
 }
 
 impl Route {
@@ -115,6 +116,7 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
                     json_mode: r.json_mode,
                     tools: r.tools,
                     vision: r.vision,
+                    price: crate::ledger::pricing::Price::of(r),
                 })
             })
             .collect(),

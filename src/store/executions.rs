@@ -242,7 +242,7 @@ fn status_of(bytes: &[u8]) -> Option<Status> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::{Message, Params, Role};
 
@@ -270,6 +270,8 @@ pub(super) mod tests {
             finish_reason: None,
             usage: None,
             attempts: Vec::new(),
+            key_id: None,
+            cost: None,
             created_at_ms: 1,
             started_at_ms: None,
             completed_at_ms: None,

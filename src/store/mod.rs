@@ -6,7 +6,8 @@
 //! `unfinished` and `finished` (see `indexes`), `keys` (key id → key record), `key_hashes`
 //! (sha256(secret) → key id), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
 //! attempt ‖ first entry → debug entries), `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`), `analytics` (project ‖
-//! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `meta` (with the layout version, see
+//! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `ledger`, `holds` and `key_spend` (see
+//! `ledger.rs`), `meta` (with the layout version, see
 //! `layout`).
 
 mod analytics;
@@ -20,6 +21,7 @@ mod health;
 mod indexes;
 mod keys;
 mod layout;
+mod ledger;
 mod request_refs;
 mod retention;
 mod tokens;
@@ -28,10 +30,13 @@ mod webhooks;
 pub use analytics::{Aggregate, Dimension, Histogram, Series, MINUTE};
 pub use attempt_log::{redacted_headers, AttemptLog, LogEntry};
 pub use commit::{GroupCommit, StoreFailed};
+#[cfg(test)]
+pub(crate) use executions::tests as tests_support;
 pub use executions::{ListPage, SubmitOutcome};
 pub use health::{Refusal, StoreHealth};
 pub use keys::{hash_secret, KeyLimits, KeyRecord, KeyRole};
 pub use layout::LAYOUT_VERSION;
+pub use ledger::{EntryKind, HoldRecord, LedgerEntry};
 pub use retention::Swept;
 pub use tokens::WsTokenRecord;
 pub use webhooks::{DeliveryStatus, DueEntry, SigningSecrets, WebhookJob};
@@ -72,6 +77,9 @@ pub struct Store {
     live_logs: Arc<attempt_log::LiveLogs>,
     webhooks: webhooks::WebhookTrees,
     analytics: sled::Tree,
+    ledger: sled::Tree,
+    holds: sled::Tree,
+    key_spend: sled::Tree,
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
@@ -118,6 +126,9 @@ impl Store {
             live_logs: Arc::default(),
             webhooks: webhooks::WebhookTrees::open(&db)?,
             analytics: tree("analytics")?,
+            ledger: tree("ledger")?,
+            holds: tree("holds")?,
+            key_spend: tree("key_spend")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(
                 db.clone(),

@@ -390,6 +390,8 @@ mod tests {
             finish_reason: Some("stop".into()),
             usage: None,
             attempts: Vec::new(),
+            key_id: None,
+            cost: None,
             created_at_ms: now_ms(),
             started_at_ms: None,
             completed_at_ms: Some(now_ms()),

@@ -10,6 +10,7 @@ mod helpers;
 mod access;
 mod analytics;
 mod bad_input;
+mod balances;
 mod connections;
 mod continuation_corpus;
 mod cors;

@@ -1,0 +1,785 @@
+//! Balances with holds: each project may have a balance in micro-dollars; a submit holds
+//! what its answer may cost, the end of the execution settles the hold to what it did cost
+//! (`completed`) or gives it back (any other end). A project without a balance is
+//! unlimited. A key may also have a monthly spend cap, enforced the same way.
+//!
+//! Exact under concurrency: the check and the hold happen under the project's lock (and the
+//! key's, always taken after it), against the balance minus every open hold — including
+//! holds reserved by submits not yet written — so N parallel submits against a balance that
+//! covers k of them accept at most k. A charge is never more than the balance can pay (what
+//! exceeds it is recorded as uncollected), so no balance goes below zero.
+//!
+//! Crash-safe through the order of writes described in `store::ledger`; [`Ledger::open`]
+//! finishes whatever a crash interrupted. The ledger in sled is the truth; what is held here is
+//! its newest entry per project, read once at start.
+
+pub mod pricing;
+
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::domain::{now_ms, ExecutionRecord, Status};
+use crate::store::{EntryKind, HoldRecord, LedgerEntry, Store};
+
+/// Why a submit was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Balance { available: u64, needed: u64 },
+    KeyCap { cap: u64, used: u64, needed: u64 },
+}
+
+impl Refusal {
+    pub fn message(&self) -> String {
+        let usd = |m: u64| format!("${}.{:06}", m / 1_000_000, m % 1_000_000);
+        match self {
+            Refusal::Balance { available, needed } => format!(
+                "insufficient balance: this request holds up to {} (its worst-case cost + 20%), the project has {} available",
+                usd(*needed),
+                usd(*available)
+            ),
+            Refusal::KeyCap { cap, used, needed } => format!(
+                "this key's monthly spend cap ({}) would be exceeded: {} spent or held this month, this request holds up to {}",
+                usd(*cap),
+                usd(*used),
+                usd(*needed)
+            ),
+        }
+    }
+}
+
+/// A project's account: its newest ledger entry, plus holds reserved but not yet written.
+#[derive(Debug, Default)]
+struct Account {
+    seq: u64,
+    balance: u64,
+    held: u64,
+    reserved: u64,
+}
+
+impl Account {
+    fn available(&self) -> u64 {
+        self.balance.saturating_sub(self.held + self.reserved)
+    }
+
+    fn next(&self, kind: EntryKind, amount: u64, balance: u64, held: u64) -> LedgerEntry {
+        LedgerEntry {
+            seq: self.seq + 1,
+            kind,
+            amount_micros: amount,
+            execution_id: None,
+            key_id: None,
+            hold_micros: 0,
+            uncollected_micros: 0,
+            at_ms: now_ms(),
+            balance_micros: balance,
+            held_micros: held,
+        }
+    }
+
+    fn apply(&mut self, entry: &LedgerEntry) {
+        self.seq = entry.seq;
+        self.balance = entry.balance_micros;
+        self.held = entry.held_micros;
+    }
+}
+
+/// A key's spend in one calendar month (UTC), and its open holds.
+#[derive(Debug, Default)]
+struct KeyMonth {
+    month: u32,
+    spent: u64,
+    held: u64,
+}
+
+/// What `GET /v1/balance` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    pub balance_micros: u64,
+    pub held_micros: u64,
+    pub available_micros: u64,
+}
+
+type Shared<T> = Arc<Mutex<T>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `YYYYMM` of a time, in UTC.
+pub fn month_of(ms: u64) -> u32 {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    let year: u32 = text[..4].parse().unwrap_or(1970);
+    let month: u32 = text[5..7].parse().unwrap_or(1);
+    year * 100 + month
+}
+
+pub struct Ledger {
+    store: Store,
+    accounts: DashMap<String, Shared<Account>>,
+    keys: DashMap<String, Shared<KeyMonth>>,
+}
+
+/// A hold checked and counted, not yet written: dropped unwritten (the submit failed, or lost
+/// an idempotency race), it gives the amount back.
+pub struct Reservation {
+    project_id: String,
+    key_id: String,
+    amount: u64,
+    account: Option<Shared<Account>>,
+    key: Option<Shared<KeyMonth>>,
+    written: bool,
+}
+
+impl Reservation {
+    pub fn amount(&self) -> u64 {
+        self.amount
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        if let Some(account) = &self.account {
+            let mut a = lock(account);
+            a.reserved = a.reserved.saturating_sub(self.amount);
+        }
+        if let Some(key) = &self.key {
+            let mut k = lock(key);
+            k.held = k.held.saturating_sub(self.amount);
+        }
+    }
+}
+
+impl Ledger {
+    /// Loads the accounts and finishes what a crash interrupted: a hold whose ledger entry is
+    /// missing is completed, the hold of an execution that ended (or vanished) while the
+    /// process was down is settled or released.
+    pub fn open(store: Store) -> sled::Result<Ledger> {
+        let ledger = Ledger {
+            accounts: DashMap::new(),
+            keys: DashMap::new(),
+            store,
+        };
+        for (project, last) in ledger.store.ledger_accounts()? {
+            let mut account = Account::default();
+            account.apply(&last);
+            ledger
+                .accounts
+                .insert(project, Arc::new(Mutex::new(account)));
+        }
+        let mut held_by_key: HashMap<String, u64> = HashMap::new();
+        for (execution_id, hold) in ledger.store.open_holds()? {
+            ledger.complete_hold_entry(&execution_id, &hold)?;
+            let record = ledger.store.get_execution(&execution_id)?;
+            match record {
+                Some(r) if !r.status.is_terminal() => {
+                    *held_by_key.entry(hold.key_id.clone()).or_default() += hold.amount_micros;
+                }
+                Some(r) => {
+                    if let Some(seq) = hold.seq {
+                        // Closed in the ledger, the row not yet removed: only the row is left.
+                        let closed =
+                            ledger
+                                .store
+                                .closing_entry(&hold.project_id, seq, &execution_id)?;
+                        if closed.is_some() {
+                            ledger.store.remove_hold(&execution_id)?;
+                            continue;
+                        }
+                    }
+                    tracing::info!(execution_id = %execution_id, status = r.status.as_str(), "settling the hold of an execution that ended before the crash");
+                    ledger.close(&execution_id, &hold, settled_cost(&r))?;
+                }
+                None => {
+                    tracing::info!(execution_id = %execution_id, "releasing the hold of an execution a crash left unwritten");
+                    ledger.close(&execution_id, &hold, None)?;
+                }
+            }
+        }
+        let month = month_of(now_ms());
+        for (key_id, held) in held_by_key {
+            let spent = ledger.store.key_spend(&key_id, month)?;
+            ledger.keys.insert(
+                key_id,
+                Arc::new(Mutex::new(KeyMonth { month, spent, held })),
+            );
+        }
+        Ok(ledger)
+    }
+
+    /// A hold row written without its ledger entry (a crash between the two): the entry is
+    /// written now, at the seq the row names (nothing of that project was written after it).
+    fn complete_hold_entry(&self, execution_id: &str, hold: &HoldRecord) -> sled::Result<()> {
+        let Some(seq) = hold.seq else { return Ok(()) };
+        if self.store.ledger_entry(&hold.project_id, seq)?.is_some() {
+            return Ok(());
+        }
+        let account = self.account(&hold.project_id);
+        let mut a = lock(&account);
+        let mut entry = a.next(
+            EntryKind::Hold,
+            hold.amount_micros,
+            a.balance,
+            a.held + hold.amount_micros,
+        );
+        entry.execution_id = Some(execution_id.to_string());
+        entry.key_id = Some(hold.key_id.clone());
+        self.store.append_ledger(&hold.project_id, &entry)?;
+        a.apply(&entry);
+        Ok(())
+    }
+
+    fn account(&self, project: &str) -> Shared<Account> {
+        self.accounts
+            .entry(project.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn key_month(&self, key_id: &str, month: u32) -> sled::Result<Shared<KeyMonth>> {
+        if let Some(k) = self.keys.get(key_id) {
+            return Ok(k.clone());
+        }
+        let spent = self.store.key_spend(key_id, month)?;
+        Ok(self
+            .keys
+            .entry(key_id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(KeyMonth {
+                    month,
+                    spent,
+                    held: 0,
+                }))
+            })
+            .clone())
+    }
+
+    /// Whether the project has a balance (else it is unlimited).
+    pub fn is_limited(&self, project: &str) -> bool {
+        self.accounts.contains_key(project)
+    }
+
+    pub fn balance(&self, project: &str) -> Option<Balance> {
+        let account = self.accounts.get(project)?.clone();
+        let a = lock(&account);
+        Some(Balance {
+            balance_micros: a.balance,
+            held_micros: a.held + a.reserved,
+            available_micros: a.available(),
+        })
+    }
+
+    /// Checks and counts a hold of `amount` against the project's balance and the key's
+    /// monthly cap. `Ok(None)`: neither applies, nothing is held.
+    pub fn reserve(
+        &self,
+        project: &str,
+        key_id: &str,
+        monthly_cap: Option<u64>,
+        amount: u64,
+    ) -> Result<Option<Reservation>, ReserveError> {
+        let account = self.accounts.get(project).map(|a| a.clone());
+        let cap = monthly_cap.filter(|&c| c > 0);
+        if account.is_none() && cap.is_none() {
+            return Ok(None);
+        }
+        let mut account_guard = account.as_ref().map(|a| lock(a));
+        if let Some(a) = account_guard.as_deref() {
+            if a.available() < amount {
+                return Err(ReserveError::Refused(Refusal::Balance {
+                    available: a.available(),
+                    needed: amount,
+                }));
+            }
+        }
+        let key = match cap {
+            Some(cap) => {
+                let month = month_of(now_ms());
+                let key = self.key_month(key_id, month)?;
+                let mut k = lock(&key);
+                if k.month != month {
+                    k.month = month;
+                    k.spent = self.store.key_spend(key_id, month)?;
+                }
+                let used = k.spent + k.held;
+                if used.saturating_add(amount) > cap {
+                    return Err(ReserveError::Refused(Refusal::KeyCap {
+                        cap,
+                        used,
+                        needed: amount,
+                    }));
+                }
+                k.held += amount;
+                drop(k);
+                Some(key)
+            }
+            None => None,
+        };
+        if let Some(a) = account_guard.as_deref_mut() {
+            a.reserved += amount;
+        }
+        drop(account_guard);
+        Ok(Some(Reservation {
+            project_id: project.to_string(),
+            key_id: key_id.to_string(),
+            amount,
+            account,
+            key,
+            written: false,
+        }))
+    }
+
+    /// Writes a reservation as the hold of `execution_id`: its `holds` row, then (for a
+    /// project with a balance) its ledger entry.
+    pub fn hold(&self, reservation: &mut Reservation, execution_id: &str) -> sled::Result<()> {
+        let mut row = HoldRecord {
+            project_id: reservation.project_id.clone(),
+            key_id: reservation.key_id.clone(),
+            amount_micros: reservation.amount,
+            at_ms: now_ms(),
+            seq: None,
+        };
+        let Some(account) = &reservation.account else {
+            self.store.put_hold(execution_id, &row)?;
+            reservation.written = true;
+            return Ok(());
+        };
+        let mut a = lock(account);
+        let mut entry = a.next(
+            EntryKind::Hold,
+            reservation.amount,
+            a.balance,
+            a.held + reservation.amount,
+        );
+        entry.execution_id = Some(execution_id.to_string());
+        entry.key_id = Some(reservation.key_id.clone());
+        row.seq = Some(entry.seq);
+        self.store.put_hold(execution_id, &row)?;
+        self.store.append_ledger(&reservation.project_id, &entry)?;
+        a.apply(&entry);
+        a.reserved = a.reserved.saturating_sub(reservation.amount);
+        reservation.written = true;
+        Ok(())
+    }
+
+    /// Ends an execution's hold: charges `cost` (what a `completed` answer cost; `None` for
+    /// any other end, which releases the hold whole). An execution without a hold is charged
+    /// directly (a submit a crash cut between its record and its hold). Returns the amount
+    /// charged.
+    pub fn settle(
+        &self,
+        execution_id: &str,
+        project: &str,
+        key_id: &str,
+        cost: Option<u64>,
+    ) -> sled::Result<u64> {
+        match self.store.hold(execution_id)? {
+            Some(hold) => self.close(execution_id, &hold, cost),
+            None => self.write_close(Closing {
+                execution_id: Some(execution_id),
+                project,
+                key_id,
+                in_ledger: self.is_limited(project),
+                ledger_hold: 0,
+                key_hold: 0,
+                unreserve: 0,
+                cost: cost.unwrap_or(0),
+            }),
+        }
+    }
+
+    /// Charges `cost` for a request answered synchronously without a reservation (an
+    /// embedding in a project without a balance): counted in the key's month.
+    pub fn charge(&self, project: &str, key_id: &str, cost: u64) -> sled::Result<u64> {
+        self.write_close(Closing {
+            execution_id: None,
+            project,
+            key_id,
+            in_ledger: self.is_limited(project),
+            ledger_hold: 0,
+            key_hold: 0,
+            unreserve: 0,
+            cost,
+        })
+    }
+
+    /// Charges `cost` for a request answered synchronously (an embedding) against its
+    /// unwritten reservation, which is given back in the same step.
+    pub fn charge_reserved(&self, mut reservation: Reservation, cost: u64) -> sled::Result<u64> {
+        reservation.written = true;
+        self.write_close(Closing {
+            execution_id: None,
+            project: &reservation.project_id,
+            key_id: &reservation.key_id,
+            in_ledger: reservation.account.is_some(),
+            ledger_hold: 0,
+            key_hold: reservation.amount,
+            unreserve: reservation.amount,
+            cost,
+        })
+    }
+
+    fn close(&self, execution_id: &str, hold: &HoldRecord, cost: Option<u64>) -> sled::Result<u64> {
+        // Only a hold the ledger has is given back there: a project that got its balance
+        // after this hold was placed never counted it.
+        let charged = self.write_close(Closing {
+            execution_id: Some(execution_id),
+            project: &hold.project_id,
+            key_id: &hold.key_id,
+            in_ledger: hold.seq.is_some(),
+            ledger_hold: hold.amount_micros,
+            key_hold: hold.amount_micros,
+            unreserve: 0,
+            cost: cost.unwrap_or(0),
+        })?;
+        self.store.remove_hold(execution_id)?;
+        Ok(charged)
+    }
+
+    /// The ledger entry (when the project's ledger takes part) and the key's month for the
+    /// end of a hold or a direct charge.
+    fn write_close(&self, c: Closing<'_>) -> sled::Result<u64> {
+        let mut charged = c.cost;
+        if c.in_ledger {
+            let account = self.account(c.project);
+            let mut a = lock(&account);
+            a.reserved = a.reserved.saturating_sub(c.unreserve);
+            let held = a.held.saturating_sub(c.ledger_hold);
+            // What the balance can pay once this hold is given back: the other holds stay.
+            charged = c.cost.min(a.balance.saturating_sub(held + a.reserved));
+            let (kind, amount) = if c.cost > 0 {
+                (EntryKind::Settle, charged)
+            } else {
+                (EntryKind::Release, c.ledger_hold)
+            };
+            let mut entry = a.next(kind, amount, a.balance - charged, held);
+            entry.execution_id = c.execution_id.map(String::from);
+            entry.key_id = Some(c.key_id.to_string());
+            if kind == EntryKind::Settle {
+                entry.hold_micros = c.ledger_hold;
+                entry.uncollected_micros = c.cost - charged;
+            }
+            if entry.uncollected_micros > 0 {
+                tracing::warn!(execution_id = ?c.execution_id, project = %c.project, uncollected_micros = entry.uncollected_micros, "an answer cost more than the balance could pay");
+            }
+            if kind == EntryKind::Settle || c.ledger_hold > 0 {
+                self.store.append_ledger(c.project, &entry)?;
+                a.apply(&entry);
+            }
+        }
+        let month = month_of(now_ms());
+        let key = self.key_month(c.key_id, month)?;
+        let mut k = lock(&key);
+        if k.month != month {
+            k.month = month;
+            k.spent = self.store.key_spend(c.key_id, month)?;
+        }
+        k.held = k.held.saturating_sub(c.key_hold);
+        if charged > 0 {
+            k.spent += charged;
+            self.store.put_key_spend(c.key_id, month, k.spent)?;
+        }
+        Ok(charged)
+    }
+
+    /// Adds `amount` to a project's balance (creating it: the project stops being
+    /// unlimited). `None` when the sum would overflow.
+    pub fn top_up(
+        &self,
+        project: &str,
+        key_id: &str,
+        amount: u64,
+    ) -> Result<Option<Balance>, sled::Error> {
+        let account = self.account(project);
+        let mut a = lock(&account);
+        let Some(balance) = a.balance.checked_add(amount) else {
+            return Ok(None);
+        };
+        let mut entry = a.next(EntryKind::TopUp, amount, balance, a.held);
+        entry.key_id = Some(key_id.to_string());
+        self.store.append_ledger(project, &entry)?;
+        a.apply(&entry);
+        Ok(Some(Balance {
+            balance_micros: a.balance,
+            held_micros: a.held + a.reserved,
+            available_micros: a.available(),
+        }))
+    }
+
+    /// A key's spend this month and its open holds.
+    pub fn key_usage(&self, key_id: &str) -> sled::Result<(u64, u64)> {
+        let month = month_of(now_ms());
+        let key = self.key_month(key_id, month)?;
+        let k = lock(&key);
+        if k.month != month {
+            return Ok((self.store.key_spend(key_id, month)?, k.held));
+        }
+        Ok((k.spent, k.held))
+    }
+
+    /// What all projects hold for executions not yet ended, for metrics.
+    pub fn held_micros(&self) -> u64 {
+        self.accounts
+            .iter()
+            .map(|a| {
+                let a = lock(a.value());
+                a.held + a.reserved
+            })
+            .sum()
+    }
+}
+
+/// What a finished execution's hold settles to: the cost of a `completed` one, nothing for
+/// any other end.
+pub fn settled_cost(record: &ExecutionRecord) -> Option<u64> {
+    (record.status == Status::Completed).then(|| record.attempts_cost())
+}
+
+/// The end of a hold, or a charge without one.
+struct Closing<'a> {
+    execution_id: Option<&'a str>,
+    project: &'a str,
+    key_id: &'a str,
+    /// Whether the project's ledger records it (the project has a balance).
+    in_ledger: bool,
+    /// What the ledger holds for it, and what the key's month does.
+    ledger_hold: u64,
+    key_hold: u64,
+    /// A reservation never written, given back in the same step.
+    unreserve: u64,
+    /// What the answer cost (0: nothing to charge).
+    cost: u64,
+}
+
+#[derive(Debug)]
+pub enum ReserveError {
+    Refused(Refusal),
+    Store(sled::Error),
+}
+
+impl From<sled::Error> for ReserveError {
+    fn from(e: sled::Error) -> Self {
+        ReserveError::Store(e)
+    }
+}
+
+/// Replays a project's ledger from its first entry: checks that seqs follow each other and
+/// that every entry's balance and held amount are what the entries before it add up to.
+/// Returns the final (balance, held).
+pub fn audit(entries: &[LedgerEntry]) -> Result<(u64, u64), String> {
+    let (mut balance, mut held) = (0u64, 0u64);
+    for (i, e) in entries.iter().enumerate() {
+        if e.seq != i as u64 + 1 {
+            return Err(format!("entry {i} has seq {}", e.seq));
+        }
+        let fail = || format!("entry {} ({:?}) does not add up", e.seq, e.kind);
+        match e.kind {
+            EntryKind::TopUp => balance = balance.checked_add(e.amount_micros).ok_or_else(fail)?,
+            EntryKind::Hold => held += e.amount_micros,
+            EntryKind::Settle => {
+                balance = balance.checked_sub(e.amount_micros).ok_or_else(fail)?;
+                held = held.checked_sub(e.hold_micros).ok_or_else(fail)?;
+            }
+            EntryKind::Release => held = held.checked_sub(e.amount_micros).ok_or_else(fail)?,
+        }
+        if (balance, held) != (e.balance_micros, e.held_micros) || held > balance {
+            return Err(fail());
+        }
+    }
+    Ok((balance, held))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Attempt, AttemptOutcome};
+
+    fn entries(store: &Store, project: &str) -> Vec<LedgerEntry> {
+        store.ledger_page(project, None, 100_000).unwrap().0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_reservations_never_exceed_the_balance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = Arc::new(Ledger::open(store.clone()).unwrap());
+        ledger.top_up("p", "admin", 50 * 10_000).unwrap();
+        let threads: Vec<_> = (0..200)
+            .map(|i| {
+                let ledger = ledger.clone();
+                std::thread::spawn(move || {
+                    let mut r = match ledger.reserve("p", "k", None, 10_000) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => panic!("a limited project reserves"),
+                        Err(_) => return false,
+                    };
+                    ledger.hold(&mut r, &format!("exec_{i}")).unwrap();
+                    true
+                })
+            })
+            .collect();
+        let accepted = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&ok| ok)
+            .count();
+        assert_eq!(accepted, 50);
+        let b = ledger.balance("p").unwrap();
+        assert_eq!(
+            (b.balance_micros, b.held_micros, b.available_micros),
+            (500_000, 500_000, 0)
+        );
+        assert_eq!(audit(&entries(&store, "p")), Ok((500_000, 500_000)));
+    }
+
+    #[tokio::test]
+    async fn settle_charges_the_cost_release_gives_the_hold_back_and_nothing_goes_negative() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = Ledger::open(store.clone()).unwrap();
+        ledger.top_up("p", "admin", 100_000).unwrap();
+        for id in ["a", "b", "c"] {
+            let mut r = ledger.reserve("p", "k", None, 30_000).unwrap().unwrap();
+            ledger.hold(&mut r, id).unwrap();
+        }
+        // Dropped unwritten: given back.
+        drop(ledger.reserve("p", "k", None, 10_000).unwrap());
+        assert_eq!(ledger.balance("p").unwrap().available_micros, 10_000);
+        assert_eq!(ledger.settle("a", "p", "k", Some(12_345)).unwrap(), 12_345);
+        assert_eq!(ledger.settle("b", "p", "k", None).unwrap(), 0);
+        // Costs more than everything left: charged what the balance can pay.
+        assert_eq!(
+            ledger.settle("c", "p", "k", Some(1_000_000)).unwrap(),
+            87_655
+        );
+        let b = ledger.balance("p").unwrap();
+        assert_eq!((b.balance_micros, b.held_micros), (0, 0));
+        let all = entries(&store, "p");
+        assert_eq!(audit(&all), Ok((0, 0)));
+        let last = all.last().unwrap();
+        assert_eq!(
+            (last.kind, last.uncollected_micros),
+            (EntryKind::Settle, 912_345)
+        );
+        assert!(store.open_holds().unwrap().is_empty());
+        assert_eq!(store.key_spend("k", month_of(now_ms())).unwrap(), 100_000);
+    }
+
+    #[tokio::test]
+    async fn a_monthly_cap_counts_spend_and_open_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = Ledger::open(store.clone()).unwrap();
+        let mut r = ledger
+            .reserve("p", "k", Some(25_000), 10_000)
+            .unwrap()
+            .unwrap();
+        ledger.hold(&mut r, "a").unwrap();
+        let mut r = ledger
+            .reserve("p", "k", Some(25_000), 10_000)
+            .unwrap()
+            .unwrap();
+        ledger.hold(&mut r, "b").unwrap();
+        assert!(matches!(
+            ledger.reserve("p", "k", Some(25_000), 10_000),
+            Err(ReserveError::Refused(Refusal::KeyCap { used: 20_000, .. }))
+        ));
+        assert!(ledger
+            .reserve("p", "other", Some(25_000), 10_000)
+            .unwrap()
+            .is_some());
+        ledger.settle("a", "p", "k", Some(1_000)).unwrap();
+        ledger.settle("b", "p", "k", None).unwrap();
+        assert_eq!(ledger.key_usage("k").unwrap(), (1_000, 0));
+        // The project has no balance: its ledger stays empty.
+        assert!(entries(&store, "p").is_empty());
+        assert!(!ledger.is_limited("p"));
+    }
+
+    fn record(id: &str, status: Status, cost: Option<u64>) -> ExecutionRecord {
+        let mut r = crate::store::tests_support::record(id, id, "f");
+        r.project_id = "p".into();
+        r.status = status;
+        r.attempts = vec![Attempt {
+            provider: "x".into(),
+            model: "m".into(),
+            strategy: "initial".into(),
+            outcome: AttemptOutcome::Succeeded,
+            chunks_delivered: 1,
+            error_code: None,
+            error_message: None,
+            usage: None,
+            started_at_ms: 1,
+            first_chunk_ms: None,
+            ended_at_ms: None,
+            cost_micros: cost,
+        }];
+        r
+    }
+
+    #[tokio::test]
+    async fn opening_finishes_what_a_crash_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = Ledger::open(store.clone()).unwrap();
+        ledger.top_up("p", "admin", 100_000).unwrap();
+        for id in ["running", "done", "failed", "vanished", "closed"] {
+            let mut r = ledger.reserve("p", "k", None, 20_000).unwrap().unwrap();
+            ledger.hold(&mut r, id).unwrap();
+        }
+        // Settled in the ledger, its row left behind by a crash.
+        let row = store.hold("closed").unwrap().unwrap();
+        ledger.settle("closed", "p", "k", Some(1_000)).unwrap();
+        store.put_hold("closed", &row).unwrap();
+        // A hold row whose ledger entry a crash cut off.
+        store
+            .put_hold(
+                "cut",
+                &HoldRecord {
+                    project_id: "p".into(),
+                    key_id: "k".into(),
+                    amount_micros: 5_000,
+                    at_ms: 1,
+                    seq: Some(8),
+                },
+            )
+            .unwrap();
+        let req = crate::store::tests_support::request();
+        for (id, status, cost) in [
+            ("running", Status::Processing, None),
+            ("cut", Status::Processing, None),
+            ("done", Status::Completed, Some(7_000)),
+            ("failed", Status::Failed, Some(3_000)),
+            ("closed", Status::Completed, Some(1_000)),
+        ] {
+            let r = record(id, status, cost);
+            store
+                .create_execution(&r, &req, &crate::domain::Event::status(1, status))
+                .unwrap();
+        }
+        drop(ledger);
+        let ledger = Ledger::open(store.clone()).unwrap();
+        let b = ledger.balance("p").unwrap();
+        assert_eq!((b.balance_micros, b.held_micros), (92_000, 25_000));
+        assert_eq!(audit(&entries(&store, "p")), Ok((92_000, 25_000)));
+        let open: Vec<String> = store
+            .open_holds()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(open, ["cut", "running"]);
+    }
+
+    #[test]
+    fn months_are_utc_calendar_months() {
+        assert_eq!(month_of(0), 197001);
+        // 2026-12-31T23:59:59Z and one second later.
+        assert_eq!(month_of(1_798_761_599_000), 202612);
+        assert_eq!(month_of(1_798_761_600_000), 202701);
+    }
+}
