@@ -1,6 +1,13 @@
-//! Client rate limits (`[limits]`): requests per minute per client address, per API key and
-//! per project; tokens per minute and executions in flight per key. One [`RateLimits::admit`]
-//! per submit decides, and describes the outcome for the `x-ratelimit-*` headers.
+//! Client rate limits (`[limits]`): requests per minute per client address; requests and
+//! tokens per minute and executions in flight per API key and per project (defaults in the
+//! config, overrides per key and per project through the admin API). One
+//! [`RateLimits::admit`] per submit decides, and describes the outcome for the
+//! `x-ratelimit-*` headers.
+//!
+//! Tokens are counted at admission by estimate (prompt + `max_tokens`) and corrected by the
+//! real usage when the execution ends: the difference is carried into the next admission of
+//! the same key or project (an over-estimate lowers what the next request is counted for, an
+//! under-estimate raises it), since a GCRA limiter cannot be refunded.
 //!
 //! The request and token limits are GCRA limiters from `governor`: one atomic compare-and-swap
 //! per check, no lock of ours, no timer. Keyed limiters (address, project) keep their state in
@@ -15,7 +22,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quot
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +98,8 @@ pub enum Scope {
     Project,
     Tokens,
     Concurrency,
+    ProjectTokens,
+    ProjectConcurrency,
 }
 
 impl Scope {
@@ -101,6 +110,8 @@ impl Scope {
             Scope::Project => "project",
             Scope::Tokens => "tokens",
             Scope::Concurrency => "concurrency",
+            Scope::ProjectTokens => "project_tokens",
+            Scope::ProjectConcurrency => "project_concurrency",
         }
     }
 }
@@ -117,13 +128,37 @@ pub enum Refusal {
     TooLarge { tokens: u64, limit: u64 },
 }
 
-/// A place among the key's executions in flight; given back when dropped.
-#[derive(Debug)]
-pub struct Permit(Arc<AtomicU64>);
+/// What an admitted execution holds until it ends: its places among the key's and the
+/// project's executions in flight (given back when dropped), and the token counts to correct
+/// by its real usage.
+#[derive(Debug, Default)]
+pub struct Permit {
+    in_flight: Vec<Arc<AtomicU64>>,
+    /// Each token limit's carried difference, and what this request was counted for there.
+    tokens: Vec<(Arc<AtomicI64>, u64)>,
+}
+
+impl Permit {
+    /// The request used `actual` tokens in all: the difference from its estimate is carried
+    /// into the next admission of the same key and project.
+    pub fn correct(&self, actual: u64) {
+        for (debt, counted) in &self.tokens {
+            let diff = i64::try_from(actual).unwrap_or(i64::MAX)
+                - i64::try_from(*counted).unwrap_or(i64::MAX);
+            debt.fetch_add(diff, Ordering::AcqRel);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.in_flight.is_empty() && self.tokens.is_empty()
+    }
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        for n in &self.in_flight {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -134,14 +169,83 @@ pub struct Admission {
     pub permit: Option<Permit>,
 }
 
-/// The limits of one API key, built from the defaults and its overrides.
-struct KeyState {
+/// The limits of one API key or project, built from the defaults and its overrides.
+struct ScopeState {
     requests: Option<Direct>,
     tokens: Option<Direct>,
     max_in_flight: u64,
     /// Shared with the state that replaces this one on an override change, so executions
     /// admitted before it are still counted (and given back).
     in_flight: Arc<AtomicU64>,
+    /// Real usage minus estimates of ended executions, not yet carried into an admission.
+    token_debt: Arc<AtomicI64>,
+}
+
+/// The tokens a request is counted for once the carried difference is applied: at least 1;
+/// a credit larger than the request is kept for the next one.
+fn with_debt(debt: &AtomicI64, tokens: u64) -> u64 {
+    let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
+    let mut applied = 0;
+    let _ = debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+        applied = d.max(1 - tokens);
+        Some(d - applied)
+    });
+    (tokens + applied).max(1) as u64
+}
+
+/// Overrides, defaults and live state of one kind of scope (keys or projects).
+struct Scopes {
+    defaults: KeyLimits,
+    overrides: DashMap<String, KeyLimits>,
+    states: DashMap<String, Arc<ScopeState>>,
+}
+
+impl Scopes {
+    fn new(defaults: KeyLimits, overrides: Vec<(String, KeyLimits)>) -> Scopes {
+        Scopes {
+            defaults,
+            overrides: overrides.into_iter().collect(),
+            states: DashMap::new(),
+        }
+    }
+
+    fn build(&self, id: &str, in_flight: Arc<AtomicU64>, debt: Arc<AtomicI64>) -> Arc<ScopeState> {
+        let own = self.overrides.get(id).map(|o| *o).unwrap_or_default();
+        let d = &self.defaults;
+        let pick = |o: Option<u64>, d: Option<u64>| o.or(d).unwrap_or(0);
+        let direct = |n| quota(n).map(|q| governor::RateLimiter::direct(q).with_middleware());
+        Arc::new(ScopeState {
+            requests: direct(pick(own.requests_per_minute, d.requests_per_minute)),
+            tokens: direct(pick(own.tokens_per_minute, d.tokens_per_minute)),
+            max_in_flight: pick(own.concurrent_executions, d.concurrent_executions),
+            in_flight,
+            token_debt: debt,
+        })
+    }
+
+    fn get(&self, id: &str) -> Arc<ScopeState> {
+        if let Some(state) = self.states.get(id) {
+            return state.clone();
+        }
+        self.states
+            .entry(id.to_string())
+            .or_insert_with(|| self.build(id, Arc::default(), Arc::default()))
+            .clone()
+    }
+
+    fn set(&self, id: &str, limits: KeyLimits) {
+        if limits.is_empty() {
+            self.overrides.remove(id);
+        } else {
+            self.overrides.insert(id.to_string(), limits);
+        }
+        let old = self.states.get(id).map(|k| k.clone());
+        let state = match old {
+            Some(old) => self.build(id, old.in_flight.clone(), old.token_debt.clone()),
+            None => self.build(id, Arc::default(), Arc::default()),
+        };
+        self.states.insert(id.to_string(), state);
+    }
 }
 
 fn quota(per_minute: u64) -> Option<Quota> {
@@ -182,50 +286,53 @@ fn refused(not_until: &NotUntil<Instant>, now: Instant) -> (Duration, Window) {
 }
 
 pub struct RateLimits {
-    defaults: KeyLimits,
     ip: Option<Keyed<IpAddr>>,
-    project: Option<Keyed<String>>,
     trusted: Vec<IpNet>,
-    /// Keys with their own limits (absent: the defaults).
-    overrides: DashMap<String, KeyLimits>,
-    keys: DashMap<String, Arc<KeyState>>,
+    keys: Scopes,
+    projects: Scopes,
     clock: DefaultClock,
 }
 
 impl RateLimits {
-    /// From validated settings and the stored overrides.
-    pub fn new(limits: &Limits, overrides: Vec<(String, KeyLimits)>) -> RateLimits {
+    /// From validated settings and the stored overrides of keys and projects.
+    pub fn new(
+        limits: &Limits,
+        key_overrides: Vec<(String, KeyLimits)>,
+        project_overrides: Vec<(String, KeyLimits)>,
+    ) -> RateLimits {
+        let keys = KeyLimits {
+            requests_per_minute: Some(limits.key_requests_per_minute),
+            tokens_per_minute: Some(limits.key_tokens_per_minute),
+            concurrent_executions: Some(limits.key_concurrent_executions),
+            monthly_spend_cap_micros: None,
+        };
+        let projects = KeyLimits {
+            requests_per_minute: Some(limits.project_requests_per_minute),
+            ..KeyLimits::default()
+        };
         RateLimits {
-            defaults: KeyLimits {
-                requests_per_minute: Some(limits.key_requests_per_minute),
-                tokens_per_minute: Some(limits.key_tokens_per_minute),
-                concurrent_executions: Some(limits.key_concurrent_executions),
-                monthly_spend_cap_micros: None,
-            },
             ip: keyed(limits.ip_requests_per_minute),
-            project: keyed(limits.project_requests_per_minute),
             trusted: parse_trusted_proxies(&limits.trusted_proxies).unwrap_or_default(),
-            overrides: overrides.into_iter().collect(),
-            keys: DashMap::new(),
+            keys: Scopes::new(keys, key_overrides),
+            projects: Scopes::new(projects, project_overrides),
             clock: DefaultClock::default(),
         }
     }
 
     /// Applies a key's new overrides at once (its request and token allowances start whole).
     pub fn set_key_limits(&self, key_id: &str, limits: KeyLimits) {
-        if limits.is_empty() {
-            self.overrides.remove(key_id);
-        } else {
-            self.overrides.insert(key_id.to_string(), limits);
-        }
-        let in_flight = self.keys.get(key_id).map(|k| k.in_flight.clone());
-        let state = self.build(key_id, in_flight.unwrap_or_default());
-        self.keys.insert(key_id.to_string(), state);
+        self.keys.set(key_id, limits);
+    }
+
+    /// Applies a project's new overrides at once.
+    pub fn set_project_limits(&self, project: &str, limits: KeyLimits) {
+        self.projects.set(project, limits);
     }
 
     /// The key's monthly spend cap in micro-dollars (`None` or 0: none).
     pub fn monthly_spend_cap(&self, key_id: &str) -> Option<u64> {
-        self.overrides
+        self.keys
+            .overrides
             .get(key_id)?
             .monthly_spend_cap_micros
             .filter(|&c| c > 0)
@@ -233,31 +340,8 @@ impl RateLimits {
 
     /// Drops a revoked key's state (its executions still give their places back).
     pub fn forget_key(&self, key_id: &str) {
-        self.overrides.remove(key_id);
-        self.keys.remove(key_id);
-    }
-
-    fn build(&self, key_id: &str, in_flight: Arc<AtomicU64>) -> Arc<KeyState> {
-        let own = self.overrides.get(key_id).map(|o| *o).unwrap_or_default();
-        let d = &self.defaults;
-        let pick = |o: Option<u64>, d: Option<u64>| o.or(d).unwrap_or(0);
-        let direct = |n| quota(n).map(|q| governor::RateLimiter::direct(q).with_middleware());
-        Arc::new(KeyState {
-            requests: direct(pick(own.requests_per_minute, d.requests_per_minute)),
-            tokens: direct(pick(own.tokens_per_minute, d.tokens_per_minute)),
-            max_in_flight: pick(own.concurrent_executions, d.concurrent_executions),
-            in_flight,
-        })
-    }
-
-    fn key(&self, key_id: &str) -> Arc<KeyState> {
-        if let Some(state) = self.keys.get(key_id) {
-            return state.clone();
-        }
-        self.keys
-            .entry(key_id.to_string())
-            .or_insert_with(|| self.build(key_id, Arc::default()))
-            .clone()
+        self.keys.overrides.remove(key_id);
+        self.keys.states.remove(key_id);
     }
 
     /// The client's address: the socket peer, or, when the peer is a trusted proxy, the
@@ -294,7 +378,7 @@ impl RateLimits {
     }
 
     /// Checks every limit that applies to a request of `tokens` (estimated) from `ip` with
-    /// key `key_id` of `project`. The place in flight is taken first since it alone can be
+    /// key `key_id` of `project`. The places in flight are taken first since they alone can be
     /// given back; a request refused by a later limit has still used the earlier allowances.
     pub fn admit(
         &self,
@@ -303,27 +387,31 @@ impl RateLimits {
         project: &str,
         tokens: u64,
     ) -> Result<Admission, Refusal> {
-        let key = self.key(key_id);
+        let key = self.keys.get(key_id);
+        let proj = self.projects.get(project);
         let mut headers = RateHeaders::default();
-        let permit = if key.max_in_flight > 0 {
-            let before = key.in_flight.fetch_add(1, Ordering::AcqRel);
-            let permit = Permit(key.in_flight.clone());
-            if before >= key.max_in_flight {
-                drop(permit);
+        let mut permit = Permit::default();
+        for (state, scope) in [
+            (&key, Scope::Concurrency),
+            (&proj, Scope::ProjectConcurrency),
+        ] {
+            if state.max_in_flight == 0 {
+                continue;
+            }
+            let before = state.in_flight.fetch_add(1, Ordering::AcqRel);
+            permit.in_flight.push(state.in_flight.clone());
+            if before >= state.max_in_flight {
                 return Err(Refusal::Limited {
-                    scope: Scope::Concurrency,
+                    scope,
                     // An execution's end cannot be foreseen: a second is the usual poll.
                     retry_after: Duration::from_secs(1),
                     headers,
                 });
             }
-            Some(permit)
-        } else {
-            None
-        };
+        }
         let limited = |scope, n: NotUntil<Instant>, mut headers: RateHeaders| {
             let (retry_after, w) = refused(&n, self.clock.now());
-            if scope == Scope::Tokens {
+            if matches!(scope, Scope::Tokens | Scope::ProjectTokens) {
                 headers.tokens = Some(w);
             } else {
                 headers.requests = Some(w);
@@ -340,33 +428,45 @@ impl RateLimits {
                 Err(n) => return Err(limited(Scope::Ip, n, headers)),
             }
         }
-        if let Some(l) = &key.requests {
-            match l.check() {
-                Ok(s) => headers.tighten_requests(window(&s)),
-                Err(n) => return Err(limited(Scope::Key, n, headers)),
-            }
-        }
-        if let Some(l) = &self.project {
-            // Allocates only when the project limit is on.
-            match l.check_key(&project.to_string()) {
-                Ok(s) => headers.tighten_requests(window(&s)),
-                Err(n) => return Err(limited(Scope::Project, n, headers)),
-            }
-        }
-        if let Some(l) = &key.tokens {
-            let n = NonZeroU32::new(u32::try_from(tokens.max(1)).unwrap_or(u32::MAX))
-                .expect("at least 1");
-            match l.check_n(n) {
-                Ok(Ok(s)) => headers.tokens = Some(window(&s)),
-                Ok(Err(n)) => return Err(limited(Scope::Tokens, n, headers)),
-                Err(capacity) => {
-                    return Err(Refusal::TooLarge {
-                        tokens,
-                        limit: u64::from(capacity.0),
-                    })
+        for (state, scope) in [(&key, Scope::Key), (&proj, Scope::Project)] {
+            if let Some(l) = &state.requests {
+                match l.check() {
+                    Ok(s) => headers.tighten_requests(window(&s)),
+                    Err(n) => return Err(limited(scope, n, headers)),
                 }
             }
         }
+        for (state, scope) in [(&key, Scope::Tokens), (&proj, Scope::ProjectTokens)] {
+            let Some(l) = &state.tokens else { continue };
+            let counted = with_debt(&state.token_debt, tokens);
+            let n =
+                NonZeroU32::new(u32::try_from(counted).unwrap_or(u32::MAX)).expect("at least 1");
+            match l.check_n(n) {
+                Ok(Ok(s)) => {
+                    // The key's window is the one an SDK paces by; the project's when alone.
+                    if scope == Scope::Tokens || headers.tokens.is_none() {
+                        headers.tokens = Some(window(&s));
+                    }
+                    permit.tokens.push((state.token_debt.clone(), tokens));
+                }
+                Ok(Err(n)) => {
+                    state
+                        .token_debt
+                        .fetch_add(counted as i64 - tokens as i64, Ordering::AcqRel);
+                    return Err(limited(scope, n, headers));
+                }
+                Err(capacity) => {
+                    state
+                        .token_debt
+                        .fetch_add(counted as i64 - tokens as i64, Ordering::AcqRel);
+                    return Err(Refusal::TooLarge {
+                        tokens,
+                        limit: u64::from(capacity.0),
+                    });
+                }
+            }
+        }
+        let permit = (!permit.is_empty()).then_some(permit);
         Ok(Admission { headers, permit })
     }
 
@@ -374,10 +474,6 @@ impl RateLimits {
     /// so the keyed maps do not grow with every address ever seen).
     pub fn shrink(&self) {
         if let Some(l) = &self.ip {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
-        if let Some(l) = &self.project {
             l.retain_recent();
             l.shrink_to_fit();
         }
@@ -432,7 +528,7 @@ mod tests {
     fn limits(f: impl FnOnce(&mut Limits)) -> RateLimits {
         let mut l = Limits::default();
         f(&mut l);
-        RateLimits::new(&l, Vec::new())
+        RateLimits::new(&l, Vec::new(), Vec::new())
     }
 
     #[test]
@@ -515,6 +611,55 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn real_usage_corrects_the_next_count() {
+        let r = limits(|l| l.key_tokens_per_minute = 1_000);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let a = r.admit(ip, "k", "p", 600).unwrap();
+        assert_eq!(a.headers.tokens.unwrap().remaining, 400);
+        // It used 100: the next request is counted 500 less (at least 1).
+        a.permit.as_ref().unwrap().correct(100);
+        let b = r.admit(ip, "k", "p", 300).unwrap();
+        assert_eq!(b.headers.tokens.unwrap().remaining, 399);
+        // 201 of credit left, then an answer 450 over its estimate: +249 on the next.
+        b.permit.as_ref().unwrap().correct(750);
+        let c = r.admit(ip, "k", "p", 100).unwrap();
+        assert_eq!(c.headers.tokens.unwrap().remaining, 50);
+    }
+
+    #[test]
+    fn project_overrides_limit_every_key_of_the_project() {
+        let r = limits(|_| {});
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        r.set_project_limits(
+            "p",
+            KeyLimits {
+                concurrent_executions: Some(1),
+                tokens_per_minute: Some(50),
+                ..Default::default()
+            },
+        );
+        let held = r.admit(ip, "k1", "p", 10).unwrap();
+        assert!(matches!(
+            r.admit(ip, "k2", "p", 10),
+            Err(Refusal::Limited {
+                scope: Scope::ProjectConcurrency,
+                ..
+            })
+        ));
+        assert!(r.admit(ip, "k2", "other", 10).is_ok());
+        drop(held);
+        assert!(matches!(
+            r.admit(ip, "k2", "p", 45),
+            Err(Refusal::Limited {
+                scope: Scope::ProjectTokens,
+                ..
+            })
+        ));
+        r.set_project_limits("p", KeyLimits::default());
+        assert!(r.admit(ip, "k2", "p", 45).is_ok());
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Application {
         let limits = Arc::new(crate::limits::RateLimits::new(
             &settings.limits,
             store.key_limit_overrides()?,
+            store.project_limit_overrides()?,
         ));
         let shrink = limits.clone();
         actix_web::rt::spawn(async move {

@@ -773,7 +773,18 @@ impl Execution {
             }
         }
         self.deps.store.count_in_analytics(&self.record);
-        self.permit = None;
+        if let Some(permit) = self.permit.take() {
+            // The key's and project's token counts follow the usage providers reported.
+            let reported: Vec<u64> = self
+                .record
+                .attempts
+                .iter()
+                .filter_map(|a| a.usage.map(|u| u.total_tokens))
+                .collect();
+            if !reported.is_empty() {
+                permit.correct(reported.iter().sum());
+            }
+        }
         self.persist();
         // After the terminal record (see `store::ledger`): a crash between the two leaves a
         // hold that recovery settles from the record.

@@ -89,7 +89,7 @@ pub struct TopUp {
 
 /// The project a balance request is about: the caller's, or (admins of `default`) the one
 /// named. A project the caller may not see answers 404, as an unknown one would.
-fn project_of(principal: &Principal, named: Option<&str>) -> Result<String, ApiError> {
+pub(super) fn project_of(principal: &Principal, named: Option<&str>) -> Result<String, ApiError> {
     let Some(project) = named else {
         return Ok(principal.project_id.clone());
     };

@@ -68,7 +68,7 @@ pub async fn create(
     }
     let chars: usize = input.iter().map(String::len).sum();
     // Held while the request runs: embeddings count among the key's work in flight.
-    let _permit = super::rate_limits::admit(
+    let permit = super::rate_limits::admit(
         &state,
         &req,
         &principal,
@@ -90,6 +90,9 @@ pub async fn create(
     };
     // A failed request drops its reservation: nothing is charged.
     let (model, price, embeddings) = route(&state, &routes, &input, body.dimensions).await?;
+    if let Some(permit) = &permit {
+        permit.correct(embeddings.prompt_tokens);
+    }
     let cost = price.cost_micros(embeddings.prompt_tokens, 0);
     let charged = match reservation {
         Some(r) => state.ledger.charge_reserved(r, cost),

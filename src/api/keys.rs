@@ -185,7 +185,7 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(view(&key, None)))
 }
 
-fn patched_limits(
+pub(super) fn patched_limits(
     mut limits: KeyLimits,
     changes: &serde_json::Value,
 ) -> Result<KeyLimits, ApiError> {

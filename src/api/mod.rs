@@ -18,6 +18,7 @@ mod me;
 mod models;
 mod openai_error;
 mod paging;
+mod project_limits;
 mod rate_limits;
 mod routing_status;
 mod static_files;
@@ -116,6 +117,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/v1/projects/{project_id}/balance",
         web::post().to(balance::top_up),
+    )
+    .route(
+        "/v1/projects/{project_id}/limits",
+        web::get().to(project_limits::get),
+    )
+    .route(
+        "/v1/projects/{project_id}/limits",
+        web::patch().to(project_limits::update),
     )
     .route("/v1/balance", web::get().to(balance::get))
     .route("/v1/ledger", web::get().to(balance::ledger))

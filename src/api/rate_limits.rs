@@ -75,6 +75,8 @@ fn describe(scope: crate::limits::Scope) -> &'static str {
         Scope::Project => "per-project requests per minute",
         Scope::Tokens => "per-key tokens per minute",
         Scope::Concurrency => "per-key concurrent executions",
+        Scope::ProjectTokens => "per-project tokens per minute",
+        Scope::ProjectConcurrency => "per-project concurrent executions",
     }
 }
 

@@ -186,6 +186,39 @@ impl Store {
         Ok(out)
     }
 
+    /// Every project's own limits (`PATCH /v1/projects/{id}/limits`).
+    pub fn project_limit_overrides(&self) -> sled::Result<Vec<(String, KeyLimits)>> {
+        self.project_limits
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                let limits = serde_json::from_slice(&v).map_err(|e| {
+                    sled::Error::Unsupported(format!("corrupt project limits: {e}"))
+                })?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), limits))
+            })
+            .collect()
+    }
+
+    pub fn project_limits(&self, project: &str) -> sled::Result<KeyLimits> {
+        Ok(self
+            .project_limits
+            .get(project.as_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
+    }
+
+    /// Stores a project's limits (none left: the entry goes).
+    pub fn put_project_limits(&self, project: &str, limits: &KeyLimits) -> sled::Result<()> {
+        if limits.is_empty() {
+            self.project_limits.remove(project.as_bytes())?;
+        } else {
+            let value = serde_json::to_vec(limits).expect("limits serialize");
+            self.project_limits.insert(project.as_bytes(), value)?;
+        }
+        Ok(())
+    }
+
     /// Whether the project has a live admin key (decides the first-start bootstrap).
     pub fn has_admin_key(&self, project_id: &str) -> sled::Result<bool> {
         Ok(self

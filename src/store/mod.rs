@@ -4,7 +4,7 @@
 //! written once), `events` (id ‖ 0 ‖ seq BE → event), `idempotency` (project ‖ 0 ‖ key → id ‖ 0 ‖
 //! fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id → ()), `status_index`,
 //! `unfinished` and `finished` (see `indexes`), `keys` (key id → key record), `key_hashes`
-//! (sha256(secret) → key id), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
+//! (sha256(secret) → key id), `project_limits` (project → its limits), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
 //! attempt ‖ first entry → debug entries), `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`), `analytics` (project ‖
 //! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `ledger`, `holds` and `key_spend` (see
 //! `ledger.rs`), `meta` (with the layout version, see
@@ -71,6 +71,7 @@ pub struct Store {
     project_index: sled::Tree,
     keys: sled::Tree,
     key_hashes: sled::Tree,
+    project_limits: sled::Tree,
     ws_tokens: sled::Tree,
     attempt_log: sled::Tree,
     /// Debug entries of running attempts not yet written to `attempt_log`.
@@ -121,6 +122,7 @@ impl Store {
             project_index: tree("project_index")?,
             keys: tree("keys")?,
             key_hashes: tree("key_hashes")?,
+            project_limits: tree("project_limits")?,
             ws_tokens: tree("ws_tokens")?,
             attempt_log: tree("attempt_log")?,
             live_logs: Arc::default(),

@@ -450,3 +450,85 @@ async fn key_overrides_survive_a_restart() {
         .unwrap();
     assert_error(second, 429, "rate_limited").await;
 }
+
+async fn patch_project(app: &TestApp, by: &str, project: &str, limits: Value) -> Response {
+    app.client
+        .patch(app.url(&format!("/v1/projects/{project}/limits")))
+        .bearer_auth(by)
+        .json(&json!({ "limits": limits }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn project_overrides_apply_at_once_to_every_key_and_only_admins_set_them() {
+    let app = spawn(|_| {}).await;
+    let (_, admin) = key(&app, "lim-p", "admin").await;
+    let (_, member) = key(&app, "lim-p", "member").await;
+    let (_, stranger) = key(&app, "lim-q", "admin").await;
+    let res = patch_project(&app, &member, "lim-p", json!({"requests_per_minute": 1})).await;
+    assert_error(res, 403, "forbidden").await;
+    let res = patch_project(&app, &stranger, "lim-p", json!({"requests_per_minute": 1})).await;
+    assert_error(res, 404, "not_found").await;
+    for bad in [
+        json!({"requests_per_minute": -1}),
+        json!({"tokens_per_minute": "many"}),
+        json!({"monthly_spend_cap_micros": 5}),
+        json!({"burst": 5}),
+    ] {
+        let res = patch_project(&app, &admin, "lim-p", bad.clone()).await;
+        let msg = assert_error(res, 400, "invalid_request").await;
+        assert!(msg.starts_with("limits."), "{bad}: {msg}");
+    }
+    let res = patch_project(&app, &admin, "lim-p", json!({"requests_per_minute": 2})).await;
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["limits"]["requests_per_minute"], 2);
+    assert_eq!(submit(&app, &member).await.status(), 202);
+    assert_eq!(submit(&app, &admin).await.status(), 202);
+    let res = submit(&app, &member).await;
+    assert!(header(&res, "retry-after").is_some());
+    let msg = assert_error(res, 429, "rate_limited").await;
+    assert!(msg.contains("per-project"), "{msg}");
+    // Another project is not affected; lifting the override applies at once.
+    let (_, other) = key(&app, "lim-q", "member").await;
+    assert_eq!(submit(&app, &other).await.status(), 202);
+    let res = patch_project(
+        &app,
+        ADMIN_KEY,
+        "lim-p",
+        json!({"requests_per_minute": null}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(submit(&app, &member).await.status(), 202);
+    let res = app.get("/v1/projects/lim-p/limits", &admin).await;
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["limits"], json!({}));
+}
+
+/// Without `max_tokens` a submit is counted for 1,024 completion tokens; the mock answers in
+/// a few dozen, and the difference is given back to the next submit: one after another, many
+/// fit in a minute that could hold two estimates.
+#[actix_web::test]
+async fn tokens_per_minute_follow_the_real_usage() {
+    let toml = format!("{}\n[limits]\nkey_tokens_per_minute = 2100\n", base());
+    let app = spawn_app_with(&toml, |_| {}).await;
+    let (_, member) = key(&app, "default", "member").await;
+    for _ in 0..6 {
+        let res = submit(&app, &member).await;
+        assert_eq!(res.status(), 202);
+        let v: Value = res.json().await.unwrap();
+        let done = app.wait_terminal(&member, v["id"].as_str().unwrap()).await;
+        assert!(done["usage"]["total_tokens"].as_u64().unwrap() < 200);
+    }
+    // Three at once are counted by estimate before any ends: the third does not fit.
+    let (a, b, c) = tokio::join!(
+        submit(&app, &member),
+        submit(&app, &member),
+        submit(&app, &member)
+    );
+    let statuses = [a.status(), b.status(), c.status()];
+    assert!(statuses.iter().any(|s| s.as_u16() == 429), "{statuses:?}");
+}
