@@ -115,6 +115,7 @@ impl Harness {
             let deps = Arc::new(ExecutionDeps {
                 store,
                 health: Arc::new(HealthBoard::new(&settings)),
+                quota: Arc::new(switchyard::routing::QuotaBoard::new(&settings)),
                 settings: Arc::new(settings),
                 providers,
                 project_feed: Arc::new(ProjectFeed::default()),

@@ -38,7 +38,7 @@ impl OpenAi {
             builder = builder.bearer_auth(key);
         }
         let resp = sse::send(&self.http, builder, &body, log, ProviderError::from_status).await?;
-        Ok(sse::parse_stream(resp.bytes_stream(), log.clone(), |ev| {
+        Ok(sse::parse_response(resp, log.clone(), |ev| {
             parse_data(&ev.data)
         }))
     }

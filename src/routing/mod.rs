@@ -3,12 +3,14 @@
 
 mod continuation;
 pub mod health;
+pub mod quota;
 
 pub use continuation::{
     continuation_messages, Diverged, Join, Reconciler, Trim, CONTINUE_INSTRUCTION,
     MIN_RESTART_EVIDENCE,
 };
 pub use health::{HealthBoard, Outcome};
+pub use quota::{Exhausted, QuotaBoard};
 
 use std::sync::Arc;
 
@@ -121,19 +123,83 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
     )
 }
 
-/// The first route at or after `from` whose breaker admits an attempt; when every one is open,
-/// the one that failed longest ago (rather than failing at once).
+/// The first route at or after `from` with upstream headroom whose breaker admits an attempt;
+/// when every route with headroom has its breaker open, the one of them that failed longest
+/// ago (rather than failing at once). A route out of quota is never picked before its reset:
+/// when no route has headroom, `Err` says which frees up first.
 pub fn pick_route(
     routes: &[Route],
     from: usize,
     health: &HealthBoard,
+    quota: &QuotaBoard,
     now: tokio::time::Instant,
-) -> Option<usize> {
-    let candidates = from..routes.len();
-    candidates
-        .clone()
-        .find(|&i| health.admits(routes[i].key(), now))
-        .or_else(|| candidates.min_by_key(|&i| health.last_failure(routes[i].key())))
+    now_ms: u64,
+) -> Result<usize, Exhausted> {
+    let mut earliest: Option<Exhausted> = None;
+    let mut open = Vec::new();
+    for (i, route) in routes.iter().enumerate().skip(from) {
+        match quota.check(route.key(), now_ms) {
+            Err(e) => {
+                if earliest.is_none_or(|x| e.until_ms < x.until_ms) {
+                    earliest = Some(e);
+                }
+            }
+            Ok(()) if health.admits(route.key(), now) => return Ok(i),
+            Ok(()) => open.push(i),
+        }
+    }
+    open.into_iter()
+        .min_by_key(|&i| health.last_failure(routes[i].key()))
+        .ok_or_else(|| {
+            earliest.unwrap_or(Exhausted {
+                reason: quota::Reason::ProviderRateLimited,
+                until_ms: now_ms,
+            })
+        })
+}
+
+/// Whether a submit for these routes should be accepted: `Err` (a `503` with the earliest time
+/// one of them is ready) when no route has headroom, or when the ones that do all have open
+/// breakers. Routes that are merely down, with quota left everywhere, keep the old answer:
+/// accepted, and the longest-failed one is tried.
+pub fn submit_headroom(
+    routes: &[Route],
+    health: &HealthBoard,
+    quota: &QuotaBoard,
+    now: tokio::time::Instant,
+    now_ms: u64,
+) -> Result<(), Exhausted> {
+    let mut ready: Option<Exhausted> = None;
+    let mut any_exhausted = false;
+    for r in routes {
+        let cooldown = health.cooldown(r.key(), now).as_millis() as u64;
+        let down = (!health.admits(r.key(), now)).then(|| Exhausted {
+            reason: quota::Reason::ProviderRateLimited,
+            until_ms: now_ms + cooldown.max(1),
+        });
+        let candidate = match (quota.check(r.key(), now_ms), down) {
+            (Ok(()), None) => return Ok(()),
+            (Err(e), None) => {
+                any_exhausted = true;
+                e
+            }
+            (Ok(()), Some(d)) => d,
+            (Err(e), Some(d)) => {
+                any_exhausted = true;
+                Exhausted {
+                    until_ms: e.until_ms.max(d.until_ms),
+                    ..e
+                }
+            }
+        };
+        if ready.is_none_or(|x| candidate.until_ms < x.until_ms) {
+            ready = Some(candidate);
+        }
+    }
+    match ready {
+        Some(e) if any_exhausted => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Where an execution stands when an attempt fails.

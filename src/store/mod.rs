@@ -6,7 +6,8 @@
 //! `unfinished` and `finished` (see `indexes`), `keys` (key id → key record), `key_hashes`
 //! (sha256(secret) → key id), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
 //! attempt ‖ first entry → debug entries), `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`), `analytics` (project ‖
-//! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `meta` (with the layout version, see
+//! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `route_days` (provider ‖ 0 ‖ model → the
+//! route's upstream quota use today), `meta` (with the layout version, see
 //! `layout`).
 
 mod analytics;
@@ -22,6 +23,7 @@ mod keys;
 mod layout;
 mod request_refs;
 mod retention;
+mod route_days;
 mod tokens;
 mod webhooks;
 
@@ -33,6 +35,7 @@ pub use health::{Refusal, StoreHealth};
 pub use keys::{hash_secret, KeyLimits, KeyRecord, KeyRole};
 pub use layout::LAYOUT_VERSION;
 pub use retention::Swept;
+pub use route_days::RouteDay;
 pub use tokens::WsTokenRecord;
 pub use webhooks::{DeliveryStatus, DueEntry, SigningSecrets, WebhookJob};
 
@@ -72,6 +75,8 @@ pub struct Store {
     live_logs: Arc<attempt_log::LiveLogs>,
     webhooks: webhooks::WebhookTrees,
     analytics: sled::Tree,
+    /// Upstream quota counters per route and UTC day (see `route_days`).
+    route_days: sled::Tree,
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
@@ -118,6 +123,7 @@ impl Store {
             live_logs: Arc::default(),
             webhooks: webhooks::WebhookTrees::open(&db)?,
             analytics: tree("analytics")?,
+            route_days: tree("route_days")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(
                 db.clone(),
