@@ -237,10 +237,16 @@ routes = [{ provider = "mock", model = "once", requests_per_day = 1 }]
 /// An OpenAI-compatible server that answers requests for `hot` with a 429 carrying OpenAI's
 /// rate-limit headers (its `retry-after` outlasts the requests reset, so the cooldown is what
 /// binds) and every other model with a short stream carrying its own headroom.
+///
+/// Requests for `later` get a 429 saying no requests remain for 1.5 s (no `retry-after`) until
+/// 1.5 s after the first of them, then the stream.
 struct RateLimitingFake {
     address: String,
     requests: Arc<AtomicUsize>,
 }
+
+/// How long `later` stays rate limited after its first request.
+const LATER_MS: u64 = 1_500;
 
 impl RateLimitingFake {
     async fn start() -> RateLimitingFake {
@@ -248,17 +254,21 @@ impl RateLimitingFake {
         let address = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
+        let first_later = Arc::new(std::sync::Mutex::new(None));
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(answer(socket));
+                tokio::spawn(answer(socket, first_later.clone()));
             }
         });
         RateLimitingFake { address, requests }
     }
 }
 
-async fn answer(mut socket: tokio::net::TcpStream) {
+async fn answer(
+    mut socket: tokio::net::TcpStream,
+    first_later: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let body = loop {
@@ -283,8 +293,21 @@ async fn answer(mut socket: tokio::net::TcpStream) {
             break text[end + 4..].to_string();
         }
     };
-    let response = if body.contains(r#""model":"hot""#) {
-        let error = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+    let error = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+    let later_left = body.contains(r#""model":"later""#).then(|| {
+        let mut first = first_later.lock().unwrap();
+        let first = *first.get_or_insert_with(std::time::Instant::now);
+        std::time::Duration::from_millis(LATER_MS).saturating_sub(first.elapsed())
+    });
+    let response = if let Some(left) = later_left.filter(|l| !l.is_zero()) {
+        format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+             x-ratelimit-remaining-requests: 0\r\nx-ratelimit-reset-requests: {}ms\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{error}",
+            left.as_millis().max(1),
+            error.len()
+        )
+    } else if body.contains(r#""model":"hot""#) {
         format!(
             "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
              x-ratelimit-remaining-requests: 0\r\nx-ratelimit-reset-requests: 20s\r\n\
@@ -370,4 +393,36 @@ routes = [{{ provider = "tier", model = "cool" }}]
     assert_eq!(cool["quota"]["provider"]["requests_remaining"], 99);
     assert_eq!(cool["quota"]["provider"]["tokens_remaining"], 5000);
     assert_eq!(json!(cool["quota"]["cooldown_remaining_ms"]), json!(0));
+}
+
+#[actix_web::test]
+async fn an_accepted_execution_with_no_route_left_waits_for_the_reset_instead_of_retrying() {
+    let fake = RateLimitingFake::start().await;
+    let app = spawn_app_with(
+        &format!(
+            r#"{MOCK}
+[[providers]]
+name = "tier"
+kind = "openai"
+base_url = "{}"
+max_attempts = 3
+
+[[models]]
+slug = "later"
+routes = [{{ provider = "tier", model = "later" }}]
+"#,
+            fake.address
+        ),
+        |_| {},
+    )
+    .await;
+    let sub = app.submit(ADMIN_KEY, &chat_body("l1", "Hi", "later")).await;
+    let exec = app
+        .wait_terminal(ADMIN_KEY, sub["id"].as_str().unwrap())
+        .await;
+    assert_eq!(exec["status"], "completed", "{exec}");
+    // The 429 said when requests come back: the retry waited for it (a retry on the usual
+    // 100 ms backoff would have met another 429).
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(exec["attempts"].as_array().unwrap().len(), 2);
 }
