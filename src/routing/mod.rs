@@ -422,6 +422,64 @@ mod tests {
         assert_eq!(decide(&c, &e), Decision::Fail);
     }
 
+    /// Routes a (capped at one request a day), b, c of one mock provider whose breaker opens
+    /// on the first fault.
+    fn quota_fixture() -> (Vec<Route>, HealthBoard, QuotaBoard) {
+        let settings = Settings::parse(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"x\"\n\
+             [[providers]]\nname = \"p\"\nkind = \"mock\"\nbreaker_failures = 1\n\
+             [[models]]\nslug = \"s\"\nroutes = [{ provider = \"p\", model = \"a\", requests_per_day = 1 }, \
+             { provider = \"p\", model = \"b\" }, { provider = \"p\", model = \"c\", requests_per_minute = 1 }]",
+        )
+        .unwrap();
+        let providers = Providers::from_settings(&settings).unwrap();
+        let routes = plan(&settings, &providers, "s").unwrap();
+        (
+            routes,
+            HealthBoard::new(&settings),
+            QuotaBoard::new(&settings),
+        )
+    }
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_out_of_quota_are_skipped_and_never_picked_as_a_last_resort() {
+        let (routes, health, quota) = quota_fixture();
+        let now = tokio::time::Instant::now();
+        let pick = |from| pick_route(&routes, from, &health, &quota, now, NOW_MS);
+        assert_eq!(pick(0), Ok(0));
+        quota.begin(routes[0].key(), 1, NOW_MS);
+        assert_eq!(pick(0), Ok(1), "a is out of quota");
+        // b's breaker opens: c is next; once c is out of quota too, b (open, but with quota)
+        // is still the last resort, a never is.
+        health.begin(routes[1].key(), now);
+        health.end(routes[1].key(), now, Outcome::Failure, false);
+        assert_eq!(pick(0), Ok(2));
+        quota.begin(routes[2].key(), 1, NOW_MS);
+        assert_eq!(pick(0), Ok(1));
+        assert!(submit_headroom(&routes, &health, &quota, now, NOW_MS).is_err());
+        // Nothing with quota after `from`: the earliest reset (c's minute, before a's day).
+        let e = pick(2).unwrap_err();
+        assert_eq!(e.reason, quota::Reason::QuotaRequestsPerMinute);
+        assert_eq!(e.until_ms, (NOW_MS / 60_000 + 1) * 60_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_only_down_with_quota_left_are_still_accepted() {
+        let (routes, health, quota) = quota_fixture();
+        let now = tokio::time::Instant::now();
+        for r in &routes {
+            health.begin(r.key(), now);
+            health.end(r.key(), now, Outcome::Failure, false);
+        }
+        assert_eq!(
+            submit_headroom(&routes, &health, &quota, now, NOW_MS),
+            Ok(())
+        );
+        assert!(pick_route(&routes, 0, &health, &quota, now, NOW_MS).is_ok());
+    }
+
     #[test]
     fn backoff_grows_is_capped_and_honours_retry_after() {
         assert_eq!(backoff(1, None), Duration::from_millis(100));
