@@ -159,9 +159,14 @@ async fn route(
         };
         let err = match result {
             Ok(embeddings) => {
-                state
-                    .quota
-                    .settle(r.key(), charge, embeddings.prompt_tokens);
+                // A provider that reported no usage (0) keeps the estimate.
+                if embeddings.prompt_tokens > 0 {
+                    let used = embeddings.prompt_tokens;
+                    state.quota.settle(r.key(), charge, used);
+                }
+                if let Some(h) = &embeddings.headroom {
+                    state.quota.observe(r.key(), h);
+                }
                 let outcome = Outcome::Success {
                     latency: started.elapsed(),
                     first_chunk: None,

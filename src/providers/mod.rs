@@ -53,6 +53,8 @@ pub type ProviderStream = BoxStream<'static, Result<StreamItem, ProviderError>>;
 pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     pub prompt_tokens: u64,
+    /// What the response's rate-limit headers said, for the quota board.
+    pub headroom: Option<Headroom>,
 }
 
 /// The request as sent to one route.
