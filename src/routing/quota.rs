@@ -27,8 +27,6 @@ use crate::store::RouteDay;
 
 pub const MINUTE_MS: u64 = 60_000;
 pub const DAY_MS: u64 = 86_400_000;
-/// How long a 429 that says nothing about when to come back cools its route.
-pub const DEFAULT_COOLDOWN_MS: u64 = 1_000;
 
 /// A route's configured caps; 0 = none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -260,7 +258,8 @@ impl RouteQuota {
     }
 
     /// A 429: cool down until the provider's `retry-after` (or Gemini's `retryDelay`), else the
-    /// reset of the budget it reported empty, else [`DEFAULT_COOLDOWN_MS`].
+    /// reset of the budget it reported empty. A 429 that says nothing about when to come back
+    /// cools nothing here: the usual backoff retries it and the breaker counts it.
     fn rate_limited(&mut self, retry_after: Option<Duration>, now: u64) {
         let r = &self.reported;
         let exhausted_reset = [
@@ -274,8 +273,7 @@ impl RouteQuota {
             .map(|d| now + d.as_millis() as u64)
             .or(r.retry_at_ms)
             .or(exhausted_reset)
-            .filter(|&t| t > now)
-            .unwrap_or(now + DEFAULT_COOLDOWN_MS);
+            .unwrap_or(0);
         self.cooldown_until_ms = self.cooldown_until_ms.max(until);
     }
 
@@ -604,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn a_429_cools_down_for_its_retry_after_or_the_reset_or_a_default() {
+    fn a_429_cools_down_for_its_retry_after_or_the_reset_and_without_a_hint_not_at_all() {
         let mut q = RouteQuota::default();
         q.rate_limited(Some(Duration::from_secs(7)), NOW);
         let e = q.check(NOW).unwrap_err();
@@ -622,7 +620,7 @@ mod tests {
         assert_eq!(q.cooldown_until_ms, NOW + 20_000);
         let mut q = RouteQuota::default();
         q.rate_limited(None, NOW);
-        assert_eq!(q.cooldown_until_ms, NOW + DEFAULT_COOLDOWN_MS);
+        assert!(q.check(NOW).is_ok());
     }
 
     #[test]
