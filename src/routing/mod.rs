@@ -1,5 +1,6 @@
-//! Route plans and failover decisions as pure functions: which route next, and the request a
-//! continuation sends. The execution actor asks; nothing here does I/O.
+//! Route plans and failover decisions as pure functions: which route next (healthy and with
+//! upstream quota left), and the request a continuation sends. The execution actor asks;
+//! nothing here does I/O.
 
 mod continuation;
 pub mod health;
