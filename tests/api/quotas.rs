@@ -238,6 +238,9 @@ routes = [{ provider = "mock", model = "once", requests_per_day = 1 }]
 /// rate-limit headers (its `retry-after` outlasts the requests reset, so the cooldown is what
 /// binds) and every other model with a short stream carrying its own headroom.
 ///
+/// Requests for `claude-capped` get an Anthropic stream whose headers say no output tokens
+/// remain for a minute.
+///
 /// Requests for `later` get a 429 saying no requests remain for 1.5 s (no `retry-after`) until
 /// 1.5 s after the first of them, then the stream.
 struct RateLimitingFake {
@@ -307,6 +310,8 @@ async fn answer(
             left.as_millis().max(1),
             error.len()
         )
+    } else if body.contains(r#""model":"claude-capped""#) {
+        anthropic_answer()
     } else if body.contains(r#""model":"hot""#) {
         format!(
             "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
@@ -330,6 +335,80 @@ async fn answer(
     };
     let _ = socket.write_all(response.as_bytes()).await;
     let _ = socket.shutdown().await;
+}
+
+/// A short Anthropic Messages stream; its headers report 10 requests and no output tokens left
+/// for the next minute.
+fn anthropic_answer() -> String {
+    let reset = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(60),
+    );
+    let events = [
+        (
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-capped","content":[],"stop_reason":null,"usage":{"input_tokens":5,"output_tokens":1}}}"#,
+        ),
+        (
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"capped answer"}}"#,
+        ),
+        (
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":0}"#,
+        ),
+        (
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":2}}"#,
+        ),
+        ("message_stop", r#"{"type":"message_stop"}"#),
+    ];
+    let body: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+         anthropic-ratelimit-requests-remaining: 10\r\nanthropic-ratelimit-requests-reset: {reset}\r\n\
+         anthropic-ratelimit-output-tokens-remaining: 0\r\nanthropic-ratelimit-output-tokens-reset: {reset}\r\n\
+         connection: close\r\n\r\n{body}"
+    )
+}
+
+#[actix_web::test]
+async fn anthropic_headers_saying_no_tokens_remain_skip_the_route_until_their_reset() {
+    let fake = RateLimitingFake::start().await;
+    let app = spawn_app_with(
+        &format!(
+            r#"{MOCK}
+[[providers]]
+name = "anth"
+kind = "anthropic"
+base_url = "{}"
+
+[[models]]
+slug = "claude"
+routes = [{{ provider = "anth", model = "claude-capped" }}, {{ provider = "mock", model = "spare" }}]
+"#,
+            fake.address
+        ),
+        |_| {},
+    )
+    .await;
+    assert_eq!(answered_by(&app, "c1", "claude").await, "claude-capped");
+    let status = routing_status(&app).await;
+    let capped = route_status(&status, "claude", "claude-capped");
+    assert_eq!(capped["admitted"], false);
+    assert_eq!(capped["not_admitted_reason"], "provider_tokens_exhausted");
+    let provider = &capped["quota"]["provider"];
+    assert_eq!(provider["tokens_remaining"], 0);
+    assert_eq!(provider["requests_remaining"], 10);
+    assert!(provider["tokens_reset_at"].is_string());
+    assert_eq!(answered_by(&app, "c2", "claude").await, "spare");
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 1);
 }
 
 #[actix_web::test]
