@@ -116,6 +116,7 @@ impl Harness {
                 ledger: Arc::new(switchyard::ledger::Ledger::open(store.clone()).expect("ledger")),
                 store,
                 health: Arc::new(HealthBoard::new(&settings)),
+                quota: Arc::new(switchyard::routing::QuotaBoard::new(&settings)),
                 settings: Arc::new(settings),
                 providers,
                 project_feed: Arc::new(ProjectFeed::default()),

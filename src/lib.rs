@@ -3,7 +3,8 @@
 //! Data flow, one module each:
 //! - [`api`]: REST submit, reads, keys, SSE — HTTP in, JSON and event streams out
 //! - [`actors`]: the `Registry` singleton and one `Execution` actor per execution
-//! - [`routing`]: route plans, failover decisions and continuation requests (pure functions)
+//! - [`routing`]: route plans, failover decisions and continuation requests (pure functions),
+//!   route health and upstream quotas
 //! - [`providers`]: wire formats (openai, anthropic, gemini, mock), timeouts, error classification
 //! - [`store`]: sled trees behind typed functions, with group commit
 //! - [`cursor`]: a reader's position in an event log (replay, then live)

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     pub breaker_cooldown: prometheus::GaugeVec,
     pub route_breaker_state: IntGaugeVec,
+    pub route_headroom_requests: IntGaugeVec,
+    pub route_headroom_tokens: IntGaugeVec,
     pub store_size: IntGauge,
     pub store_flush: Histogram,
     pub webhooks: IntCounterVec,
@@ -193,6 +195,28 @@ impl Metrics {
                         "Circuit breaker of one route (provider, upstream model), the one admission reads: 0 closed, 1 half-open, 2 open.",
                     ),
                     &["provider", "model"],
+                )
+                .expect("valid metric"),
+            ),
+            route_headroom_requests: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "switchyard_route_headroom_requests",
+                        "Requests a route may still send upstream: window minute or day (its configured cap less use, UTC fixed windows) or provider (its last rate-limit headers). Absent when uncapped or unreported.",
+                    ),
+                    &["provider", "model", "window"],
+                )
+                .expect("valid metric"),
+            ),
+            route_headroom_tokens: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "switchyard_route_headroom_tokens",
+                        "Tokens a route may still use upstream, by window as for switchyard_route_headroom_requests.",
+                    ),
+                    &["provider", "model", "window"],
                 )
                 .expect("valid metric"),
             ),

@@ -12,7 +12,7 @@ use crate::api::{self, AppState};
 use crate::channels::ProjectFeed;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
-use crate::routing::HealthBoard;
+use crate::routing::{HealthBoard, QuotaBoard};
 use crate::settings::Settings;
 use crate::store::{hash_secret, KeyRole, Store};
 
@@ -22,6 +22,8 @@ pub struct Application {
     /// `GET /metrics` on its own address (`[metrics] listen`).
     metrics_server: Option<(SocketAddr, Server)>,
     store: Store,
+    /// Its day counters are saved once more at shutdown.
+    quota: Arc<QuotaBoard>,
     bootstrap_admin_key: Option<String>,
     recovered: usize,
 }
@@ -68,6 +70,9 @@ impl Application {
         let settings = Arc::new(settings);
         let providers = Arc::new(Providers::from_settings(&settings)?);
         let health = Arc::new(HealthBoard::new(&settings));
+        let quota = Arc::new(QuotaBoard::new(&settings));
+        quota.restore(store.load_route_days()?);
+        start_quota_saver(store.clone(), quota.clone());
         let project_feed = Arc::new(ProjectFeed::default());
         let webhook_wake = Arc::new(tokio::sync::Notify::new());
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(
@@ -88,6 +93,7 @@ impl Application {
             settings: settings.clone(),
             providers: providers.clone(),
             health: health.clone(),
+            quota: quota.clone(),
             project_feed: project_feed.clone(),
             metrics: metrics.clone(),
             webhook_wake: webhook_wake.clone(),
@@ -131,6 +137,7 @@ impl Application {
             settings: settings.clone(),
             providers,
             health,
+            quota: quota.clone(),
             registry,
             metrics,
             project_feed,
@@ -171,6 +178,7 @@ impl Application {
             server,
             metrics_server,
             store,
+            quota,
             bootstrap_admin_key,
             recovered,
         })
@@ -238,12 +246,37 @@ impl Application {
             handle.stop(true).await;
         }
         if self.store.health.failure().is_none() {
+            save_quota_days(&self.store, &self.quota);
             if let Err(err) = self.store.flush() {
                 tracing::error!(error = %err, "final store flush failed");
             }
         }
         tracing::info!("stopped");
         exit
+    }
+}
+
+/// How often the upstream quota day counters are saved: the most a crash can lose (a clean
+/// shutdown saves them once more).
+pub const QUOTA_SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Saves the quota board's day counters on a timer, in one batch, only when they changed.
+fn start_quota_saver(store: Store, quota: Arc<QuotaBoard>) {
+    actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(QUOTA_SAVE_EVERY);
+        loop {
+            every.tick().await;
+            save_quota_days(&store, &quota);
+        }
+    });
+}
+
+fn save_quota_days(store: &Store, quota: &QuotaBoard) {
+    let Some(days) = quota.take_dirty_days() else {
+        return;
+    };
+    if let Err(err) = store.save_route_days(&days) {
+        tracing::warn!(error = %err, "cannot save upstream quota counters");
     }
 }
 

@@ -33,6 +33,8 @@ pub struct ExecutionDeps {
     pub settings: Arc<Settings>,
     pub providers: Arc<crate::providers::Providers>,
     pub health: Arc<HealthBoard>,
+    /// Upstream quotas: a route without headroom is not tried before its reset.
+    pub quota: Arc<routing::QuotaBoard>,
     pub project_feed: Arc<crate::channels::ProjectFeed>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Wakes webhook delivery once a terminal state is durable.
@@ -66,6 +68,8 @@ struct Running {
     /// usage (a cut stream): prompt tokens by the admission measure, text bytes received.
     input_tokens: u64,
     text_bytes: usize,
+    /// What the try was counted for against the route's upstream quota.
+    charge: routing::quota::Charge,
 }
 
 /// A `failover` to a continuation, held until the continuation's head is reconciled so that
@@ -298,6 +302,9 @@ impl Execution {
 
     fn start_attempt(&mut self, ctx: &mut Context<Self>, strategy: Option<ContinuationStrategy>) {
         self.retry_timer = None;
+        let Some(strategy) = self.admit_route(ctx, strategy) else {
+            return;
+        };
         let route = self.routes[self.route_index].clone();
         let strategy = match strategy {
             None if !self.emitted.is_empty() => Some(route.provider.settings.continuation()),
@@ -322,6 +329,9 @@ impl Execution {
         self.deps
             .health
             .begin(route.key(), tokio::time::Instant::now());
+        let chars = request.messages.iter().map(|m| m.content.len()).sum();
+        let estimate = crate::limits::estimate_tokens(chars, request.params.max_tokens);
+        let charge = self.deps.quota.begin(route.key(), estimate, now_ms());
         let (rx, handle) = spawn_attempt(route.provider.clone(), request, log.clone());
         self.attempt_seq += 1;
         let id = self.attempt_seq;
@@ -347,6 +357,7 @@ impl Execution {
             log,
             input_tokens,
             text_bytes: 0,
+            charge,
         });
         self.record.attempts.push(Attempt {
             provider: route.provider.name().to_string(),
@@ -364,6 +375,59 @@ impl Execution {
         });
         self.persist();
         tracing::debug!(execution_id = %self.record.id, provider = %self.routes[self.route_index].provider.name(), attempt = id, "attempt started");
+    }
+
+    /// A route out of upstream quota is never tried before its reset: the try moves to the
+    /// next route with headroom, or waits for the earliest reset when that comes before the
+    /// execution's deadline, or the execution fails `provider_unavailable`. `None` when no try
+    /// starts now; otherwise the strategy to start it with.
+    fn admit_route(
+        &mut self,
+        ctx: &mut Context<Self>,
+        strategy: Option<ContinuationStrategy>,
+    ) -> Option<Option<ContinuationStrategy>> {
+        let now = now_ms();
+        let quota = &self.deps.quota;
+        if quota.admits(self.routes[self.route_index].key(), now) {
+            return Some(strategy);
+        }
+        let health = &self.deps.health;
+        let instant = tokio::time::Instant::now();
+        match routing::pick_route(&self.routes, self.route_index, health, quota, instant, now) {
+            Ok(index) => {
+                let from_route = self.route_index;
+                let from = self.routes[from_route].provider.name().to_string();
+                self.route_index = index;
+                self.tries_on_route = 1;
+                if !self.record.attempts.is_empty() {
+                    let err = ProviderError::new(
+                        ErrorCode::RateLimited,
+                        "the route is out of upstream quota",
+                    );
+                    self.announce_failover(ctx, &from, Some(from_route), &err, false);
+                }
+                Some(None)
+            }
+            Err(exhausted) => {
+                let limit = self.deps.settings.limits.max_execution_ms;
+                let deadline = self.record.created_at_ms.saturating_add(limit);
+                let reason = exhausted.reason.as_str();
+                if exhausted.until_ms >= deadline {
+                    let message = format!(
+                        "no route has upstream quota before the execution's deadline ({reason} until {})",
+                        crate::domain::rfc3339(exhausted.until_ms)
+                    );
+                    let error = ErrorBody::new(ErrorCode::ProviderUnavailable, message);
+                    self.terminate(ctx, Status::Failed, Some(error));
+                    return None;
+                }
+                let wait = Duration::from_millis(exhausted.until_ms.saturating_sub(now) + 1);
+                tracing::info!(execution_id = %self.record.id, reason, wait_ms = wait.as_millis() as u64, "no route has upstream quota; waiting for the earliest reset");
+                self.retry_timer =
+                    Some(ctx.run_later(wait, move |act, ctx| act.start_attempt(ctx, strategy)));
+                None
+            }
+        }
     }
 
     /// Stops the try in flight (if any), recording how it ended.
@@ -399,6 +463,13 @@ impl Execution {
             health,
             provider_wide,
         );
+        if let Some(e) = error {
+            self.deps.quota.failed(route.key(), e, now_ms());
+        }
+        if let Some(u) = running.usage {
+            let used = u.total_tokens.max(u.prompt_tokens + u.completion_tokens);
+            self.deps.quota.settle(route.key(), running.charge, used);
+        }
         let provider = route.provider.name();
         let code = error.map_or("none", |e| e.code.as_str());
         let outcome_label = match outcome {
@@ -619,9 +690,16 @@ impl Execution {
                     Some(ctx.run_later(delay, move |act, ctx| act.start_attempt(ctx, strategy)));
             }
             Decision::Next { index } => {
-                let now = tokio::time::Instant::now();
-                self.route_index = routing::pick_route(&self.routes, index, &self.deps.health, now)
-                    .unwrap_or(index);
+                let (now, deps) = (tokio::time::Instant::now(), &self.deps);
+                self.route_index = routing::pick_route(
+                    &self.routes,
+                    index,
+                    &deps.health,
+                    &deps.quota,
+                    now,
+                    now_ms(),
+                )
+                .unwrap_or(index);
                 self.tries_on_route = 1;
                 self.announce_failover(ctx, &from, Some(from_route), &err, delivered);
                 self.start_attempt(ctx, None);
@@ -872,9 +950,10 @@ impl Actor for Execution {
             return self.terminate(ctx, Status::Failed, Some(error));
         }
         self.tries_on_route = 1;
-        let now = tokio::time::Instant::now();
+        let (now, deps) = (tokio::time::Instant::now(), &self.deps);
         self.route_index =
-            routing::pick_route(&self.routes, 0, &self.deps.health, now).unwrap_or(0);
+            routing::pick_route(&self.routes, 0, &deps.health, &deps.quota, now, now_ms())
+                .unwrap_or(0);
         match self.record.status {
             Status::Pending => {
                 // A pending record has only its `pending` event (seq 1): every later event is
@@ -891,8 +970,11 @@ impl Actor for Execution {
                 let route = &self.routes[self.route_index];
                 let (provider, model) = (route.provider.name().to_string(), route.model.clone());
                 self.start_attempt(ctx, None);
-                // After the attempt's record write, so this event's commit covers that too.
-                self.emit_deferred(ctx, |seq| Event::processing(seq, &provider, &model));
+                // After the attempt's record write, so this event's commit covers that too
+                // (none when no route had quota before the deadline: the execution failed).
+                if !self.finishing {
+                    self.emit_deferred(ctx, |seq| Event::processing(seq, &provider, &model));
+                }
             }
             Status::Processing => {
                 let Some(calls) = self.resume_from_log() else {
@@ -953,6 +1035,12 @@ impl StreamHandler<Tagged> for Execution {
                 }
                 if let Some(text) = delta.text {
                     self.on_text(ctx, text);
+                }
+            }
+            AttemptEvent::Item(StreamItem::Headroom(headroom)) => {
+                if let Some(running) = self.running.as_ref() {
+                    let key = self.routes[running.route].key();
+                    self.deps.quota.observe(key, &headroom);
                 }
             }
             AttemptEvent::Item(StreamItem::Skipped { reason, .. }) => {

@@ -8,6 +8,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::{body::read_json, openai_error::OpenAiError, AppState, Principal};
+use crate::domain::now_ms;
 use crate::error::ApiError;
 use crate::providers::{Embeddings, ProviderError};
 use crate::routing::{self, Decision, FailureContext, Outcome};
@@ -133,20 +134,46 @@ fn encode_base64(vector: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Tries the routes in order (skipping open breakers), retrying transient failures.
+/// The first route at or after `from` with headroom (see `routing::pick_route`); no route
+/// with upstream quota left answers `503` with `Retry-After` at once (a synchronous call does
+/// not wait for a reset).
+fn pick(state: &AppState, routes: &[routing::Route], from: usize) -> Result<usize, ApiError> {
+    let now_ms = now_ms();
+    routing::pick_route(
+        routes,
+        from,
+        &state.health,
+        &state.quota,
+        Instant::now(),
+        now_ms,
+    )
+    .map_err(|e| e.api_error("model", now_ms))
+}
+
+/// Tries the routes in order (skipping open breakers and routes out of quota), retrying
+/// transient failures.
 async fn route(
     state: &AppState,
     routes: &[routing::Route],
     input: &[String],
     dimensions: Option<u32>,
 ) -> Result<(String, crate::ledger::pricing::Price, Embeddings), ApiError> {
-    let mut index = routing::pick_route(routes, 0, &state.health, Instant::now()).unwrap_or(0);
+    let mut index = pick(state, routes, 0)?;
     let mut tries = 1;
+    let estimate = input.iter().map(|i| i.len() as u64 / 4).sum::<u64>();
     loop {
+        let r = &routes[index];
+        if !state.quota.admits(r.key(), now_ms()) {
+            // A retry of a route that a 429 cooled down: the next one with headroom.
+            index = pick(state, routes, index)?;
+            tries = 1;
+            continue;
+        }
         let r = &routes[index];
         let name = r.provider.name();
         let started = Instant::now();
         state.health.begin(r.key(), started);
+        let charge = state.quota.begin(r.key(), estimate, now_ms());
         let timeout = r.provider.settings.total_timeout();
         let result = match tokio::time::timeout(
             timeout,
@@ -159,6 +186,14 @@ async fn route(
         };
         let err = match result {
             Ok(embeddings) => {
+                // A provider that reported no usage (0) keeps the estimate.
+                if embeddings.prompt_tokens > 0 {
+                    let used = embeddings.prompt_tokens;
+                    state.quota.settle(r.key(), charge, used);
+                }
+                if let Some(h) = &embeddings.headroom {
+                    state.quota.observe(r.key(), h);
+                }
                 let outcome = Outcome::Success {
                     latency: started.elapsed(),
                     first_chunk: None,
@@ -168,6 +203,7 @@ async fn route(
             }
             Err(err) => err,
         };
+        state.quota.failed(r.key(), &err, now_ms());
         let outcome = if err.counts_against_provider() {
             Outcome::Failure
         } else {
@@ -199,8 +235,7 @@ async fn route(
                 tokio::time::sleep(delay).await;
             }
             Decision::Next { index: next } => {
-                index = routing::pick_route(routes, next, &state.health, Instant::now())
-                    .unwrap_or(next);
+                index = pick(state, routes, next)?;
                 tries = 1;
             }
             Decision::Fail => {

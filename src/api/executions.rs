@@ -151,28 +151,41 @@ fn resolve_model(state: &AppState, body: &SubmitBody) -> Result<String, ApiError
     let needs = routing::Needs::of(&body.chat_request());
     let plan =
         |slug: &str| routing::plan(&state.settings, &state.providers, slug).unwrap_or_default();
+    let (now, now_ms) = (tokio::time::Instant::now(), now_ms());
     if body.model == "auto" {
-        let now = tokio::time::Instant::now();
+        // Only models with a route that is healthy and has upstream quota left.
         let load = |slug: &str| {
             routing::capable(plan(slug), &needs)
                 .iter()
                 .filter(|r| r.provider.usable() && state.health.admits(r.key(), now))
+                .filter(|r| state.quota.admits(r.key(), now_ms))
                 .map(|r| state.health.in_flight(r.key()))
                 .min()
         };
-        return state
-            .settings
-            .models
+        let models = &state.settings.models;
+        let picked = models
             .iter()
             .filter_map(|m| load(&m.slug).map(|l| (l, m.slug.as_str())))
             .min_by_key(|(l, _)| *l)
-            .map(|(_, slug)| slug.to_string())
-            .ok_or_else(|| {
-                ApiError::new(
+            .map(|(_, slug)| slug.to_string());
+        return picked.ok_or_else(|| {
+            // When quota is what is missing, say when the first route has some again.
+            let ready = models
+                .iter()
+                .map(|m| routing::capable(plan(&m.slug), &needs))
+                .filter_map(|routes| {
+                    routing::submit_headroom(&routes, &state.health, &state.quota, now, now_ms)
+                        .err()
+                })
+                .min_by_key(|e| e.until_ms);
+            match ready {
+                Some(e) => e.api_error("auto", now_ms),
+                None => ApiError::new(
                     ErrorCode::ProviderUnavailable,
                     "no model has a healthy route able to serve this request",
-                )
-            });
+                ),
+            }
+        });
     }
     let Some(model) = state.settings.model(&body.model) else {
         return Err(ApiError::invalid(format!(
@@ -188,7 +201,8 @@ fn resolve_model(state: &AppState, body: &SubmitBody) -> Result<String, ApiError
         )));
     };
     let routes = plan(&model.slug);
-    if routing::capable(routes.clone(), &needs).is_empty() {
+    let capable = routing::capable(routes.clone(), &needs);
+    if capable.is_empty() {
         let why = routes
             .first()
             .and_then(|r| needs.unmet_by(r))
@@ -206,6 +220,8 @@ fn resolve_model(state: &AppState, body: &SubmitBody) -> Result<String, ApiError
             ),
         ));
     }
+    routing::submit_headroom(&capable, &state.health, &state.quota, now, now_ms)
+        .map_err(|e| e.api_error(&format!("model `{}`", model.slug), now_ms))?;
     Ok(model.slug.clone())
 }
 

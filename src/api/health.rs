@@ -97,6 +97,23 @@ fn scrape(state: &AppState, req: &HttpRequest) -> HttpResponse {
             .with_label_values(&[&provider, &model])
             .set(breaker_value(breaker));
     }
+    for (provider, model, windows) in state.quota.gauges(crate::domain::now_ms()) {
+        for (window, requests, tokens) in windows {
+            let labels = [provider.as_str(), model.as_str(), window];
+            for (gauge, value) in [
+                (&m.route_headroom_requests, requests),
+                (&m.route_headroom_tokens, tokens),
+            ] {
+                match value {
+                    Some(v) => gauge.with_label_values(&labels).set(v as i64),
+                    // A budget that lapsed (or was never reported) is not shown as stale.
+                    None => {
+                        let _ = gauge.remove_label_values(&labels);
+                    }
+                }
+            }
+        }
+    }
     m.store_size.set(state.store.size_on_disk() as i64);
     m.held.set(state.ledger.held_micros() as i64);
     HttpResponse::Ok()

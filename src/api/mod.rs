@@ -51,6 +51,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub providers: Arc<Providers>,
     pub health: Arc<HealthBoard>,
+    /// Upstream quotas per route (admission, routing status, headroom gauges).
+    pub quota: Arc<crate::routing::QuotaBoard>,
     pub registry: Addr<Registry>,
     pub metrics: Arc<Metrics>,
     pub project_feed: Arc<ProjectFeed>,

@@ -1,6 +1,8 @@
 //! `GET /v1/routing/status`: each model's routes with their own breaker, cooldown, latency,
 //! error rate and in-flight count and whether they are in rotation now, and every provider's
-//! aggregate over its routes (informational: admission is per route).
+//! aggregate over its routes (informational: admission is per route). Each route also shows its
+//! upstream quota (caps, use and headroom per minute and UTC day, what the provider reported,
+//! any 429 cooldown) and, when it is out of rotation, why (`not_admitted_reason`).
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
@@ -11,6 +13,7 @@ use crate::routing::health::RouteKey;
 
 pub async fn get(state: web::Data<AppState>, _: Principal) -> Result<HttpResponse, ApiError> {
     let now = tokio::time::Instant::now();
+    let now_ms = crate::domain::now_ms();
     let providers: Vec<Value> = state
         .settings
         .providers
@@ -36,9 +39,17 @@ pub async fn get(state: web::Data<AppState>, _: Principal) -> Result<HttpRespons
                         provider: &r.provider,
                         model: &r.model,
                     };
+                    // Quota first: a route out of quota is skipped even when its breaker is closed.
+                    let reason = match state.quota.check(key, now_ms) {
+                        Err(e) => Some(e.reason.as_str()),
+                        Ok(()) if !state.health.admits(key, now) => Some("breaker_open"),
+                        Ok(()) => None,
+                    };
                     let mut v = json!({"provider": r.provider, "model": r.model,
-                                       "admitted": state.health.admits(key, now)});
+                                       "admitted": reason.is_none(),
+                                       "not_admitted_reason": reason});
                     v["health"] = state.health.route_snapshot(key, now);
+                    v["quota"] = state.quota.snapshot(key, now_ms);
                     v
                 })
                 .collect();

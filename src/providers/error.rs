@@ -17,6 +17,8 @@ pub struct ProviderError {
     /// The model's output was unusable (e.g. a malformed tool call): the provider itself is
     /// healthy, so its breaker must not count it.
     pub model_fault: bool,
+    /// What the failed response's rate-limit headers said, for the quota board.
+    pub headroom: Option<super::Headroom>,
 }
 
 impl ProviderError {
@@ -27,6 +29,7 @@ impl ProviderError {
             status: None,
             retry_after: None,
             model_fault: false,
+            headroom: None,
         }
     }
 
@@ -134,6 +137,7 @@ impl ProviderError {
             status: Some(status),
             retry_after,
             model_fault: false,
+            headroom: None,
         }
     }
 

@@ -242,6 +242,7 @@ impl Mock {
         Embeddings {
             vectors,
             prompt_tokens,
+            headroom: None,
         }
     }
 }

@@ -5,6 +5,7 @@ mod anthropic;
 mod attempt;
 mod error;
 mod gemini;
+mod headroom;
 mod mock;
 mod openai;
 mod sse;
@@ -12,6 +13,7 @@ mod turns;
 
 pub use attempt::{spawn_attempt, AttemptEvent, AttemptHandle};
 pub use error::ProviderError;
+pub use headroom::Headroom;
 
 use futures_util::stream::BoxStream;
 use std::collections::HashMap;
@@ -39,6 +41,8 @@ pub enum StreamItem {
         raw: String,
         reason: String,
     },
+    /// The response's rate-limit headers, first and at most once per attempt.
+    Headroom(Headroom),
 }
 
 /// Ends (`None`) only after a clean finish; an interrupted stream ends with an `Err`.
@@ -49,6 +53,8 @@ pub type ProviderStream = BoxStream<'static, Result<StreamItem, ProviderError>>;
 pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     pub prompt_tokens: u64,
+    /// What the response's rate-limit headers said, for the quota board.
+    pub headroom: Option<Headroom>,
 }
 
 /// The request as sent to one route.

@@ -38,7 +38,7 @@ impl OpenAi {
             builder = builder.bearer_auth(key);
         }
         let resp = sse::send(&self.http, builder, &body, log, ProviderError::from_status).await?;
-        Ok(sse::parse_stream(resp.bytes_stream(), log.clone(), |ev| {
+        Ok(sse::parse_response(resp, log.clone(), |ev| {
             parse_data(&ev.data)
         }))
     }
@@ -63,6 +63,7 @@ impl OpenAi {
         }
         let log = AttemptLog::disabled();
         let resp = sse::send(&self.http, builder, &body, &log, ProviderError::from_status).await?;
+        let headroom = super::Headroom::from_headers(resp.headers(), crate::domain::now_ms());
         #[derive(Deserialize)]
         struct Item {
             embedding: Vec<f32>,
@@ -92,6 +93,7 @@ impl OpenAi {
         Ok(Embeddings {
             vectors: answer.data.into_iter().map(|i| i.embedding).collect(),
             prompt_tokens: answer.usage.map_or(0, |u| u.prompt_tokens),
+            headroom,
         })
     }
 }

@@ -6,7 +6,7 @@ use eventsource_stream::{Event, Eventsource};
 use futures_util::stream::{self, StreamExt};
 use std::time::Duration;
 
-use super::{ProviderError, ProviderStream, StreamItem};
+use super::{Headroom, ProviderError, ProviderStream, StreamItem};
 use crate::store::{redacted_headers, AttemptLog, LogEntry};
 
 /// Turns a non-2xx status, its `Retry-After` and its body into one normalized error.
@@ -56,9 +56,28 @@ pub async fn send(
         return Ok(resp);
     }
     let retry_after = retry_after(resp.headers());
+    let headroom = Headroom::from_headers(resp.headers(), crate::domain::now_ms());
     let text = resp.text().await.unwrap_or_default();
     log.record(LogEntry::Chunk { data: &text });
-    Err(classify(status.as_u16(), retry_after, &text))
+    let mut err = classify(status.as_u16(), retry_after, &text);
+    err.headroom = headroom;
+    Err(err)
+}
+
+/// [`parse_stream`] over a successful response, led by what its rate-limit headers said (read
+/// once here, so the quota board learns the route's headroom from successes too).
+pub fn parse_response<F>(resp: reqwest::Response, log: AttemptLog, parse: F) -> ProviderStream
+where
+    F: FnMut(&Event) -> Parsed + Send + 'static,
+{
+    let headroom = Headroom::from_headers(resp.headers(), crate::domain::now_ms());
+    let body = parse_stream(resp.bytes_stream(), log, parse);
+    match headroom {
+        Some(h) => stream::once(async move { Ok(StreamItem::Headroom(h)) })
+            .chain(body)
+            .boxed(),
+        None => body,
+    }
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by the providers we speak to).

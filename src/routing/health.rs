@@ -305,6 +305,11 @@ impl HealthBoard {
         self.with(key, |h| h.admits(now)).unwrap_or(true)
     }
 
+    /// Time left before a route's open breaker admits its probe.
+    pub fn cooldown(&self, key: RouteKey<'_>, now: Instant) -> Duration {
+        self.with(key, |h| h.gauge(now).1).unwrap_or_default()
+    }
+
     pub fn last_failure(&self, key: RouteKey<'_>) -> Option<Instant> {
         self.with(key, |h| h.last_failure()).flatten()
     }

@@ -1,14 +1,17 @@
-//! Route plans and failover decisions as pure functions: which route next, and the request a
-//! continuation sends. The execution actor asks; nothing here does I/O.
+//! Route plans and failover decisions as pure functions: which route next (healthy and with
+//! upstream quota left), and the request a continuation sends. The execution actor asks;
+//! nothing here does I/O.
 
 mod continuation;
 pub mod health;
+pub mod quota;
 
 pub use continuation::{
     continuation_messages, Diverged, Join, Reconciler, Trim, CONTINUE_INSTRUCTION,
     MIN_RESTART_EVIDENCE,
 };
 pub use health::{HealthBoard, Outcome};
+pub use quota::{Exhausted, QuotaBoard};
 
 use std::sync::Arc;
 
@@ -123,19 +126,83 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
     )
 }
 
-/// The first route at or after `from` whose breaker admits an attempt; when every one is open,
-/// the one that failed longest ago (rather than failing at once).
+/// The first route at or after `from` with upstream headroom whose breaker admits an attempt;
+/// when every route with headroom has its breaker open, the one of them that failed longest
+/// ago (rather than failing at once). A route out of quota is never picked before its reset:
+/// when no route has headroom, `Err` says which frees up first.
 pub fn pick_route(
     routes: &[Route],
     from: usize,
     health: &HealthBoard,
+    quota: &QuotaBoard,
     now: tokio::time::Instant,
-) -> Option<usize> {
-    let candidates = from..routes.len();
-    candidates
-        .clone()
-        .find(|&i| health.admits(routes[i].key(), now))
-        .or_else(|| candidates.min_by_key(|&i| health.last_failure(routes[i].key())))
+    now_ms: u64,
+) -> Result<usize, Exhausted> {
+    let mut earliest: Option<Exhausted> = None;
+    let mut open = Vec::new();
+    for (i, route) in routes.iter().enumerate().skip(from) {
+        match quota.check(route.key(), now_ms) {
+            Err(e) => {
+                if earliest.is_none_or(|x| e.until_ms < x.until_ms) {
+                    earliest = Some(e);
+                }
+            }
+            Ok(()) if health.admits(route.key(), now) => return Ok(i),
+            Ok(()) => open.push(i),
+        }
+    }
+    open.into_iter()
+        .min_by_key(|&i| health.last_failure(routes[i].key()))
+        .ok_or_else(|| {
+            earliest.unwrap_or(Exhausted {
+                reason: quota::Reason::ProviderRateLimited,
+                until_ms: now_ms,
+            })
+        })
+}
+
+/// Whether a submit for these routes should be accepted: `Err` (a `503` with the earliest time
+/// one of them is ready) when no route has headroom, or when the ones that do all have open
+/// breakers. Routes that are merely down, with quota left everywhere, keep the old answer:
+/// accepted, and the longest-failed one is tried.
+pub fn submit_headroom(
+    routes: &[Route],
+    health: &HealthBoard,
+    quota: &QuotaBoard,
+    now: tokio::time::Instant,
+    now_ms: u64,
+) -> Result<(), Exhausted> {
+    let mut ready: Option<Exhausted> = None;
+    let mut any_exhausted = false;
+    for r in routes {
+        let cooldown = health.cooldown(r.key(), now).as_millis() as u64;
+        let down = (!health.admits(r.key(), now)).then(|| Exhausted {
+            reason: quota::Reason::ProviderRateLimited,
+            until_ms: now_ms + cooldown.max(1),
+        });
+        let candidate = match (quota.check(r.key(), now_ms), down) {
+            (Ok(()), None) => return Ok(()),
+            (Err(e), None) => {
+                any_exhausted = true;
+                e
+            }
+            (Ok(()), Some(d)) => d,
+            (Err(e), Some(d)) => {
+                any_exhausted = true;
+                Exhausted {
+                    until_ms: e.until_ms.max(d.until_ms),
+                    ..e
+                }
+            }
+        };
+        if ready.is_none_or(|x| candidate.until_ms < x.until_ms) {
+            ready = Some(candidate);
+        }
+    }
+    match ready {
+        Some(e) if any_exhausted => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Where an execution stands when an attempt fails.
@@ -356,6 +423,64 @@ mod tests {
             ..ctx()
         };
         assert_eq!(decide(&c, &e), Decision::Fail);
+    }
+
+    /// Routes a (capped at one request a day), b, c of one mock provider whose breaker opens
+    /// on the first fault.
+    fn quota_fixture() -> (Vec<Route>, HealthBoard, QuotaBoard) {
+        let settings = Settings::parse(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"x\"\n\
+             [[providers]]\nname = \"p\"\nkind = \"mock\"\nbreaker_failures = 1\n\
+             [[models]]\nslug = \"s\"\nroutes = [{ provider = \"p\", model = \"a\", requests_per_day = 1 }, \
+             { provider = \"p\", model = \"b\" }, { provider = \"p\", model = \"c\", requests_per_minute = 1 }]",
+        )
+        .unwrap();
+        let providers = Providers::from_settings(&settings).unwrap();
+        let routes = plan(&settings, &providers, "s").unwrap();
+        (
+            routes,
+            HealthBoard::new(&settings),
+            QuotaBoard::new(&settings),
+        )
+    }
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_out_of_quota_are_skipped_and_never_picked_as_a_last_resort() {
+        let (routes, health, quota) = quota_fixture();
+        let now = tokio::time::Instant::now();
+        let pick = |from| pick_route(&routes, from, &health, &quota, now, NOW_MS);
+        assert_eq!(pick(0), Ok(0));
+        quota.begin(routes[0].key(), 1, NOW_MS);
+        assert_eq!(pick(0), Ok(1), "a is out of quota");
+        // b's breaker opens: c is next; once c is out of quota too, b (open, but with quota)
+        // is still the last resort, a never is.
+        health.begin(routes[1].key(), now);
+        health.end(routes[1].key(), now, Outcome::Failure, false);
+        assert_eq!(pick(0), Ok(2));
+        quota.begin(routes[2].key(), 1, NOW_MS);
+        assert_eq!(pick(0), Ok(1));
+        assert!(submit_headroom(&routes, &health, &quota, now, NOW_MS).is_err());
+        // Nothing with quota after `from`: the earliest reset (c's minute, before a's day).
+        let e = pick(2).unwrap_err();
+        assert_eq!(e.reason, quota::Reason::QuotaRequestsPerMinute);
+        assert_eq!(e.until_ms, (NOW_MS / 60_000 + 1) * 60_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_only_down_with_quota_left_are_still_accepted() {
+        let (routes, health, quota) = quota_fixture();
+        let now = tokio::time::Instant::now();
+        for r in &routes {
+            health.begin(r.key(), now);
+            health.end(r.key(), now, Outcome::Failure, false);
+        }
+        assert_eq!(
+            submit_headroom(&routes, &health, &quota, now, NOW_MS),
+            Ok(())
+        );
+        assert!(pick_route(&routes, 0, &health, &quota, now, NOW_MS).is_ok());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! (sha256(secret) → key id), `project_limits` (project → its limits), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
 //! attempt ‖ first entry → debug entries), `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`), `analytics` (project ‖
 //! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `ledger`, `holds` and `key_spend` (see
-//! `ledger.rs`), `meta` (with the layout version, see
+//! `ledger.rs`), `route_days` (provider ‖ 0 ‖ model → the route's upstream quota use today),
+//! `meta` (with the layout version, see
 //! `layout`).
 
 mod analytics;
@@ -24,6 +25,7 @@ mod layout;
 mod ledger;
 mod request_refs;
 mod retention;
+mod route_days;
 mod tokens;
 mod webhooks;
 
@@ -38,6 +40,7 @@ pub use keys::{hash_secret, KeyLimits, KeyRecord, KeyRole};
 pub use layout::LAYOUT_VERSION;
 pub use ledger::{EntryKind, HoldRecord, LedgerEntry};
 pub use retention::Swept;
+pub use route_days::RouteDay;
 pub use tokens::WsTokenRecord;
 pub use webhooks::{DeliveryStatus, DueEntry, SigningSecrets, WebhookJob};
 
@@ -81,6 +84,8 @@ pub struct Store {
     ledger: sled::Tree,
     holds: sled::Tree,
     key_spend: sled::Tree,
+    /// Upstream quota counters per route and UTC day (see `route_days`).
+    route_days: sled::Tree,
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
@@ -131,6 +136,7 @@ impl Store {
             ledger: tree("ledger")?,
             holds: tree("holds")?,
             key_spend: tree("key_spend")?,
+            route_days: tree("route_days")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(
                 db.clone(),

@@ -28,6 +28,7 @@ mod provider_signatures;
 mod provider_tools;
 mod provider_vision;
 mod providers;
+mod quotas;
 mod retention;
 mod routing;
 mod storage;

@@ -51,11 +51,9 @@ impl Anthropic {
         }
         let resp = sse::send(&self.http, builder, &prepared.body, log, classify_status).await?;
         let mut parser = EventParser::new(prepared.trimmed_prefill);
-        Ok(sse::parse_stream(
-            resp.bytes_stream(),
-            log.clone(),
-            move |ev| parser.parse(&ev.data),
-        ))
+        Ok(sse::parse_response(resp, log.clone(), move |ev| {
+            parser.parse(&ev.data)
+        }))
     }
 }
 

@@ -56,11 +56,9 @@ impl Gemini {
         }
         let resp = sse::send(&self.http, builder, &body, log, classify_status).await?;
         let mut parser = ChunkParser::default();
-        Ok(sse::parse_stream(
-            resp.bytes_stream(),
-            log.clone(),
-            move |ev| parser.parse(&ev.data),
-        ))
+        Ok(sse::parse_response(resp, log.clone(), move |ev| {
+            parser.parse(&ev.data)
+        }))
     }
 }
 
