@@ -495,6 +495,58 @@
         );
       })
     );
+    renderRoutes(routing);
+    refreshBalance();
+  }
+
+  const usd = (micros) => (micros == null ? "–" : `$${(micros / 1e6).toFixed(micros % 10_000 === 0 ? 2 : 6)}`);
+  const left = (w) => {
+    if (!w) return "–";
+    const r = w.requests_remaining;
+    return r == null ? "no cap" : String(r);
+  };
+  const leftTokens = (w) => (!w || w.tokens_remaining == null ? "no cap" : compact(w.tokens_remaining));
+
+  function renderRoutes(routing) {
+    const rows = [];
+    for (const m of routing.models) {
+      for (const r of m.routes) {
+        const q = r.quota || {};
+        const reason = r.admitted ? "in rotation" : (r.not_admitted_reason || "out").replaceAll("_", " ");
+        const price = r.price ? `${r.price.input_per_mtok} · ${r.price.output_per_mtok}` : "–";
+        rows.push(
+          h(
+            "tr",
+            { dataset: { admitted: String(r.admitted) } },
+            h("td", {}, m.slug),
+            h("td", { className: "mono small" }, `${r.provider}/${r.model}`),
+            h("td", {}, h("span", { className: "breaker", dataset: { state: r.admitted ? "closed" : "open" } }, reason)),
+            h("td", {}, `${left(q.minute)} · ${left(q.day)}`),
+            h("td", {}, `${leftTokens(q.minute)} · ${leftTokens(q.day)}`),
+            h("td", {}, price)
+          )
+        );
+      }
+    }
+    $("routes").tBodies[0].replaceChildren(...rows);
+  }
+
+  async function refreshBalance() {
+    let b;
+    try {
+      b = await api("/v1/balance");
+    } catch (_) {
+      return;
+    }
+    if (b.unlimited) {
+      $("balance-available").textContent = "unlimited (no balance set)";
+      $("balance-held").textContent = "–";
+      $("balance-total").textContent = "–";
+    } else {
+      $("balance-available").textContent = usd(b.available_micros);
+      $("balance-held").textContent = usd(b.held_micros);
+      $("balance-total").textContent = usd(b.balance_micros);
+    }
   }
 
   // ---- analytics charts (SVG) ----
@@ -505,6 +557,7 @@
   }
 
   async function refreshAnalytics() {
+    refreshBalance();
     let body;
     try {
       body = await api("/v1/analytics?group_by=none&bucket=minute");
@@ -527,6 +580,8 @@
       { cls: "s1", label: "p50", value: (b) => (b ? b.latency_ms.p50 : null) },
       { cls: "s2", label: "p95", value: (b) => (b ? b.latency_ms.p95 : null) },
     ]);
+    const spent = body.series.flatMap((s) => s.buckets).reduce((a, b) => a + (b.spend_micros || 0), 0);
+    $("spend-hour").textContent = usd(spent);
     drawBars($("chart-tokens"), points, [
       { cls: "b1", label: "prompt", value: (b) => (b ? n(b.tokens.prompt) : 0) },
       { cls: "b2", label: "completion", value: (b) => (b ? n(b.tokens.completion) : 0) },

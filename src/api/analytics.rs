@@ -113,6 +113,7 @@ fn bucket_view(start: u64, agg: &Aggregate) -> Value {
         "errors": agg.errors,
         "failovers": agg.failovers,
         "tokens": {"prompt": agg.prompt_tokens, "completion": agg.completion_tokens},
+        "spend_micros": agg.spend_micros,
         "latency_ms": {"p50": agg.latency_ms.quantile(0.5), "p95": agg.latency_ms.quantile(0.95)},
         "first_chunk_ms": {
             "p50": agg.first_chunk_ms.quantile(0.5),

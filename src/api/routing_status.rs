@@ -50,6 +50,8 @@ pub async fn get(state: web::Data<AppState>, _: Principal) -> Result<HttpRespons
                                        "not_admitted_reason": reason});
                     v["health"] = state.health.route_snapshot(key, now);
                     v["quota"] = state.quota.snapshot(key, now_ms);
+                    v["price"] = json!({"input_per_mtok": r.input_per_mtok,
+                                        "output_per_mtok": r.output_per_mtok});
                     v
                 })
                 .collect();

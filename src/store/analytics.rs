@@ -139,6 +139,9 @@ pub struct Aggregate {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// What completed executions cost at the routes' prices (`ExecutionRecord::cost`).
+    #[serde(default)]
+    pub spend_micros: u64,
     /// Submit → terminal status.
     #[serde(default)]
     pub latency_ms: Histogram,
@@ -156,6 +159,7 @@ impl Aggregate {
         self.failovers += other.failovers;
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
+        self.spend_micros += other.spend_micros;
         self.latency_ms.merge(&other.latency_ms);
         self.first_chunk_ms.merge(&other.first_chunk_ms);
     }
@@ -198,6 +202,7 @@ fn contributions(record: &ExecutionRecord) -> Vec<(Dimension, String, Aggregate)
             whole.completion_tokens = usage.completion_tokens;
         }
     }
+    whole.spend_micros = record.cost.and_then(|c| c.settled_micros).unwrap_or(0);
     if let Some(ms) = record.duration_ms() {
         whole.latency_ms.observe(ms);
     }

@@ -240,6 +240,17 @@ async fn a_completed_execution_settles_its_cost_once_and_a_retry_holds_nothing_m
     let b = balance(&app.client, &app.address, &key).await;
     assert_eq!(n(&b["balance_micros"]), 1_000_000 - settled);
     assert_eq!(n(&b["held_micros"]), 0);
+    // The spend analytics count it once, under its model.
+    let res = app.get("/v1/analytics?group_by=model", &key).await;
+    let body: Value = res.json().await.unwrap();
+    let spend: u64 = body["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["buckets"].as_array().unwrap())
+        .map(|b| n(&b["spend_micros"]))
+        .sum();
+    assert_eq!(spend, settled, "{body}");
 }
 
 #[actix_web::test]

@@ -54,7 +54,7 @@ base_url = "${upstream}"
 
 [[models]]
 slug = "chat-default"
-routes = [{ provider = "mock", model = "mock-1" }]
+routes = [{ provider = "mock", model = "mock-1", input_per_mtok = 1.0, output_per_mtok = 2.0, requests_per_day = 1000 }]
 
 [[models]]
 slug = "chat-failover"
@@ -330,6 +330,21 @@ test("dashboard: provider health and analytics charts", async () => {
   const analytics = await rest("/v1/analytics?group_by=none");
   const total = analytics.series[0].buckets.reduce((a, b) => a + b.requests, 0);
   assert(total >= 3, `analytics count the executions (${total})`);
+});
+
+test("dashboard: the routes' headroom and the project's balance", async () => {
+  const route = page.locator("#routes tbody tr", { hasText: "mock/mock-1" });
+  await route.waitFor({ timeout: 10_000 });
+  const text = await route.textContent();
+  assert(text.includes("in rotation"), `route admitted: ${text}`);
+  // Requests left today: 1000 minus what the earlier tests ran.
+  assert(/· 9\d\d/.test(text), `daily headroom shown: ${text}`);
+  assert(text.includes("1 · 2"), `prices shown: ${text}`);
+  await page.waitForFunction(() => /unlimited/.test(document.querySelector("#balance-available").textContent), null, { timeout: 10_000 });
+  await rest("/v1/projects/default/balance", { method: "POST", body: { amount_micros: 2_500_000 } });
+  await page.waitForFunction(() => /^\$2\.\d+/.test(document.querySelector("#balance-available").textContent), null, { timeout: 15_000 });
+  await page.waitForFunction(() => /^\$0\.0\d*[1-9]/.test(document.querySelector("#spend-hour").textContent), null, { timeout: 15_000 });
+  await page.locator("#balance").screenshot({ path: join(ARTIFACTS, "balance.png") });
 });
 
 test("dashboard: dark mode toggles, persists and keeps the session", async () => {
