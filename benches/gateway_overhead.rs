@@ -40,8 +40,10 @@
 //! `cargo bench --bench gateway_overhead`. Environment:
 //! - `OVERHEAD_SECONDS` measured seconds per scenario and target (default 3),
 //! - `OVERHEAD_MAX_REQUESTS` cap per scenario and target (default 20000),
-//! - `OVERHEAD_STORES` which gateway data dirs, `disk`, `shm` or `disk,shm` (default; empty for
-//!   no gateway),
+//! - `OVERHEAD_STORES` which gateways: `disk`, `shm`, and `admission` (on disk, with every
+//!   client limit, an upstream quota and prices configured and a balance set, none of them
+//!   tight enough to refuse: what admission control costs); default `disk,shm`, empty for no
+//!   gateway,
 //! - `OVERHEAD_FLOORS` which floors, `canned`, `proxy` or `canned,proxy` (default; they add
 //!   about 20 s to the run), empty for none,
 //! - `OVERHEAD_SCENARIOS` which of `ns1`, `ns32`, `s1`, `s32` (default: all; for profiling),
@@ -868,10 +870,25 @@ struct Server {
 }
 
 impl Server {
-    fn gateway(label: &'static str, bin: &Path, parent: &Path, upstream: SocketAddr) -> Server {
+    fn gateway(
+        label: &'static str,
+        bin: &Path,
+        parent: &Path,
+        upstream: SocketAddr,
+        admission: bool,
+    ) -> Server {
         let dir = tempfile::tempdir_in(parent).expect("gateway temp dir");
         let config = dir.path().join("switchyard.toml");
-        let limits = std::env::var("OVERHEAD_LIMITS").unwrap_or_default();
+        let mut limits = std::env::var("OVERHEAD_LIMITS").unwrap_or_default();
+        // Every check on, none refusing: the cost of admission, not of refusals.
+        let route = if admission {
+            limits.push_str(
+                "\nip_requests_per_minute = 1000000\nkey_requests_per_minute = 1000000\nproject_requests_per_minute = 1000000\nkey_tokens_per_minute = 1000000000\nkey_concurrent_executions = 100000\n",
+            );
+            ", input_per_mtok = 0.15, output_per_mtok = 0.6, requests_per_minute = 100000000, tokens_per_day = 1000000000000"
+        } else {
+            ""
+        };
         std::fs::write(
             &config,
             format!(
@@ -888,11 +905,11 @@ base_url = "http://{upstream}/v1"
 
 [[models]]
 slug = "ns"
-routes = [{{ provider = "fake", model = "ns" }}]
+routes = [{{ provider = "fake", model = "ns"{route} }}]
 
 [[models]]
 slug = "s20"
-routes = [{{ provider = "fake", model = "s20" }}]
+routes = [{{ provider = "fake", model = "s20"{route} }}]
 "#
             ),
         )
@@ -912,6 +929,10 @@ routes = [{{ provider = "fake", model = "s20" }}]
             cmd.env("RUST_LOG", filter);
         }
         let (child, addr) = spawn(cmd, "switchyard listening on http://");
+        if admission {
+            // $1e9: every request holds against it and settles.
+            top_up(addr, 1_000_000_000 * 1_000_000);
+        }
         Server {
             label,
             child,
@@ -1117,6 +1138,26 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// Sets the `default` project's balance (the admin key's project) with one plain HTTP call.
+fn top_up(addr: SocketAddr, micros: u64) {
+    use std::io::{Read, Write};
+    let body = format!("{{\"amount_micros\": {micros}}}");
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect for the top-up");
+    write!(
+        sock,
+        "POST /v1/projects/default/balance HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the top-up");
+    let mut answer = String::new();
+    sock.read_to_string(&mut answer)
+        .expect("read the top-up answer");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "top-up refused: {answer}"
+    );
+}
+
 fn gateway_binary() -> PathBuf {
     std::env::var_os("SWITCHYARD_BIN")
         .map(PathBuf::from)
@@ -1163,13 +1204,15 @@ fn main() {
         servers.push(server);
     }
     for store in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (label, parent): (&'static str, PathBuf) = match store {
-            "disk" => ("gateway (disk)", PathBuf::from(env!("CARGO_TARGET_TMPDIR"))),
-            "shm" => ("gateway (/dev/shm)", PathBuf::from("/dev/shm")),
-            other => panic!("OVERHEAD_STORES: unknown store `{other}` (disk, shm)"),
+        let disk = || PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let (label, parent, admission): (&'static str, PathBuf, bool) = match store {
+            "disk" => ("gateway (disk)", disk(), false),
+            "shm" => ("gateway (/dev/shm)", PathBuf::from("/dev/shm"), false),
+            "admission" => ("gateway (disk, limits + quota + balance)", disk(), true),
+            other => panic!("OVERHEAD_STORES: unknown store `{other}` (disk, shm, admission)"),
         };
         std::fs::create_dir_all(&parent).expect("data dir parent");
-        let gw = Server::gateway(label, &bin, &parent, upstream);
+        let gw = Server::gateway(label, &bin, &parent, upstream, admission);
         println!("{label}: pid {} on {}", gw.pid(), gw.addr);
         servers.push(gw);
     }
