@@ -1,16 +1,27 @@
 //! The `switchyard` binary: parse the command line, load the settings, run.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use switchyard::settings::Settings;
 use switchyard::startup::{Application, Exit};
 
+const ENVIRONMENT: &str = "\
+Environment:
+  SWITCHYARD_CONFIG      the config file (as --config)
+  SWITCHYARD_ADMIN_KEY   an admin key of project `default` (never stored; without it the first
+                         start creates one and prints it once)
+  SWITCHYARD_LOG_FORMAT  `json` for one JSON object per log line
+  RUST_LOG               log filter (default: info)
+  <api_key_env>          each provider's key, from the variable its `api_key_env` names; also
+                         [metrics] bearer_token_env and [webhooks] secret_env";
+
 /// Actor-based streaming router for AI providers.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = ENVIRONMENT)]
 struct Cli {
     /// TOML config file (default: the embedded config, mock provider, ./data).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
@@ -21,6 +32,126 @@ struct Cli {
     /// Data directory, overriding the config.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validates a config file and prints the providers and routes it resolves to, without
+    /// starting (exit status 1 and the faulty field on an invalid config).
+    CheckConfig {
+        /// The config file.
+        path: PathBuf,
+    },
+}
+
+/// `check-config`: what the config resolves to, one line per provider and route.
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let settings = Settings::load(Some(path))?;
+    println!("{}: valid", path.display());
+    println!(
+        "listen {}, data dir {}",
+        settings.listen,
+        settings.data_dir.display()
+    );
+    for p in &settings.providers {
+        let key = match &p.api_key_env {
+            Some(var) if std::env::var(var).is_ok_and(|v| !v.is_empty()) => {
+                format!(", key from ${var}")
+            }
+            Some(var) => format!(", key from ${var} (not set here)"),
+            None => String::new(),
+        };
+        println!(
+            "provider {} ({}{}{key})",
+            p.name,
+            p.kind.as_str(),
+            p.base_url
+                .as_deref()
+                .map(|u| format!(" at {u}"))
+                .unwrap_or_default()
+        );
+    }
+    for m in &settings.models {
+        println!("model {}:", m.slug);
+        for (i, r) in m.routes.iter().enumerate() {
+            let mut extra = Vec::new();
+            if r.input_per_mtok > 0.0 || r.output_per_mtok > 0.0 {
+                extra.push(format!(
+                    "${} in / ${} out per Mtok",
+                    r.input_per_mtok, r.output_per_mtok
+                ));
+            }
+            for (name, v) in [
+                ("requests/min", r.requests_per_minute),
+                ("tokens/min", r.tokens_per_minute),
+                ("requests/day", r.requests_per_day),
+                ("tokens/day", r.tokens_per_day),
+            ] {
+                if v > 0 {
+                    extra.push(format!("{v} {name}"));
+                }
+            }
+            let caps: Vec<&str> = [
+                ("json", r.json_mode),
+                ("tools", r.tools),
+                ("vision", r.vision),
+            ]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| *n)
+            .collect();
+            extra.push(caps.join("+"));
+            if let Some(w) = r.context_window {
+                extra.push(format!("{w}-token window"));
+            }
+            println!(
+                "  {}. {}/{} ({})",
+                i + 1,
+                r.provider,
+                r.model,
+                extra.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The lines every start prints: where the config and data are, where to point a client and a
+/// browser, what it routes to.
+fn announce(settings: &Settings, config: Option<&Path>, address: SocketAddr) {
+    println!("switchyard listening on http://{address}");
+    match config {
+        Some(path) => println!("config: {}", path.display()),
+        None => println!("config: embedded default (the built-in mock provider, no API keys)"),
+    }
+    println!("data dir: {}", settings.data_dir.display());
+    let dashboard = settings
+        .public_url
+        .as_deref()
+        .map(|u| format!("{}/", u.trim_end_matches('/')))
+        .unwrap_or_else(|| format!("http://{address}/"));
+    println!("dashboard: {dashboard}");
+    let providers: Vec<String> = settings
+        .providers
+        .iter()
+        .map(|p| format!("{} ({})", p.name, p.kind.as_str()))
+        .collect();
+    println!("providers: {}", providers.join(", "));
+    let models: Vec<String> = settings
+        .models
+        .iter()
+        .map(|m| {
+            let routes: Vec<String> = m
+                .routes
+                .iter()
+                .map(|r| format!("{}/{}", r.provider, r.model))
+                .collect();
+            format!("{} → {}", m.slug, routes.join(" → "))
+        })
+        .collect();
+    println!("models: {}", models.join("; "));
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,6 +159,8 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "info,actix_server=warn".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only for a person at a terminal, never into files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // One JSON object per line for log shippers; key=value text otherwise.
     if std::env::var("SWITCHYARD_LOG_FORMAT").is_ok_and(|f| f == "json") {
@@ -36,6 +169,13 @@ fn main() -> anyhow::Result<()> {
         logs.init();
     }
     let cli = Cli::parse();
+    if let Some(Command::CheckConfig { path }) = &cli.command {
+        if let Err(err) = check_config(path) {
+            eprintln!("{}: {err}", path.display());
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let mut settings = Settings::load(cli.config.as_deref())?;
     if let Some(listen) = cli.listen {
         settings.listen = listen;
@@ -45,11 +185,16 @@ fn main() -> anyhow::Result<()> {
     }
     settings.read_secrets_from_env();
 
-    // Bound once: a store reopen builds the application again on the same socket.
-    let listener = std::net::TcpListener::bind(settings.listen)?;
+    // Bound once, before anything is stored (a first start on a busy port must not create an
+    // admin key it never prints): a store reopen builds the application again on this socket.
+    let listener = std::net::TcpListener::bind(settings.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    let config_path = cli.config.clone();
     let mut first_start = true;
     loop {
         let attempt = settings.clone();
+        let shown = settings.clone();
+        let config_path = config_path.clone();
         let socket = listener.try_clone()?;
         let exit = actix_web::rt::System::new().block_on(async move {
             let app = match Application::build_on(attempt, socket).await {
@@ -71,7 +216,7 @@ fn main() -> anyhow::Result<()> {
             }
             let address = app.address();
             if first_start {
-                println!("switchyard listening on http://{address}");
+                announce(&shown, config_path.as_deref(), address);
                 if let Some(addr) = app.metrics_address() {
                     println!("metrics on http://{addr}/metrics");
                 }

@@ -273,6 +273,27 @@ pub enum ProviderKind {
     Mock,
 }
 
+impl ProviderKind {
+    /// The provider's own API, for a provider configured without `base_url`.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::Mock => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Mock => "mock",
+        }
+    }
+}
+
 /// How an interrupted answer is continued on the next try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -445,8 +466,13 @@ pub const MAX_ROUTE_QUOTA: u64 = 1_000_000_000_000;
 impl Settings {
     /// Parses and validates a TOML document.
     pub fn parse(text: &str) -> anyhow::Result<Settings> {
-        let settings: Settings =
+        let mut settings: Settings =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+        for p in &mut settings.providers {
+            if p.base_url.is_none() {
+                p.base_url = p.kind.default_base_url().map(String::from);
+            }
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -845,9 +871,19 @@ mod tests {
     }
 
     #[test]
-    fn network_providers_need_a_base_url() {
-        for kind in ["openai", "anthropic", "gemini"] {
+    fn network_providers_default_to_their_own_api_and_check_a_given_base_url() {
+        for (kind, url) in [
+            ("openai", "https://api.openai.com/v1"),
+            ("anthropic", "https://api.anthropic.com/v1"),
+            ("gemini", "https://generativelanguage.googleapis.com/v1beta"),
+        ] {
             let text = DEFAULT_CONFIG.replace("kind = \"mock\"", &format!("kind = \"{kind}\""));
+            let s = Settings::parse(&text).unwrap();
+            assert_eq!(s.providers[0].base_url.as_deref(), Some(url));
+            let text = text.replace(
+                &format!("kind = \"{kind}\""),
+                &format!("kind = \"{kind}\"\nbase_url = \"ftp://x\""),
+            );
             let err = Settings::parse(&text).unwrap_err().to_string();
             assert!(err.contains("providers[0].base_url"), "{kind}: {err}");
         }

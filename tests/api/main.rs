@@ -31,6 +31,7 @@ mod providers;
 mod quotas;
 mod retention;
 mod routing;
+mod startup;
 mod storage;
 mod storage_figures;
 mod tools;
