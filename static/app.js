@@ -1,8 +1,8 @@
-// Switchyard dashboard: plain DOM, one WebSocket, no libraries.
+// Switchyard dashboard: plain DOM, one WebSocket (through switchyard.js), no libraries.
 //
 // Everything that comes from the server is rendered with textContent / createTextNode, never as
 // HTML, so provider text, prompts and raw logs cannot inject markup.
-"use strict";
+import { ChannelSocket } from "/static/switchyard.js";
 
 (() => {
   const KEY_STORAGE = "switchyard.api_key";
@@ -33,8 +33,7 @@
   const state = {
     key: null,
     me: null,
-    ws: null,
-    wsBackoff: 500,
+    socket: null,
     signedOut: false,
     rows: new Map(), // execution id → { tr, status }
     selected: null, // { id, channel, lastSeq, text }
@@ -119,7 +118,8 @@
     sessionStorage.removeItem(KEY_STORAGE);
     state.timers.forEach(clearInterval);
     state.timers = [];
-    if (state.ws) state.ws.close();
+    if (state.socket) state.socket.close();
+    state.socket = null;
     state.key = null;
     state.connectedOnce = false;
     $("dashboard").hidden = true;
@@ -142,44 +142,22 @@
     el.textContent = { live: "live", connecting: "connecting…", off: "offline" }[s];
   }
 
-  function send(frame) {
-    if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame));
-  }
-
+  // One socket for the project feed and the selected execution's channel (switchyard.js):
+  // it reconnects with backoff and rejoins each channel after the last seq it delivered.
   function connect() {
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${scheme}://${location.host}/v1/ws?api_key=${encodeURIComponent(state.key)}`);
-    state.ws = ws;
-    setSocketState("connecting");
-    const reconnect = state.connectedOnce;
-    ws.onopen = () => {
-      state.connectedOnce = true;
-      state.wsBackoff = 500;
-      // Status notes are live only: catch up on what changed while the socket was down.
-      if (reconnect) loadExecutions().catch(() => {});
-      setSocketState("live");
-      send({ action: "join", channel: `project:${state.me.project_id}` });
-      // Rejoin after a reconnect from the last seq seen: nothing twice, nothing missed.
-      if (state.selected) send({ action: "join", channel: state.selected.channel, after: state.selected.lastSeq });
-    };
-    ws.onmessage = (msg) => {
-      let frame;
-      try {
-        frame = JSON.parse(msg.data);
-      } catch (_) {
-        return;
-      }
-      onFrame(frame);
-    };
-    ws.onclose = (ev) => {
-      if (state.ws !== ws) return;
-      state.ws = null;
-      setSocketState("off");
-      if (state.signedOut) return;
-      if (ev.code === 4401) return signOut("The server refused this key on the live connection.");
-      setTimeout(() => !state.signedOut && !state.ws && connect(), state.wsBackoff);
-      state.wsBackoff = Math.min(state.wsBackoff * 2, 10000);
-    };
+    state.socket = new ChannelSocket({
+      baseUrl: location.origin,
+      auth: async () => ({ api_key: state.key }),
+      onState: (s) => {
+        setSocketState(s);
+        if (s !== "live") return;
+        // Status notes are live only: catch up on what changed while the socket was down.
+        if (state.connectedOnce) loadExecutions().catch(() => {});
+        state.connectedOnce = true;
+      },
+      onFatal: () => !state.signedOut && signOut("The server refused this key on the live connection."),
+    });
+    state.socket.join(`project:${state.me.project_id}`, { onFrame });
   }
 
   function onFrame(frame) {
@@ -257,7 +235,7 @@
   async function select(id) {
     if (state.selected && state.selected.id === id) return;
     // An ended channel is already left on the server.
-    if (state.selected && !state.selected.done) send({ action: "leave", channel: state.selected.channel });
+    if (state.selected && state.socket) state.socket.leave(state.selected.channel);
     for (const [rowId, row] of state.rows) row.tr.setAttribute("aria-selected", String(rowId === id));
     const sel = { id, channel: channelOf(id), lastSeq: 0, done: false };
     state.selected = sel;
@@ -274,7 +252,7 @@
     $("failovers").replaceChildren(h("li", { className: "muted" }, "none"));
     $("detail-error").textContent = "";
     $("provider-log").replaceChildren();
-    send({ action: "join", channel: sel.channel, after: 0 });
+    state.socket.join(sel.channel, { after: 0, onFrame: (frame) => state.selected === sel && onExecutionEvent(sel, frame) });
     try {
       renderExecution(await api(`/v1/executions/${encodeURIComponent(id)}`));
       await loadLog(sel);

@@ -23,6 +23,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/style.css"),
     ),
     (
+        "switchyard.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/switchyard.js"),
+    ),
+    (
         "watch.html",
         "text/html; charset=utf-8",
         include_bytes!("../../static/watch.html"),

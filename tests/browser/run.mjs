@@ -200,6 +200,58 @@ test("watch.html follows a live execution to done with the exact text", async ()
   await watch.close();
 });
 
+// switchyard.js in a page: follow an execution, drop the connection twice mid-stream, and check
+// the follower resumed after the last seq it delivered — every seq once, in order, the exact
+// text — over the WebSocket channel (fresh one-time tokens from an idempotent re-submit) and SSE.
+test("switchyard.js: follow resumes after dropped connections without a gap or a repeat", async () => {
+  const p = await context.newPage();
+  await p.goto(`${BASE}/static/watch.html`);
+  for (const transport of ["websocket", "sse"]) {
+    const got = await p.evaluate(
+      async ({ key, transport }) => {
+        const { Switchyard, follow } = await import("/static/switchyard.js");
+        const sy = new Switchyard({ apiKey: key });
+        const body = {
+          model: "chat-default",
+          idempotency_key: `sdk-js-${transport}-${Date.now()}`,
+          messages: [{ role: "user", content: `follow me over ${transport}` }],
+        };
+        const sub = await sy.submit(body);
+        const seqs = [];
+        const states = [];
+        let text = "";
+        let refreshed = 0;
+        const target = sy.target(sub);
+        const f = follow({
+          ...target,
+          // Over the channel: the submit's token, then fresh ones; SSE uses the key.
+          apiKey: transport === "sse" ? key : undefined,
+          refreshToken: async () => {
+            refreshed += 1;
+            return sy.freshToken(body);
+          },
+          transport,
+          onEvent: (e) => seqs.push(e.seq),
+          onText: (t) => (text += t),
+          onState: (s) => states.push(s),
+        });
+        setTimeout(() => f.drop(), 400);
+        setTimeout(() => f.drop(), 1100);
+        const record = await f.done;
+        return { seqs, text, record, states, refreshed };
+      },
+      { key: ADMIN_KEY, transport }
+    );
+    assertEqual(got.record.status, "completed", `${transport}: final status`);
+    assertEqual(got.text, got.record.output.text, `${transport}: the exact text`);
+    got.seqs.forEach((seq, i) => assertEqual(seq, i + 1, `${transport}: seq ${i + 1}`));
+    const reconnects = got.states.filter((s) => s === "connecting").length;
+    assert(reconnects >= 2, `${transport}: reconnected after the drops (${got.states.join(",")})`);
+    if (transport === "websocket") assert(got.refreshed >= 1, "fresh tokens were fetched");
+  }
+  await p.close();
+});
+
 test("dashboard: a bad key is refused at sign-in", async () => {
   page = await context.newPage();
   page.on("pageerror", (err) => pageErrors.push(err.message));

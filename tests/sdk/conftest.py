@@ -30,6 +30,8 @@ MODELS = {
     "echo": [("recorder", "fake-recorder")],
     "too-long": [("too-long", "fake-small-context")],
     "limited": [("limited", "fake-limited")],
+    # A 429 cools its route until the Retry-After: each test about it has its own route.
+    "limited-stream": [("limited-stream", "fake-limited-stream")],
     "unreachable": [("refused", "fake-refused")],
 }
 
@@ -46,6 +48,7 @@ def fakes():
         "recorder": FakeUpstream("ok", words=5),
         "too-long": FakeUpstream("context_length"),
         "limited": FakeUpstream("rate_limited", retry_after=1),
+        "limited-stream": FakeUpstream("rate_limited", retry_after=1),
     }
     yield servers
     for server in servers.values():
@@ -66,7 +69,7 @@ def config(fakes, data_dir):
     upstreams = {name: fake.base_url for name, fake in fakes.items()}
     upstreams["refused"] = f"http://127.0.0.1:{closed_port()}/v1"
     # One try per route where the test is about the route's answer, not about retries.
-    single_try = {"cutter", "limited", "refused"}
+    single_try = {"cutter", "limited", "limited-stream", "refused"}
     for name, base_url in upstreams.items():
         lines += [
             "",

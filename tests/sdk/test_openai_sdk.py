@@ -301,7 +301,7 @@ def test_refused_upstream_raises_internal_server_error_503(client):
 
 def test_streamed_rate_limit_before_any_chunk_raises_rate_limit_error(client):
     with pytest.raises(openai.RateLimitError):
-        for _ in client.chat.completions.create(model="limited", messages=PROMPT,
+        for _ in client.chat.completions.create(model="limited-stream", messages=PROMPT,
                                                 stream=True):
             pass
 
