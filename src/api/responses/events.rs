@@ -467,4 +467,37 @@ mod tests {
         assert_eq!(events[1].kind, "response.queued");
         assert_eq!(events[2].kind, "response.in_progress");
     }
+
+    #[test]
+    fn a_length_stop_is_incomplete_and_a_cancel_ends_with_an_error_event() {
+        let mut t = Translation::new("exec_x", 0, "m", Map::new(), Arc::default());
+        let log = [
+            Event::status(1, Status::Pending),
+            Event::processing(2, "p", "m"),
+            Event::chunk(3, "cut"),
+            Event::from_payload(
+                4,
+                EventKind::Done,
+                &json!({"status": "completed", "finish_reason": "length"}),
+            ),
+        ];
+        let events: Vec<Proto> = log.iter().flat_map(|e| t.apply(e)).collect();
+        let last = events.last().unwrap();
+        assert_eq!(last.kind, "response.incomplete");
+        assert_eq!(last.data["response"]["status"], "incomplete");
+        assert_eq!(
+            last.data["response"]["incomplete_details"],
+            json!({"reason": "max_output_tokens"})
+        );
+        assert_eq!(last.data["response"]["output"][0]["status"], "incomplete");
+
+        let mut t = Translation::new("exec_x", 0, "m", Map::new(), Arc::default());
+        let log = [
+            Event::status(1, Status::Pending),
+            Event::from_payload(2, EventKind::Done, &json!({"status": "cancelled"})),
+        ];
+        let events: Vec<Proto> = log.iter().flat_map(|e| t.apply(e)).collect();
+        assert_eq!(events.last().unwrap().kind, "error");
+        assert_eq!(t.response()["status"], "cancelled");
+    }
 }

@@ -116,6 +116,13 @@ fn prior_conversation(
     Ok(messages)
 }
 
+/// The query string, with errors in this API's shape naming the parameter.
+fn parse_query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))
+}
+
 fn keepalive(state: &AppState) -> Duration {
     Duration::from_millis(state.settings.limits.sse_keepalive_ms)
 }
@@ -251,9 +258,10 @@ pub async fn retrieve(
     state: web::Data<AppState>,
     principal: Result<Principal, ApiError>,
     id: web::Path<String>,
-    query: web::Query<RetrieveQuery>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, OpenAiError> {
     let principal = principal?;
+    let query: RetrieveQuery = parse_query(&req)?;
     let record = owned(&state, &principal, &id)?;
     if query.include.as_deref().is_some_and(|i| !i.is_empty()) {
         return Err(ApiError::invalid("include: no additional output data is available").into());
@@ -374,9 +382,10 @@ pub async fn input_items(
     state: web::Data<AppState>,
     principal: Result<Principal, ApiError>,
     id: web::Path<String>,
-    query: web::Query<ItemsQuery>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, OpenAiError> {
     let principal = principal?;
+    let query: ItemsQuery = parse_query(&req)?;
     let record = owned(&state, &principal, &id)?;
     if query.include.as_deref().is_some_and(|i| !i.is_empty()) {
         return Err(ApiError::invalid("include: no additional item data is available").into());
