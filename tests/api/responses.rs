@@ -46,7 +46,8 @@ fn text_of(events: &[(String, Value)]) -> String {
         .collect()
 }
 
-/// Every event names its type in the data too, and the numbers run on from `first` by one.
+/// Every event names its type in the data too, and the numbers run on from `first` by one
+/// (OpenAI numbers a stream from 0).
 fn assert_numbered_from(events: &[(String, Value)], first: u64) {
     for (i, (kind, data)) in events.iter().enumerate() {
         assert_eq!(data["type"], kind.as_str(), "{data}");
@@ -148,7 +149,7 @@ async fn a_streamed_response_is_openais_event_sequence() {
     )
     .await;
     let events = events(res, usize::MAX).await;
-    assert_numbered_from(&events, 1);
+    assert_numbered_from(&events, 0);
     let mut expected = vec![
         "response.created",
         "response.in_progress",
@@ -184,7 +185,7 @@ async fn a_streamed_response_is_openais_event_sequence() {
     let again = events_of(&app, id, "?stream=true").await;
     assert_eq!(again, events);
     let tail = events_of(&app, id, "?stream=true&starting_after=10").await;
-    assert_eq!(tail, events[10..]);
+    assert_eq!(tail, events[11..]);
 }
 
 async fn events_of(app: &TestApp, id: &str, query: &str) -> Vec<(String, Value)> {
@@ -207,7 +208,7 @@ async fn a_function_call_goes_round_trip_with_its_output() {
     )
     .await;
     let events = events(res, usize::MAX).await;
-    assert_numbered_from(&events, 1);
+    assert_numbered_from(&events, 0);
     assert_eq!(
         kinds(&events),
         [
@@ -388,13 +389,13 @@ async fn a_background_response_resumes_after_any_event_with_the_exact_text() {
     );
     let id = first[0].1["response"]["id"].as_str().unwrap().to_string();
     let second = events(
-        retrieve(&app, &id, "?stream=true&starting_after=7").await,
+        retrieve(&app, &id, "?stream=true&starting_after=6").await,
         10,
     )
     .await;
-    let rest = events_of(&app, &id, "?stream=true&starting_after=17").await;
+    let rest = events_of(&app, &id, "?stream=true&starting_after=16").await;
     let all: Vec<_> = first.into_iter().chain(second).chain(rest).collect();
-    assert_numbered_from(&all, 1);
+    assert_numbered_from(&all, 0);
     assert_eq!(text_of(&all), fake.full_text());
     assert_eq!(all.last().unwrap().0, "response.completed");
     // The whole stream replayed is the same.
@@ -412,7 +413,7 @@ async fn a_mid_stream_failover_shows_only_as_the_continued_text() {
     )
     .await;
     let events = events(res, usize::MAX).await;
-    assert_numbered_from(&events, 1);
+    assert_numbered_from(&events, 0);
     assert_eq!(text_of(&events), backup.full_text());
     let items: Vec<_> = events
         .iter()
@@ -437,7 +438,7 @@ async fn a_failure_ends_the_stream_with_response_failed() {
     )
     .await;
     let events = events(res, usize::MAX).await;
-    assert_numbered_from(&events, 1);
+    assert_numbered_from(&events, 0);
     let (kind, data) = events.last().unwrap();
     assert_eq!(kind, "response.failed");
     assert_eq!(data["response"]["status"], "failed");
@@ -481,7 +482,7 @@ async fn cancel_stops_a_background_response_and_delete_removes_it() {
     assert_eq!(again["status"], "cancelled");
     assert_eq!(wait_finished(&app, id).await["status"], "cancelled");
     let events = events_of(&app, id, "?stream=true").await;
-    assert_numbered_from(&events, 1);
+    assert_numbered_from(&events, 0);
     assert_eq!(events.last().unwrap().0, "error");
     assert_eq!(events.last().unwrap().1["code"], "cancelled");
 
@@ -677,9 +678,9 @@ async fn a_background_stream_resumes_across_a_sigkill_and_restart() {
         let client = client.clone();
         async move { client.get(url).bearer_auth(ADMIN_KEY).send().await.unwrap() }
     };
-    let rest = events(get(format!("{url}&starting_after=20")).await, usize::MAX).await;
+    let rest = events(get(format!("{url}&starting_after=19")).await, usize::MAX).await;
     let all: Vec<_> = seen.iter().cloned().chain(rest).collect();
-    assert_numbered_from(&all, 1);
+    assert_numbered_from(&all, 0);
     assert_eq!(all.last().unwrap().0, "response.completed");
     assert_eq!(
         text_of(&all),

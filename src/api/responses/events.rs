@@ -1,6 +1,6 @@
 //! The execution's event log read as a Responses API event stream. Each log event maps to a
-//! fixed list of protocol events, numbered in order: replaying the log from seq 1 always gives
-//! the same events with the same `sequence_number`s, which is what makes `starting_after` a
+//! fixed list of protocol events, numbered in order from 0 (as OpenAI numbers them): replaying
+//! the log from seq 1 always gives the same events with the same `sequence_number`s, which is what makes `starting_after` a
 //! cursor that survives disconnects and restarts. The same fold, run to the end of the log,
 //! is the response object (`GET /v1/responses/{id}`, `response.completed`).
 
@@ -78,8 +78,8 @@ pub struct Translation {
     model: String,
     metadata: Map<String, Value>,
     meta: Arc<Meta>,
-    /// The last `sequence_number` given.
-    last: u64,
+    /// How many protocol events were made (the next `sequence_number`).
+    count: u64,
     status: &'static str,
     output: Vec<Item>,
     /// The message item text is going to, while one is open.
@@ -114,7 +114,7 @@ impl Translation {
                 "in_progress"
             },
             meta,
-            last: 0,
+            count: 0,
             output: Vec::new(),
             open: None,
             usage: None,
@@ -125,9 +125,9 @@ impl Translation {
         }
     }
 
-    /// The number of protocol events so far (the last `sequence_number`).
-    pub fn last_seq(&self) -> u64 {
-        self.last
+    /// The number of protocol events so far (the next `sequence_number`).
+    pub fn count(&self) -> u64 {
+        self.count
     }
 
     /// Whether the response reached a terminal status.
@@ -142,7 +142,7 @@ impl Translation {
     /// The protocol events one log event amounts to.
     pub fn apply(&mut self, event: &Event) -> Vec<Proto> {
         let mut out = Out {
-            last: self.last,
+            count: self.count,
             events: Vec::new(),
         };
         if self.finished {
@@ -220,7 +220,7 @@ impl Translation {
             EventKind::Failover | EventKind::Error => {}
             EventKind::Done => self.finish(&mut out, event),
         }
-        self.last = out.last;
+        self.count = out.count;
         out.events
     }
 
@@ -374,20 +374,17 @@ fn response_error_code(code: ErrorCode) -> &'static str {
 
 /// Numbers protocol events as they are made.
 struct Out {
-    last: u64,
+    count: u64,
     events: Vec<Proto>,
 }
 
 impl Out {
     fn push(&mut self, kind: &'static str, mut data: Value) {
-        self.last += 1;
+        let seq = self.count;
+        self.count += 1;
         data["type"] = json!(kind);
-        data["sequence_number"] = json!(self.last);
-        self.events.push(Proto {
-            seq: self.last,
-            kind,
-            data,
-        });
+        data["sequence_number"] = json!(seq);
+        self.events.push(Proto { seq, kind, data });
     }
 }
 
@@ -445,7 +442,7 @@ mod tests {
             ]
         );
         for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.data["sequence_number"], i as u64 + 1);
+            assert_eq!(e.data["sequence_number"], i as u64);
             assert_eq!(e.data["type"], e.kind);
         }
         let response = t.response();

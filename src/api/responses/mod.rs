@@ -133,11 +133,12 @@ fn sse(res: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponse
         .insert_header(("x-accel-buffering", "no"))
 }
 
-/// Follows the log from seq 1, sending the protocol events numbered above `after`.
+/// Follows the log from seq 1, sending the protocol events numbered above `after` (all
+/// without it).
 async fn follow(
     state: &AppState,
     record: &ExecutionRecord,
-    after: u64,
+    after: Option<u64>,
 ) -> Result<
     impl futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>>,
     ApiError,
@@ -195,7 +196,7 @@ pub async fn create(
     let mut res = HttpResponse::Ok();
     res.insert_header(("x-switchyard-execution-id", record.id.clone()));
     if streaming {
-        let body = follow(&state, &record, 0).await?;
+        let body = follow(&state, &record, None).await?;
         return Ok(sse(&mut res).streaming(body));
     }
     if background {
@@ -276,12 +277,12 @@ pub async fn retrieve(
         }
     };
     let after = match query.starting_after.as_deref() {
-        None => 0,
-        Some(n) => n.parse::<u64>().map_err(|_| {
+        None => None,
+        Some(n) => Some(n.parse::<u64>().map_err(|_| {
             ApiError::invalid(format!(
                 "starting_after: must be a sequence number (a non-negative integer), got `{n}`"
             ))
-        })?,
+        })?),
     };
     if !streaming {
         if query.starting_after.is_some() {
@@ -290,12 +291,12 @@ pub async fn retrieve(
         let t = current(&state, &record).await?;
         return Ok(HttpResponse::Ok().json(t.response()));
     }
-    if after > 0 {
+    if let Some(after) = after {
         let t = current(&state, &record).await?;
-        if after > t.last_seq() {
+        if after >= t.count() {
             return Err(ApiError::invalid(format!(
-                "starting_after: {after} is beyond the last event of the response ({})",
-                t.last_seq()
+                "starting_after: {after} is beyond the last event of the response (sequence number {})",
+                t.count().saturating_sub(1)
             ))
             .into());
         }

@@ -1,5 +1,6 @@
 //! A response's events over SSE: the log from seq 1 through the [`Translation`], the protocol
-//! events after `starting_after` sent, then live until the response ends.
+//! events numbered above `starting_after` (all without it) sent, then live until the response
+//! ends.
 
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
@@ -15,7 +16,7 @@ const KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 struct Follow {
     cursor: Cursor,
     translation: Translation,
-    after: u64,
+    after: Option<u64>,
     ready: VecDeque<Bytes>,
     ended: bool,
 }
@@ -24,7 +25,7 @@ struct Follow {
 pub fn body(
     cursor: Cursor,
     translation: Translation,
-    after: u64,
+    after: Option<u64>,
     keepalive: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let follow = Follow {
@@ -47,14 +48,18 @@ pub fn body(
                 Ok(Some(event)) => {
                     let after = f.after;
                     let frames = f.translation.apply(&event);
-                    f.ready
-                        .extend(frames.iter().filter(|p| p.seq > after).map(|p| p.sse()));
+                    f.ready.extend(
+                        frames
+                            .iter()
+                            .filter(|p| after.is_none_or(|a| p.seq > a))
+                            .map(|p| p.sse()),
+                    );
                 }
                 Ok(None) => {
                     // The log ended without a result (a store failure suspended the execution):
                     // say so rather than end as if complete. Not part of the numbered log.
                     f.ended = true;
-                    let seq = f.translation.last_seq() + 1;
+                    let seq = f.translation.count();
                     let data = serde_json::json!({"type": "error", "code": "server_error",
                         "message": "the response's event log ended without a result; retry later with starting_after",
                         "param": null, "sequence_number": seq});
