@@ -253,6 +253,9 @@ pub struct RetrieveQuery {
     stream: Option<String>,
     starting_after: Option<String>,
     include: Option<String>,
+    /// Random padding on deltas against length side channels; none is added, which changes
+    /// no answer, so both values are accepted.
+    include_obfuscation: Option<String>,
 }
 
 pub async fn retrieve(
@@ -266,6 +269,14 @@ pub async fn retrieve(
     let record = owned(&state, &principal, &id)?;
     if query.include.as_deref().is_some_and(|i| !i.is_empty()) {
         return Err(ApiError::invalid("include: no additional output data is available").into());
+    }
+    if let Some(v) = query.include_obfuscation.as_deref() {
+        if !matches!(v, "true" | "false") {
+            return Err(ApiError::invalid(format!(
+                "include_obfuscation: must be true or false, got `{v}`"
+            ))
+            .into());
+        }
     }
     let streaming = match query.stream.as_deref() {
         None | Some("false") => false,

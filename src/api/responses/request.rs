@@ -20,6 +20,8 @@ pub struct CreateRequest {
     instructions: Option<String>,
     #[serde(default)]
     pub stream: bool,
+    #[serde(default, rename = "stream_options")]
+    _stream_options: Option<StreamOptions>,
     #[serde(default)]
     background: bool,
     #[serde(default)]
@@ -51,6 +53,15 @@ pub struct CreateRequest {
     /// Extra output data to include; none is available, so only an empty list.
     #[serde(default)]
     include: Option<Vec<String>>,
+}
+
+/// Only `include_obfuscation`: random padding on deltas, which Switchyard does not add (it
+/// changes no answer).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    #[serde(default, rename = "include_obfuscation")]
+    _include_obfuscation: Option<bool>,
 }
 
 #[derive(Deserialize)]
