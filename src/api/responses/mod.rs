@@ -134,15 +134,18 @@ fn sse(res: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponse
 }
 
 /// Follows the log from seq 1, sending the protocol events numbered above `after` (all
-/// without it).
+/// without it) — until the response ends, or the key that opened the stream is revoked or
+/// rotated (the client resumes with a valid key and `starting_after`).
 async fn follow(
     state: &AppState,
+    principal: &Principal,
     record: &ExecutionRecord,
     after: Option<u64>,
 ) -> Result<
     impl futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>>,
     ApiError,
 > {
+    let revoked = principal.revocation(state);
     // Subscribe before the cursor reads the log, so nothing falls between the two.
     let live = state
         .registry
@@ -150,12 +153,8 @@ async fn follow(
         .await
         .map_err(ApiError::internal)?;
     let cursor = Cursor::new(state.store.clone(), record.id.clone(), 0, live);
-    Ok(stream::body(
-        cursor,
-        translation(state, record)?,
-        after,
-        keepalive(state),
-    ))
+    let body = stream::body(cursor, translation(state, record)?, after, keepalive(state));
+    Ok(futures_util::StreamExt::take_until(body, revoked.fired()))
 }
 
 pub async fn create(
@@ -196,7 +195,7 @@ pub async fn create(
     let mut res = HttpResponse::Ok();
     res.insert_header(("x-switchyard-execution-id", record.id.clone()));
     if streaming {
-        let body = follow(&state, &record, None).await?;
+        let body = follow(&state, &principal, &record, None).await?;
         return Ok(sse(&mut res).streaming(body));
     }
     if background {
@@ -206,19 +205,17 @@ pub async fn create(
     let t = until_finished(&state, &record).await?;
     match t.status() {
         "completed" | "incomplete" => Ok(res.json(t.response())),
-        _ => {
-            let done = state
-                .store
-                .get_execution(&record.id)
-                .map_err(ApiError::from)?;
-            let err = done
-                .and_then(|r| r.error)
-                .map(|e| ApiError::new(e.code, e.message))
-                .unwrap_or_else(|| {
-                    ApiError::new(ErrorCode::Cancelled, format!("response {}", t.status()))
-                });
-            Err(err.into())
-        }
+        // The SDKs raise it; the failed response stays readable with `GET`.
+        status => Err(why_not(&state, &record, status).into()),
+    }
+}
+
+/// The error a response that did not complete ended with.
+fn why_not(state: &AppState, record: &ExecutionRecord, status: &str) -> ApiError {
+    match state.store.get_execution(&record.id) {
+        Ok(Some(ExecutionRecord { error: Some(e), .. })) => ApiError::new(e.code, e.message),
+        Ok(_) => ApiError::new(ErrorCode::Cancelled, format!("the response was {status}")),
+        Err(e) => e.into(),
     }
 }
 
@@ -312,7 +309,7 @@ pub async fn retrieve(
             .into());
         }
     }
-    let body = follow(&state, &record, after).await?;
+    let body = follow(&state, &principal, &record, after).await?;
     Ok(sse(&mut HttpResponse::Ok()).streaming(body))
 }
 
