@@ -691,3 +691,46 @@ async fn a_background_stream_resumes_across_a_sigkill_and_restart() {
     let replay = events(get(url).await, usize::MAX).await;
     assert_eq!(replay, all);
 }
+
+#[actix_web::test]
+async fn a_revoked_key_ends_the_stream_and_another_key_resumes_it() {
+    let fake = FakeOpenAi::start()
+        .await
+        .with_words(100)
+        .with_chunk_delay(Duration::from_millis(10));
+    let app = spawn_with_fakes(&[&fake]).await;
+    let (key_id, key) = app.create_key_by(ADMIN_KEY, "default", "admin").await;
+    let res = app
+        .post(
+            "/v1/responses",
+            &key,
+            &json!({"model": "fake", "input": "Hi", "background": true, "stream": true}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream().eventsource();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let ev = stream.next().await.unwrap().unwrap();
+        seen.push((ev.event, serde_json::from_str::<Value>(&ev.data).unwrap()));
+    }
+    let res = app
+        .client
+        .delete(app.url(&format!("/v1/keys/{key_id}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    // The stream ends (before the response does).
+    while let Some(Ok(ev)) = stream.next().await {
+        seen.push((ev.event, serde_json::from_str(&ev.data).unwrap()));
+    }
+    assert_ne!(seen.last().unwrap().0, "response.completed");
+    let id = seen[0].1["response"]["id"].as_str().unwrap().to_string();
+    let last = seen.last().unwrap().1["sequence_number"].as_u64().unwrap();
+    let rest = events_of(&app, &id, &format!("?stream=true&starting_after={last}")).await;
+    let all: Vec<_> = seen.into_iter().chain(rest).collect();
+    assert_numbered_from(&all, 0);
+    assert_eq!(text_of(&all), fake.full_text());
+}

@@ -542,4 +542,24 @@ mod tests {
                 .starts_with("truncation")
         );
     }
+
+    #[test]
+    fn images_are_user_parts_by_url() {
+        let (body, meta) = parse(json!({"model": "m", "input": [{"role": "user", "content": [
+            {"type": "input_text", "text": "look"},
+            {"type": "input_image", "image_url": "https://example.test/a.png", "detail": "low"}]}]}))
+        .unwrap();
+        assert_eq!(body.messages[0].content, "look");
+        assert_eq!(body.messages[0].images[0].url, "https://example.test/a.png");
+        assert_eq!(body.messages[0].images[0].detail.as_deref(), Some("low"));
+        assert_eq!(meta.input[0]["content"][1]["type"], "input_image");
+        let err = parse(json!({"model": "m", "input": [{"role": "user", "content": [
+            {"type": "input_image", "file_id": "file_1"}]}]}))
+        .err()
+        .unwrap();
+        assert!(
+            err.body.message.starts_with("input[0].content[0].file_id"),
+            "{err}"
+        );
+    }
 }
