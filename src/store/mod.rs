@@ -7,10 +7,9 @@
 //! (sha256(secret) → key id), `project_limits` (project → its limits), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
 //! attempt ‖ first entry → debug entries), `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`), `analytics` (project ‖
 //! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `ledger`, `holds` and `key_spend` (see
-//! `ledger.rs`), `route_days` (provider ‖ 0 ‖ model → the route's upstream quota use today), `responses`
-//! (id → the Responses API's side of the request),
-//! `meta` (with the layout version, see
-//! `layout`).
+//! `ledger.rs`), `route_days` (provider ‖ 0 ‖ model → the route's upstream quota use today),
+//! `responses` (id → the Responses API's side of the request, see `responses.rs`), `meta` (with
+//! the layout version, see `layout`).
 
 mod analytics;
 mod attempt_log;
