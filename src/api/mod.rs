@@ -20,6 +20,7 @@ mod openai_error;
 mod paging;
 mod project_limits;
 mod rate_limits;
+mod responses;
 mod routing_status;
 mod static_files;
 mod webhook_deliveries;
@@ -96,6 +97,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/v1/chat/completions",
         web::post().to(chat_completions::create),
+    )
+    .route("/v1/responses", web::post().to(responses::create))
+    .route("/v1/responses/{id}", web::get().to(responses::retrieve))
+    .route("/v1/responses/{id}", web::delete().to(responses::delete))
+    .route(
+        "/v1/responses/{id}/cancel",
+        web::post().to(responses::cancel),
+    )
+    .route(
+        "/v1/responses/{id}/input_items",
+        web::get().to(responses::input_items),
     )
     .route("/v1/models", web::get().to(models::list))
     .route("/v1/models/{model}", web::get().to(models::retrieve))

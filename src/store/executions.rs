@@ -96,6 +96,7 @@ impl Store {
         }
         self.unindex_all(record)?;
         self.requests.remove(record.id.as_bytes())?;
+        self.responses.remove(record.id.as_bytes())?;
         self.executions.remove(record.id.as_bytes())?;
         Ok(())
     }

@@ -8,8 +8,8 @@
 //! attempt ‖ first entry → debug entries), `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`), `analytics` (project ‖
 //! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `ledger`, `holds` and `key_spend` (see
 //! `ledger.rs`), `route_days` (provider ‖ 0 ‖ model → the route's upstream quota use today),
-//! `meta` (with the layout version, see
-//! `layout`).
+//! `responses` (id → the Responses API's side of the request, see `responses.rs`), `meta` (with
+//! the layout version, see `layout`).
 
 mod analytics;
 mod attempt_log;
@@ -24,6 +24,7 @@ mod keys;
 mod layout;
 mod ledger;
 mod request_refs;
+mod responses;
 mod retention;
 mod route_days;
 mod tokens;
@@ -86,6 +87,8 @@ pub struct Store {
     key_spend: sled::Tree,
     /// Upstream quota counters per route and UTC day (see `route_days`).
     route_days: sled::Tree,
+    /// The Responses API's side of an execution (see `responses`).
+    responses: sled::Tree,
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
@@ -137,6 +140,7 @@ impl Store {
             holds: tree("holds")?,
             key_spend: tree("key_spend")?,
             route_days: tree("route_days")?,
+            responses: tree("responses")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(
                 db.clone(),

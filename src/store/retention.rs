@@ -57,7 +57,7 @@ impl Store {
         })
     }
 
-    fn delete_execution(&self, record: &ExecutionRecord) -> sled::Result<()> {
+    pub(super) fn delete_execution(&self, record: &ExecutionRecord) -> sled::Result<()> {
         self.delete_by_id(&record.id)?;
         let idem_key = joined(&record.project_id, record.idempotency_key.as_bytes());
         if self.is_acknowledged(record)? {
@@ -73,11 +73,13 @@ impl Store {
         Ok(())
     }
 
-    /// Everything keyed by the execution id alone: events, debug log, request.
+    /// Everything keyed by the execution id alone: events, debug log, request (and its
+    /// Responses API side).
     fn delete_by_id(&self, id: &str) -> sled::Result<()> {
         remove_prefix(&self.events, &joined(id, &[]))?;
         remove_prefix(&self.attempt_log, &joined(id, &[]))?;
         self.requests.remove(id.as_bytes())?;
+        self.responses.remove(id.as_bytes())?;
         Ok(())
     }
 

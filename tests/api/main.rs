@@ -29,6 +29,7 @@ mod provider_tools;
 mod provider_vision;
 mod providers;
 mod quotas;
+mod responses;
 mod retention;
 mod routing;
 mod startup;
