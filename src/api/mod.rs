@@ -15,6 +15,7 @@ mod finished;
 mod health;
 mod keys;
 mod me;
+mod messages;
 mod models;
 mod openai_error;
 mod paging;
@@ -96,6 +97,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/v1/chat/completions",
         web::post().to(chat_completions::create),
+    )
+    .route("/v1/messages", web::post().to(messages::create))
+    .route(
+        "/v1/messages/count_tokens",
+        web::post().to(messages::count_tokens),
     )
     .route("/v1/models", web::get().to(models::list))
     .route("/v1/models/{model}", web::get().to(models::retrieve))
