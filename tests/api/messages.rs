@@ -133,8 +133,8 @@ async fn a_stream_from_an_anthropic_route_is_anthropics_event_sequence() {
         names(&events),
         [
             "message_start",
-            "ping",
             "content_block_start",
+            "ping",
             "content_block_delta",
             "content_block_stop",
             "message_delta",
@@ -146,7 +146,7 @@ async fn a_stream_from_an_anthropic_route_is_anthropics_event_sequence() {
     assert_eq!(start["model"], "up-an");
     assert_eq!(start["content"], json!([]));
     assert_eq!(
-        events[2].1["content_block"],
+        events[1].1["content_block"],
         json!({"type": "text", "text": ""})
     );
     assert_eq!(streamed_text(&events), fake.full_text());
@@ -494,4 +494,39 @@ async fn count_tokens_answers_an_estimate() {
         .await
         .unwrap();
     assert_anthropic_error(res, 401, "authentication_error").await;
+}
+
+#[actix_web::test]
+async fn balances_and_client_rate_limits_answer_billing_and_rate_limit_errors() {
+    let priced = config(&[]).replace(
+        r#"model = "mock-1" }"#,
+        r#"model = "mock-1", input_per_mtok = 100.0, output_per_mtok = 400.0 }"#,
+    );
+    let app = spawn_app_with(&priced, |s| s.limits.key_requests_per_minute = 2).await;
+    let key = app.create_key("msg-bal", "member").await;
+    let res = app
+        .post(
+            "/v1/projects/msg-bal/balance",
+            ADMIN_KEY,
+            &json!({"amount_micros": 1_000}),
+        )
+        .await;
+    assert!(res.status().is_success());
+    let send = || {
+        app.client
+            .post(app.url("/v1/messages"))
+            .header("x-api-key", &key)
+            .json(&ask("chat-default", false))
+            .send()
+    };
+    let res = send().await.unwrap();
+    assert_eq!(
+        res.headers()["x-switchyard-error-code"],
+        "insufficient_balance"
+    );
+    assert_anthropic_error(res, 402, "billing_error").await;
+    let _ = send().await.unwrap();
+    let res = send().await.unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    assert_anthropic_error(res, 429, "rate_limit_error").await;
 }

@@ -150,6 +150,8 @@ def test_stream_gives_the_text_and_the_final_message(client, model):
     assert final.content[0].text == FULL_TEXT
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == 12
+    # Known at the end only: `message_delta` carries it, the SDK takes it from there.
+    assert final.usage.input_tokens > 0
 
 
 def round_trip(client, model, streaming):

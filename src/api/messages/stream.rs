@@ -44,6 +44,8 @@ pub struct StreamState {
     pub model: String,
     /// Whether `message_start` went out (it waits for the first content, to name its model).
     started: bool,
+    /// Whether the `ping` Anthropic sends after the first `content_block_start` went out.
+    pinged: bool,
     /// The index of the open text block, if one is open.
     open_text: Option<usize>,
     /// The index the next content block gets.
@@ -71,12 +73,13 @@ impl StreamState {
             id,
             model,
             started: false,
+            pinged: false,
             open_text: None,
             next_index: 0,
         }
     }
 
-    /// `message_start` (and a `ping`, as Anthropic sends one early) before the first frame.
+    /// `message_start` before the first frame.
     fn start(&mut self, out: &mut Vec<u8>) {
         if std::mem::replace(&mut self.started, true) {
             return;
@@ -91,7 +94,17 @@ impl StreamState {
             "message_start",
             &json!({"type": "message_start", "message": message}),
         ));
-        out.extend_from_slice(&ping());
+    }
+
+    /// Opens block `index`, with the one early `ping` after the first block's start.
+    fn open_block(&mut self, out: &mut Vec<u8>, index: usize, block: &Value) {
+        out.extend_from_slice(&frame(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+        ));
+        if !std::mem::replace(&mut self.pinged, true) {
+            out.extend_from_slice(&ping());
+        }
     }
 
     fn close_text(&mut self, out: &mut Vec<u8>) {
@@ -125,11 +138,7 @@ impl StreamState {
                 let index = self.next_index;
                 self.next_index += 1;
                 self.open_text = Some(index);
-                out.extend_from_slice(&frame(
-                    "content_block_start",
-                    &json!({"type": "content_block_start", "index": index,
-                            "content_block": {"type": "text", "text": ""}}),
-                ));
+                self.open_block(&mut out, index, &json!({"type": "text", "text": ""}));
                 index
             }
         };
@@ -156,10 +165,7 @@ impl StreamState {
             self.next_index += 1;
             let mut block = tool_use(call);
             let input = std::mem::replace(&mut block["input"], json!({}));
-            out.extend_from_slice(&frame(
-                "content_block_start",
-                &json!({"type": "content_block_start", "index": index, "content_block": block}),
-            ));
+            self.open_block(&mut out, index, &block);
             out.extend_from_slice(&frame(
                 "content_block_delta",
                 &json!({"type": "content_block_delta", "index": index,
