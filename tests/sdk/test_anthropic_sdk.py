@@ -7,7 +7,7 @@ fake upstreams speaking OpenAI's (fake_upstream.py), Anthropic's and Gemini's (f
 formats. Models: `oa`, `an`, `ge` answer the 12-word sequence on one route of that format;
 `an-then-ge` and `oa-then-an` cut the stream after 3 words on the first route and continue on
 the second; `too-long`, `limited` and `unreachable` answer 400 context length, 429 and
-connection refused.
+connection refused; `doomed` cuts its only route after 3 words.
 """
 
 import json
@@ -18,6 +18,8 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+
+import asyncio
 
 import anthropic
 import pytest
@@ -62,6 +64,7 @@ def config(upstreams, data_dir):
         "oa": ["oa"], "an": ["an"], "ge": ["ge"],
         "an-then-ge": ["an-cut", "ge"], "oa-then-an": ["oa-cut", "an"],
         "too-long": ["too-long"], "limited": ["limited"], "unreachable": ["refused"],
+        "doomed": ["oa-cut"],
     }
     lines = ['listen = "127.0.0.1:0"', f"data_dir = {toml_str(str(data_dir))}"]
     for name, (kind, base_url) in providers.items():
@@ -236,3 +239,30 @@ def test_count_tokens_is_an_estimate(client):
     res = client.messages.count_tokens(model="oa", messages=[{"role": "user",
                                                                "content": "x" * 400}])
     assert res.input_tokens == 100
+
+
+def test_a_stream_that_fails_after_text_raises_the_error_event(client):
+    received = []
+    with pytest.raises(anthropic.APIStatusError) as err:
+        with client.messages.stream(model="doomed", max_tokens=64, messages=PROMPT) as stream:
+            for text in stream.text_stream:
+                received.append(text)
+    # Whatever came before the failure is a clean prefix of the answer.
+    text = "".join(received)
+    assert text and FULL_TEXT.startswith(text) and text != FULL_TEXT
+    assert err.value.body["error"]["type"] == "api_error"
+
+
+def test_the_async_client_streams_too(base_url):
+    async def run():
+        client = anthropic.AsyncAnthropic(base_url=base_url, api_key=KEY, max_retries=0)
+        async with client.messages.stream(model="ge", max_tokens=64,
+                                          messages=PROMPT) as stream:
+            text = "".join([t async for t in stream.text_stream])
+            final = await stream.get_final_message()
+        await client.close()
+        return text, final
+
+    text, final = asyncio.run(run())
+    assert text == FULL_TEXT
+    assert final.stop_reason == "end_turn"
