@@ -3,10 +3,11 @@
 //! every other submit, on routes of any wire format. The execution id comes back in
 //! `x-switchyard-execution-id`.
 //!
-//! `request` turns the body into the canonical submit, `reply` reads the result as a message
-//! object, `stream` translates the event log into Anthropic's events, `error` gives every
+//! `request` turns the body into the canonical submit (`conversation` its messages), `reply`
+//! reads the result as a message object, `stream` translates the event log into Anthropic's events, `error` gives every
 //! failure Anthropic's shape and status.
 
+mod conversation;
 mod error;
 mod reply;
 mod request;
