@@ -41,6 +41,22 @@ struct TextBlock {
     text: String,
     #[serde(default, rename = "cache_control")]
     _cache_control: Option<Value>,
+    /// `null` as Anthropic's answers carry it, echoed back in the history; citations
+    /// themselves (of documents, which are not supported) are refused.
+    #[serde(default)]
+    citations: Option<Vec<Value>>,
+}
+
+impl TextBlock {
+    fn read(value: Value, field: &str) -> Result<String, ApiError> {
+        let b: TextBlock = block(value, field)?;
+        match b.citations {
+            Some(c) if !c.is_empty() => {
+                Err(unsupported(&format!("{field}.citations"), "citations"))
+            }
+            _ => Ok(b.text),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -66,6 +82,9 @@ struct ToolUseBlock {
     input: Value,
     #[serde(default, rename = "cache_control")]
     _cache_control: Option<Value>,
+    /// Who made the call: only the model itself (`direct`, what the canonical call means).
+    #[serde(default)]
+    caller: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -111,7 +130,7 @@ fn texts(blocks: Vec<Value>, field: &str) -> Result<String, ApiError> {
     for (j, value) in blocks.into_iter().enumerate() {
         let at = format!("{field}[{j}]");
         match block_type(&value, &at)?.as_str() {
-            "text" => out.push(block::<TextBlock>(strip_type(value), &at)?.text),
+            "text" => out.push(TextBlock::read(strip_type(value), &at)?),
             other => return Err(unsupported(&at, &format!("a `{other}` block here"))),
         }
     }
@@ -179,7 +198,7 @@ fn convert_message(i: usize, m: InMessage, out: &mut Conversation) -> Result<(),
         let kind = block_type(&value, &at)?;
         let value = strip_type(value);
         match (kind.as_str(), role) {
-            ("text", _) => text.push(block::<TextBlock>(value, &at)?.text),
+            ("text", _) => text.push(TextBlock::read(value, &at)?),
             ("image", Role::User) => {
                 msg.images
                     .push(image(block::<ImageBlock>(value, &at)?.source));
@@ -187,6 +206,15 @@ fn convert_message(i: usize, m: InMessage, out: &mut Conversation) -> Result<(),
             }
             ("tool_use", Role::Assistant) => {
                 let b: ToolUseBlock = block(value, &at)?;
+                if b.caller
+                    .as_ref()
+                    .is_some_and(|c| !c.is_null() && c["type"] != "direct")
+                {
+                    return Err(unsupported(
+                        &format!("{at}.caller"),
+                        "a call not made by the model",
+                    ));
+                }
                 if !b.input.is_object() {
                     return Err(ApiError::invalid(format!("{at}.input: must be an object")));
                 }

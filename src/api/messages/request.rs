@@ -44,6 +44,9 @@ pub struct MessagesRequest {
     /// `auto` and `standard_only` both mean "whatever the route gives".
     #[serde(default)]
     service_tier: Option<String>,
+    /// A prompt-caching marker: a hint that does not change the answer, ignored.
+    #[serde(default, rename = "cache_control")]
+    _cache_control: Option<Value>,
 }
 
 /// `POST /v1/messages/count_tokens` takes the same conversation without the answer settings.
@@ -60,6 +63,8 @@ pub struct CountRequest {
     tool_choice: Option<InToolChoice>,
     #[serde(default)]
     thinking: Option<Value>,
+    #[serde(default, rename = "cache_control")]
+    _cache_control: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +95,9 @@ struct ToolDef {
     /// Only `custom` (a client tool): server tools run at Anthropic, not on every route.
     #[serde(default, rename = "type")]
     kind: Option<String>,
+    /// Arguments held to the schema: passed on as the canonical `strict`.
+    #[serde(default)]
+    strict: Option<bool>,
     #[serde(default, rename = "cache_control")]
     _cache_control: Option<Value>,
 }
@@ -113,7 +121,7 @@ fn convert_tools(tools: Vec<Value>) -> Result<Vec<Tool>, ApiError> {
                     name: def.name,
                     description: def.description,
                     parameters: Some(def.input_schema),
-                    strict: None,
+                    strict: def.strict,
                 },
             })
         })
@@ -336,10 +344,21 @@ mod tests {
             "{doc}"
         );
         let extra = err(
-            serde_json::json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "citations": []}]}]}),
+            serde_json::json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cited": []}]}]}),
         );
         assert!(extra.starts_with("messages[0].content[0]"), "{extra}");
-        assert!(extra.contains("citations"), "{extra}");
+        assert!(extra.contains("cited"), "{extra}");
+        let cited = err(
+            serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x", "citations": [{"type": "char_location"}]}]}]}),
+        );
+        assert!(
+            cited.starts_with("messages[0].content[0].citations"),
+            "{cited}"
+        );
+        let echoed = serde_json::json!({"model": "m", "max_tokens": 10, "cache_control": {"type": "ephemeral"},
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "x", "citations": null}]}]});
+        assert_eq!(submit(echoed).unwrap().messages[0].content, "x");
         let mut no_max = base.clone();
         no_max.as_object_mut().unwrap().remove("max_tokens");
         assert!(submit(no_max)
