@@ -530,3 +530,52 @@ async fn balances_and_client_rate_limits_answer_billing_and_rate_limit_errors() 
     assert!(res.headers().contains_key("retry-after"));
     assert_anthropic_error(res, 429, "rate_limit_error").await;
 }
+
+#[actix_web::test]
+async fn parallel_tool_results_and_idempotency_keys_are_honoured() {
+    let fake = FakeOpenAi::start().await.with_words(3);
+    let app = spawn_with_fakes(&[&fake]).await;
+    let use_block = |id: &str, city: &str| json!({"type": "tool_use", "id": id, "name": "get_weather", "input": {"city": city}});
+    let result = |id: &str, text: &str, is_error: bool| json!({"type": "tool_result", "tool_use_id": id, "content": text, "is_error": is_error});
+    let mut body = ask("fake", false);
+    body["tools"] = json!([weather_tool()]);
+    body["messages"] = json!([
+        {"role": "user", "content": "Oslo and Bergen?"},
+        {"role": "assistant", "content": [use_block("toolu_a", "Oslo"), use_block("toolu_b", "Bergen")]},
+        {"role": "user", "content": [result("toolu_a", "12 degrees", false),
+                                     result("toolu_b", "no station", true),
+                                     {"type": "text", "text": "Compare them."}]},
+    ]);
+    let send = || {
+        app.client
+            .post(app.url("/v1/messages"))
+            .header("x-api-key", ADMIN_KEY)
+            .header("idempotency-key", "msg-same-call")
+            .json(&body)
+            .send()
+    };
+    let a = send().await.unwrap();
+    let b = send().await.unwrap();
+    assert_eq!(
+        a.headers()["x-switchyard-execution-id"],
+        b.headers()["x-switchyard-execution-id"]
+    );
+    let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a, b);
+    // Tools still offered and the last turn the user's: the fake calls again.
+    assert_eq!(a["stop_reason"], "tool_use", "{a}");
+    assert_eq!(fake.request_count(), 1);
+    let sent = &fake.request(0)["messages"];
+    assert_eq!(sent[0]["role"], "system");
+    assert_eq!(sent[2]["tool_calls"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        sent[2]["tool_calls"][1]["function"]["arguments"],
+        r#"{"city":"Bergen"}"#
+    );
+    assert_eq!(
+        sent[3],
+        json!({"role": "tool", "tool_call_id": "toolu_a", "content": "12 degrees"})
+    );
+    assert_eq!(sent[4]["content"], "Error: no station");
+    assert_eq!(sent[5], json!({"role": "user", "content": "Compare them."}));
+}
