@@ -15,6 +15,7 @@ mod finished;
 mod health;
 mod keys;
 mod me;
+mod messages;
 mod models;
 mod openai_error;
 mod paging;
@@ -108,6 +109,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/v1/responses/{id}/input_items",
         web::get().to(responses::input_items),
+    )
+    .route("/v1/messages", web::post().to(messages::create))
+    .route(
+        "/v1/messages/count_tokens",
+        web::post().to(messages::count_tokens),
     )
     .route("/v1/models", web::get().to(models::list))
     .route("/v1/models/{model}", web::get().to(models::retrieve))

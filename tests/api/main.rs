@@ -21,6 +21,7 @@ mod executions;
 mod failover;
 mod keys;
 mod limits;
+mod messages;
 mod metrics;
 mod mock;
 mod openai_compat;
