@@ -107,7 +107,13 @@ mod tests {
 
     fn old_data_dir(write: impl FnOnce(&sled::Db)) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
+        // No flusher thread: it could still hold the directory's lock right after the drop,
+        // and the store opened next would fail on the lock instead of on what is tested.
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
         write(&db);
         db.flush().unwrap();
         drop(db);
