@@ -47,6 +47,9 @@
 //! - `OVERHEAD_FLOORS` which floors, `canned`, `proxy` or `canned,proxy` (default; they add
 //!   about 20 s to the run), empty for none,
 //! - `OVERHEAD_SCENARIOS` which of `ns1`, `ns32`, `s1`, `s32` (default: all; for profiling),
+//! - `OVERHEAD_PROTOCOLS` which client APIs the gateways are measured on: `chat` (default),
+//!   `responses` (OpenAI's Responses API), `messages` (Anthropic's Messages API), comma-separated;
+//!   every answer is checked for its protocol's end marker and all 20 words,
 //! - `SWITCHYARD_BIN` another gateway binary to measure (default: this build's),
 //! - `OVERHEAD_RUST_LOG` the gateway's `RUST_LOG` (default: unset, i.e. the binary's `info`),
 //! - `OVERHEAD_LIMITS` extra `[limits]` lines for the gateway's config, e.g. `store_cache_mb = 16`
@@ -241,13 +244,57 @@ struct Conn {
     body: Vec<u8>,
 }
 
-const CONTENT: &[u8] = b"\"content\":\"";
+/// The API a request speaks: OpenAI's chat completions, OpenAI's Responses, Anthropic's Messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Chat,
+    Responses,
+    Messages,
+}
 
-/// Whether `hay` holds a non-empty `"content":"…"` (the gateway's first chunk has role only).
-fn has_content(hay: &[u8]) -> bool {
+impl Protocol {
+    fn parse(name: &str) -> Protocol {
+        match name {
+            "chat" => Protocol::Chat,
+            "responses" => Protocol::Responses,
+            "messages" => Protocol::Messages,
+            other => panic!("OVERHEAD_PROTOCOLS: unknown `{other}` (chat, responses, messages)"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Chat => "",
+            Protocol::Responses => " · /v1/responses",
+            Protocol::Messages => " · /v1/messages",
+        }
+    }
+
+    /// What precedes a text delta in this protocol's stream.
+    fn content_mark(self) -> &'static [u8] {
+        match self {
+            Protocol::Chat => b"\"content\":\"",
+            Protocol::Responses => b"\"delta\":\"",
+            Protocol::Messages => b"\"text\":\"",
+        }
+    }
+}
+
+/// A request's mode and protocol.
+#[derive(Clone, Copy)]
+struct Shape {
+    stream: bool,
+    protocol: Protocol,
+}
+
+const MAX_CONTENT_MARK: usize = 11;
+
+/// Whether `hay` holds a non-empty text delta (the gateway's first chat chunk has role only).
+fn has_content(hay: &[u8], protocol: Protocol) -> bool {
+    let mark = protocol.content_mark();
     let mut from = 0;
-    while let Some(i) = find(&hay[from..], CONTENT) {
-        let at = from + i + CONTENT.len();
+    while let Some(i) = find(&hay[from..], mark) {
+        let at = from + i + mark.len();
         match hay.get(at) {
             Some(b'"') => from = at,
             Some(_) => return true,
@@ -286,7 +333,8 @@ impl Conn {
     }
 
     /// One request/response exchange on the kept-alive connection.
-    async fn call(&mut self, request: &[u8], stream: bool) -> Result<Sample, String> {
+    async fn call(&mut self, request: &[u8], shape: Shape) -> Result<Sample, String> {
+        let stream = shape.stream;
         let started = Instant::now();
         self.sock
             .write_all(request)
@@ -324,11 +372,11 @@ impl Conn {
                 while self.buf.len() < end + 2 + size + 2 {
                     self.fill().await.map_err(|e| e.to_string())?;
                 }
-                let scanned = self.body.len().saturating_sub(CONTENT.len() + 1);
+                let scanned = self.body.len().saturating_sub(MAX_CONTENT_MARK + 1);
                 self.body
                     .extend_from_slice(&self.buf[end + 2..end + 2 + size]);
                 self.buf.advance(end + 2 + size + 2);
-                if stream && first.is_none() && has_content(&self.body[scanned..]) {
+                if stream && first.is_none() && has_content(&self.body[scanned..], shape.protocol) {
                     first = Some(started.elapsed());
                 }
             }
@@ -346,10 +394,19 @@ impl Conn {
             return Err(format!("status {status}: {body}"));
         }
         let complete = body.contains("w00 ") && body.contains("w19 ");
-        let well_formed = if stream {
-            body.ends_with("data: [DONE]\n\n") && !body.contains("\"error\"")
-        } else {
-            body.contains("\"object\":\"chat.completion\"")
+        let well_formed = match (shape.protocol, stream) {
+            (Protocol::Chat, true) => {
+                body.ends_with("data: [DONE]\n\n") && !body.contains("\"error\"")
+            }
+            (Protocol::Chat, false) => body.contains("\"object\":\"chat.completion\""),
+            (Protocol::Responses, true) => {
+                body.contains("event: response.completed") && !body.contains("event: error")
+            }
+            (Protocol::Responses, false) => body.contains("\"status\":\"completed\""),
+            (Protocol::Messages, true) => {
+                body.contains("event: message_stop") && !body.contains("event: error")
+            }
+            (Protocol::Messages, false) => body.contains("\"stop_reason\":\"end_turn\""),
         };
         if !(complete && well_formed) {
             return Err(format!("unexpected answer: {body}"));
@@ -369,7 +426,7 @@ struct Phase {
 async fn phase(
     conns: Vec<Conn>,
     request: Arc<Vec<u8>>,
-    stream: bool,
+    shape: Shape,
     duration: Duration,
     max: usize,
 ) -> (Vec<Conn>, Phase) {
@@ -384,7 +441,7 @@ async fn phase(
                 let mut samples = Vec::with_capacity(4096);
                 let (mut errors, mut first_error) = (0, None);
                 while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max {
-                    match conn.call(&request, stream).await {
+                    match conn.call(&request, shape).await {
                         Ok(s) => samples.push(s),
                         Err(e) => {
                             errors += 1;
@@ -997,15 +1054,36 @@ impl Drop for Server {
 
 // ---- scenarios and figures ----
 
-fn request_bytes(addr: SocketAddr, stream: bool, key: Option<&str>) -> Vec<u8> {
-    let body = if stream {
-        r#"{"model":"s20","messages":[{"role":"user","content":"Say twenty words."}],"stream":true,"stream_options":{"include_usage":true}}"#
-    } else {
-        r#"{"model":"ns","messages":[{"role":"user","content":"Say twenty words."}]}"#
+fn request_bytes(addr: SocketAddr, shape: Shape, key: Option<&str>) -> Vec<u8> {
+    let (path, body) = match (shape.protocol, shape.stream) {
+        (Protocol::Chat, true) => (
+            "/v1/chat/completions",
+            r#"{"model":"s20","messages":[{"role":"user","content":"Say twenty words."}],"stream":true,"stream_options":{"include_usage":true}}"#,
+        ),
+        (Protocol::Chat, false) => (
+            "/v1/chat/completions",
+            r#"{"model":"ns","messages":[{"role":"user","content":"Say twenty words."}]}"#,
+        ),
+        (Protocol::Responses, true) => (
+            "/v1/responses",
+            r#"{"model":"s20","input":"Say twenty words.","stream":true}"#,
+        ),
+        (Protocol::Responses, false) => (
+            "/v1/responses",
+            r#"{"model":"ns","input":"Say twenty words."}"#,
+        ),
+        (Protocol::Messages, true) => (
+            "/v1/messages",
+            r#"{"model":"s20","max_tokens":100,"messages":[{"role":"user","content":"Say twenty words."}],"stream":true}"#,
+        ),
+        (Protocol::Messages, false) => (
+            "/v1/messages",
+            r#"{"model":"ns","max_tokens":100,"messages":[{"role":"user","content":"Say twenty words."}]}"#,
+        ),
     };
     let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
     format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -1058,7 +1136,7 @@ async fn measure(
     target: String,
     addr: SocketAddr,
     request: Vec<u8>,
-    stream: bool,
+    shape: Shape,
     concurrency: usize,
     settings: Settings,
     server: Option<Process>,
@@ -1068,7 +1146,7 @@ async fn measure(
         conns.push(Conn::connect(addr).await.expect("connect"));
     }
     let request = Arc::new(request);
-    let (conns, warm) = phase(conns, request.clone(), stream, WARMUP, WARMUP_MAX).await;
+    let (conns, warm) = phase(conns, request.clone(), shape, WARMUP, WARMUP_MAX).await;
     if let Some(e) = warm.first_error {
         panic!("{target}: warm-up failed: {e}");
     }
@@ -1078,7 +1156,7 @@ async fn measure(
     let flushes = || server.filter(|p| p.gateway).and_then(|_| flush_count(addr));
     let flushes0 = flushes();
     let (busy0, self0, gw0) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
-    let (conns, run) = phase(conns, request, stream, settings.seconds, settings.max).await;
+    let (conns, run) = phase(conns, request, shape, settings.seconds, settings.max).await;
     // Work the server does right after answering (the gateway actor's last steps) is its own.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (busy1, self1, gw1) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
@@ -1101,8 +1179,8 @@ async fn measure(
         rps: n as f64 / run.wall.as_secs_f64(),
         p50: percentile(&totals, 0.50),
         p99: percentile(&totals, 0.99),
-        first50: stream.then(|| percentile(&firsts, 0.50)),
-        first99: stream.then(|| percentile(&firsts, 0.99)),
+        first50: shape.stream.then(|| percentile(&firsts, 0.50)),
+        first99: shape.stream.then(|| percentile(&firsts, 0.99)),
         cpu_per_req: server
             .filter(|_| n > 0)
             .map(|_| Duration::from_secs_f64((gw1 - gw0) / n as f64)),
@@ -1189,6 +1267,13 @@ fn main() {
     println!("gateway binary: {}", bin.display());
 
     let floors = std::env::var("OVERHEAD_FLOORS").unwrap_or_else(|_| "canned,proxy".into());
+    let protocols: Vec<Protocol> = std::env::var("OVERHEAD_PROTOCOLS")
+        .unwrap_or_else(|_| "chat".into())
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(Protocol::parse)
+        .collect();
 
     let upstream = upstream::start();
     // The floors first, then the gateways: each scenario's rows in that order.
@@ -1235,11 +1320,15 @@ fn main() {
                     "non-stream"
                 };
                 let mut figures = Vec::new();
+                let chat = Shape {
+                    stream,
+                    protocol: Protocol::Chat,
+                };
                 let (direct, conns) = measure(
                     "direct".into(),
                     upstream,
-                    request_bytes(upstream, stream, None),
-                    stream,
+                    request_bytes(upstream, chat, None),
+                    chat,
                     concurrency,
                     settings,
                     None,
@@ -1248,33 +1337,38 @@ fn main() {
                 drop(conns);
                 figures.push(direct);
                 for gw in &mut servers {
-                    let process = Process {
-                        pid: gw.pid(),
-                        gateway: gw.gateway,
-                    };
-                    let (f, conns) = measure(
-                        gw.label.to_string(),
-                        gw.addr,
-                        request_bytes(gw.addr, stream, Some(ADMIN_KEY)),
-                        stream,
-                        concurrency,
-                        settings,
-                        Some(process),
-                    )
-                    .await;
-                    gw.requests += f.warm + f.n + f.errors;
-                    if concurrency > 1 {
-                        let line = match nodelay_of(gw.pid(), gw.addr.port(), upstream.port()) {
-                            Some([(a, at), (u, ut)]) => format!(
-                                "{} ({mode}, c={concurrency}): TCP_NODELAY on {a}/{at} accepted client sockets, {u}/{ut} upstream sockets",
-                                gw.label
-                            ),
-                            None => format!("{}: TCP_NODELAY could not be read (pidfd_getfd)", gw.label),
+                    // The floors speak chat completions only.
+                    let protocols: &[Protocol] = if gw.gateway { &protocols } else { &[Protocol::Chat] };
+                    for &protocol in protocols {
+                        let shape = Shape { stream, protocol };
+                        let process = Process {
+                            pid: gw.pid(),
+                            gateway: gw.gateway,
                         };
-                        nodelay_lines.push(line);
+                        let (f, conns) = measure(
+                            format!("{}{}", gw.label, protocol.label()),
+                            gw.addr,
+                            request_bytes(gw.addr, shape, Some(ADMIN_KEY)),
+                            shape,
+                            concurrency,
+                            settings,
+                            Some(process),
+                        )
+                        .await;
+                        gw.requests += f.warm + f.n + f.errors;
+                        if concurrency > 1 && protocol == Protocol::Chat {
+                            let line = match nodelay_of(gw.pid(), gw.addr.port(), upstream.port()) {
+                                Some([(a, at), (u, ut)]) => format!(
+                                    "{} ({mode}, c={concurrency}): TCP_NODELAY on {a}/{at} accepted client sockets, {u}/{ut} upstream sockets",
+                                    gw.label
+                                ),
+                                None => format!("{}: TCP_NODELAY could not be read (pidfd_getfd)", gw.label),
+                            };
+                            nodelay_lines.push(line);
+                        }
+                        drop(conns);
+                        figures.push(f);
                     }
-                    drop(conns);
-                    figures.push(f);
                 }
                 rows.push((mode.to_string(), concurrency, figures));
             }
