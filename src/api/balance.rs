@@ -19,11 +19,14 @@ pub const MAX_TOP_UP_MICROS: u64 = 1_000_000_000 * 1_000_000;
 
 /// What a submit of `body` to model `slug` may cost at most: its prompt (characters / 4) and
 /// `max_tokens` (or the route's cap) on the most expensive route it may use.
-pub fn worst_case_micros(state: &AppState, slug: &str, body: &SubmitBody) -> u64 {
-    let request = body.chat_request();
-    let needs = routing::Needs::of(&request);
+pub fn worst_case_micros(
+    state: &AppState,
+    slug: &str,
+    needs: &routing::Needs,
+    body: &SubmitBody,
+) -> u64 {
     let routes = routing::plan(&state.settings, &state.providers, slug).unwrap_or_default();
-    routing::capable(routes, &needs)
+    routing::capable(routes, needs)
         .iter()
         .map(|r| {
             r.price
@@ -39,13 +42,14 @@ pub(super) fn reserve(
     state: &AppState,
     principal: &Principal,
     slug: &str,
+    needs: &routing::Needs,
     body: &SubmitBody,
 ) -> Result<Option<Reservation>, ApiError> {
     let cap = state.limits.monthly_spend_cap(&principal.key_id);
     if cap.is_none() && !state.ledger.is_limited(&principal.project_id) {
         return Ok(None);
     }
-    let amount = hold_for(worst_case_micros(state, slug, body));
+    let amount = hold_for(worst_case_micros(state, slug, needs, body));
     reserve_amount(state, principal, cap, amount)
 }
 

@@ -65,10 +65,12 @@ pub(super) async fn accept(
     // Refused before anything is written: a full disk or failed store answers 503 now
     // instead of accepting work it could not keep.
     state.store.health.admit()?;
-    let model = resolve_model(state, body)?;
+    let request = std::sync::Arc::new(body.chat_request());
+    let needs = routing::Needs::of(&request);
+    let model = resolve_model(state, body, &needs)?;
     // Checked and counted now, written once the execution exists: a retry of an existing
     // submit drops it unwritten and holds nothing twice.
-    let mut hold = super::balance::reserve(state, principal, &model, body)?;
+    let mut hold = super::balance::reserve(state, principal, &model, &needs, body)?;
     let id = ids::execution_id();
     let record = ExecutionRecord {
         channel_id: crate::channels::channel_id_for(&id),
@@ -95,7 +97,6 @@ pub(super) async fn accept(
         started_at_ms: None,
         completed_at_ms: None,
     };
-    let request = std::sync::Arc::new(body.chat_request());
     let outcome =
         state
             .store
@@ -147,8 +148,11 @@ pub(super) async fn accept(
 
 /// The model slug to run: a configured slug that has a route able to serve the request, or for
 /// `auto` the capable model with a healthy route and the fewest attempts in flight.
-fn resolve_model(state: &AppState, body: &SubmitBody) -> Result<String, ApiError> {
-    let needs = routing::Needs::of(&body.chat_request());
+fn resolve_model(
+    state: &AppState,
+    body: &SubmitBody,
+    needs: &routing::Needs,
+) -> Result<String, ApiError> {
     let plan =
         |slug: &str| routing::plan(&state.settings, &state.providers, slug).unwrap_or_default();
     let (now, now_ms) = (tokio::time::Instant::now(), now_ms());

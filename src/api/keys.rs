@@ -181,6 +181,8 @@ pub async fn update(
     state.store.commit.sync().await?;
     // Durable first, then in force: what the caller is told is what a restart keeps.
     state.limits.set_key_limits(&key.id, key.limits);
+    let capped = key.limits.monthly_spend_cap_micros.is_some_and(|c| c > 0);
+    state.ledger.set_capped(&key.id, capped);
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key limits changed");
     Ok(HttpResponse::Ok().json(view(&key, None)))
 }

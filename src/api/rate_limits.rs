@@ -119,8 +119,8 @@ pub async fn rate_limit_headers(
     };
     if let Some(h) = headers {
         let map = res.headers_mut();
-        write(map, "requests", h.requests);
-        write(map, "tokens", h.tokens);
+        write(map, &REQUESTS, h.requests);
+        write(map, &TOKENS, h.tokens);
     }
     if let Some(RetryAfter(after)) = retry {
         // The OpenAI SDKs read this before `Retry-After`, to the millisecond.
@@ -133,23 +133,32 @@ pub async fn rate_limit_headers(
     Ok(res)
 }
 
-fn write(map: &mut HeaderMap, what: &str, window: Option<Window>) {
+/// The `x-ratelimit-*` names of one kind of limit: built once, not per answer.
+struct Names {
+    limit: HeaderName,
+    remaining: HeaderName,
+    reset: HeaderName,
+}
+
+static REQUESTS: Names = Names {
+    limit: HeaderName::from_static("x-ratelimit-limit-requests"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-requests"),
+    reset: HeaderName::from_static("x-ratelimit-reset-requests"),
+};
+
+static TOKENS: Names = Names {
+    limit: HeaderName::from_static("x-ratelimit-limit-tokens"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    reset: HeaderName::from_static("x-ratelimit-reset-tokens"),
+};
+
+fn write(map: &mut HeaderMap, names: &Names, window: Option<Window>) {
     let Some(w) = window else { return };
-    insert(
-        map,
-        &format!("x-ratelimit-limit-{what}"),
-        w.limit.to_string(),
-    );
-    insert(
-        map,
-        &format!("x-ratelimit-remaining-{what}"),
-        w.remaining.to_string(),
-    );
-    insert(
-        map,
-        &format!("x-ratelimit-reset-{what}"),
-        format_reset(w.reset),
-    );
+    map.insert(names.limit.clone(), HeaderValue::from(w.limit));
+    map.insert(names.remaining.clone(), HeaderValue::from(w.remaining));
+    if let Ok(reset) = HeaderValue::try_from(format_reset(w.reset)) {
+        map.insert(names.reset.clone(), reset);
+    }
 }
 
 fn insert(map: &mut HeaderMap, name: &str, value: String) {

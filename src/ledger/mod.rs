@@ -119,6 +119,10 @@ pub struct Ledger {
     store: Store,
     accounts: DashMap<String, Shared<Account>>,
     keys: DashMap<String, Shared<KeyMonth>>,
+    /// The open holds (a copy of the `holds` rows): a settle reads no sled.
+    holds: DashMap<String, HoldRecord>,
+    /// Keys with a monthly spend cap: only their spend is counted and written.
+    capped: DashMap<String, ()>,
 }
 
 /// A hold checked and counted, not yet written: dropped unwritten (the submit failed, or lost
@@ -162,8 +166,15 @@ impl Ledger {
         let ledger = Ledger {
             accounts: DashMap::new(),
             keys: DashMap::new(),
+            holds: DashMap::new(),
+            capped: DashMap::new(),
             store,
         };
+        for (key_id, limits) in ledger.store.key_limit_overrides()? {
+            if limits.monthly_spend_cap_micros.is_some_and(|c| c > 0) {
+                ledger.capped.insert(key_id, ());
+            }
+        }
         for (project, last) in ledger.store.ledger_accounts()? {
             let mut account = Account::default();
             account.apply(&last);
@@ -178,6 +189,7 @@ impl Ledger {
             match record {
                 Some(r) if !r.status.is_terminal() => {
                     *held_by_key.entry(hold.key_id.clone()).or_default() += hold.amount_micros;
+                    ledger.holds.insert(execution_id, hold);
                 }
                 Some(r) => {
                     if let Some(seq) = hold.seq {
@@ -256,6 +268,16 @@ impl Ledger {
                 }))
             })
             .clone())
+    }
+
+    /// A key's monthly cap was set or lifted: its spend is counted from now on while it has one
+    /// (spend before a cap was set is not known to it).
+    pub fn set_capped(&self, key_id: &str, capped: bool) {
+        if capped {
+            self.capped.insert(key_id.to_string(), ());
+        } else {
+            self.capped.remove(key_id);
+        }
     }
 
     /// Whether the project has a balance (else it is unlimited).
@@ -345,6 +367,7 @@ impl Ledger {
         };
         let Some(account) = &reservation.account else {
             self.store.put_hold(execution_id, &row)?;
+            self.holds.insert(execution_id.to_string(), row);
             reservation.written = true;
             return Ok(());
         };
@@ -360,6 +383,7 @@ impl Ledger {
         row.seq = Some(entry.seq);
         self.store.put_hold(execution_id, &row)?;
         self.store.append_ledger(&reservation.project_id, &entry)?;
+        self.holds.insert(execution_id.to_string(), row);
         a.apply(&entry);
         a.reserved = a.reserved.saturating_sub(reservation.amount);
         reservation.written = true;
@@ -377,8 +401,8 @@ impl Ledger {
         key_id: &str,
         cost: Option<u64>,
     ) -> sled::Result<u64> {
-        match self.store.hold(execution_id)? {
-            Some(hold) => self.close(execution_id, &hold, cost),
+        match self.holds.remove(execution_id) {
+            Some((_, hold)) => self.close(execution_id, &hold, cost),
             None => self.write_close(Closing {
                 execution_id: Some(execution_id),
                 project,
@@ -471,6 +495,11 @@ impl Ledger {
                 a.apply(&entry);
             }
         }
+        // Only a key with a cap has a month to keep (and holds counted against it).
+        let capped = self.capped.contains_key(c.key_id);
+        if !capped && c.key_hold == 0 {
+            return Ok(charged);
+        }
         let month = month_of(now_ms());
         let key = self.key_month(c.key_id, month)?;
         let mut k = lock(&key);
@@ -479,7 +508,7 @@ impl Ledger {
             k.spent = self.store.key_spend(c.key_id, month)?;
         }
         k.held = k.held.saturating_sub(c.key_hold);
-        if charged > 0 {
+        if charged > 0 && capped {
             k.spent += charged;
             self.store.put_key_spend(c.key_id, month, k.spent)?;
         }
@@ -641,6 +670,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let ledger = Ledger::open(store.clone()).unwrap();
+        ledger.set_capped("k", true);
         ledger.top_up("p", "admin", 100_000).unwrap();
         for id in ["a", "b", "c"] {
             let mut r = ledger.reserve("p", "k", None, 30_000).unwrap().unwrap();
@@ -674,6 +704,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let ledger = Ledger::open(store.clone()).unwrap();
+        ledger.set_capped("k", true);
         let mut r = ledger
             .reserve("p", "k", Some(25_000), 10_000)
             .unwrap()
