@@ -198,14 +198,22 @@ struct Scopes {
     defaults: KeyLimits,
     overrides: DashMap<String, KeyLimits>,
     states: DashMap<String, Arc<ScopeState>>,
+    /// One clock for every limiter: a fresh `quanta` clock calibrates itself (millions of
+    /// instructions), which a key's first request would otherwise pay.
+    clock: DefaultClock,
 }
 
 impl Scopes {
-    fn new(defaults: KeyLimits, overrides: Vec<(String, KeyLimits)>) -> Scopes {
+    fn new(
+        defaults: KeyLimits,
+        overrides: Vec<(String, KeyLimits)>,
+        clock: DefaultClock,
+    ) -> Scopes {
         Scopes {
             defaults,
             overrides: overrides.into_iter().collect(),
             states: DashMap::new(),
+            clock,
         }
     }
 
@@ -213,7 +221,11 @@ impl Scopes {
         let own = self.overrides.get(id).map(|o| *o).unwrap_or_default();
         let d = &self.defaults;
         let pick = |o: Option<u64>, d: Option<u64>| o.or(d).unwrap_or(0);
-        let direct = |n| quota(n).map(|q| governor::RateLimiter::direct(q).with_middleware());
+        let direct = |n| {
+            quota(n).map(|q| {
+                governor::RateLimiter::direct_with_clock(q, self.clock.clone()).with_middleware()
+            })
+        };
         Arc::new(ScopeState {
             requests: direct(pick(own.requests_per_minute, d.requests_per_minute)),
             tokens: direct(pick(own.tokens_per_minute, d.tokens_per_minute)),
@@ -253,8 +265,12 @@ fn quota(per_minute: u64) -> Option<Quota> {
     Some(Quota::per_minute(n).allow_burst(n))
 }
 
-fn keyed<K: Clone + std::hash::Hash + Eq>(per_minute: u64) -> Option<Keyed<K>> {
-    quota(per_minute).map(|q| governor::RateLimiter::keyed(q).with_middleware())
+fn keyed<K: Clone + std::hash::Hash + Eq>(
+    per_minute: u64,
+    clock: &DefaultClock,
+) -> Option<Keyed<K>> {
+    quota(per_minute)
+        .map(|q| governor::RateLimiter::dashmap_with_clock(q, clock.clone()).with_middleware())
 }
 
 fn window(snapshot: &StateSnapshot) -> Window {
@@ -310,12 +326,13 @@ impl RateLimits {
             requests_per_minute: Some(limits.project_requests_per_minute),
             ..KeyLimits::default()
         };
+        let clock = DefaultClock::default();
         RateLimits {
-            ip: keyed(limits.ip_requests_per_minute),
+            ip: keyed(limits.ip_requests_per_minute, &clock),
             trusted: parse_trusted_proxies(&limits.trusted_proxies).unwrap_or_default(),
-            keys: Scopes::new(keys, key_overrides),
-            projects: Scopes::new(projects, project_overrides),
-            clock: DefaultClock::default(),
+            keys: Scopes::new(keys, key_overrides, clock.clone()),
+            projects: Scopes::new(projects, project_overrides, clock.clone()),
+            clock,
         }
     }
 
