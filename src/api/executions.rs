@@ -159,7 +159,7 @@ fn resolve_model(
     if body.model == "auto" {
         // Only models with a route that is healthy and has upstream quota left.
         let load = |slug: &str| {
-            routing::capable(plan(slug), &needs)
+            routing::capable(plan(slug), needs)
                 .iter()
                 .filter(|r| r.provider.usable() && state.health.admits(r.key(), now))
                 .filter(|r| state.quota.admits(r.key(), now_ms))
@@ -176,7 +176,7 @@ fn resolve_model(
             // When quota is what is missing, say when the first route has some again.
             let ready = models
                 .iter()
-                .map(|m| routing::capable(plan(&m.slug), &needs))
+                .map(|m| routing::capable(plan(&m.slug), needs))
                 .filter_map(|routes| {
                     routing::submit_headroom(&routes, &state.health, &state.quota, now, now_ms)
                         .err()
@@ -205,7 +205,7 @@ fn resolve_model(
         )));
     };
     let routes = plan(&model.slug);
-    let capable = routing::capable(routes.clone(), &needs);
+    let capable = routing::capable(routes.clone(), needs);
     if capable.is_empty() {
         let why = routes
             .first()
