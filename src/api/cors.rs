@@ -10,9 +10,11 @@ use crate::settings::CorsSettings;
 
 /// Response headers a cross-origin page may read: the execution id of a compat answer, the
 /// backoff hint and the rate-limit budget the SDKs' retry logic reads.
-const EXPOSED: [&str; 8] = [
+const EXPOSED: [&str; 10] = [
     "x-switchyard-execution-id",
+    "x-switchyard-error-code",
     "retry-after",
+    "retry-after-ms",
     "x-ratelimit-limit-requests",
     "x-ratelimit-remaining-requests",
     "x-ratelimit-reset-requests",
