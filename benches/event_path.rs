@@ -113,7 +113,13 @@ impl Harness {
             // Assembled as `Application::build` does.
             let providers = Arc::new(Providers::from_settings(&settings).expect("providers"));
             let deps = Arc::new(ExecutionDeps {
-                ledger: Arc::new(switchyard::ledger::Ledger::open(store.clone()).expect("ledger")),
+                ledger: Arc::new(
+                    switchyard::ledger::Ledger::open(
+                        store.clone(),
+                        switchyard::ledger::recovery_window(600_000),
+                    )
+                    .expect("ledger"),
+                ),
                 store,
                 health: Arc::new(HealthBoard::new(&settings)),
                 quota: Arc::new(switchyard::routing::QuotaBoard::new(&settings)),

@@ -87,7 +87,10 @@ impl Application {
             metrics.clone(),
             webhook_wake.clone(),
         )?;
-        let ledger = Arc::new(crate::ledger::Ledger::open(store.clone())?);
+        let ledger = Arc::new(crate::ledger::Ledger::open(
+            store.clone(),
+            crate::ledger::recovery_window(settings.limits.max_execution_ms),
+        )?);
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),

@@ -106,6 +106,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How far back from a ledger's last entry [`Ledger::open`] looks for holds left open: the
+/// longest an execution may run (`limits.max_execution_ms`), plus ten minutes for clock steps
+/// and the time an execution waits before its deadline is noticed.
+pub fn recovery_window(max_execution_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(max_execution_ms.saturating_add(10 * 60 * 1000))
+}
+
 /// `YYYYMM` of a time, in UTC.
 pub fn month_of(ms: u64) -> u32 {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
@@ -119,7 +126,8 @@ pub struct Ledger {
     store: Store,
     accounts: DashMap<String, Shared<Account>>,
     keys: DashMap<String, Shared<KeyMonth>>,
-    /// The open holds (a copy of the `holds` rows): a settle reads no sled.
+    /// The open holds: durable as their ledger entries, read back from the ledger's tail at
+    /// start (see [`Ledger::open`]); a settle reads no sled.
     holds: DashMap<String, HoldRecord>,
     /// Keys with a monthly spend cap: only their spend is counted and written.
     capped: DashMap<String, ()>,
@@ -159,10 +167,15 @@ impl Drop for Reservation {
 }
 
 impl Ledger {
-    /// Loads the accounts and finishes what a crash interrupted: a hold whose ledger entry is
-    /// missing is completed, the hold of an execution that ended (or vanished) while the
-    /// process was down is settled or released.
-    pub fn open(store: Store) -> sled::Result<Ledger> {
+    /// Loads the accounts and finishes what a crash interrupted. The open holds are read back
+    /// from each ledger's tail: every hold a crash can have left open was placed within
+    /// `window` (the longest an execution may run, plus a margin) before the ledger's last
+    /// entry, since its execution was still running then. A hold without its settle or release
+    /// whose execution ended (or was never written) is settled or released now; one whose
+    /// execution is unfinished stays open for the resumed execution. Holds of projects
+    /// without a balance only counted against a key's monthly cap: they are rebuilt from the
+    /// unfinished executions' records.
+    pub fn open(store: Store, window: std::time::Duration) -> sled::Result<Ledger> {
         let ledger = Ledger {
             accounts: DashMap::new(),
             keys: DashMap::new(),
@@ -175,41 +188,77 @@ impl Ledger {
                 ledger.capped.insert(key_id, ());
             }
         }
-        for (project, last) in ledger.store.ledger_accounts()? {
+        let accounts = ledger.store.ledger_accounts()?;
+        for (project, last) in &accounts {
             let mut account = Account::default();
-            account.apply(&last);
+            account.apply(last);
             ledger
                 .accounts
-                .insert(project, Arc::new(Mutex::new(account)));
+                .insert(project.clone(), Arc::new(Mutex::new(account)));
+        }
+        let window_ms = window.as_millis() as u64;
+        for (project, last) in &accounts {
+            let since = last.at_ms.saturating_sub(window_ms);
+            let mut open: HashMap<String, LedgerEntry> = HashMap::new();
+            for entry in ledger.store.ledger_tail(project, since)? {
+                let Some(id) = entry.execution_id.clone() else {
+                    continue;
+                };
+                match entry.kind {
+                    EntryKind::Hold => {
+                        open.insert(id, entry);
+                    }
+                    EntryKind::Settle | EntryKind::Release => {
+                        open.remove(&id);
+                    }
+                    EntryKind::TopUp => {}
+                }
+            }
+            for (id, entry) in open {
+                let hold = HoldRecord {
+                    project_id: project.clone(),
+                    key_id: entry.key_id.clone().unwrap_or_default(),
+                    amount_micros: entry.amount_micros,
+                    at_ms: entry.at_ms,
+                    seq: Some(entry.seq),
+                };
+                match ledger.store.get_execution(&id)? {
+                    Some(r) if !r.status.is_terminal() => {
+                        ledger.holds.insert(id, hold);
+                    }
+                    Some(r) => {
+                        tracing::info!(execution_id = %id, status = r.status.as_str(), "settling the hold of an execution that ended before the crash");
+                        ledger.close(&id, &hold, settled_cost(&r))?;
+                    }
+                    None => {
+                        tracing::info!(execution_id = %id, "releasing the hold of an execution a crash left unwritten");
+                        ledger.close(&id, &hold, None)?;
+                    }
+                }
+            }
+        }
+        for record in ledger.store.unfinished_executions()? {
+            let held = record.cost.map_or(0, |c| c.held_micros);
+            let key_id = record.key_id.clone().unwrap_or_default();
+            if held == 0
+                || ledger.holds.contains_key(&record.id)
+                || ledger.is_limited(&record.project_id)
+            {
+                continue;
+            }
+            let hold = HoldRecord {
+                project_id: record.project_id.clone(),
+                key_id,
+                amount_micros: held,
+                at_ms: record.created_at_ms,
+                seq: None,
+            };
+            ledger.holds.insert(record.id.clone(), hold);
         }
         let mut held_by_key: HashMap<String, u64> = HashMap::new();
-        for (execution_id, hold) in ledger.store.open_holds()? {
-            ledger.complete_hold_entry(&execution_id, &hold)?;
-            let record = ledger.store.get_execution(&execution_id)?;
-            match record {
-                Some(r) if !r.status.is_terminal() => {
-                    *held_by_key.entry(hold.key_id.clone()).or_default() += hold.amount_micros;
-                    ledger.holds.insert(execution_id, hold);
-                }
-                Some(r) => {
-                    if let Some(seq) = hold.seq {
-                        // Closed in the ledger, the row not yet removed: only the row is left.
-                        let closed =
-                            ledger
-                                .store
-                                .closing_entry(&hold.project_id, seq, &execution_id)?;
-                        if closed.is_some() {
-                            ledger.store.remove_hold(&execution_id)?;
-                            continue;
-                        }
-                    }
-                    tracing::info!(execution_id = %execution_id, status = r.status.as_str(), "settling the hold of an execution that ended before the crash");
-                    ledger.close(&execution_id, &hold, settled_cost(&r))?;
-                }
-                None => {
-                    tracing::info!(execution_id = %execution_id, "releasing the hold of an execution a crash left unwritten");
-                    ledger.close(&execution_id, &hold, None)?;
-                }
+        for h in ledger.holds.iter() {
+            if ledger.capped.contains_key(&h.key_id) {
+                *held_by_key.entry(h.key_id.clone()).or_default() += h.amount_micros;
             }
         }
         let month = month_of(now_ms());
@@ -221,28 +270,6 @@ impl Ledger {
             );
         }
         Ok(ledger)
-    }
-
-    /// A hold row written without its ledger entry (a crash between the two): the entry is
-    /// written now, at the seq the row names (nothing of that project was written after it).
-    fn complete_hold_entry(&self, execution_id: &str, hold: &HoldRecord) -> sled::Result<()> {
-        let Some(seq) = hold.seq else { return Ok(()) };
-        if self.store.ledger_entry(&hold.project_id, seq)?.is_some() {
-            return Ok(());
-        }
-        let account = self.account(&hold.project_id);
-        let mut a = lock(&account);
-        let mut entry = a.next(
-            EntryKind::Hold,
-            hold.amount_micros,
-            a.balance,
-            a.held + hold.amount_micros,
-        );
-        entry.execution_id = Some(execution_id.to_string());
-        entry.key_id = Some(hold.key_id.clone());
-        self.store.append_ledger(&hold.project_id, &entry)?;
-        a.apply(&entry);
-        Ok(())
     }
 
     fn account(&self, project: &str) -> Shared<Account> {
@@ -355,8 +382,8 @@ impl Ledger {
         }))
     }
 
-    /// Writes a reservation as the hold of `execution_id`: its `holds` row, then (for a
-    /// project with a balance) its ledger entry.
+    /// Writes a reservation as the hold of `execution_id`: its ledger entry (for a project with
+    /// a balance), and the open hold in memory.
     pub fn hold(&self, reservation: &mut Reservation, execution_id: &str) -> sled::Result<()> {
         let mut row = HoldRecord {
             project_id: reservation.project_id.clone(),
@@ -366,7 +393,7 @@ impl Ledger {
             seq: None,
         };
         let Some(account) = &reservation.account else {
-            self.store.put_hold(execution_id, &row)?;
+            // Only the key's cap counts it: nothing in a ledger (see `Ledger::open`).
             self.holds.insert(execution_id.to_string(), row);
             reservation.written = true;
             return Ok(());
@@ -381,7 +408,6 @@ impl Ledger {
         entry.execution_id = Some(execution_id.to_string());
         entry.key_id = Some(reservation.key_id.clone());
         row.seq = Some(entry.seq);
-        self.store.put_hold(execution_id, &row)?;
         self.store.append_ledger(&reservation.project_id, &entry)?;
         self.holds.insert(execution_id.to_string(), row);
         a.apply(&entry);
@@ -456,11 +482,15 @@ impl Ledger {
             key_id: &hold.key_id,
             in_ledger: hold.seq.is_some(),
             ledger_hold: hold.amount_micros,
-            key_hold: hold.amount_micros,
+            // Only a capped key counted the hold (see `reserve`).
+            key_hold: if self.capped.contains_key(&hold.key_id) {
+                hold.amount_micros
+            } else {
+                0
+            },
             unreserve: 0,
             cost: cost.unwrap_or(0),
         })?;
-        self.store.remove_hold(execution_id)?;
         Ok(charged)
     }
 
@@ -627,6 +657,8 @@ mod tests {
     use super::*;
     use crate::domain::{Attempt, AttemptOutcome};
 
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
     fn entries(store: &Store, project: &str) -> Vec<LedgerEntry> {
         store.ledger_page(project, None, 100_000).unwrap().0
     }
@@ -635,7 +667,7 @@ mod tests {
     async fn parallel_reservations_never_exceed_the_balance() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let ledger = Arc::new(Ledger::open(store.clone()).unwrap());
+        let ledger = Arc::new(Ledger::open(store.clone(), WINDOW).unwrap());
         ledger.top_up("p", "admin", 50 * 10_000).unwrap();
         let threads: Vec<_> = (0..200)
             .map(|i| {
@@ -669,7 +701,7 @@ mod tests {
     async fn settle_charges_the_cost_release_gives_the_hold_back_and_nothing_goes_negative() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let ledger = Ledger::open(store.clone()).unwrap();
+        let ledger = Ledger::open(store.clone(), WINDOW).unwrap();
         ledger.set_capped("k", true);
         ledger.top_up("p", "admin", 100_000).unwrap();
         for id in ["a", "b", "c"] {
@@ -695,7 +727,7 @@ mod tests {
             (last.kind, last.uncollected_micros),
             (EntryKind::Settle, 912_345)
         );
-        assert!(store.open_holds().unwrap().is_empty());
+        assert!(ledger.holds.is_empty());
         assert_eq!(store.key_spend("k", month_of(now_ms())).unwrap(), 100_000);
     }
 
@@ -703,7 +735,7 @@ mod tests {
     async fn a_monthly_cap_counts_spend_and_open_holds() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let ledger = Ledger::open(store.clone()).unwrap();
+        let ledger = Ledger::open(store.clone(), WINDOW).unwrap();
         ledger.set_capped("k", true);
         let mut r = ledger
             .reserve("p", "k", Some(25_000), 10_000)
@@ -756,54 +788,98 @@ mod tests {
     async fn opening_finishes_what_a_crash_interrupted() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let ledger = Ledger::open(store.clone()).unwrap();
+        let ledger = Ledger::open(store.clone(), WINDOW).unwrap();
         ledger.top_up("p", "admin", 100_000).unwrap();
         for id in ["running", "done", "failed", "vanished", "closed"] {
             let mut r = ledger.reserve("p", "k", None, 20_000).unwrap().unwrap();
             ledger.hold(&mut r, id).unwrap();
         }
-        // Settled in the ledger, its row left behind by a crash.
-        let row = store.hold("closed").unwrap().unwrap();
+        // Settled before the crash: nothing more to do for it.
         ledger.settle("closed", "p", "k", Some(1_000)).unwrap();
-        store.put_hold("closed", &row).unwrap();
-        // A hold row whose ledger entry a crash cut off.
-        store
-            .put_hold(
-                "cut",
-                &HoldRecord {
-                    project_id: "p".into(),
-                    key_id: "k".into(),
-                    amount_micros: 5_000,
-                    at_ms: 1,
-                    seq: Some(8),
-                },
-            )
-            .unwrap();
         let req = crate::store::tests_support::request();
         for (id, status, cost) in [
             ("running", Status::Processing, None),
-            ("cut", Status::Processing, None),
             ("done", Status::Completed, Some(7_000)),
             ("failed", Status::Failed, Some(3_000)),
             ("closed", Status::Completed, Some(1_000)),
+            // Written, but its hold entry never was (a crash between the two).
+            ("cut", Status::Processing, None),
         ] {
             let r = record(id, status, cost);
             store
                 .create_execution(&r, &req, &crate::domain::Event::status(1, status))
                 .unwrap();
+            if !status.is_terminal() {
+                continue;
+            }
+            store.put_execution(&r).unwrap();
         }
+        // The process dies: what it kept in memory is gone.
         drop(ledger);
-        let ledger = Ledger::open(store.clone()).unwrap();
+        let ledger = Ledger::open(store.clone(), WINDOW).unwrap();
         let b = ledger.balance("p").unwrap();
-        assert_eq!((b.balance_micros, b.held_micros), (92_000, 25_000));
-        assert_eq!(audit(&entries(&store, "p")), Ok((92_000, 25_000)));
-        let open: Vec<String> = store
-            .open_holds()
+        assert_eq!((b.balance_micros, b.held_micros), (92_000, 20_000));
+        assert_eq!(audit(&entries(&store, "p")), Ok((92_000, 20_000)));
+        let mut open: Vec<String> = ledger.holds.iter().map(|h| h.key().clone()).collect();
+        open.sort();
+        assert_eq!(open, ["running"]);
+        // The resumed execution keeps its hold; the one without a hold is charged directly.
+        assert_eq!(
+            ledger.settle("running", "p", "k", Some(2_000)).unwrap(),
+            2_000
+        );
+        assert_eq!(ledger.settle("cut", "p", "k", Some(500)).unwrap(), 500);
+        assert_eq!(audit(&entries(&store, "p")), Ok((89_500, 0)));
+        // Opening again finds nothing left to do.
+        drop(ledger);
+        let ledger = Ledger::open(store.clone(), WINDOW).unwrap();
+        assert!(ledger.holds.is_empty());
+        assert_eq!(audit(&entries(&store, "p")), Ok((89_500, 0)));
+    }
+
+    #[tokio::test]
+    async fn a_key_cap_hold_of_a_project_without_balance_comes_back_from_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (key, _) = store
+            .create_key("q", crate::store::KeyRole::Member, None)
+            .unwrap();
+        let limits = crate::store::KeyLimits {
+            monthly_spend_cap_micros: Some(50_000),
+            ..Default::default()
+        };
+        let key = store.set_key_limits(key, limits).unwrap();
+        let k = key.id.as_str();
+        let ledger = Ledger::open(store.clone(), WINDOW).unwrap();
+        let mut r = ledger
+            .reserve("q", k, Some(50_000), 30_000)
             .unwrap()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        assert_eq!(open, ["cut", "running"]);
+            .unwrap();
+        ledger.hold(&mut r, "capped").unwrap();
+        let mut rec = record("capped", Status::Processing, None);
+        rec.project_id = "q".into();
+        rec.key_id = Some(k.to_string());
+        rec.cost = Some(crate::domain::Cost {
+            held_micros: 30_000,
+            settled_micros: None,
+        });
+        let req = crate::store::tests_support::request();
+        store
+            .create_execution(
+                &rec,
+                &req,
+                &crate::domain::Event::status(1, Status::Processing),
+            )
+            .unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(store.clone(), WINDOW).unwrap();
+        assert_eq!(ledger.key_usage(k).unwrap(), (0, 30_000));
+        assert!(matches!(
+            ledger.reserve("q", k, Some(50_000), 30_000),
+            Err(ReserveError::Refused(Refusal::KeyCap { .. }))
+        ));
+        ledger.settle("capped", "q", k, Some(4_000)).unwrap();
+        assert_eq!(ledger.key_usage(k).unwrap(), (4_000, 0));
     }
 
     #[test]

@@ -1,20 +1,14 @@
-//! Balances in sled: the append-only `ledger`, the `holds` still open, and each key's spend per
-//! calendar month (`key_spend`). `crate::ledger` decides; this file only keeps.
+//! Balances in sled: the append-only `ledger` and each capped key's spend per calendar month
+//! (`key_spend`). `crate::ledger` decides; this file only keeps.
 //!
 //! No sled transactions (see `executions.rs`). Each entry of a project's ledger carries the
 //! project's balance and held amount after it, so the newest entry *is* the account and one
-//! insert changes it atomically. The other writes are ordered so that recovery can finish
-//! whatever a crash interrupts (sled's log is durable as a prefix: a later write that survived
-//! implies every earlier one did):
-//! - a hold writes its `holds` row (naming the ledger seq it will take), then the ledger
-//!   entry; a row whose entry is missing is completed at start ([`Store::ledger_entry`]);
-//! - a settle or release writes the terminal record (the actor), then the ledger entry, then
-//!   the key's month, then removes the `holds` row; an open row whose execution is terminal is
-//!   settled at start unless the ledger already has its closing entry
-//!   ([`Store::closing_entry`]).
+//! insert changes it atomically. A hold is one entry; its settle or release another, written
+//! after the execution's terminal record (sled's log is durable as a prefix: a later write that
+//! survived implies every earlier one did), so recovery finds every hold a crash left open in
+//! the ledger's tail ([`Store::ledger_tail`]) and the execution's end in its record.
 //!
-//! Keys: `ledger` project ‖ 0 ‖ seq BE; `holds` execution id; `key_spend` key id ‖ 0 ‖ month
-//! (`YYYYMM` BE u32).
+//! Keys: `ledger` project ‖ 0 ‖ seq BE; `key_spend` key id ‖ 0 ‖ month (`YYYYMM` BE u32).
 
 use serde::{Deserialize, Serialize};
 
@@ -52,8 +46,8 @@ pub struct LedgerEntry {
     pub held_micros: u64,
 }
 
-/// A hold not yet settled or released.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A hold not yet settled or released (kept in memory; durable as its ledger entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldRecord {
     pub project_id: String,
     pub key_id: String,
@@ -172,37 +166,6 @@ fn decode_entry(bytes: &[u8]) -> sled::Result<LedgerEntry> {
     entry.ok_or_else(|| corrupt("ledger entry", "unreadable bytes"))
 }
 
-fn encode_hold(h: &HoldRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + 48);
-    out.push(CODEC_VERSION);
-    out.push(u8::from(h.seq.is_some()));
-    for n in [h.amount_micros, h.at_ms, h.seq.unwrap_or(0)] {
-        out.extend_from_slice(&n.to_be_bytes());
-    }
-    put_str(&mut out, Some(&h.project_id));
-    put_str(&mut out, Some(&h.key_id));
-    out
-}
-
-fn decode_hold(bytes: &[u8]) -> sled::Result<HoldRecord> {
-    let mut r = Reader(bytes);
-    let hold = (|| {
-        if r.u8()? != CODEC_VERSION {
-            return None;
-        }
-        let has_seq = r.u8()? == 1;
-        let (amount_micros, at_ms, seq) = (r.u64()?, r.u64()?, r.u64()?);
-        Some(HoldRecord {
-            amount_micros,
-            at_ms,
-            seq: has_seq.then_some(seq),
-            project_id: r.str()?.unwrap_or_default(),
-            key_id: r.str()?.unwrap_or_default(),
-        })
-    })();
-    hold.ok_or_else(|| corrupt("hold", "unreadable bytes"))
-}
-
 impl Store {
     /// Appends `entry` to its project's ledger (its `seq` decides the place).
     pub fn append_ledger(&self, project: &str, entry: &LedgerEntry) -> sled::Result<()> {
@@ -242,24 +205,21 @@ impl Store {
             .transpose()
     }
 
-    /// The settle or release of `execution_id` written after seq `after`, if any.
-    pub fn closing_entry(
-        &self,
-        project: &str,
-        after: u64,
-        execution_id: &str,
-    ) -> sled::Result<Option<LedgerEntry>> {
-        let start = ledger_key(project, after + 1);
+    /// The project's entries written at or after `since_ms` (by their time), oldest first:
+    /// read backwards from the newest, so the cost is the tail's length, not the ledger's.
+    pub fn ledger_tail(&self, project: &str, since_ms: u64) -> sled::Result<Vec<LedgerEntry>> {
+        let start = ledger_key(project, 0);
         let end = joined(project, &[0xff; 9]);
-        for item in self.ledger.range(start..end) {
+        let mut tail = Vec::new();
+        for item in self.ledger.range(start..end).rev() {
             let entry = decode_entry(&item?.1)?;
-            if matches!(entry.kind, EntryKind::Settle | EntryKind::Release)
-                && entry.execution_id.as_deref() == Some(execution_id)
-            {
-                return Ok(Some(entry));
+            if entry.at_ms < since_ms {
+                break;
             }
+            tail.push(entry);
         }
-        Ok(None)
+        tail.reverse();
+        Ok(tail)
     }
 
     /// Up to `limit` entries after seq `after` (newest last), and whether more follow.
@@ -279,36 +239,6 @@ impl Store {
             entries.push(decode_entry(&item?.1)?);
         }
         Ok((entries, false))
-    }
-
-    pub fn put_hold(&self, execution_id: &str, hold: &HoldRecord) -> sled::Result<()> {
-        let value = encode_hold(hold);
-        self.holds.insert(execution_id.as_bytes(), value)?;
-        Ok(())
-    }
-
-    pub fn hold(&self, execution_id: &str) -> sled::Result<Option<HoldRecord>> {
-        self.holds
-            .get(execution_id.as_bytes())?
-            .map(|v| decode_hold(&v))
-            .transpose()
-    }
-
-    pub fn remove_hold(&self, execution_id: &str) -> sled::Result<()> {
-        self.holds.remove(execution_id.as_bytes())?;
-        Ok(())
-    }
-
-    /// Every open hold, by execution id.
-    pub fn open_holds(&self) -> sled::Result<Vec<(String, HoldRecord)>> {
-        self.holds
-            .iter()
-            .map(|item| {
-                let (k, v) = item?;
-                let hold = decode_hold(&v)?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), hold))
-            })
-            .collect()
     }
 
     /// What `key_id` was charged in `month` (`YYYYMM`).
@@ -347,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_and_holds_read_back_as_written_and_garbage_is_refused() {
+    fn entries_read_back_as_written_and_garbage_is_refused() {
         let mut e = entry(7, EntryKind::Settle, 1_234, Some("exec_x"));
         e.key_id = Some("key_é".into());
         e.hold_micros = 10_000;
@@ -356,24 +286,6 @@ mod tests {
         assert_eq!(decode_entry(&encode_entry(&e)).unwrap(), e);
         let top_up = entry(1, EntryKind::TopUp, 9, None);
         assert_eq!(decode_entry(&encode_entry(&top_up)).unwrap(), top_up);
-        for h in [
-            HoldRecord {
-                project_id: "p".into(),
-                key_id: "k".into(),
-                amount_micros: 48_000,
-                at_ms: 3,
-                seq: Some(0),
-            },
-            HoldRecord {
-                project_id: "p".into(),
-                key_id: "k".into(),
-                amount_micros: 1,
-                at_ms: 3,
-                seq: None,
-            },
-        ] {
-            assert_eq!(decode_hold(&encode_hold(&h)).unwrap(), h);
-        }
         let bytes = encode_entry(&e);
         assert!(decode_entry(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_entry(b"{\"seq\": 1}").is_err());
@@ -405,20 +317,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_closing_entry_is_found_after_the_hold() {
+    async fn the_tail_is_what_was_written_since_a_time_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        for (seq, at) in [(1, 10), (2, 20), (3, 30), (4, 40)] {
+            let mut e = entry(seq, EntryKind::Hold, 1, Some("e"));
+            e.at_ms = at;
+            store.append_ledger("p", &e).unwrap();
+        }
         store
-            .append_ledger("p", &entry(1, EntryKind::Hold, 10, Some("e1")))
+            .append_ledger("q", &entry(1, EntryKind::TopUp, 1, None))
             .unwrap();
-        assert_eq!(store.closing_entry("p", 1, "e1").unwrap(), None);
-        store
-            .append_ledger("p", &entry(2, EntryKind::Hold, 10, Some("e2")))
-            .unwrap();
-        store
-            .append_ledger("p", &entry(3, EntryKind::Release, 10, Some("e1")))
-            .unwrap();
-        assert_eq!(store.closing_entry("p", 1, "e1").unwrap().unwrap().seq, 3);
-        assert_eq!(store.closing_entry("p", 2, "e2").unwrap(), None);
+        let seqs = |since| -> Vec<u64> {
+            store
+                .ledger_tail("p", since)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        assert_eq!(seqs(25), [3, 4]);
+        assert_eq!(seqs(0), [1, 2, 3, 4]);
+        assert!(seqs(41).is_empty());
     }
 }

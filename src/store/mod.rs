@@ -6,7 +6,7 @@
 //! `unfinished` and `finished` (see `indexes`), `keys` (key id → key record), `key_hashes`
 //! (sha256(secret) → key id), `project_limits` (project → its limits), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
 //! attempt ‖ first entry → debug entries), `webhooks` (id → outbox entry) with its indexes and `webhook_secrets` (see `webhooks.rs`), `analytics` (project ‖
-//! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `ledger`, `holds` and `key_spend` (see
+//! 0 ‖ dimension ‖ minute BE ‖ group → aggregate), `ledger` and `key_spend` (see
 //! `ledger.rs`), `route_days` (provider ‖ 0 ‖ model → the route's upstream quota use today),
 //! `responses` (id → the Responses API's side of the request, see `responses.rs`), `meta` (with
 //! the layout version, see `layout`).
@@ -83,7 +83,6 @@ pub struct Store {
     webhooks: webhooks::WebhookTrees,
     analytics: sled::Tree,
     ledger: sled::Tree,
-    holds: sled::Tree,
     key_spend: sled::Tree,
     /// Upstream quota counters per route and UTC day (see `route_days`).
     route_days: sled::Tree,
@@ -137,7 +136,6 @@ impl Store {
             webhooks: webhooks::WebhookTrees::open(&db)?,
             analytics: tree("analytics")?,
             ledger: tree("ledger")?,
-            holds: tree("holds")?,
             key_spend: tree("key_spend")?,
             route_days: tree("route_days")?,
             responses: tree("responses")?,

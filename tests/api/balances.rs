@@ -431,8 +431,21 @@ async fn burst(
     tag: &str,
     count: usize,
 ) -> (Vec<String>, usize) {
+    burst_counting(client, base, key, tag, count, Default::default()).await
+}
+
+/// [`burst`], counting acknowledgements in `accepted` as they arrive.
+async fn burst_counting(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    tag: &str,
+    count: usize,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (Vec<String>, usize) {
     let tasks: Vec<_> = (0..count)
         .map(|i| {
+            let accepted = accepted.clone();
             let (client, url, key) = (
                 client.clone(),
                 format!("{base}/v1/executions"),
@@ -444,6 +457,7 @@ async fn burst(
                 match res {
                     Ok(res) if res.status() == 202 => {
                         let v: Value = res.json().await.unwrap();
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         Some(Ok(v["id"].as_str().unwrap().to_string()))
                     }
                     Ok(res) if res.status() == 402 => Some(Err(())),
@@ -496,11 +510,15 @@ async fn a_sigkill_in_the_middle_of_a_burst_loses_no_hold_and_overspends_nothing
         .unwrap()
         .to_string();
     let base = first.address.clone();
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let burst = {
-        let (client, key) = (client.clone(), key.clone());
-        tokio::spawn(async move { burst(&client, &base, &key, "k", 200).await })
+        let (client, key, counter) = (client.clone(), key.clone(), acknowledged.clone());
+        tokio::spawn(async move { burst_counting(&client, &base, &key, "k", 200, counter).await })
     };
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Killed while submits are still arriving: some acknowledged, some cut off.
+    while acknowledged.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     first.sigkill();
     let (accepted, _) = burst.await.unwrap();
 
