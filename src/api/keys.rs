@@ -166,17 +166,8 @@ pub async fn update(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let key = owned_key(&state, &principal, &id)?;
-    let body: serde_json::Map<String, serde_json::Value> =
-        read_json(&req, payload, 64 * 1024).await?;
-    if let Some(field) = body.keys().find(|k| *k != "limits") {
-        return Err(ApiError::invalid(format!(
-            "{field}: unknown field, expected `limits`"
-        )));
-    }
-    let Some(changes) = body.get("limits") else {
-        return Err(ApiError::invalid("limits: required"));
-    };
-    let limits = patched_limits(key.limits, changes)?;
+    let changes = read_limits_patch(&req, payload).await?;
+    let limits = patched_limits(key.limits, &changes)?;
     let key = state.store.set_key_limits(key, limits)?;
     state.store.commit.sync().await?;
     // Durable first, then in force: what the caller is told is what a restart keeps.
@@ -185,6 +176,22 @@ pub async fn update(
     state.ledger.set_capped(&key.id, capped);
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key limits changed");
     Ok(HttpResponse::Ok().json(view(&key, None)))
+}
+
+/// The body of a limits `PATCH`: `{"limits": {…}}` and nothing else; returns the object.
+pub(super) async fn read_limits_patch(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<serde_json::Value, ApiError> {
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        read_json(req, payload, 64 * 1024).await?;
+    if let Some(field) = body.keys().find(|k| *k != "limits") {
+        return Err(ApiError::invalid(format!(
+            "{field}: unknown field, expected `limits`"
+        )));
+    }
+    body.remove("limits")
+        .ok_or_else(|| ApiError::invalid("limits: required"))
 }
 
 pub(super) fn patched_limits(

@@ -5,7 +5,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::{balance::project_of, body::read_json, keys::patched_limits, AppState, Principal};
+use super::{
+    balance::project_of,
+    keys::{patched_limits, read_limits_patch},
+    AppState, Principal,
+};
 use crate::error::ApiError;
 use crate::store::KeyLimits;
 
@@ -33,17 +37,8 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let project = project_of(&principal, Some(&path))?;
     principal.require_admin()?;
-    let body: serde_json::Map<String, serde_json::Value> =
-        read_json(&req, payload, 64 * 1024).await?;
-    if let Some(field) = body.keys().find(|k| *k != "limits") {
-        return Err(ApiError::invalid(format!(
-            "{field}: unknown field, expected `limits`"
-        )));
-    }
-    let Some(changes) = body.get("limits") else {
-        return Err(ApiError::invalid("limits: required"));
-    };
-    let limits = patched_limits(state.store.project_limits(&project)?, changes)?;
+    let changes = read_limits_patch(&req, payload).await?;
+    let limits = patched_limits(state.store.project_limits(&project)?, &changes)?;
     if limits.monthly_spend_cap_micros.is_some() {
         return Err(ApiError::invalid(
             "limits.monthly_spend_cap_micros: a key's limit; a project's spending is bounded by its balance",
