@@ -17,14 +17,46 @@ use crate::error::{ErrorBody, ErrorCode};
 pub struct Proto {
     pub seq: u64,
     pub kind: &'static str,
-    pub data: Value,
+    body: Body,
+}
+
+/// A protocol event's JSON: built as a value (the few events per response that carry whole
+/// objects), or already serialized (the text deltas, one per chunk: no map to build and drop).
+enum Body {
+    Value(Value),
+    Json(String),
 }
 
 impl Proto {
     /// `event: <type>\ndata: <json>\n\n`.
     pub fn sse(&self) -> Bytes {
-        Bytes::from(format!("event: {}\ndata: {}\n\n", self.kind, self.data))
+        match &self.body {
+            Body::Value(v) => Bytes::from(format!("event: {}\ndata: {v}\n\n", self.kind)),
+            Body::Json(j) => Bytes::from(format!("event: {}\ndata: {j}\n\n", self.kind)),
+        }
     }
+
+    /// The event's JSON as a value.
+    #[cfg(test)]
+    pub fn json(&self) -> Value {
+        match &self.body {
+            Body::Value(v) => v.clone(),
+            Body::Json(j) => serde_json::from_str(j).expect("events serialize to JSON"),
+        }
+    }
+}
+
+/// `response.output_text.delta`, serialized straight from borrowed fields.
+#[derive(serde::Serialize)]
+struct TextDelta<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    item_id: &'a str,
+    output_index: usize,
+    content_index: u32,
+    delta: &'a str,
+    logprobs: [u8; 0],
+    sequence_number: u64,
 }
 
 enum Item {
@@ -177,11 +209,7 @@ impl Translation {
                     let index = self.open_message(&mut out);
                     if let Item::Message { id, text, .. } = &mut self.output[index] {
                         text.push_str(&delta);
-                        out.push(
-                            "response.output_text.delta",
-                            json!({"item_id": id, "output_index": index, "content_index": 0,
-                                "delta": delta, "logprobs": []}),
-                        );
+                        out.push_delta(id, index, &delta);
                     }
                 }
                 for call in event.carried_tool_calls() {
@@ -384,7 +412,31 @@ impl Out {
         self.count += 1;
         data["type"] = json!(kind);
         data["sequence_number"] = json!(seq);
-        self.events.push(Proto { seq, kind, data });
+        self.events.push(Proto {
+            seq,
+            kind,
+            body: Body::Value(data),
+        });
+    }
+
+    fn push_delta(&mut self, item_id: &str, output_index: usize, delta: &str) {
+        let (seq, kind) = (self.count, "response.output_text.delta");
+        self.count += 1;
+        let json = serde_json::to_string(&TextDelta {
+            kind,
+            item_id,
+            output_index,
+            content_index: 0,
+            delta,
+            logprobs: [],
+            sequence_number: seq,
+        })
+        .expect("deltas serialize");
+        self.events.push(Proto {
+            seq,
+            kind,
+            body: Body::Json(json),
+        });
     }
 }
 
@@ -442,8 +494,9 @@ mod tests {
             ]
         );
         for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.data["sequence_number"], i as u64);
-            assert_eq!(e.data["type"], e.kind);
+            let data = e.json();
+            assert_eq!(data["sequence_number"], i as u64);
+            assert_eq!(data["type"], e.kind);
         }
         let response = t.response();
         assert_eq!(response["status"], "completed");
@@ -460,7 +513,7 @@ mod tests {
             ..Meta::default()
         };
         let (_, events) = run(meta);
-        assert_eq!(events[0].data["response"]["status"], "queued");
+        assert_eq!(events[0].json()["response"]["status"], "queued");
         assert_eq!(events[1].kind, "response.queued");
         assert_eq!(events[2].kind, "response.in_progress");
     }
@@ -481,12 +534,12 @@ mod tests {
         let events: Vec<Proto> = log.iter().flat_map(|e| t.apply(e)).collect();
         let last = events.last().unwrap();
         assert_eq!(last.kind, "response.incomplete");
-        assert_eq!(last.data["response"]["status"], "incomplete");
+        assert_eq!(last.json()["response"]["status"], "incomplete");
         assert_eq!(
-            last.data["response"]["incomplete_details"],
+            last.json()["response"]["incomplete_details"],
             json!({"reason": "max_output_tokens"})
         );
-        assert_eq!(last.data["response"]["output"][0]["status"], "incomplete");
+        assert_eq!(last.json()["response"]["output"][0]["status"], "incomplete");
 
         let mut t = Translation::new("exec_x", 0, "m", Map::new(), Arc::default());
         let log = [
