@@ -20,7 +20,8 @@ use crate::error::ApiError;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    after: Option<u64>,
+    /// Text, so that a non-number gets an error naming it.
+    after: Option<String>,
 }
 
 const KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
@@ -38,7 +39,12 @@ pub async fn stream(
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .ok_or_else(|| ApiError::invalid("Last-Event-ID: must be an event seq number"))?,
-        None => query.after.unwrap_or(0),
+        None => match query.after.as_deref() {
+            None => 0,
+            Some(text) => text.trim().parse::<u64>().map_err(|_| {
+                ApiError::invalid(format!("after: must be an event seq number, got `{text}`"))
+            })?,
+        },
     };
     let record = match after {
         0 => owned(&state, &principal, &id)?,

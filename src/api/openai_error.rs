@@ -41,10 +41,25 @@ fn openai_type(code: ErrorCode) -> &'static str {
     }
 }
 
+/// The field a bad request names: our messages start with its path (`messages[0].content: …`),
+/// which OpenAI's shape carries as `param` so SDKs can show it.
+fn param_of(code: ErrorCode, message: &str) -> Option<&str> {
+    if code.status().as_u16() != 400 {
+        return None;
+    }
+    let (head, _) = message.split_once(": ")?;
+    let is_path = !head.is_empty()
+        && head
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+    is_path.then_some(head)
+}
+
 impl OpenAiError {
     pub fn body(&self) -> Value {
         let b = &self.0.body;
-        json!({"message": b.message, "type": openai_type(b.code), "param": null, "code": b.code})
+        json!({"message": b.message, "type": openai_type(b.code),
+               "param": param_of(b.code, &b.message), "code": b.code})
     }
 }
 
@@ -63,5 +78,31 @@ impl ResponseError for OpenAiError {
             res.force_close();
         }
         res.json(json!({"error": self.body()}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_field_is_the_param() {
+        let param = |code, msg| param_of(code, msg).map(str::to_string);
+        assert_eq!(
+            param(
+                ErrorCode::InvalidRequest,
+                "messages[0].content: must not be empty"
+            ),
+            Some("messages[0].content".into())
+        );
+        assert_eq!(
+            param(ErrorCode::InvalidRequest, "model: unknown model `x`"),
+            Some("model".into())
+        );
+        assert_eq!(
+            param(ErrorCode::InvalidRequest, "invalid JSON: expected value"),
+            None
+        );
+        assert_eq!(param(ErrorCode::RateLimited, "limit: over"), None);
     }
 }

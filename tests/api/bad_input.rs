@@ -386,3 +386,27 @@ async fn server_keeps_serving_after_bad_input() {
     let list: Value = res.json().await.unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 2, "{list}");
 }
+
+#[actix_web::test]
+async fn a_non_numeric_after_names_the_parameter_and_openai_errors_name_the_field() {
+    let app = spawn_app().await;
+    let exec = app
+        .submit(ADMIN_KEY, &chat_body("after-abc", "hi", "chat-default"))
+        .await;
+    let id = exec["id"].as_str().unwrap();
+    let res = app
+        .get(&format!("/v1/executions/{id}/events?after=abc"), ADMIN_KEY)
+        .await;
+    let msg = assert_error(res, 400, "invalid_request").await;
+    assert!(msg.starts_with("after:") && msg.contains("abc"), "{msg}");
+    let res = app
+        .post(
+            "/v1/chat/completions",
+            ADMIN_KEY,
+            &json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "model", "{body}");
+}
