@@ -108,6 +108,7 @@ import { ChannelSocket } from "/static/switchyard.js";
     refreshHealth();
     refreshAnalytics();
     state.timers.push(setInterval(refreshHealth, HEALTH_EVERY_MS));
+    state.timers.push(setInterval(tickDurations, 1000));
     state.timers.push(setInterval(refreshAnalytics, ANALYTICS_EVERY_MS));
     const fromHash = decodeURIComponent(location.hash.slice(1));
     if (fromHash.startsWith("exec_")) select(fromHash);
@@ -171,6 +172,8 @@ import { ChannelSocket } from "/static/switchyard.js";
       return;
     }
     if (frame.channel === project && frame.event === "status") {
+      const filter = $("filter-status").value;
+      if (filter && frame.data.status !== filter && !state.rows.has(frame.data.execution_id)) return;
       upsertRow(frame.data, true);
       if (TERMINAL.has(frame.data.status)) scheduleAnalytics(1500);
       return;
@@ -189,17 +192,27 @@ import { ChannelSocket } from "/static/switchyard.js";
       // Notes may cross the initial list: a status only ever moves forward.
       if (rank(note.status) >= rank(existing.status)) {
         existing.status = note.status;
-        existing.tr.lastChild.replaceChildren(statusBadge(note.status));
+        existing.cells.status.replaceChildren(statusBadge(note.status));
+        if (TERMINAL.has(note.status)) refreshRow(note.execution_id);
       }
       return;
     }
+    const cells = {
+      status: h("td", {}, statusBadge(note.status)),
+      duration: h("td", { className: "col-duration" }, "–"),
+      tokens: h("td", { className: "col-tokens" }, "–"),
+      error: h("td", { className: "col-error" }, ""),
+    };
     const tr = h(
       "tr",
-      { tabindex: "0", dataset: { id: note.execution_id }, className: live ? "fresh" : null },
+      { tabindex: "0", dataset: { id: note.execution_id, model: note.model }, className: live ? "fresh" : null },
       h("td", {}, clock(note.at)),
       h("td", { className: "mono", title: note.execution_id }, shortId(note.execution_id)),
       h("td", {}, note.model),
-      h("td", {}, statusBadge(note.status))
+      cells.status,
+      cells.duration,
+      cells.tokens,
+      cells.error
     );
     if (state.selected && state.selected.id === note.execution_id) tr.setAttribute("aria-selected", "true");
     tr.addEventListener("click", () => select(note.execution_id));
@@ -210,7 +223,10 @@ import { ChannelSocket } from "/static/switchyard.js";
     const tbody = document.querySelector("#executions tbody");
     const before = Array.from(tbody.children).find((row) => Number(row.dataset.at) < at);
     tbody.insertBefore(tr, before || null);
-    state.rows.set(note.execution_id, { tr, status: note.status });
+    const row = { tr, cells, status: note.status, at };
+    state.rows.set(note.execution_id, row);
+    if (note.record) fillRow(row, note.record);
+    applyFilter(tr);
     while (tbody.children.length > MAX_ROWS) {
       const last = tbody.lastElementChild;
       state.rows.delete(last.dataset.id);
@@ -219,11 +235,68 @@ import { ChannelSocket } from "/static/switchyard.js";
     $("executions-empty").hidden = true;
   }
 
-  async function loadExecutions() {
-    const page = await api("/v1/executions?limit=50");
-    for (const e of page.data) {
-      upsertRow({ execution_id: e.id, model: e.model, status: e.status, at: e.created_at }, false);
+  /** Duration, tokens, error and a failover mark from an execution record. */
+  function fillRow(row, e) {
+    row.record = e;
+    if (rank(e.status) >= rank(row.status)) {
+      row.status = e.status;
+      const mark = failedOver(e) ? h("span", { className: "failover-mark", title: "failed over" }, "↪") : null;
+      row.cells.status.replaceChildren(statusBadge(e.status), mark || "");
     }
+    if (typeof e.duration_ms === "number") row.cells.duration.textContent = ms(e.duration_ms);
+    if (e.usage) row.cells.tokens.textContent = `${e.usage.prompt_tokens} + ${e.usage.completion_tokens}`;
+    row.cells.error.textContent = e.error ? e.error.code : "";
+    row.tr.dataset.error = e.error ? e.error.code : "";
+    applyFilter(row.tr);
+  }
+
+  const failedOver = (e) => (e.attempts || []).some((a, i, all) => i > 0 && (a.provider !== all[i - 1].provider || all[i - 1].chunks_delivered > 0));
+
+  async function refreshRow(id) {
+    try {
+      const row = state.rows.get(id);
+      if (row) fillRow(row, await api(`/v1/executions/${encodeURIComponent(id)}`));
+    } catch (_) {
+      /* the next list load fills it */
+    }
+  }
+
+  /** Running rows count their duration up, once a second. */
+  function tickDurations() {
+    const now = Date.now();
+    for (const row of state.rows.values()) {
+      if (!TERMINAL.has(row.status) && !row.record?.duration_ms) {
+        row.cells.duration.textContent = `${((now - row.at) / 1000).toFixed(0)} s…`;
+      }
+    }
+  }
+
+  /** The text filter, on what a row shows: id, model, error code. */
+  function applyFilter(tr) {
+    const needle = $("filter-text").value.trim().toLowerCase();
+    const hay = `${tr.dataset.id} ${tr.dataset.model || ""} ${tr.dataset.error || ""}`.toLowerCase();
+    tr.hidden = needle !== "" && !hay.includes(needle);
+  }
+
+  /** The first page (or, with `more`, the next one) under the status filter. */
+  async function loadExecutions(more = false) {
+    const status = $("filter-status").value;
+    const params = new URLSearchParams({ limit: "50" });
+    if (status) params.set("status", status);
+    if (more && state.nextCursor) params.set("cursor", state.nextCursor);
+    const page = await api(`/v1/executions?${params}`);
+    for (const e of page.data) {
+      upsertRow({ execution_id: e.id, model: e.model, status: e.status, at: e.created_at, record: e }, false);
+    }
+    state.nextCursor = page.next_cursor || null;
+    $("load-more").hidden = !state.nextCursor;
+  }
+
+  function reloadExecutions() {
+    state.rows.clear();
+    document.querySelector("#executions tbody").replaceChildren();
+    state.nextCursor = null;
+    loadExecutions().catch((err) => ($("submit-status").textContent = `could not load: ${err.message}`));
   }
 
   // ---- one execution: stream, attempts, failovers, raw log ----
@@ -262,7 +335,10 @@ import { ChannelSocket } from "/static/switchyard.js";
   }
 
   function renderExecution(e) {
+    const row = state.rows.get(e.id);
+    if (row) fillRow(row, e);
     if (!state.selected || state.selected.id !== e.id) return;
+    $("detail-cancel").hidden = TERMINAL.has(e.status);
     $("detail-status").replaceWith(h("span", { id: "detail-status", className: "status", dataset: { status: e.status } }, e.status));
     $("detail-model").textContent = e.model;
     $("detail-duration").textContent = ms(e.duration_ms);
@@ -675,6 +751,23 @@ import { ChannelSocket } from "/static/switchyard.js";
     $("sign-out").addEventListener("click", () => signOut(""));
     window.addEventListener("resize", () => state.key && scheduleAnalytics(200));
     $("submit-form").addEventListener("submit", onSubmit);
+    $("filter-status").addEventListener("change", reloadExecutions);
+    $("filter-text").addEventListener("input", () => {
+      for (const row of state.rows.values()) applyFilter(row.tr);
+    });
+    $("load-more").addEventListener("click", () => loadExecutions(true).catch(() => {}));
+    $("detail-cancel").addEventListener("click", async () => {
+      const sel = state.selected;
+      if (!sel) return;
+      $("detail-cancel").disabled = true;
+      try {
+        renderExecution(await api(`/v1/executions/${encodeURIComponent(sel.id)}/cancel`, { method: "POST", body: {} }));
+      } catch (err) {
+        $("detail-error").textContent = `cancel: ${err.message}`;
+      } finally {
+        $("detail-cancel").disabled = false;
+      }
+    });
     $("signin-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       $("signin-error").textContent = "";

@@ -399,6 +399,62 @@ test("dashboard: the routes' headroom and the project's balance", async () => {
   await page.locator("#balance").screenshot({ path: join(ARTIFACTS, "balance.png") });
 });
 
+test("dashboard: the list shows durations, tokens, errors; filters; loads more; cancels", async () => {
+  // A running execution, cancelled from its detail panel.
+  const long = await submit("a long story to cancel");
+  const row = page.locator(`#executions tbody tr[data-id="${long.id}"]`);
+  await row.waitFor({ timeout: 10_000 });
+  await row.click();
+  await page.locator("#detail-cancel:not([hidden])").waitFor({ timeout: 10_000 });
+  await page.locator("#detail-cancel").click();
+  await page.waitForFunction(() => document.getElementById("detail-status").textContent === "cancelled", null, { timeout: 10_000 });
+  await page.locator("#detail-cancel[hidden]").waitFor({ state: "attached", timeout: 5000 });
+  await page.waitForFunction((id) => {
+    const tr = document.querySelector(`#executions tbody tr[data-id="${id}"]`);
+    return tr && /cancelled/.test(tr.textContent);
+  }, long.id, { timeout: 10_000 });
+  // A completed row carries its duration and tokens.
+  const done = await submit("a short one");
+  await waitTerminal(done.id);
+  await page.waitForFunction((id) => {
+    const tr = document.querySelector(`#executions tbody tr[data-id="${id}"]`);
+    return tr && / ms$/.test(tr.querySelector(".col-duration").textContent) && /\d+ \+ \d+/.test(tr.querySelector(".col-tokens").textContent);
+  }, done.id, { timeout: 10_000 });
+  // The text filter keeps only what matches; the status filter asks the server.
+  await page.fill("#filter-text", long.id);
+  await page.waitForFunction(() => Array.from(document.querySelectorAll("#executions tbody tr")).filter((tr) => !tr.hidden).length === 1, null, { timeout: 5000 });
+  await page.fill("#filter-text", "");
+  await page.selectOption("#filter-status", "cancelled");
+  await page.waitForFunction(() => {
+    const rows = Array.from(document.querySelectorAll("#executions tbody tr"));
+    return rows.length > 0 && rows.every((tr) => /cancelled/.test(tr.textContent));
+  }, null, { timeout: 10_000 });
+  await page.selectOption("#filter-status", "");
+  // More than a page: "Load more" follows the cursor.
+  await Promise.all(Array.from({ length: 55 }, (_, i) => submit(`filler ${i}`, "chat-failover")));
+  await page.selectOption("#filter-status", "completed");
+  await page.selectOption("#filter-status", "");
+  await page.locator("#load-more:not([hidden])").waitFor({ timeout: 10_000 });
+  const before = await page.locator("#executions tbody tr").count();
+  await page.locator("#load-more").click();
+  await page.waitForFunction((n) => document.querySelectorAll("#executions tbody tr").length > n, before, { timeout: 10_000 });
+  // Readable on a phone: nothing wider than the screen.
+  await page.setViewportSize({ width: 420, height: 900 });
+  await shot(page, "dashboard-420.png");
+  const overflow = await page.evaluate(() => {
+    const wide = Array.from(document.querySelectorAll("body *"))
+      .filter((el) => el.getBoundingClientRect().right > window.innerWidth + 1)
+      .map((el) => `${el.tagName.toLowerCase()}#${el.id}.${el.className}`)
+      .slice(0, 5);
+    return { over: document.documentElement.scrollWidth - window.innerWidth, wide };
+  });
+  assert(overflow.over <= 1, `no horizontal scroll at 420 px (${overflow.over} px over: ${overflow.wide.join(", ")})`);
+  await page.setViewportSize({ width: 1280, height: 900 });
+  // Leave a completed execution selected, as the next test expects.
+  await page.locator(`#executions tbody tr[data-id="${done.id}"]`).click();
+  await page.locator("#detail-status[data-status='completed']").waitFor({ timeout: 10_000 });
+});
+
 test("dashboard: dark mode toggles, persists and keeps the session", async () => {
   const light = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
   await page.click("#theme-toggle");
