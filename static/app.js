@@ -105,6 +105,7 @@ import { ChannelSocket } from "/static/switchyard.js";
       $("submit-status").textContent = `could not load: ${err.message}`;
     });
     connect();
+    loadKeys();
     refreshHealth();
     refreshAnalytics();
     state.timers.push(setInterval(refreshHealth, HEALTH_EVERY_MS));
@@ -121,6 +122,8 @@ import { ChannelSocket } from "/static/switchyard.js";
     state.timers = [];
     if (state.socket) state.socket.close();
     state.socket = null;
+    $("keys").hidden = true;
+    $("key-secret").hidden = true;
     state.key = null;
     state.connectedOnce = false;
     $("dashboard").hidden = true;
@@ -603,6 +606,77 @@ import { ChannelSocket } from "/static/switchyard.js";
     }
   }
 
+  // ---- API keys (admins) ----
+
+  async function loadKeys() {
+    if (!state.me || state.me.role !== "admin") return;
+    let list;
+    try {
+      list = await api("/v1/keys");
+    } catch (err) {
+      $("key-error").textContent = err.message;
+      return;
+    }
+    $("keys").hidden = false;
+    $("key-table").tBodies[0].replaceChildren(
+      ...list.data.map((k) => {
+        const revoked = Boolean(k.revoked_at);
+        const own = k.id === state.me.key_id;
+        const act = (label) =>
+          h("button", { type: "button", dataset: { action: label.toLowerCase(), id: k.id }, disabled: own }, label);
+        const actions = h("td", {});
+        if (!revoked) actions.append(act("Rotate"), " ", act("Revoke"));
+        return h(
+          "tr",
+          { dataset: { id: k.id } },
+          h("td", {}, k.name || "–"),
+          h("td", { className: "mono", title: k.id }, `${k.prefix}…`),
+          h("td", {}, k.role),
+          h("td", {}, clock(k.created_at)),
+          h("td", {}, revoked ? "revoked" : own ? "this session" : k.rotated_at ? "rotated" : "active"),
+          actions
+        );
+      })
+    );
+  }
+
+  function showSecret(secret) {
+    $("key-secret-value").textContent = secret;
+    $("key-secret").hidden = false;
+  }
+
+  async function onKeyAction(ev) {
+    const button = ev.target.closest("button[data-action]");
+    if (!button) return;
+    const { action, id } = button.dataset;
+    if (action === "revoke" && !confirm(`Revoke ${id}? Its open streams end at once.`)) return;
+    $("key-error").textContent = "";
+    try {
+      const key = await api(`/v1/keys/${encodeURIComponent(id)}${action === "rotate" ? "/rotate" : ""}`, {
+        method: action === "rotate" ? "POST" : "DELETE",
+      });
+      if (action === "rotate") showSecret(key.key);
+      else $("key-secret").hidden = true;
+    } catch (err) {
+      $("key-error").textContent = `${action}: ${err.message}`;
+    }
+    loadKeys();
+  }
+
+  async function onCreateKey(ev) {
+    ev.preventDefault();
+    $("key-error").textContent = "";
+    const name = $("key-name").value.trim();
+    try {
+      const key = await api("/v1/keys", { method: "POST", body: { name: name || null, role: $("key-role").value } });
+      showSecret(key.key);
+      $("key-name").value = "";
+    } catch (err) {
+      $("key-error").textContent = `create: ${err.message}`;
+    }
+    loadKeys();
+  }
+
   // ---- analytics charts (SVG) ----
 
   function scheduleAnalytics(delay) {
@@ -756,6 +830,8 @@ import { ChannelSocket } from "/static/switchyard.js";
       for (const row of state.rows.values()) applyFilter(row.tr);
     });
     $("load-more").addEventListener("click", () => loadExecutions(true).catch(() => {}));
+    $("key-form").addEventListener("submit", onCreateKey);
+    $("key-table").addEventListener("click", onKeyAction);
     $("detail-cancel").addEventListener("click", async () => {
       const sel = state.selected;
       if (!sel) return;

@@ -455,6 +455,32 @@ test("dashboard: the list shows durations, tokens, errors; filters; loads more; 
   await page.locator("#detail-status[data-status='completed']").waitFor({ timeout: 10_000 });
 });
 
+test("dashboard: an admin creates, rotates and revokes keys", async () => {
+  await page.locator("#keys:not([hidden])").waitFor({ timeout: 10_000 });
+  await page.fill("#key-name", "browser-made");
+  await page.click("#key-form button[type=submit]");
+  await page.locator("#key-secret:not([hidden])").waitFor({ timeout: 10_000 });
+  const first = await text(page, "#key-secret-value");
+  assert(/^sy_/.test(first), `the new secret is shown once: ${first}`);
+  const row = page.locator("#key-table tbody tr", { hasText: "browser-made" });
+  await row.waitFor({ timeout: 10_000 });
+  const me = await (await fetch(`${BASE}/v1/me`, { headers: { authorization: `Bearer ${first}` } })).json();
+  assertEqual(me.project_id, "default", "the created key works");
+  await row.locator("button[data-action=rotate]").click();
+  await page.waitForFunction((old) => document.getElementById("key-secret-value").textContent !== old, first, { timeout: 10_000 });
+  const second = await text(page, "#key-secret-value");
+  assertEqual((await fetch(`${BASE}/v1/me`, { headers: { authorization: `Bearer ${first}` } })).status, 401, "the old secret after rotation");
+  assertEqual((await fetch(`${BASE}/v1/me`, { headers: { authorization: `Bearer ${second}` } })).status, 200, "the new secret");
+  page.once("dialog", (d) => d.accept());
+  await row.locator("button[data-action=revoke]").click();
+  await page.waitForFunction(() => {
+    const tr = Array.from(document.querySelectorAll("#key-table tbody tr")).find((r) => /browser-made/.test(r.textContent));
+    return tr && /revoked/.test(tr.textContent);
+  }, null, { timeout: 10_000 });
+  assertEqual((await fetch(`${BASE}/v1/me`, { headers: { authorization: `Bearer ${second}` } })).status, 401, "a revoked key");
+  await page.locator("#keys").screenshot({ path: join(ARTIFACTS, "keys.png") });
+});
+
 test("dashboard: dark mode toggles, persists and keeps the session", async () => {
   const light = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
   await page.click("#theme-toggle");
