@@ -8,7 +8,8 @@ import { ChannelSocket } from "/static/switchyard.js";
   const KEY_STORAGE = "switchyard.api_key";
   const THEME_STORAGE = "switchyard.theme";
   const MAX_ROWS = 200;
-  const HEALTH_EVERY_MS = 5000;
+  // A fallback: the health panel refreshes when the project's executions end (see onFrame).
+  const HEALTH_EVERY_MS = 30000;
   const ANALYTICS_EVERY_MS = 15000;
   const TERMINAL = new Set(["completed", "failed", "cancelled", "expired"]);
 
@@ -178,7 +179,11 @@ import { ChannelSocket } from "/static/switchyard.js";
       const filter = $("filter-status").value;
       if (filter && frame.data.status !== filter && !state.rows.has(frame.data.execution_id)) return;
       upsertRow(frame.data, true);
-      if (TERMINAL.has(frame.data.status)) scheduleAnalytics(1500);
+      if (TERMINAL.has(frame.data.status)) {
+        scheduleAnalytics(1500);
+        // An attempt just ended somewhere: the routes' health and headroom may have moved.
+        scheduleHealth(300);
+      }
       return;
     }
     const sel = state.selected;
@@ -202,6 +207,7 @@ import { ChannelSocket } from "/static/switchyard.js";
     }
     const cells = {
       status: h("td", {}, statusBadge(note.status)),
+      prompt: h("td", { className: "col-prompt" }, ""),
       duration: h("td", { className: "col-duration" }, "–"),
       tokens: h("td", { className: "col-tokens" }, "–"),
       error: h("td", { className: "col-error" }, ""),
@@ -213,6 +219,7 @@ import { ChannelSocket } from "/static/switchyard.js";
       h("td", { className: "mono", title: note.execution_id }, shortId(note.execution_id)),
       h("td", {}, note.model),
       cells.status,
+      cells.prompt,
       cells.duration,
       cells.tokens,
       cells.error
@@ -249,6 +256,11 @@ import { ChannelSocket } from "/static/switchyard.js";
     if (typeof e.duration_ms === "number") row.cells.duration.textContent = ms(e.duration_ms);
     if (e.usage) row.cells.tokens.textContent = `${e.usage.prompt_tokens} + ${e.usage.completion_tokens}`;
     row.cells.error.textContent = e.error ? e.error.code : "";
+    if (e.prompt_excerpt) {
+      row.cells.prompt.textContent = e.prompt_excerpt;
+      row.cells.prompt.title = e.prompt_excerpt;
+      row.tr.dataset.prompt = e.prompt_excerpt;
+    }
     row.tr.dataset.error = e.error ? e.error.code : "";
     applyFilter(row.tr);
   }
@@ -277,7 +289,7 @@ import { ChannelSocket } from "/static/switchyard.js";
   /** The text filter, on what a row shows: id, model, error code. */
   function applyFilter(tr) {
     const needle = $("filter-text").value.trim().toLowerCase();
-    const hay = `${tr.dataset.id} ${tr.dataset.model || ""} ${tr.dataset.error || ""}`.toLowerCase();
+    const hay = `${tr.dataset.id} ${tr.dataset.model || ""} ${tr.dataset.error || ""} ${tr.dataset.prompt || ""}`.toLowerCase();
     tr.hidden = needle !== "" && !hay.includes(needle);
   }
 
@@ -678,6 +690,14 @@ import { ChannelSocket } from "/static/switchyard.js";
   }
 
   // ---- analytics charts (SVG) ----
+
+  function scheduleHealth(delay) {
+    if (state.healthPending) return;
+    state.healthPending = setTimeout(() => {
+      state.healthPending = null;
+      refreshHealth();
+    }, delay);
+  }
 
   function scheduleAnalytics(delay) {
     clearTimeout(state.analyticsPending);

@@ -378,8 +378,34 @@ pub async fn list(
         state
             .store
             .list_executions(&principal.project_id, status, limit, cursor.as_deref())?;
-    let data: Vec<_> = page.records.iter().map(|r| r.view(None)).collect();
+    let data: Vec<serde_json::Value> = page
+        .records
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r.view(None)).expect("views serialize");
+            v["prompt_excerpt"] = json!(prompt_excerpt(&state, &r.id));
+            v
+        })
+        .collect();
     Ok(super::paging::list(&data, page.next_cursor.as_deref()))
+}
+
+/// The start of the last user message (what a list shows to tell executions apart): at most
+/// `EXCERPT_CHARS` characters, `None` when the request is gone (past retention) or unreadable.
+fn prompt_excerpt(state: &AppState, id: &str) -> Option<String> {
+    const EXCERPT_CHARS: usize = 80;
+    let request = state.store.get_request(id).ok()??;
+    let last = request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == crate::domain::Role::User)?;
+    let text: String = last.content.chars().take(EXCERPT_CHARS).collect();
+    Some(if last.content.chars().count() > EXCERPT_CHARS {
+        format!("{text}…")
+    } else {
+        text
+    })
 }
 
 pub async fn cancel(

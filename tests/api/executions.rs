@@ -349,3 +349,27 @@ async fn the_debug_log_shows_the_request_response_and_raw_chunks_with_secrets_re
     let unknown = app.get("/v1/executions/exec_nope/log", ADMIN_KEY).await;
     assert_eq!(unknown.status(), 404);
 }
+
+#[actix_web::test]
+async fn the_list_shows_the_start_of_each_prompt() {
+    let app = spawn_app().await;
+    let long = "word ".repeat(40);
+    app.submit(
+        ADMIN_KEY,
+        &chat_body("excerpt-1", "short question?", "chat-default"),
+    )
+    .await;
+    app.submit(ADMIN_KEY, &chat_body("excerpt-2", &long, "chat-default"))
+        .await;
+    let res = app.get("/v1/executions?limit=2", ADMIN_KEY).await;
+    let page: serde_json::Value = res.json().await.unwrap();
+    let excerpts: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["prompt_excerpt"].as_str().unwrap())
+        .collect();
+    assert_eq!(excerpts[1], "short question?");
+    assert_eq!(excerpts[0].chars().count(), 81, "{}", excerpts[0]);
+    assert!(excerpts[0].ends_with('…'));
+}

@@ -413,6 +413,13 @@ test("dashboard: the list shows durations, tokens, errors; filters; loads more; 
     const tr = document.querySelector(`#executions tbody tr[data-id="${id}"]`);
     return tr && /cancelled/.test(tr.textContent);
   }, long.id, { timeout: 10_000 });
+  // The first page of the list shows each prompt's start; the text filter searches it too.
+  await page.selectOption("#filter-status", "cancelled");
+  await page.waitForFunction((id) => {
+    const tr = document.querySelector(`#executions tbody tr[data-id="${id}"]`);
+    return tr && tr.querySelector(".col-prompt").textContent === "a long story to cancel";
+  }, long.id, { timeout: 10_000 });
+  await page.selectOption("#filter-status", "");
   // A completed row carries its duration and tokens.
   const done = await submit("a short one");
   await waitTerminal(done.id);
@@ -421,7 +428,7 @@ test("dashboard: the list shows durations, tokens, errors; filters; loads more; 
     return tr && / ms$/.test(tr.querySelector(".col-duration").textContent) && /\d+ \+ \d+/.test(tr.querySelector(".col-tokens").textContent);
   }, done.id, { timeout: 10_000 });
   // The text filter keeps only what matches; the status filter asks the server.
-  await page.fill("#filter-text", long.id);
+  await page.fill("#filter-text", "long story to cancel");
   await page.waitForFunction(() => Array.from(document.querySelectorAll("#executions tbody tr")).filter((tr) => !tr.hidden).length === 1, null, { timeout: 5000 });
   await page.fill("#filter-text", "");
   await page.selectOption("#filter-status", "cancelled");
