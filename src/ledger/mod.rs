@@ -429,24 +429,26 @@ impl Ledger {
     ) -> sled::Result<u64> {
         match self.holds.remove(execution_id) {
             Some((_, hold)) => self.close(execution_id, &hold, cost),
-            None => self.write_close(Closing {
-                execution_id: Some(execution_id),
-                project,
-                key_id,
-                in_ledger: self.is_limited(project),
-                ledger_hold: 0,
-                key_hold: 0,
-                unreserve: 0,
-                cost: cost.unwrap_or(0),
-            }),
+            None => self.charge_direct(Some(execution_id), project, key_id, cost.unwrap_or(0)),
         }
     }
 
     /// Charges `cost` for a request answered synchronously without a reservation (an
     /// embedding in a project without a balance): counted in the key's month.
     pub fn charge(&self, project: &str, key_id: &str, cost: u64) -> sled::Result<u64> {
+        self.charge_direct(None, project, key_id, cost)
+    }
+
+    /// A charge that closes no hold.
+    fn charge_direct(
+        &self,
+        execution_id: Option<&str>,
+        project: &str,
+        key_id: &str,
+        cost: u64,
+    ) -> sled::Result<u64> {
         self.write_close(Closing {
-            execution_id: None,
+            execution_id,
             project,
             key_id,
             in_ledger: self.is_limited(project),

@@ -61,14 +61,19 @@ fn header<'a>(res: &'a Response, name: &str) -> Option<&'a str> {
     res.headers().get(name).map(|v| v.to_str().unwrap())
 }
 
-async fn patch_limits(app: &TestApp, by: &str, id: &str, limits: Value) -> Response {
+/// `PATCH path` with `{"limits": limits}`.
+async fn patch(app: &TestApp, by: &str, path: &str, limits: Value) -> Response {
     app.client
-        .patch(app.url(&format!("/v1/keys/{id}")))
+        .patch(app.url(path))
         .bearer_auth(by)
         .json(&json!({ "limits": limits }))
         .send()
         .await
         .unwrap()
+}
+
+async fn patch_limits(app: &TestApp, by: &str, id: &str, limits: Value) -> Response {
+    patch(app, by, &format!("/v1/keys/{id}"), limits).await
 }
 
 #[actix_web::test]
@@ -452,13 +457,7 @@ async fn key_overrides_survive_a_restart() {
 }
 
 async fn patch_project(app: &TestApp, by: &str, project: &str, limits: Value) -> Response {
-    app.client
-        .patch(app.url(&format!("/v1/projects/{project}/limits")))
-        .bearer_auth(by)
-        .json(&json!({ "limits": limits }))
-        .send()
-        .await
-        .unwrap()
+    patch(app, by, &format!("/v1/projects/{project}/limits"), limits).await
 }
 
 #[actix_web::test]
