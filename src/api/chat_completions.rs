@@ -2,7 +2,6 @@
 //! execution through the same actor, event log and failover. The execution id comes back in
 //! `x-switchyard-execution-id`.
 
-use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
@@ -13,8 +12,9 @@ use std::time::Duration;
 
 use super::executions::{accept, Ack};
 use super::finished::Finished;
+use super::following::{blame_store, until_done, DisconnectGuard};
 use super::{body::read_json, openai_error::OpenAiError, AppState, Principal};
-use crate::actors::{CancelExecution, Registry, Subscribe};
+use crate::actors::Subscribe;
 use crate::cursor::Cursor;
 use crate::domain::request::Stop;
 use crate::domain::tools::{Tool, ToolChoice};
@@ -226,22 +226,6 @@ fn own_field_names(mut err: ApiError) -> ApiError {
     err
 }
 
-/// Cancels the execution if the client goes away before the end (when configured).
-struct DisconnectGuard {
-    registry: Addr<Registry>,
-    id: String,
-    armed: bool,
-}
-
-impl Drop for DisconnectGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            tracing::info!(execution_id = %self.id, "client went away; cancelling");
-            self.registry.do_send(CancelExecution(self.id.clone()));
-        }
-    }
-}
-
 pub async fn create(
     state: web::Data<AppState>,
     principal: Result<Principal, ApiError>,
@@ -266,11 +250,7 @@ pub async fn create(
         .send(Subscribe(record.id.clone()))
         .await
         .map_err(ApiError::internal)?;
-    let guard = DisconnectGuard {
-        registry: state.registry.clone(),
-        id: record.id.clone(),
-        armed: state.settings.compat.cancel_on_disconnect,
-    };
+    let guard = DisconnectGuard::new(&state, &record.id);
     let shape = Shape {
         id: format!("chatcmpl-{}", record.id.trim_start_matches("exec_")),
         created: record.created_at_ms / 1000,
@@ -393,33 +373,6 @@ fn data(event: &SharedEvent) -> Value {
     serde_json::from_slice(&event.data).unwrap_or(Value::Null)
 }
 
-/// An execution whose log ends without `done` was suspended by a failed store write: say so
-/// (503, retryable) rather than blame ourselves.
-fn blame_store(state: &AppState, err: ApiError) -> ApiError {
-    match state.store.health.failure() {
-        Some(reason) if err.code() == ErrorCode::Internal => ApiError::storage(reason),
-        _ => err,
-    }
-}
-
-/// The `done` event (its data is the final execution object).
-async fn until_done(
-    mut cursor: Cursor,
-    mut guard: DisconnectGuard,
-) -> Result<SharedEvent, ApiError> {
-    while let Some(event) = cursor.next().await {
-        if event.kind == EventKind::Done {
-            guard.armed = false;
-            return Ok(event);
-        }
-    }
-    guard.armed = false;
-    Err(ApiError::new(
-        ErrorCode::Internal,
-        "the execution ended without a result",
-    ))
-}
-
 struct StreamState {
     cursor: Cursor,
     shape: Shape,
@@ -493,7 +446,7 @@ impl StreamState {
                 }
                 EventKind::Error => {}
                 EventKind::Done => {
-                    self.guard.armed = false;
+                    self.guard.disarm();
                     let finished = match Finished::parse(&event) {
                         Ok(f) => f,
                         Err(err) => return Step::Failed(err),

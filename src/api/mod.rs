@@ -12,6 +12,7 @@ mod embeddings;
 mod events;
 mod executions;
 mod finished;
+mod following;
 mod health;
 mod keys;
 mod me;

@@ -13,7 +13,6 @@ mod reply;
 mod request;
 mod stream;
 
-use actix::Addr;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use futures_util::stream::StreamExt;
 use serde_json::json;
@@ -24,10 +23,11 @@ use self::reply::Outcome;
 use self::request::{estimate_input_tokens, CountRequest, MessagesRequest};
 use self::stream::StreamState;
 use super::executions::{accept, Ack};
+use super::following::{blame_store, until_done, DisconnectGuard};
 use super::{body::read_json, AppState, Principal};
-use crate::actors::{CancelExecution, Registry, Subscribe};
+use crate::actors::Subscribe;
 use crate::cursor::Cursor;
-use crate::domain::{ids, EventKind, SharedEvent};
+use crate::domain::ids;
 use crate::error::{ApiError, ErrorCode};
 
 /// The caller: `x-api-key` (what Anthropic's SDKs and Claude Code send) or, as everywhere
@@ -57,31 +57,6 @@ fn principal(state: &AppState, req: &HttpRequest) -> Result<Principal, ApiError>
     Principal::from_secret(state, secret)
 }
 
-/// Cancels the execution if the client goes away before the end (when configured).
-pub struct DisconnectGuard {
-    registry: Addr<Registry>,
-    id: String,
-    armed: bool,
-}
-
-impl Drop for DisconnectGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            tracing::info!(execution_id = %self.id, "client went away; cancelling");
-            self.registry.do_send(CancelExecution(self.id.clone()));
-        }
-    }
-}
-
-/// An execution whose log ends without `done` was suspended by a failed store write: say so
-/// (retryable) rather than blame ourselves.
-fn blame_store(state: &AppState, err: ApiError) -> ApiError {
-    match state.store.health.failure() {
-        Some(reason) if err.code() == ErrorCode::Internal => ApiError::storage(reason),
-        _ => err,
-    }
-}
-
 pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -106,11 +81,7 @@ pub async fn create(
         .send(Subscribe(record.id.clone()))
         .await
         .map_err(ApiError::internal)?;
-    let guard = DisconnectGuard {
-        registry: state.registry.clone(),
-        id: record.id.clone(),
-        armed: state.settings.compat.cancel_on_disconnect,
-    };
+    let guard = DisconnectGuard::new(&state, &record.id);
     let id = format!("msg_{}", record.id.trim_start_matches("exec_"));
     let cursor = Cursor::new(state.store.clone(), record.id.clone(), 0, live);
     let mut res = HttpResponse::Ok();
@@ -137,24 +108,6 @@ pub async fn create(
         .map_err(|err| blame_store(&state, err))?;
     let message = Outcome::parse(&done)?.message(&id, &record.model)?;
     Ok(res.json(message))
-}
-
-/// The `done` event (its data is the final execution object).
-async fn until_done(
-    mut cursor: Cursor,
-    mut guard: DisconnectGuard,
-) -> Result<SharedEvent, ApiError> {
-    while let Some(event) = cursor.next().await {
-        if event.kind == EventKind::Done {
-            guard.armed = false;
-            return Ok(event);
-        }
-    }
-    guard.armed = false;
-    Err(ApiError::new(
-        ErrorCode::Internal,
-        "the execution ended without a result",
-    ))
 }
 
 /// An estimate, not a tokenizer's count: characters / 4 (see `request::estimate_input_tokens`).

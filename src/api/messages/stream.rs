@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::error::MessagesError;
 use super::reply::{tool_use, Outcome};
-use super::DisconnectGuard;
+use crate::api::following::DisconnectGuard;
 use crate::cursor::Cursor;
 use crate::domain::{EventKind, SharedEvent};
 use crate::error::{ApiError, ErrorCode};
@@ -223,7 +223,7 @@ impl StreamState {
                 }
                 EventKind::Error => {}
                 EventKind::Done => {
-                    self.guard.armed = false;
+                    self.guard.disarm();
                     let outcome = match Outcome::parse(&event) {
                         Ok(o) => o,
                         Err(err) => return Step::Failed(err),

@@ -237,10 +237,8 @@ async fn until_finished(
             return Ok(t);
         }
     }
-    Err(match state.store.health.failure() {
-        Some(reason) => ApiError::storage(reason),
-        None => ApiError::new(ErrorCode::Internal, "the response ended without a result"),
-    })
+    let ended = ApiError::new(ErrorCode::Internal, "the response ended without a result");
+    Err(super::following::blame_store(state, ended))
 }
 
 #[derive(Deserialize)]
