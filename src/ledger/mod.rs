@@ -219,7 +219,6 @@ impl Ledger {
                     project_id: project.clone(),
                     key_id: entry.key_id.clone().unwrap_or_default(),
                     amount_micros: entry.amount_micros,
-                    at_ms: entry.at_ms,
                     seq: Some(entry.seq),
                 };
                 match ledger.store.get_execution(&id)? {
@@ -250,7 +249,6 @@ impl Ledger {
                 project_id: record.project_id.clone(),
                 key_id,
                 amount_micros: held,
-                at_ms: record.created_at_ms,
                 seq: None,
             };
             ledger.holds.insert(record.id.clone(), hold);
@@ -389,7 +387,6 @@ impl Ledger {
             project_id: reservation.project_id.clone(),
             key_id: reservation.key_id.clone(),
             amount_micros: reservation.amount,
-            at_ms: now_ms(),
             seq: None,
         };
         let Some(account) = &reservation.account else {

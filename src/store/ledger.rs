@@ -23,22 +23,18 @@ pub enum EntryKind {
     Release,
 }
 
-/// One line of a project's ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One line of a project's ledger (stored in the binary layout below).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerEntry {
     pub seq: u64,
     pub kind: EntryKind,
     /// Top-up: added; hold: reserved; settle: charged; release: the hold given back.
     pub amount_micros: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     /// Settle: the hold it closes (0 for a charge without a hold, e.g. embeddings).
-    #[serde(default)]
     pub hold_micros: u64,
     /// Settle: what the answer cost beyond what the balance could pay (never charged).
-    #[serde(default)]
     pub uncollected_micros: u64,
     pub at_ms: u64,
     /// The account after this entry.
@@ -52,7 +48,6 @@ pub struct HoldRecord {
     pub project_id: String,
     pub key_id: String,
     pub amount_micros: u64,
-    pub at_ms: u64,
     /// The ledger entry that placed it; `None` for a project without a balance (the hold only
     /// counts against the key's monthly cap).
     pub seq: Option<u64>,
@@ -196,13 +191,6 @@ impl Store {
             from = next;
         }
         Ok(accounts)
-    }
-
-    pub fn ledger_entry(&self, project: &str, seq: u64) -> sled::Result<Option<LedgerEntry>> {
-        self.ledger
-            .get(ledger_key(project, seq))?
-            .map(|v| decode_entry(&v))
-            .transpose()
     }
 
     /// The project's entries written at or after `since_ms` (by their time), oldest first:
