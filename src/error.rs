@@ -37,10 +37,13 @@ pub enum ErrorCode {
     /// The project's balance (less its open holds) or the key's monthly spend cap does not
     /// cover what the request may cost: 402, not retryable until someone tops up.
     InsufficientBalance,
+    /// No route produced an answer valid for the requested JSON format or schema (after one
+    /// repair attempt per route): 502, not retryable (the same request would fail the same way).
+    OutputInvalid,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidRequest,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unauthorized,
@@ -60,6 +63,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::RequestTimeout,
         ErrorCode::InsufficientBalance,
+        ErrorCode::OutputInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +87,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::InsufficientBalance => "insufficient_balance",
+            ErrorCode::OutputInvalid => "output_invalid",
         }
     }
 
@@ -103,7 +108,9 @@ impl ErrorCode {
             ErrorCode::ProviderUnavailable | ErrorCode::StorageUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ErrorCode::ProviderError | ErrorCode::StreamInterrupted => StatusCode::BAD_GATEWAY,
+            ErrorCode::ProviderError | ErrorCode::StreamInterrupted | ErrorCode::OutputInvalid => {
+                StatusCode::BAD_GATEWAY
+            }
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,

@@ -212,6 +212,7 @@ impl CompletionRequest {
             },
             metadata,
             webhook_url: None,
+            ..SubmitBody::default()
         };
         Ok((body, self.stream, include_usage))
     }

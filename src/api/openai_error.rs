@@ -35,6 +35,7 @@ fn openai_type(code: ErrorCode) -> &'static str {
         | ErrorCode::ProviderUnavailable
         | ErrorCode::ProviderError
         | ErrorCode::StreamInterrupted
+        | ErrorCode::OutputInvalid
         | ErrorCode::StorageUnavailable
         | ErrorCode::Internal => "server_error",
         _ => "invalid_request_error",

@@ -10,7 +10,7 @@ pub mod tools;
 
 pub use event::{Event, EventKind, SharedEvent};
 pub use execution::{Attempt, AttemptOutcome, Cost, ExecutionRecord, Usage};
-pub use request::{ChatRequest, Message, Params, Role, SubmitBody};
+pub use request::{ChatRequest, Message, Mode, Params, Role, Simulate, SubmitBody};
 pub use status::Status;
 pub use tools::{ToolCall, ToolCallAssembly, ToolCallDelta};
 

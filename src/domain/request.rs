@@ -179,9 +179,13 @@ impl Params {
 }
 
 /// `POST /v1/executions` body. Unknown fields are rejected so that typos do not pass silently.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The fields added after the first release are skipped when empty, so the fingerprint of a
+/// body that does not use them is what it always was (idempotency keys keep matching).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
+    /// A model slug; may be left out when a `workflow` names one.
+    #[serde(default)]
     pub model: String,
     pub messages: Vec<Message>,
     pub idempotency_key: String,
@@ -191,13 +195,70 @@ pub struct SubmitBody {
     pub metadata: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// A named JSON Schema (`[[structures]]` or the admin API) the answer must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structure: Option<String>,
+    /// A named workflow: its model, system prompt, structure and steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// Values for the workflow's templates (`{{name}}`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub variables: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Testing mode only: a fault the first attempt acts out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulate: Option<Simulate>,
 }
 
-/// What a provider is asked: the conversation and the sampling parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Whether providers answer (`live`) or the built-in testing answer does (`testing`: the whole
+/// pipeline runs — limits, events, webhooks, analytics — but no provider is called or paid).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Live,
+    Testing,
+}
+
+impl Mode {
+    pub fn is_live(&self) -> bool {
+        *self == Mode::Live
+    }
+}
+
+/// A fault for a testing execution's first attempt to act out, so an application can test its
+/// own handling of failover and reconnects end to end. The next attempt (a second built-in
+/// route) answers normally, continuing from the text already emitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Simulate {
+    /// The stream breaks after this many chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_after_chunks: Option<u32>,
+    /// The attempt is refused with this HTTP status (429, 500, 503, …) before any chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The stream goes silent after this many chunks, until the route's idle timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_after_chunks: Option<u32>,
+}
+
+/// What a provider is asked: the conversation and the sampling parameters — and, for a
+/// workflow with steps, the plan of every step (each step's own request is built from it when
+/// the step starts). Stored once per execution; fields are skipped when empty so requests
+/// stored before they existed still decode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub params: Params,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulate: Option<Simulate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::workflows::StepPlan>,
+    /// The workflow's variables, kept for the templates of later steps.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub variables: Map<String, Value>,
 }
 
 const MAX_MESSAGES: usize = 2048;
@@ -229,8 +290,13 @@ impl SubmitBody {
     /// Checks everything that does not need the configuration (the model slug is checked
     /// against the routing table by the caller).
     pub fn validate(&self) -> Result<(), ApiError> {
-        if self.model.trim().is_empty() {
+        if self.model.trim().is_empty() && self.workflow.is_none() {
             return Err(ApiError::invalid("model: must not be empty"));
+        }
+        if self.simulate.is_some() && self.mode != Some(Mode::Testing) {
+            return Err(ApiError::invalid(
+                "simulate: only in testing mode (\"mode\": \"testing\")",
+            ));
         }
         if self.idempotency_key.is_empty() || self.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
             return Err(ApiError::invalid(format!(
@@ -416,6 +482,8 @@ impl SubmitBody {
         ChatRequest {
             messages: self.messages.clone(),
             params: self.params.clone(),
+            simulate: self.simulate.clone(),
+            ..ChatRequest::default()
         }
     }
 }

@@ -251,6 +251,7 @@ pub(crate) mod tests {
         ChatRequest {
             messages: vec![Message::new(Role::User, "hi")],
             params: Params::default(),
+            ..ChatRequest::default()
         }
     }
 

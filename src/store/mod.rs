@@ -13,6 +13,7 @@
 
 mod analytics;
 mod attempt_log;
+mod catalog;
 mod commit;
 #[cfg(test)]
 mod disk_tests;
@@ -88,6 +89,8 @@ pub struct Store {
     route_days: sled::Tree,
     /// The Responses API's side of an execution (see `responses`).
     responses: sled::Tree,
+    /// Named, versioned structures and workflows (see `catalog`).
+    catalog: sled::Tree,
     meta: sled::Tree,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
@@ -139,6 +142,7 @@ impl Store {
             key_spend: tree("key_spend")?,
             route_days: tree("route_days")?,
             responses: tree("responses")?,
+            catalog: tree("catalog")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(
                 db.clone(),

@@ -159,6 +159,7 @@ mod tests {
                 Message::new(Role::User, prompt.clone()),
             ],
             params: Params::default(),
+            ..ChatRequest::default()
         };
         let pieces = pieces(&request);
         assert_eq!(pieces, [prompt.as_str()]);

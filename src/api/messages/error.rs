@@ -45,9 +45,10 @@ pub fn anthropic_error(code: ErrorCode) -> (&'static str, u16) {
         }
         ErrorCode::PayloadTooLarge => ("request_too_large", 413),
         ErrorCode::RateLimited => ("rate_limit_error", 429),
-        ErrorCode::ProviderError | ErrorCode::StreamInterrupted | ErrorCode::Internal => {
-            ("api_error", 500)
-        }
+        ErrorCode::ProviderError
+        | ErrorCode::StreamInterrupted
+        | ErrorCode::OutputInvalid
+        | ErrorCode::Internal => ("api_error", 500),
         ErrorCode::ProviderTimeout => ("timeout_error", 504),
         // Nothing can take the request now: Anthropic's "try again shortly".
         ErrorCode::ProviderUnavailable | ErrorCode::StorageUnavailable => ("overloaded_error", 529),

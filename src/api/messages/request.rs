@@ -221,6 +221,7 @@ impl MessagesRequest {
             },
             metadata,
             webhook_url: None,
+            ..SubmitBody::default()
         };
         Ok((body, conversation))
     }
@@ -243,6 +244,7 @@ impl CountRequest {
             },
             metadata: Map::new(),
             webhook_url: None,
+            ..SubmitBody::default()
         };
         Ok((body, conversation))
     }

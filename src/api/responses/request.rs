@@ -429,6 +429,7 @@ impl CreateRequest {
             },
             metadata: self.metadata.unwrap_or_default(),
             webhook_url: None,
+            ..SubmitBody::default()
         };
         let text = match self.text {
             Some(Value::Object(mut t)) => {
