@@ -269,6 +269,7 @@ fn new_record() -> (ExecutionRecord, ChatRequest) {
         created_at_ms: now_ms(),
         started_at_ms: None,
         completed_at_ms: None,
+        design: Default::default(),
     };
     (record, body.chat_request())
 }

@@ -31,6 +31,12 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     #[serde(default)]
     pub cors: CorsSettings,
+    #[serde(default)]
+    pub testing: TestingSettings,
+    #[serde(default)]
+    pub structures: Vec<StructureSettings>,
+    #[serde(default)]
+    pub workflows: Vec<crate::workflows::WorkflowDef>,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
     /// From `SWITCHYARD_ADMIN_KEY`; never read from the file.
@@ -213,6 +219,41 @@ mod humantime_field {
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration ({e})")))
     }
+}
+
+/// How testing-mode executions answer (`"mode": "testing"`): the built-in answer's pace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingSettings {
+    /// Chunks of a text answer (a JSON answer is as long as its sample).
+    pub chunks: u32,
+    /// Pause between chunks: a realistic pace, so an application sees streaming as it will.
+    pub chunk_interval_ms: u64,
+    /// How long a simulated stall lasts before the testing route counts it as failed.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for TestingSettings {
+    fn default() -> TestingSettings {
+        TestingSettings {
+            chunks: 24,
+            chunk_interval_ms: 25,
+            idle_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// A named JSON Schema (`[[structures]]`): inline, or read from a file relative to the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StructureSettings {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    #[serde(default)]
+    pub schema_file: Option<PathBuf>,
 }
 
 /// Which other origins' pages may call the API from a browser.
@@ -466,12 +507,39 @@ pub const MAX_ROUTE_QUOTA: u64 = 1_000_000_000_000;
 impl Settings {
     /// Parses and validates a TOML document.
     pub fn parse(text: &str) -> anyhow::Result<Settings> {
+        Settings::parse_in(text, Path::new("."))
+    }
+
+    /// [`Settings::parse`] with `schema_file`s read relative to `dir` (the config's folder).
+    pub fn parse_in(text: &str, dir: &Path) -> anyhow::Result<Settings> {
         let mut settings: Settings =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
         for p in &mut settings.providers {
             if p.base_url.is_none() {
                 p.base_url = p.kind.default_base_url().map(String::from);
             }
+        }
+        for (i, s) in settings.structures.iter_mut().enumerate() {
+            let Some(file) = &s.schema_file else { continue };
+            let path = dir.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid config: structures[{i}].schema_file: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            let schema = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid config: structures[{i}].schema_file: {} is not JSON: {e}",
+                    path.display()
+                )
+            })?;
+            if s.schema.is_some() {
+                anyhow::bail!(
+                    "invalid config: structures[{i}]: give schema or schema_file, not both"
+                );
+            }
+            s.schema = Some(schema);
         }
         settings.validate()?;
         Ok(settings)
@@ -487,7 +555,7 @@ impl Settings {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-                Settings::parse(&text)
+                Settings::parse_in(&text, path.parent().unwrap_or(Path::new(".")))
             }
             None => Ok(Settings::embedded_default()),
         }
@@ -522,6 +590,78 @@ impl Settings {
         self.models.iter().find(|m| m.slug == slug)
     }
 
+    /// `[[structures]]` and `[[workflows]]`: names, schemas that compile, references that
+    /// resolve within the config.
+    fn validate_catalog(&self) -> anyhow::Result<()> {
+        let fail =
+            |field: String, msg: String| Err(anyhow::anyhow!("invalid config: {field}: {msg}"));
+        let mut names = Vec::new();
+        for (i, s) in self.structures.iter().enumerate() {
+            if !crate::workflows::valid_name(&s.name) || names.contains(&s.name.as_str()) {
+                return fail(
+                    format!("structures[{i}].name"),
+                    "1 to 64 letters, digits, `_` or `-`, unique".into(),
+                );
+            }
+            names.push(&s.name);
+            let Some(schema) = &s.schema else {
+                return fail(
+                    format!("structures[{i}]"),
+                    "needs schema or schema_file".into(),
+                );
+            };
+            if let Err(e) = crate::structured::compile(schema) {
+                return fail(format!("structures[{i}].schema"), e.to_string());
+            }
+        }
+        let mut workflows = Vec::new();
+        for (i, w) in self.workflows.iter().enumerate() {
+            if !crate::workflows::valid_name(&w.name) || workflows.contains(&w.name.as_str()) {
+                return fail(
+                    format!("workflows[{i}].name"),
+                    "1 to 64 letters, digits, `_` or `-`, unique".into(),
+                );
+            }
+            workflows.push(&w.name);
+            if let Err(e) = w.check() {
+                return Err(anyhow::anyhow!("invalid config: workflows[{i}].{e}"));
+            }
+            let structures = w
+                .structure
+                .iter()
+                .map(|s| ("structure".to_string(), s))
+                .chain(w.steps.iter().enumerate().filter_map(|(j, step)| {
+                    step.structure
+                        .as_ref()
+                        .map(|s| (format!("steps[{j}].structure"), s))
+                }));
+            for (field, name) in structures {
+                if !names.contains(&name.as_str()) {
+                    return fail(
+                        format!("workflows[{i}].{field}"),
+                        format!("unknown structure `{name}`"),
+                    );
+                }
+            }
+            let models = w.model.iter().map(|m| ("model".to_string(), m)).chain(
+                w.steps.iter().enumerate().filter_map(|(j, step)| {
+                    step.model
+                        .as_ref()
+                        .map(|m| (format!("steps[{j}].model"), m))
+                }),
+            );
+            for (field, slug) in models {
+                if self.model(slug).is_none() {
+                    return fail(
+                        format!("workflows[{i}].{field}"),
+                        format!("unknown model `{slug}`"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         let fail =
             |field: String, msg: &str| Err(anyhow::anyhow!("invalid config: {field}: {msg}"));
@@ -531,6 +671,7 @@ impl Settings {
         if self.models.is_empty() {
             return fail("models".into(), "at least one model is required");
         }
+        self.validate_catalog()?;
         for (i, origin) in self.cors.allowed_origins.iter().enumerate() {
             if origin != "*" && !is_origin(origin) {
                 return fail(

@@ -67,6 +67,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         store.commit.observe_flushes(metrics.store_flush.clone());
         let bootstrap_admin_key = bootstrap_admin(&store, &settings)?;
+        load_catalog(&store, &settings)?;
         let settings = Arc::new(settings);
         let providers = Arc::new(Providers::from_settings(&settings)?);
         let health = Arc::new(HealthBoard::new(&settings));
@@ -367,6 +368,33 @@ fn recover(
     Ok(recovered)
 }
 
+/// Stores the config's structures and workflows as their newest versions (an unchanged one is
+/// not a new version), so submits and the admin API see one catalog.
+fn load_catalog(store: &Store, settings: &Settings) -> anyhow::Result<()> {
+    use crate::store::CatalogKind;
+    for s in &settings.structures {
+        let schema = s.schema.clone().unwrap_or_default();
+        store.catalog_put(
+            CatalogKind::Structure,
+            "",
+            &s.name,
+            schema,
+            s.description.clone(),
+        )?;
+    }
+    for w in &settings.workflows {
+        let body = serde_json::to_value(w)?;
+        store.catalog_put(
+            CatalogKind::Workflow,
+            "",
+            &w.name,
+            body,
+            w.description.clone(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Without `SWITCHYARD_ADMIN_KEY` and without an admin key in the store, creates one and
 /// returns its secret (the only time it exists outside the caller's hands).
 fn bootstrap_admin(store: &Store, settings: &Settings) -> anyhow::Result<Option<String>> {
@@ -377,6 +405,7 @@ fn bootstrap_admin(store: &Store, settings: &Settings) -> anyhow::Result<Option<
         api::DEFAULT_PROJECT,
         KeyRole::Admin,
         Some("bootstrap admin".into()),
+        crate::store::KeyMode::Live,
     )?;
     store.flush()?;
     Ok(Some(secret))

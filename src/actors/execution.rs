@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::live::LiveFeed;
 use super::registry::{Deregister, Registry};
 use crate::domain::{
-    now_ms, Attempt, AttemptOutcome, ChatRequest, Event, EventKind, ExecutionRecord, SharedEvent,
-    Status, ToolCall, ToolCallAssembly, Usage,
+    now_ms, Attempt, AttemptOutcome, ChatRequest, Event, EventKind, ExecutionRecord, Message, Role,
+    SharedEvent, Status, ToolCall, ToolCallAssembly, Usage, Validation,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::ledger::pricing;
@@ -26,6 +26,8 @@ use crate::routing::{
 };
 use crate::settings::{ContinuationStrategy, Settings};
 use crate::store::{AttemptLog, LogEntry, Store};
+use crate::structured::{repair_instruction, OutputSpec};
+use crate::workflows::{StepPlan, StepResult};
 
 /// What every execution needs from the process.
 pub struct ExecutionDeps {
@@ -80,6 +82,8 @@ struct PendingFailover {
     model: String,
     reason: ErrorCode,
     message: String,
+    /// The answer starts over: every chunk since the last restart (or step start) is void.
+    restart: bool,
 }
 
 pub struct Execution {
@@ -88,6 +92,15 @@ pub struct Execution {
     /// What was submitted; stored apart from the record (see `ExecutionRecord`) and shared
     /// with each attempt's debug log, which refers to it instead of copying it.
     request: Arc<ChatRequest>,
+    /// The request of the answer being produced: the submitted one, or the running step's.
+    current: Arc<ChatRequest>,
+    /// What the current answer must be (a JSON format or schema), compiled once per answer.
+    spec: Option<OutputSpec>,
+    /// A repair attempt's turns: the current request, the invalid answer, what was wrong.
+    repair: Option<Vec<Message>>,
+    repairs_on_route: u32,
+    /// The running step of a workflow with steps (== finished steps).
+    step: usize,
     routes: Vec<Route>,
     live: LiveFeed,
     registry: Addr<Registry>,
@@ -139,13 +152,17 @@ impl Execution {
         live: LiveFeed,
         registry: Addr<Registry>,
     ) -> Execution {
-        let routes = routing::plan(&deps.settings, &deps.providers, &record.model)
-            .map(|routes| routing::capable(routes, &routing::Needs::of(&request)))
-            .unwrap_or_default();
+        let routes = Execution::routes_for(&deps, &record, &record.model, &request);
+        let spec = OutputSpec::of(&request.params).ok().flatten();
         Execution {
             deps,
             record,
+            current: request.clone(),
             request,
+            spec,
+            repair: None,
+            repairs_on_route: 0,
+            step: 0,
             routes,
             live,
             registry,
@@ -177,6 +194,23 @@ impl Execution {
 
     fn id(&self) -> &str {
         &self.record.id
+    }
+
+    /// The routes that can answer `request` for `slug`: the configured ones, or in testing
+    /// mode the two built-in testing routes (a primary and a fallback, so a simulated fault
+    /// shows a real failover).
+    fn routes_for(
+        deps: &ExecutionDeps,
+        record: &ExecutionRecord,
+        slug: &str,
+        request: &ChatRequest,
+    ) -> Vec<Route> {
+        if !record.design.mode.is_live() {
+            return routing::testing_routes(&deps.providers);
+        }
+        routing::plan(&deps.settings, &deps.providers, slug)
+            .map(|routes| routing::capable(routes, &routing::Needs::of(request)))
+            .unwrap_or_default()
     }
 
     // ---- the log: append, then publish once durable ----
@@ -310,15 +344,22 @@ impl Execution {
             None if !self.emitted.is_empty() => Some(route.provider.settings.continuation()),
             s => s,
         };
+        let base = self.repair.as_deref().unwrap_or(&self.current.messages);
         let messages = match strategy {
-            Some(s) => continuation_messages(&self.request.messages, &self.emitted, s),
-            None => self.request.messages.clone(),
+            Some(s) => continuation_messages(base, &self.emitted, s),
+            None => base.to_vec(),
         };
         let input_tokens = pricing::approx_tokens(messages.iter().map(|m| m.content.len()).sum());
+        // A simulated fault is acted out by the execution's first attempt only.
+        let fault = match self.record.attempts.is_empty() {
+            true => self.request.simulate.clone(),
+            false => None,
+        };
         let request = UpstreamRequest {
             model: route.model.clone(),
             messages,
-            params: self.request.params.clone(),
+            params: self.current.params.clone(),
+            fault,
         };
         let log = AttemptLog::new(
             self.deps.store.clone(),
@@ -605,7 +646,12 @@ impl Execution {
             }
             running.last_chunk = Some(now);
         }
-        self.emit(ctx, |seq| Event::chunk(seq, &text));
+        let step = self.request.steps.get(self.step).map(|s| s.name.as_str());
+        let event = match step {
+            Some(step) => Event::step_chunk(self.next_seq, &text, step),
+            None => Event::chunk(self.next_seq, &text),
+        };
+        self.emit(ctx, |_| event);
         self.emitted.push_str(&text);
     }
 
@@ -632,6 +678,21 @@ impl Execution {
             self.emit(ctx, |seq| Event::tool_calls(seq, &calls));
             self.record.output_tool_calls = calls;
         }
+        if let (Some(spec), true) = (&self.spec, self.record.output_tool_calls.is_empty()) {
+            match spec.check(&self.emitted) {
+                Ok(data) => {
+                    let d = &mut self.record.design;
+                    let repairs = d.validation.as_ref().map_or(0, |v| v.repairs);
+                    d.validation = Some(Validation {
+                        valid: true,
+                        repairs,
+                        errors: Vec::new(),
+                    });
+                    d.output_data = Some(data);
+                }
+                Err(errors) => return self.on_invalid(ctx, errors),
+            }
+        }
         let usage = self.running.as_ref().and_then(|r| r.usage);
         let reported = self.running.as_ref().and_then(|r| r.finish_reason.clone());
         // OpenAI says `stop` when a named tool_choice forced the call; every other format says
@@ -643,8 +704,187 @@ impl Execution {
             other => other,
         };
         self.end_attempt(ctx, AttemptOutcome::Succeeded, None);
-        self.record.usage = usage;
+        if self.request.steps.is_empty() {
+            self.record.usage = usage;
+            return self.terminate(ctx, Status::Completed, None);
+        }
+        self.finish_step(ctx, usage);
+    }
+
+    // ---- structured output ----
+
+    /// The answer does not match the requested format: one repair attempt on the same route
+    /// (the problems sent back), then the next route from scratch; with no route left, the
+    /// execution fails `output_invalid` and keeps the last answer as its text. Either way the
+    /// answer starts over, and a `failover` event with `restart: true` says so first.
+    fn on_invalid(&mut self, ctx: &mut Context<Self>, errors: Vec<String>) {
+        let mut err = ProviderError::new(
+            ErrorCode::OutputInvalid,
+            format!(
+                "the answer does not match the requested format: {}",
+                errors.join("; ")
+            ),
+        );
+        err.model_fault = true;
+        tracing::info!(execution_id = %self.record.id, errors = %err.message, "answer failed validation");
+        self.end_attempt(ctx, AttemptOutcome::Failed, Some(&err));
+        let validation = self.record.design.validation.get_or_insert_default();
+        validation.valid = false;
+        validation.errors = errors.clone();
+        let from_route = self.route_index;
+        let from = self.routes[from_route].provider.name().to_string();
+        if self.repairs_on_route == 0 {
+            self.repairs_on_route = 1;
+            validation.repairs += 1;
+            let mut turns = self.current.messages.clone();
+            turns.push(Message::new(Role::Assistant, self.emitted.clone()));
+            turns.push(Message::new(Role::User, repair_instruction(&errors)));
+            self.repair = Some(turns);
+        } else {
+            let next = from_route + 1;
+            if next >= self.routes.len() {
+                self.persist();
+                let message = format!(
+                    "no route produced an answer valid for the requested format; last problems: {}",
+                    errors.join("; ")
+                );
+                let error = ErrorBody::new(ErrorCode::OutputInvalid, message);
+                return self.terminate(ctx, Status::Failed, Some(error));
+            }
+            let (now, deps) = (tokio::time::Instant::now(), &self.deps);
+            self.route_index =
+                routing::pick_route(&self.routes, next, &deps.health, &deps.quota, now, now_ms())
+                    .unwrap_or(next);
+            self.repair = None;
+            self.repairs_on_route = 0;
+            self.tries_on_route = 1;
+        }
+        self.persist();
+        self.restart_answer(ctx, from, err);
+        self.start_attempt(ctx, None);
+    }
+
+    /// Voids the answer so far: a `failover` event with `restart: true`, after which the
+    /// answer's text starts again from nothing.
+    fn restart_answer(&mut self, ctx: &mut Context<Self>, from: String, err: ProviderError) {
+        self.flush_failover(ctx, None);
+        let route = &self.routes[self.route_index];
+        self.pending_failover = Some(PendingFailover {
+            from,
+            to: route.provider.name().to_string(),
+            model: route.model.clone(),
+            reason: err.code,
+            message: err.message,
+            restart: true,
+        });
+        self.flush_failover(ctx, None);
+        self.emitted.clear();
+        self.reconciler = None;
+    }
+
+    // ---- workflow steps ----
+
+    /// Sets up the running step: its request (templates rendered over the variables and the
+    /// finished steps), routes and output spec. `Err` when its templates cannot be rendered.
+    fn enter_step(&mut self) -> Result<(), ErrorBody> {
+        let plan: &StepPlan = &self.request.steps[self.step];
+        let messages = crate::workflows::step_messages(
+            plan,
+            &self.request.messages,
+            &self.request.variables,
+            &self.record.design.steps,
+        )
+        .map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!("step `{}`: {e}", plan.name),
+            )
+        })?;
+        let current = ChatRequest {
+            messages,
+            params: plan.params.clone(),
+            ..ChatRequest::default()
+        };
+        self.routes = Execution::routes_for(&self.deps, &self.record, &plan.model, &current);
+        self.spec = OutputSpec::of(&current.params).ok().flatten();
+        self.current = Arc::new(current);
+        self.repair = None;
+        self.repairs_on_route = 0;
+        self.tries_on_route = 1;
+        self.switches = 0;
+        let (now, deps) = (tokio::time::Instant::now(), &self.deps);
+        self.route_index =
+            routing::pick_route(&self.routes, 0, &deps.health, &deps.quota, now, now_ms())
+                .unwrap_or(0);
+        Ok(())
+    }
+
+    /// Starts the next step, or fails the execution when it cannot start.
+    fn start_step(&mut self, ctx: &mut Context<Self>) {
+        if let Err(error) = self.enter_step() {
+            return self.terminate(ctx, Status::Failed, Some(error));
+        }
+        self.begin_step(ctx);
+    }
+
+    /// Announces the entered step with its `step` event and starts its first attempt.
+    fn begin_step(&mut self, ctx: &mut Context<Self>) {
+        if self.routes.is_empty() {
+            let plan = &self.request.steps[self.step];
+            let message = format!(
+                "step `{}`: model `{}` has no usable route",
+                plan.name, plan.model
+            );
+            let error = ErrorBody::new(ErrorCode::ProviderUnavailable, message);
+            return self.terminate(ctx, Status::Failed, Some(error));
+        }
+        let plan = &self.request.steps[self.step];
+        let event = Event::step_started(self.next_seq, self.step, &plan.name, &plan.model);
+        self.emit(ctx, |_| event);
+        self.start_attempt(ctx, None);
+    }
+
+    /// The running step answered: its result goes into the log (a `step` event that carries
+    /// it whole, so a restarted process never runs it again) and the record; then the next
+    /// step starts, or the execution completes with the last step's output.
+    fn finish_step(&mut self, ctx: &mut Context<Self>, usage: Option<Usage>) {
+        let plan = &self.request.steps[self.step];
+        let result = StepResult {
+            name: plan.name.clone(),
+            model: plan.model.clone(),
+            text: std::mem::take(&mut self.emitted),
+            data: self.record.design.output_data.take(),
+            usage,
+        };
+        let event = Event::step_completed(self.next_seq, self.step, &result);
+        self.emit(ctx, |_| event);
+        self.add_step_result(result);
+        self.step += 1;
+        self.persist();
+        if self.step < self.request.steps.len() {
+            self.record.design.validation = None;
+            return self.start_step(ctx);
+        }
+        let last = self
+            .record
+            .design
+            .steps
+            .last()
+            .expect("a step just finished");
+        self.emitted = last.text.clone();
+        self.record.design.output_data = last.data.clone();
         self.terminate(ctx, Status::Completed, None);
+    }
+
+    /// Counts a finished step into the record: its result, and its usage into the total.
+    fn add_step_result(&mut self, result: StepResult) {
+        if let Some(u) = result.usage {
+            let total = self.record.usage.get_or_insert_default();
+            total.prompt_tokens += u.prompt_tokens;
+            total.completion_tokens += u.completion_tokens;
+            total.total_tokens += u.total_tokens;
+        }
+        self.record.design.steps.push(result);
     }
 
     fn on_failed(&mut self, ctx: &mut Context<Self>, err: ProviderError) {
@@ -701,6 +941,8 @@ impl Execution {
                 )
                 .unwrap_or(index);
                 self.tries_on_route = 1;
+                self.repair = None;
+                self.repairs_on_route = 0;
                 self.announce_failover(ctx, &from, Some(from_route), &err, delivered);
                 self.start_attempt(ctx, None);
             }
@@ -737,6 +979,7 @@ impl Execution {
             to,
             reason: err.code,
             message: err.message.clone(),
+            restart: false,
         };
         // An earlier switch whose continuation never settled is told as it was.
         self.flush_failover(ctx, None);
@@ -772,6 +1015,10 @@ impl Execution {
             message: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
             continuation: Option<Continuation<'a>>,
+            /// Every chunk of the answer so far (since the last restart or step start) is
+            /// void: the answer starts over.
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            restart: bool,
         }
         let strategy = self.running.as_ref().and_then(|r| r.strategy);
         let continuation = joined
@@ -790,6 +1037,7 @@ impl Execution {
             reason: note.reason,
             message: &note.message,
             continuation,
+            restart: note.restart,
         };
         let event = Event::from_payload(self.next_seq, EventKind::Failover, &payload);
         self.emit(ctx, |_| event);
@@ -906,7 +1154,7 @@ impl Execution {
     /// Picks up a record left `processing` by a previous process: rebuild the emitted text and
     /// seq from the log, then continue from it. Returns the tool calls the log's answer already
     /// ended with (then only its `done` was lost), `None` when the log cannot be read.
-    fn resume_from_log(&mut self) -> Option<Vec<ToolCall>> {
+    fn resume_from_log(&mut self) -> Option<(Vec<ToolCall>, bool)> {
         let store = &self.deps.store;
         let (emitted, last) = match (store.emitted(self.id()), store.last_seq(self.id())) {
             (Ok(e), Ok(l)) => (e, l),
@@ -914,13 +1162,22 @@ impl Execution {
         };
         self.emitted = emitted.text;
         self.next_seq = last + 1;
+        // The log says which steps finished; the record may lag it by one write.
+        self.record.design.steps.clear();
+        if !emitted.steps.is_empty() {
+            self.record.usage = None;
+        }
+        for result in emitted.steps {
+            self.add_step_result(result);
+        }
+        self.step = self.record.design.steps.len();
         for attempt in &mut self.record.attempts {
             if attempt.outcome == AttemptOutcome::Running {
                 attempt.outcome = AttemptOutcome::Interrupted;
                 attempt.ended_at_ms = Some(now_ms());
             }
         }
-        Some(emitted.tool_calls)
+        Some((emitted.tool_calls, emitted.step_open))
     }
 }
 
@@ -943,7 +1200,7 @@ impl Actor for Execution {
             );
             act.terminate(ctx, Status::Expired, Some(error));
         });
-        if self.routes.is_empty() {
+        if self.routes.is_empty() && self.request.steps.is_empty() {
             // After the events already logged (a restarted execution whose model lost its routes).
             self.next_seq = self.deps.store.last_seq(self.id()).unwrap_or(0) + 1;
             let error = ErrorBody::new(ErrorCode::ProviderUnavailable, "model has no usable route");
@@ -967,6 +1224,17 @@ impl Actor for Execution {
                 self.unpublished.push_back((0, Arc::new(pending)));
                 self.record.status = Status::Processing;
                 self.record.started_at_ms = Some(now_ms());
+                if !self.request.steps.is_empty() {
+                    if let Err(error) = self.enter_step() {
+                        return self.terminate(ctx, Status::Failed, Some(error));
+                    }
+                    if let Some(route) = self.routes.first() {
+                        let (provider, model) = (route.provider.name(), &route.model);
+                        let event = Event::processing(self.next_seq, provider, model);
+                        self.emit_deferred(ctx, |_| event);
+                    }
+                    return self.begin_step(ctx);
+                }
                 let route = &self.routes[self.route_index];
                 let (provider, model) = (route.provider.name().to_string(), route.model.clone());
                 self.start_attempt(ctx, None);
@@ -977,7 +1245,7 @@ impl Actor for Execution {
                 }
             }
             Status::Processing => {
-                let Some(calls) = self.resume_from_log() else {
+                let Some((calls, step_open)) = self.resume_from_log() else {
                     let error = ErrorBody::new(
                         ErrorCode::Internal,
                         "cannot read the execution log to resume",
@@ -990,7 +1258,22 @@ impl Actor for Execution {
                     self.record.finish_reason = Some("tool_calls".into());
                     return self.terminate(ctx, Status::Completed, None);
                 }
-                tracing::info!(execution_id = %self.record.id, emitted_chars = self.emitted.len(), "resuming execution after restart");
+                tracing::info!(execution_id = %self.record.id, emitted_chars = self.emitted.len(), step = self.step, "resuming execution after restart");
+                if !self.request.steps.is_empty() {
+                    if self.step >= self.request.steps.len() {
+                        // Every step finished; only the end was lost.
+                        let last = self.record.design.steps.last().expect("steps finished");
+                        self.emitted = last.text.clone();
+                        self.record.design.output_data = last.data.clone();
+                        return self.terminate(ctx, Status::Completed, None);
+                    }
+                    if let Err(error) = self.enter_step() {
+                        return self.terminate(ctx, Status::Failed, Some(error));
+                    }
+                    if !step_open {
+                        return self.begin_step(ctx);
+                    }
+                }
                 if !self.emitted.is_empty() {
                     let err = ProviderError::cut("the gateway restarted mid-stream");
                     let from = self

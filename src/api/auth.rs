@@ -17,6 +17,8 @@ pub struct Principal {
     /// The SHA-256 of the secret used, `None` for `SWITCHYARD_ADMIN_KEY` (which cannot be
     /// revoked): streams compare it with the stored key to notice a rotation that raced them.
     pub key_hash: Option<String>,
+    /// A `test` key: its executions run in testing mode only.
+    pub test_only: bool,
 }
 
 /// The project of `SWITCHYARD_ADMIN_KEY` and of the bootstrap key.
@@ -46,6 +48,7 @@ impl Principal {
                 key_id: "key_env_admin".to_string(),
                 role: KeyRole::Admin,
                 key_hash: None,
+                test_only: false,
             });
         }
         match state.store.key_by_secret(secret)? {
@@ -53,6 +56,7 @@ impl Principal {
                 project_id: key.project_id,
                 key_id: key.id,
                 role: key.role,
+                test_only: !key.mode.is_live(),
                 key_hash: Some(key.hash),
             }),
             None => Err(ApiError::new(ErrorCode::Unauthorized, "invalid api key")),

@@ -243,6 +243,7 @@ pub async fn create(
         .map(str::to_string)
         .unwrap_or_else(|| format!("chatcmpl_{}", ids::time_ordered_token(16)));
     let (body, streaming, include_usage) = request.into_submit(key)?;
+    let json_answer = body.params.response_format.is_some();
     let (record, _, _) = accept(&state, &req, &principal, &body, Ack::ByEvents)
         .await
         .map_err(own_field_names)?;
@@ -269,6 +270,7 @@ pub async fn create(
             guard,
             started: false,
             sent_text: false,
+            hold_text: json_answer,
         };
         let (head, finished) = stream_head(&mut st, keepalive)
             .await
@@ -383,6 +385,9 @@ struct StreamState {
     started: bool,
     /// Whether answer text went out (after that, a failure can only be an error event).
     sent_text: bool,
+    /// A JSON answer is sent whole once validated: an invalid answer restarts (a repair
+    /// attempt), and this protocol has no way to take back text already streamed.
+    hold_text: bool,
 }
 
 /// One step of the translation from the event log to `chat.completion.chunk`s.
@@ -425,6 +430,9 @@ impl StreamState {
                     let Some(delta) = event.chunk_delta() else {
                         continue;
                     };
+                    if !delta.is_empty() && self.hold_text {
+                        continue;
+                    }
                     if !delta.is_empty() {
                         self.sent_text = true;
                         let frame = self.shape.content(&delta);
@@ -445,7 +453,8 @@ impl StreamState {
                         self.shape.model = model.to_string();
                     }
                 }
-                EventKind::Error => {}
+                // Steps are a workflow's; this protocol submits none.
+                EventKind::Error | EventKind::Step => {}
                 EventKind::Done => {
                     self.guard.disarm();
                     let finished = match Finished::parse(&event) {
@@ -456,8 +465,13 @@ impl StreamState {
                         return Step::Failed(finished.failure());
                     }
                     let reason = finished.finish_reason.as_deref().unwrap_or("stop");
+                    let mut out = Vec::new();
+                    if self.hold_text {
+                        let text = self.shape.content(finished.text());
+                        out.extend_from_slice(&self.with_role(text));
+                    }
                     let finish = self.shape.chunk(json!({}), Some(reason));
-                    let mut out = self.with_role(finish).to_vec();
+                    out.extend_from_slice(&self.with_role(finish));
                     if self.include_usage {
                         out.extend_from_slice(&sse(&json!({
                             "id": self.shape.id, "object": "chat.completion.chunk", "created": self.shape.created,

@@ -52,7 +52,8 @@ pub(super) async fn accept(
     ack: Ack,
 ) -> Result<(ExecutionRecord, bool, Option<String>), ApiError> {
     body.validate()?;
-    if let Some(url) = &body.webhook_url {
+    let resolved = super::design::resolve(state, principal, body)?;
+    if let Some(url) = &resolved.webhook_url {
         state.webhooks.check_target(url)?;
     }
     let chars = body.messages.iter().map(|m| m.content.len()).sum();
@@ -65,12 +66,21 @@ pub(super) async fn accept(
     // Refused before anything is written: a full disk or failed store answers 503 now
     // instead of accepting work it could not keep.
     state.store.health.admit()?;
-    let request = std::sync::Arc::new(body.chat_request());
+    let testing = !resolved.design.mode.is_live();
+    let request = std::sync::Arc::new(resolved.request);
     let needs = routing::Needs::of(&request);
-    let model = resolve_model(state, body, &needs)?;
+    let model = match testing {
+        // Testing answers come from the built-in testing routes: the slug must exist, its
+        // routes' health and quota do not matter.
+        true => known_model(state, &resolved.model)?,
+        false => resolve_model(state, &resolved.model, &needs)?,
+    };
     // Checked and counted now, written once the execution exists: a retry of an existing
-    // submit drops it unwritten and holds nothing twice.
-    let mut hold = super::balance::reserve(state, principal, &model, &needs, body)?;
+    // submit drops it unwritten and holds nothing twice. Testing executions cost nothing.
+    let mut hold = match testing {
+        true => None,
+        false => super::balance::reserve(state, principal, &model, &needs, body)?,
+    };
     let id = ids::execution_id();
     let record = ExecutionRecord {
         channel_id: crate::channels::channel_id_for(&id),
@@ -81,7 +91,7 @@ pub(super) async fn accept(
         idempotency_key: body.idempotency_key.clone(),
         fingerprint: body.fingerprint(),
         metadata: body.metadata.clone(),
-        webhook_url: body.webhook_url.clone(),
+        webhook_url: resolved.webhook_url,
         output_text: None,
         output_tool_calls: Vec::new(),
         error: None,
@@ -96,6 +106,7 @@ pub(super) async fn accept(
         created_at_ms: now_ms(),
         started_at_ms: None,
         completed_at_ms: None,
+        design: resolved.design,
     };
     let outcome =
         state
@@ -148,15 +159,11 @@ pub(super) async fn accept(
 
 /// The model slug to run: a configured slug that has a route able to serve the request, or for
 /// `auto` the capable model with a healthy route and the fewest attempts in flight.
-fn resolve_model(
-    state: &AppState,
-    body: &SubmitBody,
-    needs: &routing::Needs,
-) -> Result<String, ApiError> {
+fn resolve_model(state: &AppState, slug: &str, needs: &routing::Needs) -> Result<String, ApiError> {
     let plan =
         |slug: &str| routing::plan(&state.settings, &state.providers, slug).unwrap_or_default();
     let (now, now_ms) = (tokio::time::Instant::now(), now_ms());
-    if body.model == "auto" {
+    if slug == "auto" {
         // Only models with a route that is healthy and has upstream quota left.
         let load = |slug: &str| {
             routing::capable(plan(slug), needs)
@@ -191,19 +198,7 @@ fn resolve_model(
             }
         });
     }
-    let Some(model) = state.settings.model(&body.model) else {
-        return Err(ApiError::invalid(format!(
-            "model: unknown model `{}` (configured: {})",
-            body.model,
-            state
-                .settings
-                .models
-                .iter()
-                .map(|m| m.slug.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    };
+    let model = configured_model(state, slug)?;
     let routes = plan(&model.slug);
     let capable = routing::capable(routes.clone(), needs);
     if capable.is_empty() {
@@ -227,6 +222,33 @@ fn resolve_model(
     routing::submit_headroom(&capable, &state.health, &state.quota, now, now_ms)
         .map_err(|e| e.api_error(&format!("model `{}`", model.slug), now_ms))?;
     Ok(model.slug.clone())
+}
+
+/// The configured model `slug`, or a 400 listing the configured ones.
+fn configured_model<'a>(
+    state: &'a AppState,
+    slug: &str,
+) -> Result<&'a crate::settings::ModelSettings, ApiError> {
+    state.settings.model(slug).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "model: unknown model `{slug}` (configured: {})",
+            state
+                .settings
+                .models
+                .iter()
+                .map(|m| m.slug.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+/// A testing execution's model: a configured slug (`auto` is the first one).
+fn known_model(state: &AppState, slug: &str) -> Result<String, ApiError> {
+    match (slug, state.settings.models.first()) {
+        ("auto", Some(first)) => Ok(first.slug.clone()),
+        _ => configured_model(state, slug).map(|m| m.slug.clone()),
+    }
 }
 
 fn websocket_channel(record: &ExecutionRecord) -> String {

@@ -53,6 +53,11 @@ impl<'a> Finished<'a> {
         })
     }
 
+    /// The answer's text (empty when there is none).
+    pub fn text(&self) -> &str {
+        self.output.as_ref().map_or("", |o| o.text.as_ref())
+    }
+
     pub fn completed(&self) -> bool {
         self.status == Status::Completed
     }

@@ -11,7 +11,7 @@ use super::{auth::DEFAULT_PROJECT, body::read_json, AppState, Principal};
 use crate::domain::rfc3339;
 use crate::error::ApiError;
 use crate::limits::{MAX_CONCURRENT_EXECUTIONS, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE};
-use crate::store::{KeyLimits, KeyRecord, KeyRole};
+use crate::store::{KeyLimits, KeyMode, KeyRecord, KeyRole};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +22,9 @@ pub struct CreateKey {
     role: Option<KeyRole>,
     #[serde(default)]
     project_id: Option<String>,
+    /// `test`: the key runs only testing-mode executions.
+    #[serde(default)]
+    mode: KeyMode,
 }
 
 fn view(key: &KeyRecord, secret: Option<&str>) -> serde_json::Value {
@@ -36,6 +39,7 @@ fn view(key: &KeyRecord, secret: Option<&str>) -> serde_json::Value {
         "rotated_at": key.rotated_at_ms.map(rfc3339),
         "revoked_at": key.revoked_at_ms.map(rfc3339),
         "limits": key.limits,
+        "mode": key.mode,
     });
     if let Some(secret) = secret {
         v["key"] = json!(secret);
@@ -74,10 +78,12 @@ pub async fn create(
     if body.name.as_ref().is_some_and(|n| n.len() > 200) {
         return Err(ApiError::invalid("name: at most 200 characters"));
     }
-    let (key, secret) =
-        state
-            .store
-            .create_key(&project, body.role.unwrap_or(KeyRole::Member), body.name)?;
+    let (key, secret) = state.store.create_key(
+        &project,
+        body.role.unwrap_or(KeyRole::Member),
+        body.name,
+        body.mode,
+    )?;
     state.store.commit.sync().await?;
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key created");
     Ok(HttpResponse::Created().json(view(&key, Some(&secret))))

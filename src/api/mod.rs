@@ -4,10 +4,12 @@ mod analytics;
 mod auth;
 mod balance;
 mod body;
+mod catalog;
 mod chat_completions;
 mod connections;
 pub mod cors;
 mod debug_log;
+mod design;
 mod embeddings;
 mod events;
 mod executions;
@@ -149,6 +151,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/balance", web::get().to(balance::get))
     .route("/v1/ledger", web::get().to(balance::ledger))
+    .route("/v1/structures", web::post().to(catalog::create_structure))
+    .route("/v1/structures", web::get().to(catalog::list_structures))
+    .route(
+        "/v1/structures/{name}",
+        web::get().to(catalog::get_structure),
+    )
+    .route(
+        "/v1/structures/{name}",
+        web::put().to(catalog::replace_structure),
+    )
+    .route("/v1/workflows", web::post().to(catalog::create_workflow))
+    .route("/v1/workflows", web::get().to(catalog::list_workflows))
+    .route("/v1/workflows/{name}", web::get().to(catalog::get_workflow))
+    .route(
+        "/v1/workflows/{name}",
+        web::put().to(catalog::replace_workflow),
+    )
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
     .route("/v1/keys/{id}", web::delete().to(keys::revoke))

@@ -17,6 +17,8 @@ pub enum EventKind {
     Failover,
     Done,
     Error,
+    /// A workflow step started or finished (`state`), with the finished step's output.
+    Step,
 }
 
 impl EventKind {
@@ -27,6 +29,7 @@ impl EventKind {
             EventKind::Failover => "failover",
             EventKind::Done => "done",
             EventKind::Error => "error",
+            EventKind::Step => "step",
         }
     }
 
@@ -37,6 +40,7 @@ impl EventKind {
             EventKind::Failover => 3,
             EventKind::Done => 4,
             EventKind::Error => 5,
+            EventKind::Step => 6,
         }
     }
 
@@ -47,6 +51,7 @@ impl EventKind {
             3 => EventKind::Failover,
             4 => EventKind::Done,
             5 => EventKind::Error,
+            6 => EventKind::Step,
             _ => return None,
         })
     }
@@ -126,6 +131,82 @@ impl Event {
             delta: &'a str,
         }
         Event::from_payload(seq, EventKind::Chunk, &Payload { seq, delta })
+    }
+
+    /// A chunk of a workflow step's answer: says which step it belongs to.
+    pub fn step_chunk(seq: u64, delta: &str, step: &str) -> Event {
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            seq: u64,
+            delta: &'a str,
+            step: &'a str,
+        }
+        Event::from_payload(seq, EventKind::Chunk, &Payload { seq, delta, step })
+    }
+
+    /// A workflow step begins: its chunks follow.
+    pub fn step_started(seq: u64, index: usize, name: &str, model: &str) -> Event {
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            seq: u64,
+            state: &'static str,
+            index: usize,
+            step: &'a str,
+            model: &'a str,
+        }
+        let payload = Payload {
+            seq,
+            state: "started",
+            index,
+            step: name,
+            model,
+        };
+        Event::from_payload(seq, EventKind::Step, &payload)
+    }
+
+    /// A workflow step finished, carrying its whole result: the log alone tells a restarted
+    /// process which steps are done (and what they said).
+    pub fn step_completed(seq: u64, index: usize, result: &crate::workflows::StepResult) -> Event {
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            seq: u64,
+            state: &'static str,
+            index: usize,
+            step: &'a str,
+            result: &'a crate::workflows::StepResult,
+        }
+        let payload = Payload {
+            seq,
+            state: "completed",
+            index,
+            step: &result.name,
+            result,
+        };
+        Event::from_payload(seq, EventKind::Step, &payload)
+    }
+
+    /// A step event's result when it says the step completed; `None` for a start.
+    pub fn step_result(&self) -> Option<crate::workflows::StepResult> {
+        #[derive(serde::Deserialize)]
+        struct Payload {
+            #[serde(default)]
+            result: Option<crate::workflows::StepResult>,
+        }
+        if self.kind != EventKind::Step {
+            return None;
+        }
+        serde_json::from_slice::<Payload>(&self.data).ok()?.result
+    }
+
+    /// Whether a `failover` event voids the answer so far (it starts over).
+    pub fn restarts_answer(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Payload {
+            #[serde(default)]
+            restart: bool,
+        }
+        self.kind == EventKind::Failover
+            && serde_json::from_slice::<Payload>(&self.data).is_ok_and(|p| p.restart)
     }
 
     /// The tool calls that end an answer, each whole: a chunk with an empty text delta.

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::Status;
+use super::{Mode, Status};
 use crate::error::{ErrorBody, ErrorCode};
+use crate::workflows::{StepResult, VersionRef};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -95,6 +96,41 @@ pub struct ExecutionRecord {
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub completed_at_ms: Option<u64>,
+    /// Mode, structure, workflow and what they produced.
+    #[serde(default, flatten)]
+    pub design: Design,
+}
+
+/// How an execution was asked to answer (mode, structure, workflow) and what that produced
+/// (each step's output, the parsed data, the validation outcome). Empty for a plain live
+/// execution, and then absent from the stored record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Design {
+    #[serde(default, skip_serializing_if = "Mode::is_live")]
+    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structure: Option<VersionRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<VersionRef>,
+    /// Finished steps of a workflow with steps, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepResult>,
+    /// The answer parsed, when a JSON format or schema was asked for and the answer is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_data: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Validation>,
+}
+
+/// Whether the answer matched the requested JSON format, and how it got there.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub valid: bool,
+    /// Repair attempts made (one per route at most).
+    pub repairs: u32,
+    /// The last invalid answer's problems (empty when the first answer was valid).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 impl ExecutionRecord {
@@ -122,6 +158,7 @@ impl ExecutionRecord {
                 .or(live_text)
                 .map(|text| Output {
                     text,
+                    data: self.design.output_data.as_ref(),
                     tool_calls: &self.output_tool_calls,
                 }),
             error: self.error.as_ref(),
@@ -137,6 +174,11 @@ impl ExecutionRecord {
             started_at: self.started_at_ms.map(Rfc3339),
             completed_at: self.completed_at_ms.map(Rfc3339),
             duration_ms: self.duration_ms(),
+            mode: self.design.mode,
+            structure: self.design.structure.as_ref(),
+            workflow: self.design.workflow.as_ref(),
+            steps: &self.design.steps,
+            validation: self.design.validation.as_ref(),
         }
     }
 }
@@ -164,11 +206,23 @@ pub struct ExecutionView<'a> {
     started_at: Option<Rfc3339>,
     completed_at: Option<Rfc3339>,
     duration_ms: Option<u64>,
+    mode: Mode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    structure: Option<&'a VersionRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workflow: Option<&'a VersionRef>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    steps: &'a [StepResult],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation: Option<&'a Validation>,
 }
 
 #[derive(Serialize)]
 struct Output<'a> {
     text: &'a str,
+    /// The parsed answer, when a JSON format was asked for and the answer is valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Value>,
     /// Only when the answer called tools.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     tool_calls: &'a [super::ToolCall],
@@ -258,6 +312,7 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
             started_at_ms: Some(1_700_000_000_050),
             completed_at_ms: Some(1_700_000_000_500),
+            design: Default::default(),
         };
         let expected = json!({
             "id": "exec_1", "object": "execution", "status": "completed",
@@ -274,7 +329,7 @@ mod tests {
             "metadata": {"user": "u1"}, "idempotency_key": "k", "channel_id": "ch_1",
             "webhook_url": null, "created_at": rfc3339(1_700_000_000_000),
             "started_at": rfc3339(1_700_000_000_050),
-            "completed_at": rfc3339(1_700_000_000_500), "duration_ms": 500,
+            "completed_at": rfc3339(1_700_000_000_500), "duration_ms": 500, "mode": "live",
         });
         assert_eq!(serde_json::to_value(record.view(None)).unwrap(), expected);
         let running = ExecutionRecord {

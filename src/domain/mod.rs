@@ -9,7 +9,7 @@ pub mod status;
 pub mod tools;
 
 pub use event::{Event, EventKind, SharedEvent};
-pub use execution::{Attempt, AttemptOutcome, Cost, ExecutionRecord, Usage};
+pub use execution::{Attempt, AttemptOutcome, Cost, Design, ExecutionRecord, Usage, Validation};
 pub use request::{ChatRequest, Message, Mode, Params, Role, Simulate, SubmitBody};
 pub use status::Status;
 pub use tools::{ToolCall, ToolCallAssembly, ToolCallDelta};

@@ -293,11 +293,7 @@ impl SubmitBody {
         if self.model.trim().is_empty() && self.workflow.is_none() {
             return Err(ApiError::invalid("model: must not be empty"));
         }
-        if self.simulate.is_some() && self.mode != Some(Mode::Testing) {
-            return Err(ApiError::invalid(
-                "simulate: only in testing mode (\"mode\": \"testing\")",
-            ));
-        }
+
         if self.idempotency_key.is_empty() || self.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
             return Err(ApiError::invalid(format!(
                 "idempotency_key: must be 1 to {MAX_IDEMPOTENCY_KEY} characters"

@@ -841,7 +841,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (key, _) = store
-            .create_key("q", crate::store::KeyRole::Member, None)
+            .create_key("q", crate::store::KeyRole::Member, None, Default::default())
             .unwrap();
         let limits = crate::store::KeyLimits {
             monthly_spend_cap_micros: Some(50_000),

@@ -7,7 +7,9 @@
 use futures_util::stream::{self, StreamExt};
 use std::time::Duration;
 
-use super::{approx_tokens, Delta, Embeddings, ProviderStream, StreamItem, UpstreamRequest};
+use super::{
+    approx_tokens, Delta, Embeddings, ProviderError, ProviderStream, StreamItem, UpstreamRequest,
+};
 use crate::domain::tools::ToolMode;
 use crate::domain::{Role, ToolCallDelta, Usage};
 use crate::routing::CONTINUE_INSTRUCTION;
@@ -58,16 +60,31 @@ impl Mock {
         }
     }
 
-    pub fn open(&self, req: &UpstreamRequest, log: &AttemptLog) -> ProviderStream {
+    pub fn open(
+        &self,
+        req: &UpstreamRequest,
+        log: &AttemptLog,
+    ) -> Result<ProviderStream, ProviderError> {
         log.record(LogEntry::Request {
             url: "mock://local",
             headers: Vec::new(),
             body: &serde_json::json!({"model": req.model,
-                "messages": req.messages, "tools": req.params.tools}),
+                "messages": req.messages, "tools": req.params.tools,
+                "response_format": req.params.response_format, "simulate": req.fault}),
         });
-        if let Some(call) = tool_call(req) {
-            return self.call_tool(req, call, log);
+        let fault = req.fault.clone().unwrap_or_default();
+        if let Some(status) = fault.status {
+            let retry_after = (status == 429).then_some(Duration::from_secs(1));
+            let body = format!("{{\"error\":{{\"message\":\"simulated HTTP {status}\"}}}}");
+            return Err(ProviderError::from_status(status, retry_after, &body));
         }
+        if let Some(call) = tool_call(req) {
+            return Ok(self.call_tool(req, call, log));
+        }
+        Ok(act_out(fault, self.answer(req, log)))
+    }
+
+    fn answer(&self, req: &UpstreamRequest, log: &AttemptLog) -> ProviderStream {
         let answer = Answer::of(req, self.chunks);
         let start = continuation_offset(req, &answer);
         let prompt_tokens: u64 = req.messages.iter().map(|m| approx_tokens(&m.content)).sum();
@@ -140,6 +157,25 @@ impl Mock {
             stream::once(async move { Ok(finish("tool_calls", prompt_tokens, completion_tokens)) });
         body.chain(end).boxed()
     }
+}
+
+/// A testing execution's simulated fault, acted out on the stream: cut after `k` chunks, or
+/// silent after `k` chunks (until the route's idle timeout ends the attempt).
+fn act_out(fault: crate::domain::Simulate, answer: ProviderStream) -> ProviderStream {
+    let (cut, stall) = (fault.fail_after_chunks, fault.stall_after_chunks);
+    if cut.is_none() && stall.is_none() {
+        return answer;
+    }
+    let limit = cut.or(stall).unwrap_or_default() as usize;
+    let head = answer.take(limit);
+    let tail = stream::once(async move {
+        if cut.is_some() {
+            return Err(ProviderError::cut("simulated fault (fail_after_chunks)"));
+        }
+        std::future::pending::<()>().await;
+        unreachable!("a stall never ends by itself")
+    });
+    head.chain(tail).boxed()
 }
 
 fn finish(reason: &str, prompt_tokens: u64, completion_tokens: u64) -> StreamItem {
@@ -328,12 +364,14 @@ mod tests {
             model: "mock-1".into(),
             messages,
             params: Params::default(),
+            fault: None,
         }
     }
 
     fn collect(mock: &Mock, r: &UpstreamRequest) -> String {
-        let items: Vec<_> =
-            crate::providers::block_on_test(mock.open(r, &AttemptLog::disabled()).collect());
+        let items: Vec<_> = crate::providers::block_on_test(
+            mock.open(r, &AttemptLog::disabled()).unwrap().collect(),
+        );
         items
             .into_iter()
             .filter_map(|i| match i {
@@ -351,7 +389,10 @@ mod tests {
         };
         let r = req(vec![Message::new(Role::User, "hello")]);
         let first: Vec<_> = crate::providers::block_on_test(
-            mock.open(&r, &AttemptLog::disabled()).take(3).collect(),
+            mock.open(&r, &AttemptLog::disabled())
+                .unwrap()
+                .take(3)
+                .collect(),
         );
         let text: String = first
             .into_iter()

@@ -58,11 +58,13 @@ pub struct Embeddings {
 }
 
 /// The request as sent to one route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct UpstreamRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub params: Params,
+    /// A testing execution's simulated fault: only the built-in mock acts it out.
+    pub fault: Option<crate::domain::Simulate>,
 }
 
 enum Client {
@@ -105,7 +107,7 @@ impl Provider {
             Client::OpenAi(p) => p.open(req, log).await,
             Client::Anthropic(p) => p.open(req, log).await,
             Client::Gemini(p) => p.open(req, log).await,
-            Client::Mock(p) => Ok(p.open(req, log)),
+            Client::Mock(p) => p.open(req, log),
         }
     }
 
@@ -134,6 +136,9 @@ impl Provider {
 /// Every configured provider by name, sharing one HTTP client (one connection pool).
 pub struct Providers {
     by_name: HashMap<String, Arc<Provider>>,
+    /// The built-in answerers of testing-mode executions: a primary and a fallback (never in
+    /// a model's routes, never paid).
+    testing: [Arc<Provider>; 2],
 }
 
 impl Providers {
@@ -169,7 +174,29 @@ impl Providers {
                 (p.name.clone(), Arc::new(provider))
             })
             .collect();
-        Ok(Providers { by_name })
+        let testing = ["testing", "testing-fallback"].map(|name| {
+            let t = &settings.testing;
+            let settings: ProviderSettings = serde_json::from_value(serde_json::json!({
+                "name": name,
+                "kind": "mock",
+                "mock_chunks": t.chunks,
+                "mock_chunk_interval_ms": t.chunk_interval_ms,
+                "idle_timeout_ms": t.idle_timeout_ms,
+                "first_chunk_timeout_ms": t.idle_timeout_ms,
+                "max_attempts": 1,
+            }))
+            .expect("testing provider settings");
+            Arc::new(Provider {
+                client: Client::Mock(mock::Mock::new(&settings)),
+                settings,
+            })
+        });
+        Ok(Providers { by_name, testing })
+    }
+
+    /// The testing providers: primary, then fallback.
+    pub fn testing(&self) -> &[Arc<Provider>; 2] {
+        &self.testing
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {

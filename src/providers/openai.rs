@@ -354,6 +354,7 @@ mod tests {
             model: "m".into(),
             messages: vec![assistant, result],
             params: crate::domain::Params::default(),
+            fault: None,
         };
         let body = request_body(&req);
         assert_eq!(body["messages"][0]["content"], serde_json::Value::Null);
@@ -377,6 +378,7 @@ mod tests {
                 parallel_tool_calls: Some(false),
                 ..crate::domain::Params::default()
             },
+            fault: None,
         };
         let body = request_body(&req);
         assert!(body.get("parallel_tool_calls").is_none(), "{body}");
@@ -394,6 +396,7 @@ mod tests {
             model: "m".into(),
             messages: vec![user],
             params: crate::domain::Params::default(),
+            fault: None,
         };
         assert_eq!(
             request_body(&req)["messages"][0]["content"],

@@ -126,6 +126,24 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
     )
 }
 
+/// The routes of a testing-mode execution: the built-in testing answerer, then its fallback
+/// (so a simulated fault fails over for real). Free, and capable of everything.
+pub fn testing_routes(providers: &Providers) -> Vec<Route> {
+    providers
+        .testing()
+        .iter()
+        .map(|provider| Route {
+            provider: provider.clone(),
+            model: "testing".into(),
+            context_window: None,
+            json_mode: true,
+            tools: true,
+            vision: true,
+            price: crate::ledger::pricing::Price::default(),
+        })
+        .collect()
+}
+
 /// The first route at or after `from` with upstream headroom whose breaker admits an attempt;
 /// when every route with headroom has its breaker open, the one of them that failed longest
 /// ago (rather than failing at once). A route out of quota is never picked before its reset:

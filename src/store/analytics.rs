@@ -418,6 +418,7 @@ mod tests {
             created_at_ms: 900,
             started_at_ms: Some(950),
             completed_at_ms: Some(3_000),
+            design: Default::default(),
         }
     }
 

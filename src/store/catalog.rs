@@ -99,7 +99,11 @@ impl Store {
 
     /// The newest version of every definition a project sees (its own shadow the config's),
     /// by name.
-    pub fn catalog_list(&self, kind: CatalogKind, project: &str) -> sled::Result<Vec<CatalogEntry>> {
+    pub fn catalog_list(
+        &self,
+        kind: CatalogKind,
+        project: &str,
+    ) -> sled::Result<Vec<CatalogEntry>> {
         let mut by_name = std::collections::BTreeMap::new();
         for owner in ["", project] {
             let mut prefix = kind.prefix().as_bytes().to_vec();
@@ -160,21 +164,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let k = CatalogKind::Structure;
-        let v1 = store.catalog_put(k, "", "todo", json!({"type": "object"}), None).unwrap();
+        let v1 = store
+            .catalog_put(k, "", "todo", json!({"type": "object"}), None)
+            .unwrap();
         assert_eq!(v1.version, 1);
-        let same = store.catalog_put(k, "", "todo", json!({"type": "object"}), None).unwrap();
-        assert_eq!(same.version, 1, "an unchanged definition is not a new version");
-        let v2 = store.catalog_put(k, "", "todo", json!({"type": "array"}), None).unwrap();
+        let same = store
+            .catalog_put(k, "", "todo", json!({"type": "object"}), None)
+            .unwrap();
+        assert_eq!(
+            same.version, 1,
+            "an unchanged definition is not a new version"
+        );
+        let v2 = store
+            .catalog_put(k, "", "todo", json!({"type": "array"}), None)
+            .unwrap();
         assert_eq!(v2.version, 2);
-        assert_eq!(store.catalog_get(k, "p1", "todo", None).unwrap().unwrap().version, 2);
-        let old = store.catalog_get(k, "p1", "todo", Some(1)).unwrap().unwrap();
+        assert_eq!(
+            store
+                .catalog_get(k, "p1", "todo", None)
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
+        let old = store
+            .catalog_get(k, "p1", "todo", Some(1))
+            .unwrap()
+            .unwrap();
         assert_eq!(old.body, json!({"type": "object"}));
-        let own = store.catalog_put(k, "p1", "todo", json!({"type": "string"}), None).unwrap();
+        let own = store
+            .catalog_put(k, "p1", "todo", json!({"type": "string"}), None)
+            .unwrap();
         assert_eq!(own.version, 1);
         let seen = store.catalog_get(k, "p1", "todo", None).unwrap().unwrap();
         assert_eq!(seen.project_id, "p1");
-        assert_eq!(store.catalog_get(k, "p2", "todo", None).unwrap().unwrap().version, 2);
-        store.catalog_put(k, "p2", "other", json!(true), None).unwrap();
+        assert_eq!(
+            store
+                .catalog_get(k, "p2", "todo", None)
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
+        store
+            .catalog_put(k, "p2", "other", json!(true), None)
+            .unwrap();
         let names: Vec<_> = store
             .catalog_list(k, "p1")
             .unwrap()
@@ -182,7 +216,13 @@ mod tests {
             .map(|e| (e.name, e.project_id, e.version))
             .collect();
         assert_eq!(names, vec![("todo".to_string(), "p1".to_string(), 1)]);
-        assert!(store.catalog_get(CatalogKind::Workflow, "p1", "todo", None).unwrap().is_none());
-        assert!(store.catalog_get(k, "p1", "missing", None).unwrap().is_none());
+        assert!(store
+            .catalog_get(CatalogKind::Workflow, "p1", "todo", None)
+            .unwrap()
+            .is_none());
+        assert!(store
+            .catalog_get(k, "p1", "missing", None)
+            .unwrap()
+            .is_none());
     }
 }

@@ -4,13 +4,17 @@
 use std::sync::Arc;
 
 use super::Store;
-use crate::domain::{Event, SharedEvent, ToolCall};
+use crate::domain::{Event, EventKind, SharedEvent, ToolCall};
 
 /// An execution's answer as its log holds it.
 #[derive(Debug, Default)]
 pub struct Emitted {
     pub text: String,
     pub tool_calls: Vec<ToolCall>,
+    /// Finished workflow steps, in order.
+    pub steps: Vec<crate::workflows::StepResult>,
+    /// Whether the log's last step event started a step (its answer is `text`).
+    pub step_open: bool,
 }
 
 impl Store {
@@ -51,15 +55,33 @@ impl Store {
         self.events_after(id, 0, usize::MAX)
     }
 
-    /// What an execution's log has answered so far, in one pass: the concatenated chunk text,
-    /// and the tool calls it ended with (carried by the one chunk with an empty delta).
+    /// What an execution's log has answered so far, in one pass: the text of the answer in
+    /// progress (since the last step boundary or restart: earlier chunks belong to finished
+    /// steps or are void), the tool calls it ended with (carried by the one chunk with an
+    /// empty delta), and the finished steps of a workflow.
     pub fn emitted(&self, id: &str) -> sled::Result<Emitted> {
         let mut out = Emitted::default();
         for ev in self.all_events(id)? {
-            match ev.chunk_delta() {
-                Some(delta) if delta.is_empty() => out.tool_calls.extend(ev.carried_tool_calls()),
-                Some(delta) => out.text.push_str(&delta),
-                None => {}
+            match ev.kind {
+                EventKind::Chunk => match ev.chunk_delta() {
+                    Some(delta) if delta.is_empty() => {
+                        out.tool_calls.extend(ev.carried_tool_calls())
+                    }
+                    Some(delta) => out.text.push_str(&delta),
+                    None => {}
+                },
+                EventKind::Failover if ev.restarts_answer() => out.text.clear(),
+                EventKind::Step => {
+                    out.text.clear();
+                    out.step_open = match ev.step_result() {
+                        Some(result) => {
+                            out.steps.push(result);
+                            false
+                        }
+                        None => true,
+                    };
+                }
+                _ => {}
             }
         }
         Ok(out)

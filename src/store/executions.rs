@@ -277,6 +277,7 @@ pub(crate) mod tests {
             created_at_ms: 1,
             started_at_ms: None,
             completed_at_ms: None,
+            design: Default::default(),
         }
     }
 

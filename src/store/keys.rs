@@ -30,6 +30,24 @@ pub struct KeyRecord {
     /// Overrides of the `[limits]` defaults for this key (`PATCH /v1/keys/{id}`).
     #[serde(default, skip_serializing_if = "KeyLimits::is_empty")]
     pub limits: KeyLimits,
+    /// A `test` key runs only testing-mode executions (like a payment API's test keys).
+    #[serde(default, skip_serializing_if = "KeyMode::is_live")]
+    pub mode: KeyMode,
+}
+
+/// What a key may run: live executions (and testing ones), or testing ones only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyMode {
+    #[default]
+    Live,
+    Test,
+}
+
+impl KeyMode {
+    pub fn is_live(&self) -> bool {
+        *self == KeyMode::Live
+    }
 }
 
 /// A key's own limits; `None` follows the `[limits]` default, 0 is no limit.
@@ -72,6 +90,7 @@ impl Store {
         project_id: &str,
         role: KeyRole,
         name: Option<String>,
+        mode: KeyMode,
     ) -> sled::Result<(KeyRecord, String)> {
         let secret = ids::api_key_secret();
         let record = KeyRecord {
@@ -85,6 +104,7 @@ impl Store {
             rotated_at_ms: None,
             revoked_at_ms: None,
             limits: KeyLimits::default(),
+            mode,
         };
         self.put_key(&record)?;
         self.key_hashes

@@ -33,12 +33,13 @@ mod webhooks;
 
 pub use analytics::{Aggregate, Dimension, Histogram, Series, MINUTE};
 pub use attempt_log::{redacted_headers, AttemptLog, LogEntry};
+pub use catalog::{CatalogEntry, CatalogKind};
 pub use commit::{GroupCommit, StoreFailed};
 #[cfg(test)]
 pub(crate) use executions::tests as tests_support;
 pub use executions::{ListPage, SubmitOutcome};
 pub use health::{Refusal, StoreHealth};
-pub use keys::{hash_secret, KeyLimits, KeyRecord, KeyRole};
+pub use keys::{hash_secret, KeyLimits, KeyMode, KeyRecord, KeyRole};
 pub use layout::LAYOUT_VERSION;
 pub use ledger::{EntryKind, HoldRecord, LedgerEntry};
 pub use retention::Swept;

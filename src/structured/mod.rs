@@ -30,7 +30,11 @@ pub struct SchemaError {
 
 impl std::fmt::Display for SchemaError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let at = if self.path.is_empty() { "/" } else { &self.path };
+        let at = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
         write!(f, "{} (at {at})", self.message)
     }
 }
@@ -116,17 +120,14 @@ const MAX_REPORTED: usize = 8;
 
 /// The follow-up turn of a repair attempt: what was wrong, and what to answer instead.
 pub fn repair_instruction(errors: &[String]) -> String {
-    let mut text = String::from(
-        "Your previous answer is not valid for the required JSON format:\n",
-    );
+    let mut text =
+        String::from("Your previous answer is not valid for the required JSON format:\n");
     for e in errors {
         text.push_str("- ");
         text.push_str(e);
         text.push('\n');
     }
-    text.push_str(
-        "Answer again with only the corrected JSON value: no prose, no code fences.",
-    );
+    text.push_str("Answer again with only the corrected JSON value: no prose, no code fences.");
     text
 }
 
@@ -158,22 +159,33 @@ mod tests {
         let s = spec(json!({"type": "json_object"}));
         assert_eq!(s.check(r#"{"a": 1}"#).unwrap(), json!({"a": 1}));
         assert!(s.check("[1]").is_err());
-        assert!(s.check("```json\n{}\n```").is_err(), "fences are not stripped");
+        assert!(
+            s.check("```json\n{}\n```").is_err(),
+            "fences are not stripped"
+        );
         assert!(s.check(r#"{"a": 1"#).unwrap_err()[0].contains("not valid JSON"));
     }
 
     #[test]
     fn a_schema_reports_where_the_answer_is_wrong() {
-        let s = spec(json!({"type": "json_schema", "json_schema": {"name": "person",
+        let s = spec(
+            json!({"type": "json_schema", "json_schema": {"name": "person",
             "schema": {"type": "object", "required": ["age"],
                 "properties": {"age": {"type": "integer", "minimum": 0},
-                    "email": {"type": "string", "format": "email"}}}}}));
+                    "email": {"type": "string", "format": "email"}}}}}),
+        );
         assert_eq!(s.name.as_deref(), Some("person"));
         assert!(s.check(r#"{"age": 3}"#).is_ok());
         let errors = s.check(r#"{"age": -1, "email": "nope"}"#).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("at /age")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("at /email")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.starts_with("at /age")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("at /email")),
+            "{errors:?}"
+        );
         assert!(s.check("{}").unwrap_err()[0].contains("age"));
     }
 

@@ -395,6 +395,7 @@ mod tests {
             created_at_ms: now_ms(),
             started_at_ms: None,
             completed_at_ms: Some(now_ms()),
+            design: Default::default(),
         }
     }
 

@@ -10,6 +10,15 @@ use serde_json::{Map, Value};
 
 use crate::domain::{Message, Params, Role};
 
+/// Whether `name` can name a structure or workflow: 1 to 64 letters, digits, `_` or `-` (it
+/// appears in URLs).
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// A workflow definition, as written in `[[workflows]]` or sent to `/v1/workflows`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,7 +115,9 @@ impl WorkflowDef {
                 return Err(format!("steps[{i}].name: must be set and unique"));
             }
             if step.model.is_none() && self.model.is_none() {
-                return Err(format!("steps[{i}].model: needed (the workflow names none)"));
+                return Err(format!(
+                    "steps[{i}].model: needed (the workflow names none)"
+                ));
             }
             if let Some(prompt) = &step.prompt {
                 templates::check_steps(prompt, &seen)
@@ -147,11 +158,17 @@ pub fn step_messages(
     let context = templates::context(variables, done);
     let mut messages = Vec::with_capacity(submitted.len() + 2);
     if let Some(system) = &plan.system {
-        messages.push(Message::new(Role::System, templates::render(system, &context)?));
+        messages.push(Message::new(
+            Role::System,
+            templates::render(system, &context)?,
+        ));
     }
     messages.extend_from_slice(submitted);
     if let Some(prompt) = &plan.prompt {
-        messages.push(Message::new(Role::User, templates::render(prompt, &context)?));
+        messages.push(Message::new(
+            Role::User,
+            templates::render(prompt, &context)?,
+        ));
     }
     Ok(messages)
 }
@@ -171,13 +188,20 @@ mod tests {
             {"name": "classify", "prompt": "Classify {{text}}"},
             {"name": "reply", "prompt": "Intent: {{steps.classify.data.intent}}"}]}));
         ok.check().unwrap();
-        assert_eq!(ok.variables_used(), vec![("text".into(), "steps[0].prompt".into())]);
+        assert_eq!(
+            ok.variables_used(),
+            vec![("text".into(), "steps[0].prompt".into())]
+        );
         let later = def(json!({"name": "w", "model": "m", "steps": [
             {"name": "a", "prompt": "{{steps.b.text}}"}, {"name": "b"}]}));
         assert!(later.check().unwrap_err().starts_with("steps[0].prompt"));
-        let twice = def(json!({"name": "w", "model": "m", "steps": [{"name": "a"}, {"name": "a"}]}));
+        let twice =
+            def(json!({"name": "w", "model": "m", "steps": [{"name": "a"}, {"name": "a"}]}));
         assert!(twice.check().unwrap_err().starts_with("steps[1].name"));
-        assert!(def(json!({"name": "w"})).check().unwrap_err().starts_with("model"));
+        assert!(def(json!({"name": "w"}))
+            .check()
+            .unwrap_err()
+            .starts_with("model"));
         let broken = def(json!({"name": "w", "model": "m", "system": "{{ oops"}));
         assert!(broken.check().unwrap_err().starts_with("system"));
     }
@@ -203,7 +227,10 @@ mod tests {
         let user = Message::new(Role::User, "hi");
         let messages = step_messages(&plan, &[user], &vars, &done).unwrap();
         let texts: Vec<_> = messages.iter().map(|m| m.content.as_str()).collect();
-        assert_eq!(texts, ["You answer about orders.", "hi", "The intent is refund."]);
+        assert_eq!(
+            texts,
+            ["You answer about orders.", "hi", "The intent is refund."]
+        );
         let missing = step_messages(&plan, &[], &vars, &[]);
         assert!(missing.is_err(), "strict: an unknown value is an error");
     }

@@ -73,7 +73,10 @@ pub fn context(variables: &Map<String, Value>, done: &[StepResult]) -> Value {
 
 pub fn render(source: &str, context: &Value) -> Result<String, String> {
     environment()
-        .render_str(source, minijinja::Value::from(minijinja::value::Serde(context)))
+        .render_str(
+            source,
+            minijinja::Value::from(minijinja::value::Serde(context)),
+        )
         .map_err(|e| format!("template: {e}"))
 }
 
@@ -85,10 +88,20 @@ mod tests {
     #[test]
     fn strict_rendering_and_variable_lists() {
         let ctx = json!({"name": "Ada", "tags": ["a", "b"]});
-        assert_eq!(render("Hi {{name}} {{tags|join(',')}}", &ctx).unwrap(), "Hi Ada a,b");
-        assert_eq!(render("<{{name}}>", &ctx).unwrap(), "<Ada>", "nothing escaped");
+        assert_eq!(
+            render("Hi {{name}} {{tags|join(',')}}", &ctx).unwrap(),
+            "Hi Ada a,b"
+        );
+        assert_eq!(
+            render("<{{name}}>", &ctx).unwrap(),
+            "<Ada>",
+            "nothing escaped"
+        );
         assert!(render("Hi {{nobody}}", &ctx).is_err());
-        assert_eq!(variables("{{a}} {{steps.x.text}} {% if b %}{{c.d}}{% endif %}"), ["a", "b", "c"]);
+        assert_eq!(
+            variables("{{a}} {{steps.x.text}} {% if b %}{{c.d}}{% endif %}"),
+            ["a", "b", "c"]
+        );
         assert!(check_steps("{{steps.x.data.y}}", &["x"]).is_ok());
         assert!(check_steps("{{steps.y.text}}", &["x"]).is_err());
     }

@@ -50,6 +50,9 @@ pub fn tool_fragment(n: usize) -> &'static str {
 pub enum Fault {
     /// Normal answer.
     None,
+    /// Answer with exactly this text (streamed in pieces of up to 8 characters) instead of
+    /// the word sequence; continuations are not recognised.
+    Answer(String),
     /// Send `k` content chunks, then close the connection cleanly (FIN)
     /// without the terminating HTTP chunk, finish reason or `[DONE]`.
     CutAfter(usize),
@@ -481,9 +484,20 @@ async fn stream_response(
         tokio::time::sleep(plan.first_chunk_delay).await;
     }
 
-    let total = match plan.tool {
-        Some(_) => TOOL_FRAGMENTS,
-        None => plan.words.saturating_sub(plan.start),
+    let pieces: Option<Vec<String>> = match fault {
+        Fault::Answer(text) => Some(
+            text.chars()
+                .collect::<Vec<_>>()
+                .chunks(8)
+                .map(|c| c.iter().collect())
+                .collect(),
+        ),
+        _ => None,
+    };
+    let total = match (&plan.tool, &pieces) {
+        (Some(_), _) => TOOL_FRAGMENTS,
+        (None, Some(pieces)) => pieces.len(),
+        (None, None) => plan.words.saturating_sub(plan.start),
     };
     let mut sent = 0usize;
     loop {
@@ -511,7 +525,10 @@ async fn stream_response(
         let delta = match &plan.tool {
             Some(name) => tool_call_delta(name, sent),
             None => {
-                let word = json_str(&crate::fake_http::chunk_text(plan.start + sent));
+                let word = match &pieces {
+                    Some(pieces) => json_str(&pieces[sent]),
+                    None => json_str(&crate::fake_http::chunk_text(plan.start + sent)),
+                };
                 if sent == 0 {
                     format!("{{\"role\":\"assistant\",\"content\":{word}}}")
                 } else {

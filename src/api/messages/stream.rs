@@ -221,7 +221,8 @@ impl StreamState {
                         self.model = model;
                     }
                 }
-                EventKind::Error => {}
+                // Steps are a workflow's; this protocol submits none.
+                EventKind::Error | EventKind::Step => {}
                 EventKind::Done => {
                     self.guard.disarm();
                     let outcome = match Outcome::parse(&event) {

@@ -245,7 +245,7 @@ impl Translation {
             }
             // A failover shows only as the text that continues; errors of a try that
             // failed over are not the response's.
-            EventKind::Failover | EventKind::Error => {}
+            EventKind::Failover | EventKind::Error | EventKind::Step => {}
             EventKind::Done => self.finish(&mut out, event),
         }
         self.count = out.count;

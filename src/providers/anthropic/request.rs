@@ -199,6 +199,7 @@ mod tests {
             model: "claude-x".into(),
             messages,
             params,
+            fault: None,
         }
     }
 

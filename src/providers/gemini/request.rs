@@ -160,6 +160,7 @@ mod tests {
                 stop: Some(crate::domain::request::Stop::Many(vec!["X".into()])),
                 ..Params::default()
             },
+            fault: None,
         };
         assert_eq!(
             request_body(&req),
@@ -203,6 +204,7 @@ mod tests {
             model: "gemini-x".into(),
             messages: vec![user],
             params: Params::default(),
+            fault: None,
         };
         assert_eq!(
             request_body(&req)["contents"],
@@ -260,6 +262,7 @@ mod tests {
                 tool_choice: Some(named),
                 ..Params::default()
             },
+            fault: None,
         };
         assert_eq!(
             request_body(&req),
@@ -327,6 +330,7 @@ mod tests {
             model: "gemini-x".into(),
             messages,
             params: Params::default(),
+            fault: None,
         };
         let contents = request_body(&req)["contents"].clone();
         let signatures = |turn: usize| -> Vec<Value> {
