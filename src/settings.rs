@@ -294,6 +294,22 @@ impl ProviderKind {
     }
 }
 
+/// How a route asks its provider for the JSON a request's `response_format` wants
+/// (`crate::providers::structured` decides what each kind is sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredMode {
+    /// The provider's own mechanism: OpenAI's `response_format`, Gemini's response MIME type
+    /// and schema, a forced tool call on Anthropic.
+    #[default]
+    Native,
+    /// OpenAI-compatible APIs with JSON mode but no strict schemas (Groq, Together, Ollama…):
+    /// `{"type": "json_object"}`, the schema in a system instruction.
+    JsonMode,
+    /// No format field at all: a system instruction asks for one JSON value.
+    Instructions,
+}
+
 /// How an interrupted answer is continued on the next try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -437,6 +453,9 @@ pub struct RouteSettings {
     /// answer as if it had seen the image.
     #[serde(default)]
     pub vision: bool,
+    /// How this route asks for the JSON a `response_format` wants.
+    #[serde(default)]
+    pub structured_output: StructuredMode,
     /// USD per million input (prompt) tokens; embeddings are priced per input token only.
     #[serde(default)]
     pub input_per_mtok: f64,

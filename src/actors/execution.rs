@@ -319,6 +319,7 @@ impl Execution {
             model: route.model.clone(),
             messages,
             params: self.request.params.clone(),
+            structured: route.structured,
         };
         let log = AttemptLog::new(
             self.deps.store.clone(),

@@ -328,6 +328,7 @@ mod tests {
             model: "mock-1".into(),
             messages,
             params: Params::default(),
+            structured: Default::default(),
         }
     }
 

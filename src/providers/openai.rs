@@ -3,10 +3,11 @@
 use serde::Deserialize;
 
 use super::sse::{self, Parsed};
+use super::structured;
 use super::{Delta, Embeddings, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
 use crate::domain::tools::{FunctionCall, ToolKind};
 use crate::domain::{Message, ToolCall, ToolCallDelta, Usage};
-use crate::settings::ProviderSettings;
+use crate::settings::{ProviderKind, ProviderSettings};
 use crate::store::AttemptLog;
 
 pub struct OpenAi {
@@ -100,7 +101,9 @@ impl OpenAi {
 
 /// The JSON body sent upstream (also what the debug log records).
 pub fn request_body(req: &UpstreamRequest) -> serde_json::Value {
-    let messages: Vec<WireMessage> = req.messages.iter().map(WireMessage::from).collect();
+    let json = structured::plan(ProviderKind::Openai, req);
+    let conversation = json.messages(&req.messages);
+    let messages: Vec<WireMessage> = conversation.iter().map(WireMessage::from).collect();
     let mut body = serde_json::json!({
         "model": req.model,
         "messages": messages,
@@ -115,6 +118,11 @@ pub fn request_body(req: &UpstreamRequest) -> serde_json::Value {
             // OpenAI refuses these without `tools` (400), though they ask for nothing then.
             params.remove("tool_choice");
             params.remove("parallel_tool_calls");
+        }
+        // The route's structured-output mode decides what is sent, not the request alone.
+        params.remove("response_format");
+        if let structured::Native::ResponseFormat(format) = json.native {
+            params.insert("response_format".into(), format.into_owned());
         }
         obj.extend(params);
     }
@@ -354,6 +362,7 @@ mod tests {
             model: "m".into(),
             messages: vec![assistant, result],
             params: crate::domain::Params::default(),
+            structured: Default::default(),
         };
         let body = request_body(&req);
         assert_eq!(body["messages"][0]["content"], serde_json::Value::Null);
@@ -377,6 +386,7 @@ mod tests {
                 parallel_tool_calls: Some(false),
                 ..crate::domain::Params::default()
             },
+            structured: Default::default(),
         };
         let body = request_body(&req);
         assert!(body.get("parallel_tool_calls").is_none(), "{body}");
@@ -394,6 +404,7 @@ mod tests {
             model: "m".into(),
             messages: vec![user],
             params: crate::domain::Params::default(),
+            structured: Default::default(),
         };
         assert_eq!(
             request_body(&req)["messages"][0]["content"],

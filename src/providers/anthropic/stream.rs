@@ -113,14 +113,50 @@ pub(super) struct EventParser {
     /// parameters gets `{}` when its block stops, as OpenAI would send, rather than an empty
     /// string no client can parse.
     argless_calls: Vec<u32>,
+    /// Structured output through a forced tool call (see `request::Prepared::output_tool`).
+    output: Option<OutputCall>,
+}
+
+/// The forced call whose input is the answer: its `input_json_delta` fragments are streamed
+/// as answer text, so the execution sees the JSON as it would from any other provider.
+struct OutputCall {
+    name: String,
+    /// Its block, once started.
+    index: Option<u32>,
+    /// Whether any input text went out (an empty input is still the answer `{}`).
+    written: bool,
 }
 
 impl EventParser {
-    pub(super) fn new(strip_leading: bool) -> EventParser {
+    pub(super) fn new(strip_leading: bool, output_tool: Option<String>) -> EventParser {
         EventParser {
             input_tokens: 0,
             strip_leading,
             argless_calls: Vec::new(),
+            output: output_tool.map(|name| OutputCall {
+                name,
+                index: None,
+                written: false,
+            }),
+        }
+    }
+
+    fn is_output_tool(&self, name: &str) -> bool {
+        self.output.as_ref().is_some_and(|o| o.name == name)
+    }
+
+    fn is_output_block(&self, index: u32) -> bool {
+        self.output.as_ref().is_some_and(|o| o.index == Some(index))
+    }
+
+    /// Answer text from the output call's input.
+    fn output_text(&mut self, text: String) -> Delta {
+        if let Some(o) = &mut self.output {
+            o.written |= !text.is_empty();
+        }
+        Delta {
+            text: Some(text).filter(|t| !t.is_empty()),
+            ..Delta::default()
         }
     }
 
@@ -130,6 +166,35 @@ impl EventParser {
             Err(e) => return sse::skipped(data, &e),
         };
         let delta = match event {
+            Event::ContentBlockStart {
+                index,
+                content_block: BlockStart::ToolUse { name, .. },
+            } if self.is_output_tool(&name) => {
+                if let Some(o) = &mut self.output {
+                    o.index = Some(index);
+                }
+                Delta::default()
+            }
+            Event::ContentBlockDelta {
+                index,
+                delta: BlockDelta::InputJsonDelta { partial_json },
+            } if self.is_output_block(index) => self.output_text(partial_json),
+            Event::ContentBlockStop { index }
+                if self.is_output_block(index)
+                    && self.output.as_ref().is_some_and(|o| !o.written) =>
+            {
+                self.output_text("{}".into())
+            }
+            // Forced to call, the model writes no text; any it did would spoil the JSON.
+            Event::ContentBlockDelta {
+                delta: BlockDelta::TextDelta { .. },
+                ..
+            } if self.output.is_some() => {
+                return Parsed::Item(StreamItem::Skipped {
+                    raw: data.to_string(),
+                    reason: "text beside the structured-output tool call".into(),
+                })
+            }
             Event::MessageStart { message } => {
                 self.input_tokens = message.usage.input_tokens.unwrap_or(0);
                 Delta::default()
@@ -187,7 +252,11 @@ impl EventParser {
                 Delta {
                     text: None,
                     tool_calls: Vec::new(),
-                    finish_reason: delta.stop_reason.map(finish_reason),
+                    finish_reason: delta.stop_reason.map(|r| match r.as_str() {
+                        // The forced call is the answer, not a call to hand to the client.
+                        "tool_use" if self.output.is_some() => "stop".into(),
+                        _ => finish_reason(r),
+                    }),
                     usage: usage.output_tokens.map(|out| Usage {
                         prompt_tokens: self.input_tokens,
                         completion_tokens: out,
@@ -240,7 +309,7 @@ mod tests {
     use super::*;
 
     fn run(body: &str, strip_leading: bool) -> Vec<Result<StreamItem, ProviderError>> {
-        let mut parser = EventParser::new(strip_leading);
+        let mut parser = EventParser::new(strip_leading, None);
         sse::run_recorded(body, move |ev| parser.parse(&ev.data))
     }
 

@@ -1,12 +1,15 @@
-//! Canonical request → Gemini body: contents, images, tools, choice, thought signatures, config.
+//! Canonical request → Gemini body: contents, images, tools, choice, thought signatures, config
+//! (structured output included: `responseMimeType` and `responseSchema`).
 
 use serde_json::{json, Map, Value};
 
 use super::schema;
 use crate::domain::request::Image;
 use crate::domain::tools::{Tool, ToolChoice, ToolMode};
+use crate::providers::structured::{self, Native};
 use crate::providers::turns::{conversation, stop_sequences, Part, Speaker, Turn};
 use crate::providers::UpstreamRequest;
+use crate::settings::ProviderKind;
 
 /// The signature Gemini's docs name for a call it did not sign (made on another route, or
 /// whose signature a client dropped): it tells Gemini 3 to skip the check that would refuse
@@ -16,7 +19,9 @@ const DUMMY_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 /// The JSON body sent upstream (also what the debug log records). Gemini has no prefill: a
 /// trailing `model` turn is sent as is, which is why its default continuation is `instruction`.
 pub fn request_body(req: &UpstreamRequest) -> Value {
-    let conv = conversation(&req.messages);
+    let json = structured::plan(ProviderKind::Gemini, req);
+    let messages = json.messages(&req.messages);
+    let conv = conversation(&messages);
     let contents: Vec<Value> = conv.turns.iter().map(content).collect();
     let mut body = json!({ "contents": contents });
     if !conv.system.is_empty() {
@@ -44,6 +49,10 @@ pub fn request_body(req: &UpstreamRequest) -> Value {
     set("presencePenalty", p.presence_penalty.map(Value::from));
     set("frequencyPenalty", p.frequency_penalty.map(Value::from));
     set("seed", p.seed.map(Value::from));
+    if let Native::JsonMime { schema } = json.native {
+        set("responseMimeType", Some("application/json".into()));
+        set("responseSchema", schema.map(schema::subset));
+    }
     if !config.is_empty() {
         body["generationConfig"] = Value::Object(config);
     }
@@ -160,6 +169,7 @@ mod tests {
                 stop: Some(crate::domain::request::Stop::Many(vec!["X".into()])),
                 ..Params::default()
             },
+            structured: Default::default(),
         };
         assert_eq!(
             request_body(&req),
@@ -203,6 +213,7 @@ mod tests {
             model: "gemini-x".into(),
             messages: vec![user],
             params: Params::default(),
+            structured: Default::default(),
         };
         assert_eq!(
             request_body(&req)["contents"],
@@ -260,6 +271,7 @@ mod tests {
                 tool_choice: Some(named),
                 ..Params::default()
             },
+            structured: Default::default(),
         };
         assert_eq!(
             request_body(&req),
@@ -327,6 +339,7 @@ mod tests {
             model: "gemini-x".into(),
             messages,
             params: Params::default(),
+            structured: Default::default(),
         };
         let contents = request_body(&req)["contents"].clone();
         let signatures = |turn: usize| -> Vec<Value> {
