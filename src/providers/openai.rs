@@ -415,6 +415,71 @@ mod tests {
         );
     }
 
+    fn json_schema_format() -> serde_json::Value {
+        serde_json::json!({"type": "json_schema", "json_schema": {"name": "todo", "strict": true,
+            "schema": {"type": "object", "properties": {"title": {"type": "string"}},
+                       "required": ["title"], "additionalProperties": false}}})
+    }
+
+    fn structured_req(mode: crate::settings::StructuredMode) -> UpstreamRequest {
+        UpstreamRequest {
+            model: "m".into(),
+            messages: vec![Message::new(crate::domain::Role::User, "plan my day")],
+            params: crate::domain::Params {
+                response_format: Some(json_schema_format()),
+                ..crate::domain::Params::default()
+            },
+            structured: mode,
+        }
+    }
+
+    #[test]
+    fn structured_output_takes_the_shape_of_the_route_mode() {
+        use crate::settings::StructuredMode;
+        let body = request_body(&structured_req(StructuredMode::Native));
+        assert_eq!(body["response_format"], json_schema_format());
+        assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+
+        let body = request_body(&structured_req(StructuredMode::JsonMode));
+        assert_eq!(
+            body["response_format"],
+            serde_json::json!({"type": "json_object"})
+        );
+        assert_eq!(body["messages"][0]["role"], "system");
+        let instruction = body["messages"][0]["content"].as_str().unwrap();
+        assert!(
+            instruction.contains(r#""required":["title"]"#),
+            "{instruction}"
+        );
+        assert_eq!(body["messages"][1]["content"], "plan my day");
+
+        let body = request_body(&structured_req(StructuredMode::Instructions));
+        assert!(body.get("response_format").is_none(), "{body}");
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert!(body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Answer with a single JSON value"));
+    }
+
+    #[test]
+    fn json_object_without_the_word_json_gets_it_in_a_system_message() {
+        let mut req = structured_req(crate::settings::StructuredMode::Native);
+        req.params.response_format = Some(serde_json::json!({"type": "json_object"}));
+        let body = request_body(&req);
+        assert_eq!(
+            body["response_format"],
+            serde_json::json!({"type": "json_object"})
+        );
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert!(body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("JSON object"));
+        req.messages[0].content = "plan my day, in json".into();
+        assert_eq!(request_body(&req)["messages"].as_array().unwrap().len(), 1);
+    }
+
     #[test]
     fn a_cut_stream_ends_with_stream_interrupted() {
         let items = run("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");

@@ -272,6 +272,80 @@ mod tests {
         assert!(p.body.get("system").is_none());
     }
 
+    fn todo_format() -> Value {
+        json!({"type": "json_schema", "json_schema": {"name": "todo list", "strict": true,
+            "description": "the day's tasks",
+            "schema": {"type": "object", "properties": {"title": {"type": "string"}},
+                       "required": ["title"], "additionalProperties": false}}})
+    }
+
+    #[test]
+    fn a_json_schema_is_asked_as_a_forced_call_of_one_tool() {
+        let params = Params {
+            response_format: Some(todo_format()),
+            ..Params::default()
+        };
+        let p = request_body(&req(vec![Message::new(Role::User, "plan")], params));
+        assert_eq!(p.output_tool.as_deref(), Some("todo_list"));
+        let tools = p.body["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 1);
+        assert_eq!(tools[0]["name"], "todo_list");
+        assert_eq!(
+            tools[0]["input_schema"],
+            todo_format()["json_schema"]["schema"]
+        );
+        assert!(tools[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("the day's tasks"));
+        assert_eq!(
+            p.body["tool_choice"],
+            json!({"type": "tool", "name": "todo_list", "disable_parallel_tool_use": true})
+        );
+        assert!(p.body.get("system").is_none());
+    }
+
+    #[test]
+    fn a_continuation_or_json_object_asks_by_instruction_instead() {
+        let params = Params {
+            response_format: Some(todo_format()),
+            ..Params::default()
+        };
+        let p = request_body(&req(
+            vec![
+                Message::new(Role::User, "plan"),
+                Message::new(Role::Assistant, "{\"title\": "),
+            ],
+            params,
+        ));
+        assert_eq!(p.output_tool, None);
+        assert!(p.body.get("tools").is_none() && p.body.get("tool_choice").is_none());
+        assert!(p.body["system"]
+            .as_str()
+            .unwrap()
+            .contains("continue that same JSON value"));
+        assert_eq!(p.body["messages"][1]["content"][0]["text"], "{\"title\":");
+
+        let params = Params {
+            response_format: Some(json!({"type": "json_object"})),
+            ..Params::default()
+        };
+        let p = request_body(&req(
+            vec![
+                Message::new(Role::System, "be brief"),
+                Message::new(Role::User, "plan"),
+            ],
+            params,
+        ));
+        assert_eq!(p.output_tool, None);
+        assert!(p.body.get("tools").is_none());
+        let system = p.body["system"].as_str().unwrap();
+        assert!(
+            system.starts_with("be brief\n\nAnswer with a single JSON object"),
+            "{system}"
+        );
+    }
+
     #[test]
     fn a_trailing_assistant_message_is_a_prefill_without_trailing_whitespace() {
         let p = request_body(&req(

@@ -460,6 +460,48 @@ mod tests {
     );
 
     #[test]
+    fn the_output_tool_s_input_streams_as_text_and_finishes_as_stop() {
+        let body = TOOL_STREAM.replace("get_weather", "json_output");
+        let mut parser = EventParser::new(false, Some("json_output".into()));
+        let items = sse::run_recorded(&body, move |ev| parser.parse(&ev.data));
+        // The stray text block is skipped; the other, unforced call still comes through.
+        assert!(
+            matches!(items[2], Ok(StreamItem::Skipped { .. })),
+            "{items:?}"
+        );
+        let ok: Vec<&Delta> = items
+            .iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Delta(d)) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text(&items), r#"{"city": "Oslo"}"#);
+        let calls: Vec<_> = ok.iter().flat_map(|d| &d.tool_calls).collect();
+        assert!(calls.iter().all(|c| c.index == 2), "{calls:?}");
+        assert_eq!(ok.last().unwrap().finish_reason.as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn an_output_tool_with_empty_input_answers_an_empty_object() {
+        let body = concat!(
+            "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"json_output\",\"input\":{}}}\n\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+            "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":2}}\n\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let mut parser = EventParser::new(false, Some("json_output".into()));
+        let items = sse::run_recorded(body, move |ev| parser.parse(&ev.data));
+        assert_eq!(text(&items), "{}");
+        assert!(items.iter().all(|i| delta(i).tool_calls.is_empty()));
+        assert_eq!(
+            delta(items.last().unwrap()).finish_reason.as_deref(),
+            Some("stop")
+        );
+    }
+
+    #[test]
     fn tool_use_blocks_stream_as_call_fragments_and_finish_as_tool_calls() {
         let items = run(TOOL_STREAM, false);
         assert!(items.iter().all(|i| i.is_ok()), "{items:?}");

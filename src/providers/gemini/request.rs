@@ -195,6 +195,65 @@ mod tests {
     }
 
     #[test]
+    fn structured_output_asks_json_with_the_schema_narrowed_to_gemini_s_subset() {
+        let format = json!({"type": "json_schema", "json_schema": {"name": "todo", "strict": true,
+            "schema": {"type": "object", "additionalProperties": false,
+                       "properties": {"title": {"type": "string"},
+                                      "due": {"type": ["string", "null"], "format": "date"}},
+                       "required": ["title"]}}});
+        let mut req = UpstreamRequest {
+            model: "gemini-x".into(),
+            messages: vec![Message::new(Role::User, "plan my day")],
+            params: Params {
+                response_format: Some(format),
+                temperature: Some(0.1),
+                ..Params::default()
+            },
+            structured: Default::default(),
+        };
+        let body = request_body(&req);
+        assert_eq!(
+            body["generationConfig"],
+            json!({"temperature": 0.1, "responseMimeType": "application/json",
+                   "responseSchema": {"type": "object",
+                       "properties": {"title": {"type": "string"},
+                                      "due": {"type": "string", "nullable": true, "format": "date"}},
+                       "required": ["title"]}})
+        );
+        assert!(body.get("systemInstruction").is_none());
+
+        req.structured = crate::settings::StructuredMode::JsonMode;
+        let body = request_body(&req);
+        assert_eq!(
+            body["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
+        assert!(body["generationConfig"].get("responseSchema").is_none());
+        let instruction = body["systemInstruction"]["parts"][0]["text"]
+            .as_str()
+            .unwrap();
+        assert!(
+            instruction.contains("additionalProperties"),
+            "the whole schema: {instruction}"
+        );
+
+        req.structured = crate::settings::StructuredMode::Instructions;
+        let body = request_body(&req);
+        assert!(body["generationConfig"].get("responseMimeType").is_none());
+        assert!(body["systemInstruction"]["parts"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Answer with a single JSON value"));
+
+        req.structured = crate::settings::StructuredMode::Native;
+        req.params.response_format = Some(json!({"type": "json_object"}));
+        assert_eq!(
+            request_body(&req)["generationConfig"],
+            json!({"temperature": 0.1, "responseMimeType": "application/json"})
+        );
+    }
+
+    #[test]
     fn images_become_inline_data_or_file_data_parts_before_the_text() {
         let user = Message {
             images: vec![
