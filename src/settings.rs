@@ -310,6 +310,16 @@ pub enum StructuredMode {
     Instructions,
 }
 
+impl StructuredMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StructuredMode::Native => "native",
+            StructuredMode::JsonMode => "json_mode",
+            StructuredMode::Instructions => "instructions",
+        }
+    }
+}
+
 /// How an interrupted answer is continued on the next try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -828,6 +838,36 @@ mod tests {
             let err = Settings::parse(&route(extra)).unwrap_err().to_string();
             assert!(err.contains(field), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn structured_output_defaults_to_native_and_names_bad_values() {
+        let route = |extra: &str| {
+            DEFAULT_CONFIG.replace(
+                "provider = \"mock\", model = \"mock-1\"",
+                &format!("provider = \"mock\", model = \"mock-1\"{extra}"),
+            )
+        };
+        let mode = |extra: &str| {
+            let s = Settings::parse(&route(extra)).unwrap();
+            s.model("chat-default").unwrap().routes[0].structured_output
+        };
+        assert_eq!(mode(""), StructuredMode::Native);
+        assert_eq!(
+            mode(", structured_output = \"json_mode\""),
+            StructuredMode::JsonMode
+        );
+        assert_eq!(
+            mode(", structured_output = \"instructions\""),
+            StructuredMode::Instructions
+        );
+        let err = Settings::parse(&route(", structured_output = \"strict\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("structured_output") || err.contains("strict"),
+            "{err}"
+        );
     }
 
     #[test]
