@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use switchyard::settings::Settings;
+use switchyard::settings::{Settings, StructuredMode};
 use switchyard::startup::{Application, Exit};
 
 const ENVIRONMENT: &str = "\
@@ -103,6 +103,12 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             .map(|(n, _)| *n)
             .collect();
             extra.push(caps.join("+"));
+            if r.structured_output != StructuredMode::Native {
+                extra.push(format!(
+                    "structured output {}",
+                    r.structured_output.as_str()
+                ));
+            }
             if let Some(w) = r.context_window {
                 extra.push(format!("{w}-token window"));
             }

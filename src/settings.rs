@@ -335,6 +335,32 @@ impl ProviderKind {
     }
 }
 
+/// How a route asks its provider for the JSON a request's `response_format` wants
+/// (`crate::providers::structured` decides what each kind is sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredMode {
+    /// The provider's own mechanism: OpenAI's `response_format`, Gemini's response MIME type
+    /// and schema, a forced tool call on Anthropic.
+    #[default]
+    Native,
+    /// OpenAI-compatible APIs with JSON mode but no strict schemas (Groq, Together, Ollama…):
+    /// `{"type": "json_object"}`, the schema in a system instruction.
+    JsonMode,
+    /// No format field at all: a system instruction asks for one JSON value.
+    Instructions,
+}
+
+impl StructuredMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StructuredMode::Native => "native",
+            StructuredMode::JsonMode => "json_mode",
+            StructuredMode::Instructions => "instructions",
+        }
+    }
+}
+
 /// How an interrupted answer is continued on the next try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -478,6 +504,9 @@ pub struct RouteSettings {
     /// answer as if it had seen the image.
     #[serde(default)]
     pub vision: bool,
+    /// How this route asks for the JSON a `response_format` wants.
+    #[serde(default)]
+    pub structured_output: StructuredMode,
     /// USD per million input (prompt) tokens; embeddings are priced per input token only.
     #[serde(default)]
     pub input_per_mtok: f64,
@@ -950,6 +979,36 @@ mod tests {
             let err = Settings::parse(&route(extra)).unwrap_err().to_string();
             assert!(err.contains(field), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn structured_output_defaults_to_native_and_names_bad_values() {
+        let route = |extra: &str| {
+            DEFAULT_CONFIG.replace(
+                "provider = \"mock\", model = \"mock-1\"",
+                &format!("provider = \"mock\", model = \"mock-1\"{extra}"),
+            )
+        };
+        let mode = |extra: &str| {
+            let s = Settings::parse(&route(extra)).unwrap();
+            s.model("chat-default").unwrap().routes[0].structured_output
+        };
+        assert_eq!(mode(""), StructuredMode::Native);
+        assert_eq!(
+            mode(", structured_output = \"json_mode\""),
+            StructuredMode::JsonMode
+        );
+        assert_eq!(
+            mode(", structured_output = \"instructions\""),
+            StructuredMode::Instructions
+        );
+        let err = Settings::parse(&route(", structured_output = \"strict\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("structured_output") || err.contains("strict"),
+            "{err}"
+        );
     }
 
     #[test]

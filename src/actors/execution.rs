@@ -360,6 +360,7 @@ impl Execution {
             messages,
             params: self.current.params.clone(),
             fault,
+            structured: route.structured,
         };
         let log = AttemptLog::new(
             self.deps.store.clone(),

@@ -60,6 +60,8 @@ impl Mock {
         }
     }
 
+    /// The same result type as the network providers' `open` (one error type for routing).
+    #[allow(clippy::result_large_err)]
     pub fn open(
         &self,
         req: &UpstreamRequest,
@@ -365,6 +367,7 @@ mod tests {
             messages,
             params: Params::default(),
             fault: None,
+            structured: Default::default(),
         }
     }
 

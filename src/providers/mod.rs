@@ -9,6 +9,7 @@ mod headroom;
 mod mock;
 mod openai;
 mod sse;
+mod structured;
 mod turns;
 
 pub use attempt::{spawn_attempt, AttemptEvent, AttemptHandle};
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::domain::{Message, Params, ToolCallDelta, Usage};
-use crate::settings::{ProviderKind, ProviderSettings, Settings};
+use crate::settings::{ProviderKind, ProviderSettings, Settings, StructuredMode};
 use crate::store::AttemptLog;
 
 /// What one provider event carried, in canonical form.
@@ -65,6 +66,8 @@ pub struct UpstreamRequest {
     pub params: Params,
     /// A testing execution's simulated fault: only the built-in mock acts it out.
     pub fault: Option<crate::domain::Simulate>,
+    /// How the route asks for the JSON `params.response_format` wants (see `structured`).
+    pub structured: StructuredMode,
 }
 
 enum Client {

@@ -3,10 +3,11 @@
 use serde::Deserialize;
 
 use super::sse::{self, Parsed};
+use super::structured;
 use super::{Delta, Embeddings, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
 use crate::domain::tools::{FunctionCall, ToolKind};
 use crate::domain::{Message, ToolCall, ToolCallDelta, Usage};
-use crate::settings::ProviderSettings;
+use crate::settings::{ProviderKind, ProviderSettings};
 use crate::store::AttemptLog;
 
 pub struct OpenAi {
@@ -100,7 +101,9 @@ impl OpenAi {
 
 /// The JSON body sent upstream (also what the debug log records).
 pub fn request_body(req: &UpstreamRequest) -> serde_json::Value {
-    let messages: Vec<WireMessage> = req.messages.iter().map(WireMessage::from).collect();
+    let json = structured::plan(ProviderKind::Openai, req);
+    let conversation = json.messages(&req.messages);
+    let messages: Vec<WireMessage> = conversation.iter().map(WireMessage::from).collect();
     let mut body = serde_json::json!({
         "model": req.model,
         "messages": messages,
@@ -115,6 +118,11 @@ pub fn request_body(req: &UpstreamRequest) -> serde_json::Value {
             // OpenAI refuses these without `tools` (400), though they ask for nothing then.
             params.remove("tool_choice");
             params.remove("parallel_tool_calls");
+        }
+        // The route's structured-output mode decides what is sent, not the request alone.
+        params.remove("response_format");
+        if let structured::Native::ResponseFormat(format) = json.native {
+            params.insert("response_format".into(), format.into_owned());
         }
         obj.extend(params);
     }
@@ -355,6 +363,7 @@ mod tests {
             messages: vec![assistant, result],
             params: crate::domain::Params::default(),
             fault: None,
+            structured: Default::default(),
         };
         let body = request_body(&req);
         assert_eq!(body["messages"][0]["content"], serde_json::Value::Null);
@@ -379,6 +388,7 @@ mod tests {
                 ..crate::domain::Params::default()
             },
             fault: None,
+            structured: Default::default(),
         };
         let body = request_body(&req);
         assert!(body.get("parallel_tool_calls").is_none(), "{body}");
@@ -397,6 +407,7 @@ mod tests {
             messages: vec![user],
             params: crate::domain::Params::default(),
             fault: None,
+            structured: Default::default(),
         };
         assert_eq!(
             request_body(&req)["messages"][0]["content"],
@@ -405,6 +416,72 @@ mod tests {
                 {"type": "image_url", "image_url": {"url": "https://example.test/cat.png", "detail": "low"}}
             ])
         );
+    }
+
+    fn json_schema_format() -> serde_json::Value {
+        serde_json::json!({"type": "json_schema", "json_schema": {"name": "todo", "strict": true,
+            "schema": {"type": "object", "properties": {"title": {"type": "string"}},
+                       "required": ["title"], "additionalProperties": false}}})
+    }
+
+    fn structured_req(mode: crate::settings::StructuredMode) -> UpstreamRequest {
+        UpstreamRequest {
+            model: "m".into(),
+            messages: vec![Message::new(crate::domain::Role::User, "plan my day")],
+            params: crate::domain::Params {
+                response_format: Some(json_schema_format()),
+                ..crate::domain::Params::default()
+            },
+            structured: mode,
+            fault: None,
+        }
+    }
+
+    #[test]
+    fn structured_output_takes_the_shape_of_the_route_mode() {
+        use crate::settings::StructuredMode;
+        let body = request_body(&structured_req(StructuredMode::Native));
+        assert_eq!(body["response_format"], json_schema_format());
+        assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+
+        let body = request_body(&structured_req(StructuredMode::JsonMode));
+        assert_eq!(
+            body["response_format"],
+            serde_json::json!({"type": "json_object"})
+        );
+        assert_eq!(body["messages"][0]["role"], "system");
+        let instruction = body["messages"][0]["content"].as_str().unwrap();
+        assert!(
+            instruction.contains(r#""required":["title"]"#),
+            "{instruction}"
+        );
+        assert_eq!(body["messages"][1]["content"], "plan my day");
+
+        let body = request_body(&structured_req(StructuredMode::Instructions));
+        assert!(body.get("response_format").is_none(), "{body}");
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert!(body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Answer with a single JSON value"));
+    }
+
+    #[test]
+    fn json_object_without_the_word_json_gets_it_in_a_system_message() {
+        let mut req = structured_req(crate::settings::StructuredMode::Native);
+        req.params.response_format = Some(serde_json::json!({"type": "json_object"}));
+        let body = request_body(&req);
+        assert_eq!(
+            body["response_format"],
+            serde_json::json!({"type": "json_object"})
+        );
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert!(body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("JSON object"));
+        req.messages[0].content = "plan my day, in json".into();
+        assert_eq!(request_body(&req)["messages"].as_array().unwrap().len(), 1);
     }
 
     #[test]

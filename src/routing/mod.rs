@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::domain::ChatRequest;
 use crate::error::ErrorCode;
 use crate::providers::{Provider, ProviderError, Providers};
-use crate::settings::{ContinuationStrategy, Settings};
+use crate::settings::{ContinuationStrategy, Settings, StructuredMode};
 
 /// One way to answer a model slug: a provider and its upstream model name.
 #[derive(Clone)]
@@ -29,6 +29,8 @@ pub struct Route {
     pub json_mode: bool,
     pub tools: bool,
     pub vision: bool,
+    /// How a `response_format` is asked of this route's provider.
+    pub structured: StructuredMode,
     pub price: crate::ledger::pricing::Price,
 }
 
@@ -119,6 +121,7 @@ pub fn plan(settings: &Settings, providers: &Providers, slug: &str) -> Option<Ve
                     json_mode: r.json_mode,
                     tools: r.tools,
                     vision: r.vision,
+                    structured: r.structured_output,
                     price: crate::ledger::pricing::Price::of(r),
                 })
             })
@@ -140,6 +143,7 @@ pub fn testing_routes(providers: &Providers) -> Vec<Route> {
             tools: true,
             vision: true,
             price: crate::ledger::pricing::Price::default(),
+            structured: Default::default(),
         })
         .collect()
 }

@@ -17,7 +17,12 @@
 //! fragments (each counts as a delta for the faults), then `stop_reason: tool_use`. Like the
 //! real API it refuses tool blocks in the wrong role, tool blocks in a request that defines no
 //! `tools`, and a `tool_use` not answered by a `tool_result` at the start of the next message
-//! (or the reverse).
+//! (or the reverse), and, like the real API, tools whose name is not `^[a-zA-Z0-9_-]{1,64}$`
+//! or whose `input_schema` is not of type `object`, and a `tool_choice` naming no defined tool.
+//!
+//! Asked for JSON by a system instruction with [`crate::fake_openai::JSON_INSTRUCTION_MARK`]
+//! (Anthropic has no JSON mode), it answers [`crate::fake_openai::JSON_ANSWER`] in
+//! [`TOOL_FRAGMENTS`] text deltas.
 #![allow(dead_code)]
 
 use std::io;
@@ -31,7 +36,7 @@ use crate::fake_http::{
     chunk_prefix, chunk_text, cut, due, word_tokens, write_chunk, write_json_response,
     write_last_chunk, write_sse_head, After, Core, Fake, Plan, RecordedRequest, Request, Wire,
 };
-use crate::fake_openai::{tool_fragment, TOOL_FRAGMENTS};
+use crate::fake_openai::{json_fragment, tool_fragment, JSON_INSTRUCTION_MARK, TOOL_FRAGMENTS};
 
 /// A fault applied to one request. `k` counts the text deltas of *this* response.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,7 +133,43 @@ struct Answer {
     prompt_tokens: usize,
     /// The tool to call instead of answering in text.
     tool: Option<String>,
+    /// Answer [`crate::fake_openai::JSON_ANSWER`] instead of words.
+    json: bool,
     plan: Plan<Fault>,
+}
+
+/// The 400 for a malformed tool definition or a `tool_choice` naming no defined tool.
+fn invalid_tools(body: &Value) -> Option<String> {
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for (i, tool) in tools.iter().enumerate() {
+        let name = str_field(tool, "name");
+        let name_ok = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Some(format!(
+                "tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+            ));
+        }
+        if tool.pointer("/input_schema/type") != Some(&Value::from("object")) {
+            return Some(format!(
+                "tools.{i}.custom.input_schema.type: Input should be 'object'"
+            ));
+        }
+    }
+    let choice = body.get("tool_choice")?;
+    let named = str_field(choice, "name");
+    if str_field(choice, "type") == "tool" && !tools.iter().any(|t| str_field(t, "name") == named) {
+        return Some(format!(
+            "tool_choice: tool `{named}` is not among the tools"
+        ));
+    }
+    None
 }
 
 /// A message's content as blocks (a string is one text block).
@@ -336,6 +377,9 @@ fn invalid(req: &Request, body: &Value) -> Option<String> {
         }
         previous_blocks = blocks;
     }
+    if let Some(e) = invalid_tools(body) {
+        return Some(e);
+    }
     if uses_tool_blocks(messages) && !defines_tools(body) {
         return Some(
             "Requests which include `tool_use` or `tool_result` blocks must define tools.".into(),
@@ -379,6 +423,7 @@ fn answer(body: &Value, plan: Plan<Fault>) -> Answer {
         leading_space,
         prompt_tokens,
         tool: tool_to_call(body),
+        json: system.contains(JSON_INSTRUCTION_MARK),
         plan,
     }
 }
@@ -477,6 +522,7 @@ async fn stream_response(
 
     let total = match a.tool {
         Some(_) => TOOL_FRAGMENTS,
+        None if a.json => TOOL_FRAGMENTS,
         None => plan.words.saturating_sub(a.start),
     };
     let mut sent = 0usize;
@@ -501,6 +547,7 @@ async fn stream_response(
         }
         let delta = match a.tool {
             Some(_) => json!({"type": "input_json_delta", "partial_json": tool_fragment(sent)}),
+            None if a.json => json!({"type": "text_delta", "text": json_fragment(sent)}),
             None => {
                 let mut text = chunk_text(a.start + sent);
                 if sent == 0 && a.leading_space {

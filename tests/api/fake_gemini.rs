@@ -16,6 +16,12 @@
 //! function calls outside `model` turns and responses outside `user` turns, a function-call
 //! turn not answered by as many responses in the next turn, and, like Gemini 3, a step of the
 //! current turn whose first call lacks a signature it issued (or the documented dummy).
+//!
+//! Asked for JSON (`generationConfig.responseMimeType: application/json`, or a system
+//! instruction with [`crate::fake_openai::JSON_INSTRUCTION_MARK`]), it answers
+//! [`crate::fake_openai::JSON_ANSWER`] in [`crate::fake_openai::TOOL_FRAGMENTS`] text chunks.
+//! Like the real API it refuses a `responseSchema` without the JSON MIME type, beside a
+//! `responseJsonSchema`, or with a field its `Schema` object does not have.
 #![allow(dead_code)]
 
 use std::io;
@@ -30,7 +36,7 @@ use crate::fake_http::{
     chunk_prefix, chunk_text, cut, due, word_tokens, write_chunk, write_json_response,
     write_last_chunk, write_sse_head, After, Core, Fake, Plan, RecordedRequest, Request, Wire,
 };
-use crate::fake_openai::TOOL_ARGUMENTS;
+use crate::fake_openai::{json_fragment, JSON_INSTRUCTION_MARK, TOOL_ARGUMENTS, TOOL_FRAGMENTS};
 
 /// The `thoughtSignature` of every call the fake makes.
 pub const THOUGHT_SIGNATURE: &str = "ZmFrZSB0aG91Z2h0";
@@ -132,7 +138,85 @@ struct Answer {
     prompt_tokens: usize,
     /// The function to call instead of answering in text.
     tool: Option<String>,
+    /// Answer [`crate::fake_openai::JSON_ANSWER`] instead of words.
+    json: bool,
     plan: Plan<Fault>,
+}
+
+/// The fields of the API's `Schema` object (what `responseSchema` may hold).
+const SCHEMA_FIELDS: &[&str] = &[
+    "type",
+    "format",
+    "title",
+    "description",
+    "nullable",
+    "enum",
+    "maxItems",
+    "minItems",
+    "properties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "example",
+    "anyOf",
+    "propertyOrdering",
+    "default",
+    "items",
+    "minimum",
+    "maximum",
+];
+
+/// The first field of a `Schema` the API does not know, with its path.
+fn unknown_schema_field(schema: &Value, path: &str) -> Option<String> {
+    let fields = schema.as_object()?;
+    for (key, value) in fields {
+        if !SCHEMA_FIELDS.contains(&key.as_str()) {
+            return Some(format!("{key}\" at '{path}"));
+        }
+        let nested = match key.as_str() {
+            "properties" => value.as_object().map(|props| props.values().collect()),
+            "items" => Some(vec![value]),
+            "anyOf" => value.as_array().map(|v| v.iter().collect()),
+            _ => None,
+        };
+        for (i, child) in nested.unwrap_or_default().into_iter().enumerate() {
+            if let Some(e) = unknown_schema_field(child, &format!("{path}.{key}[{i}]")) {
+                return Some(e);
+            }
+        }
+    }
+    None
+}
+
+/// The 400 for a `generationConfig` that asks for JSON wrongly.
+fn invalid_json_config(body: &Value) -> Option<String> {
+    let config = body.get("generationConfig")?;
+    let mime = config.get("responseMimeType").and_then(Value::as_str);
+    let schema = config.get("responseSchema");
+    if schema.is_some() && config.get("responseJsonSchema").is_some() {
+        return Some("responseSchema and responseJsonSchema cannot both be set".into());
+    }
+    if schema.is_some() && mime != Some("application/json") {
+        return Some(
+            "* GenerateContentRequest.generation_config.response_mime_type: must be application/json when response_schema is set".into(),
+        );
+    }
+    let unknown = unknown_schema_field(schema?, "generation_config.response_schema")?;
+    Some(format!(
+        "Invalid JSON payload received. Unknown name \"{unknown}': Cannot find field."
+    ))
+}
+
+/// Whether the request asks for JSON, by MIME type or by a system instruction.
+fn wants_json(body: &Value) -> bool {
+    body.pointer("/generationConfig/responseMimeType") == Some(&Value::from("application/json"))
+        || body
+            .get("systemInstruction")
+            .and_then(parts_text)
+            .is_some_and(|t| t.contains(JSON_INSTRUCTION_MARK))
 }
 
 fn parts(value: &Value) -> &[Value] {
@@ -308,6 +392,9 @@ fn invalid(body: &Value) -> Option<String> {
     if let Some(e) = unsigned_step(turns) {
         return Some(e);
     }
+    if let Some(e) = invalid_json_config(body) {
+        return Some(e);
+    }
     if previous.and_then(|p| p.get("role")).and_then(Value::as_str) == Some("model") {
         return Some(
             "Please ensure that multiturn requests ends with a user role or a function response."
@@ -343,6 +430,7 @@ fn answer(model: &str, body: &Value, plan: Plan<Fault>) -> Answer {
         start,
         prompt_tokens,
         tool: tool_to_call(body),
+        json: wants_json(body),
         plan,
     }
 }
@@ -472,6 +560,7 @@ async fn stream_response(
     }
     let total = match a.tool {
         Some(_) => 1,
+        None if a.json => TOOL_FRAGMENTS,
         None => plan.words.saturating_sub(a.start),
     };
     let mut sent = 0usize;
@@ -509,6 +598,7 @@ async fn stream_response(
         }
         let chunk = match &a.tool {
             Some(name) => call_chunk(a, name),
+            None if a.json => text_chunk(a, json_fragment(sent), None, sent + 1),
             None => text_chunk(a, &chunk_text(a.start + sent), None, sent + 1),
         };
         sent += 1;

@@ -11,6 +11,11 @@
 //! by `tool_choice`, else the first, with [`TOOL_ARGUMENTS`] streamed in
 //! [`TOOL_FRAGMENTS`] argument fragments (each fragment counts as a chunk for the faults), then
 //! finish reason `tool_calls`.
+//!
+//! Asked for JSON (a `json_object` or `json_schema` `response_format`, or a system message
+//! with [`JSON_INSTRUCTION_MARK`], as a model follows the instruction), it answers
+//! [`JSON_ANSWER`] in [`TOOL_FRAGMENTS`] content chunks instead of words. Like OpenAI it
+//! refuses `json_object` when no message says "json".
 #![allow(dead_code)]
 
 use std::io;
@@ -38,8 +43,22 @@ pub const TOOL_FRAGMENTS: usize = 3;
 /// Fragment `n` (of [`TOOL_FRAGMENTS`]) of [`TOOL_ARGUMENTS`]; the fakes of the other wire
 /// formats stream the same arguments.
 pub fn tool_fragment(n: usize) -> &'static str {
-    let len = TOOL_ARGUMENTS.len();
-    &TOOL_ARGUMENTS[n * len / TOOL_FRAGMENTS..(n + 1) * len / TOOL_FRAGMENTS]
+    fragment(TOOL_ARGUMENTS, n)
+}
+
+/// The answer of every fake asked for JSON (the other wire formats' fakes answer it too).
+pub const JSON_ANSWER: &str = r#"{"title":"Buy milk","done":false,"tags":["home"]}"#;
+/// What a system message asking for JSON says (Switchyard's instruction starts with it).
+pub const JSON_INSTRUCTION_MARK: &str = "Answer with a single JSON";
+
+/// Fragment `n` (of [`TOOL_FRAGMENTS`]) of [`JSON_ANSWER`].
+pub fn json_fragment(n: usize) -> &'static str {
+    fragment(JSON_ANSWER, n)
+}
+
+fn fragment(text: &'static str, n: usize) -> &'static str {
+    let len = text.len();
+    &text[n * len / TOOL_FRAGMENTS..(n + 1) * len / TOOL_FRAGMENTS]
 }
 
 /// A fault applied to one chat completions request.
@@ -265,6 +284,30 @@ struct Answer {
     first_chunk_delay: Duration,
     /// The function to call instead of answering in text.
     tool: Option<String>,
+    /// Answer [`JSON_ANSWER`] instead of words.
+    json: bool,
+}
+
+/// The `response_format` type asked for, if any.
+fn format_type(body: &Value) -> Option<&str> {
+    body.pointer("/response_format/type")
+        .and_then(Value::as_str)
+}
+
+/// Whether the request asks for JSON, by format or by a system instruction.
+fn wants_json(body: &Value) -> bool {
+    matches!(format_type(body), Some("json_object" | "json_schema"))
+        || messages(body)
+            .iter()
+            .any(|m| role(m) == "system" && message_text(m).contains(JSON_INSTRUCTION_MARK))
+}
+
+/// OpenAI's 400 for `json_object` without the word "json" in the messages.
+fn json_word_missing(body: &Value) -> bool {
+    format_type(body) == Some("json_object")
+        && !messages(body)
+            .iter()
+            .any(|m| message_text(m).to_ascii_lowercase().contains("json"))
 }
 
 /// The tool the fake calls for this request, if any.
@@ -376,6 +419,7 @@ async fn handle_request(
             chunk_delay,
             first_chunk_delay,
             tool: tool_to_call(&body),
+            json: wants_json(&body),
         };
         (fault, plan)
     };
@@ -422,6 +466,18 @@ async fn handle_request(
             "We could not parse the JSON body of your request.",
             "invalid_request_error",
             None,
+            None,
+        );
+        write_json_response(socket, 400, None, &body, req.keep_alive).await?;
+        core.completed();
+        return Ok(keep);
+    }
+
+    if json_word_missing(&body) {
+        let body = error_body(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
+            "invalid_request_error",
+            Some("messages"),
             None,
         );
         write_json_response(socket, 400, None, &body, req.keep_alive).await?;
@@ -497,6 +553,7 @@ async fn stream_response(
     let total = match (&plan.tool, &pieces) {
         (Some(_), _) => TOOL_FRAGMENTS,
         (None, Some(pieces)) => pieces.len(),
+        (None, None) if plan.json => TOOL_FRAGMENTS,
         (None, None) => plan.words.saturating_sub(plan.start),
     };
     let mut sent = 0usize;
@@ -527,6 +584,7 @@ async fn stream_response(
             None => {
                 let word = match &pieces {
                     Some(pieces) => json_str(&pieces[sent]),
+                    None if plan.json => json_str(json_fragment(sent)),
                     None => json_str(&crate::fake_http::chunk_text(plan.start + sent)),
                 };
                 if sent == 0 {
@@ -617,7 +675,11 @@ async fn plain_response(
     if !pause.is_zero() {
         tokio::time::sleep(pause).await;
     }
-    let content = text_range(plan.start, plan.words);
+    let content = if plan.json {
+        JSON_ANSWER.to_string()
+    } else {
+        text_range(plan.start, plan.words)
+    };
     let body = match fault {
         Fault::MalformedAt(_) => "{not json".to_string(),
         Fault::ErrorEventAt(_) => error_body(

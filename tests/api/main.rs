@@ -26,6 +26,7 @@ mod metrics;
 mod mock;
 mod openai_compat;
 mod provider_signatures;
+mod provider_structured;
 mod provider_tools;
 mod provider_vision;
 mod providers;

@@ -50,7 +50,7 @@ impl Anthropic {
             builder = builder.header("x-api-key", key);
         }
         let resp = sse::send(&self.http, builder, &prepared.body, log, classify_status).await?;
-        let mut parser = EventParser::new(prepared.trimmed_prefill);
+        let mut parser = EventParser::new(prepared.trimmed_prefill, prepared.output_tool);
         Ok(sse::parse_response(resp, log.clone(), move |ev| {
             parser.parse(&ev.data)
         }))

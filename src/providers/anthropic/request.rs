@@ -5,8 +5,10 @@ use serde_json::{json, Value};
 use crate::domain::request::Image;
 use crate::domain::tools::{Tool, ToolChoice, ToolMode};
 use crate::domain::Params;
+use crate::providers::structured::{self, Native};
 use crate::providers::turns::{conversation, stop_sequences, Part, Speaker, Turn};
 use crate::providers::UpstreamRequest;
+use crate::settings::ProviderKind;
 
 /// Anthropic requires `max_tokens`; this is used when the request sets none.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
@@ -18,10 +20,20 @@ pub struct Prepared {
     /// assistant message that ends in whitespace, and a model continuing the trimmed text
     /// starts by writing that whitespace again, which the emitted text already has.
     pub trimmed_prefill: bool,
+    /// The tool the answer is forced to call for structured output: its input is the answer
+    /// text (see `stream::EventParser`).
+    pub output_tool: Option<String>,
 }
 
+/// The body of `req`. Structured output is asked the way `structured::plan` decides: natively
+/// as a forced call of one tool whose `input_schema` is the schema (Anthropic's documented way
+/// to get JSON that follows a schema), else as a system instruction — for `json_object`, a
+/// non-object schema, a request with tools of its own, and any continuation: a partial JSON
+/// cannot be prefilled into a tool's input, while as plain text the model extends it.
 pub fn request_body(req: &UpstreamRequest) -> Prepared {
-    let conv = conversation(&req.messages);
+    let json = structured::plan(ProviderKind::Anthropic, req);
+    let messages = json.messages(&req.messages);
+    let conv = conversation(&messages);
     let mut turns = conv.turns;
     let trimmed_prefill = trim_prefill(&mut turns);
     let messages: Vec<Value> = turns.iter().map(message).collect();
@@ -46,7 +58,15 @@ pub fn request_body(req: &UpstreamRequest) -> Prepared {
     if let Some(stops) = stop_sequences(p) {
         body["stop_sequences"] = stops.into();
     }
-    if !p.tools.is_empty() {
+    let mut output_tool = None;
+    if let Native::Tool(t) = json.native {
+        body["tools"] = json!([{"name": t.name, "description": t.description,
+            "input_schema": t.schema}]);
+        // One call: a second would be a second answer.
+        body["tool_choice"] =
+            json!({"type": "tool", "name": t.name, "disable_parallel_tool_use": true});
+        output_tool = Some(t.name);
+    } else if !p.tools.is_empty() {
         body["tools"] = p.tools.iter().map(tool).collect();
         if let Some(choice) = tool_choice(p) {
             body["tool_choice"] = choice;
@@ -60,6 +80,7 @@ pub fn request_body(req: &UpstreamRequest) -> Prepared {
     Prepared {
         body,
         trimmed_prefill,
+        output_tool,
     }
 }
 
@@ -200,6 +221,7 @@ mod tests {
             messages,
             params,
             fault: None,
+            structured: Default::default(),
         }
     }
 
@@ -249,6 +271,80 @@ mod tests {
         ));
         assert_eq!(p.body["max_tokens"], 10);
         assert!(p.body.get("system").is_none());
+    }
+
+    fn todo_format() -> Value {
+        json!({"type": "json_schema", "json_schema": {"name": "todo list", "strict": true,
+            "description": "the day's tasks",
+            "schema": {"type": "object", "properties": {"title": {"type": "string"}},
+                       "required": ["title"], "additionalProperties": false}}})
+    }
+
+    #[test]
+    fn a_json_schema_is_asked_as_a_forced_call_of_one_tool() {
+        let params = Params {
+            response_format: Some(todo_format()),
+            ..Params::default()
+        };
+        let p = request_body(&req(vec![Message::new(Role::User, "plan")], params));
+        assert_eq!(p.output_tool.as_deref(), Some("todo_list"));
+        let tools = p.body["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 1);
+        assert_eq!(tools[0]["name"], "todo_list");
+        assert_eq!(
+            tools[0]["input_schema"],
+            todo_format()["json_schema"]["schema"]
+        );
+        assert!(tools[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("the day's tasks"));
+        assert_eq!(
+            p.body["tool_choice"],
+            json!({"type": "tool", "name": "todo_list", "disable_parallel_tool_use": true})
+        );
+        assert!(p.body.get("system").is_none());
+    }
+
+    #[test]
+    fn a_continuation_or_json_object_asks_by_instruction_instead() {
+        let params = Params {
+            response_format: Some(todo_format()),
+            ..Params::default()
+        };
+        let p = request_body(&req(
+            vec![
+                Message::new(Role::User, "plan"),
+                Message::new(Role::Assistant, "{\"title\": "),
+            ],
+            params,
+        ));
+        assert_eq!(p.output_tool, None);
+        assert!(p.body.get("tools").is_none() && p.body.get("tool_choice").is_none());
+        assert!(p.body["system"]
+            .as_str()
+            .unwrap()
+            .contains("continue that same JSON value"));
+        assert_eq!(p.body["messages"][1]["content"][0]["text"], "{\"title\":");
+
+        let params = Params {
+            response_format: Some(json!({"type": "json_object"})),
+            ..Params::default()
+        };
+        let p = request_body(&req(
+            vec![
+                Message::new(Role::System, "be brief"),
+                Message::new(Role::User, "plan"),
+            ],
+            params,
+        ));
+        assert_eq!(p.output_tool, None);
+        assert!(p.body.get("tools").is_none());
+        let system = p.body["system"].as_str().unwrap();
+        assert!(
+            system.starts_with("be brief\n\nAnswer with a single JSON object"),
+            "{system}"
+        );
     }
 
     #[test]

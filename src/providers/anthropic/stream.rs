@@ -113,14 +113,50 @@ pub(super) struct EventParser {
     /// parameters gets `{}` when its block stops, as OpenAI would send, rather than an empty
     /// string no client can parse.
     argless_calls: Vec<u32>,
+    /// Structured output through a forced tool call (see `request::Prepared::output_tool`).
+    output: Option<OutputCall>,
+}
+
+/// The forced call whose input is the answer: its `input_json_delta` fragments are streamed
+/// as answer text, so the execution sees the JSON as it would from any other provider.
+struct OutputCall {
+    name: String,
+    /// Its block, once started.
+    index: Option<u32>,
+    /// Whether any input text went out (an empty input is still the answer `{}`).
+    written: bool,
 }
 
 impl EventParser {
-    pub(super) fn new(strip_leading: bool) -> EventParser {
+    pub(super) fn new(strip_leading: bool, output_tool: Option<String>) -> EventParser {
         EventParser {
             input_tokens: 0,
             strip_leading,
             argless_calls: Vec::new(),
+            output: output_tool.map(|name| OutputCall {
+                name,
+                index: None,
+                written: false,
+            }),
+        }
+    }
+
+    fn is_output_tool(&self, name: &str) -> bool {
+        self.output.as_ref().is_some_and(|o| o.name == name)
+    }
+
+    fn is_output_block(&self, index: u32) -> bool {
+        self.output.as_ref().is_some_and(|o| o.index == Some(index))
+    }
+
+    /// Answer text from the output call's input.
+    fn output_text(&mut self, text: String) -> Delta {
+        if let Some(o) = &mut self.output {
+            o.written |= !text.is_empty();
+        }
+        Delta {
+            text: Some(text).filter(|t| !t.is_empty()),
+            ..Delta::default()
         }
     }
 
@@ -130,6 +166,35 @@ impl EventParser {
             Err(e) => return sse::skipped(data, &e),
         };
         let delta = match event {
+            Event::ContentBlockStart {
+                index,
+                content_block: BlockStart::ToolUse { name, .. },
+            } if self.is_output_tool(&name) => {
+                if let Some(o) = &mut self.output {
+                    o.index = Some(index);
+                }
+                Delta::default()
+            }
+            Event::ContentBlockDelta {
+                index,
+                delta: BlockDelta::InputJsonDelta { partial_json },
+            } if self.is_output_block(index) => self.output_text(partial_json),
+            Event::ContentBlockStop { index }
+                if self.is_output_block(index)
+                    && self.output.as_ref().is_some_and(|o| !o.written) =>
+            {
+                self.output_text("{}".into())
+            }
+            // Forced to call, the model writes no text; any it did would spoil the JSON.
+            Event::ContentBlockDelta {
+                delta: BlockDelta::TextDelta { .. },
+                ..
+            } if self.output.is_some() => {
+                return Parsed::Item(StreamItem::Skipped {
+                    raw: data.to_string(),
+                    reason: "text beside the structured-output tool call".into(),
+                })
+            }
             Event::MessageStart { message } => {
                 self.input_tokens = message.usage.input_tokens.unwrap_or(0);
                 Delta::default()
@@ -187,7 +252,11 @@ impl EventParser {
                 Delta {
                     text: None,
                     tool_calls: Vec::new(),
-                    finish_reason: delta.stop_reason.map(finish_reason),
+                    finish_reason: delta.stop_reason.map(|r| match r.as_str() {
+                        // The forced call is the answer, not a call to hand to the client.
+                        "tool_use" if self.output.is_some() => "stop".into(),
+                        _ => finish_reason(r),
+                    }),
                     usage: usage.output_tokens.map(|out| Usage {
                         prompt_tokens: self.input_tokens,
                         completion_tokens: out,
@@ -240,7 +309,7 @@ mod tests {
     use super::*;
 
     fn run(body: &str, strip_leading: bool) -> Vec<Result<StreamItem, ProviderError>> {
-        let mut parser = EventParser::new(strip_leading);
+        let mut parser = EventParser::new(strip_leading, None);
         sse::run_recorded(body, move |ev| parser.parse(&ev.data))
     }
 
@@ -389,6 +458,48 @@ mod tests {
         "event: message_stop\n",
         "data: {\"type\":\"message_stop\"}\n\n",
     );
+
+    #[test]
+    fn the_output_tool_s_input_streams_as_text_and_finishes_as_stop() {
+        let body = TOOL_STREAM.replace("get_weather", "json_output");
+        let mut parser = EventParser::new(false, Some("json_output".into()));
+        let items = sse::run_recorded(&body, move |ev| parser.parse(&ev.data));
+        // The stray text block is skipped; the other, unforced call still comes through.
+        assert!(
+            matches!(items[2], Ok(StreamItem::Skipped { .. })),
+            "{items:?}"
+        );
+        let ok: Vec<&Delta> = items
+            .iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Delta(d)) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text(&items), r#"{"city": "Oslo"}"#);
+        let calls: Vec<_> = ok.iter().flat_map(|d| &d.tool_calls).collect();
+        assert!(calls.iter().all(|c| c.index == 2), "{calls:?}");
+        assert_eq!(ok.last().unwrap().finish_reason.as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn an_output_tool_with_empty_input_answers_an_empty_object() {
+        let body = concat!(
+            "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"json_output\",\"input\":{}}}\n\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+            "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":2}}\n\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let mut parser = EventParser::new(false, Some("json_output".into()));
+        let items = sse::run_recorded(body, move |ev| parser.parse(&ev.data));
+        assert_eq!(text(&items), "{}");
+        assert!(items.iter().all(|i| delta(i).tool_calls.is_empty()));
+        assert_eq!(
+            delta(items.last().unwrap()).finish_reason.as_deref(),
+            Some("stop")
+        );
+    }
 
     #[test]
     fn tool_use_blocks_stream_as_call_fragments_and_finish_as_tool_calls() {

@@ -12,7 +12,7 @@ use crate::settings::ProviderSettings;
 use crate::store::AttemptLog;
 
 mod request;
-/// The parameter schemas `request` declares functions with.
+/// The schemas `request` declares functions and response schemas with.
 mod schema;
 mod stream;
 

@@ -1,12 +1,15 @@
-//! Canonical request → Gemini body: contents, images, tools, choice, thought signatures, config.
+//! Canonical request → Gemini body: contents, images, tools, choice, thought signatures, config
+//! (structured output included: `responseMimeType` and `responseSchema`).
 
 use serde_json::{json, Map, Value};
 
 use super::schema;
 use crate::domain::request::Image;
 use crate::domain::tools::{Tool, ToolChoice, ToolMode};
+use crate::providers::structured::{self, Native};
 use crate::providers::turns::{conversation, stop_sequences, Part, Speaker, Turn};
 use crate::providers::UpstreamRequest;
+use crate::settings::ProviderKind;
 
 /// The signature Gemini's docs name for a call it did not sign (made on another route, or
 /// whose signature a client dropped): it tells Gemini 3 to skip the check that would refuse
@@ -16,7 +19,9 @@ const DUMMY_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 /// The JSON body sent upstream (also what the debug log records). Gemini has no prefill: a
 /// trailing `model` turn is sent as is, which is why its default continuation is `instruction`.
 pub fn request_body(req: &UpstreamRequest) -> Value {
-    let conv = conversation(&req.messages);
+    let json = structured::plan(ProviderKind::Gemini, req);
+    let messages = json.messages(&req.messages);
+    let conv = conversation(&messages);
     let contents: Vec<Value> = conv.turns.iter().map(content).collect();
     let mut body = json!({ "contents": contents });
     if !conv.system.is_empty() {
@@ -44,6 +49,10 @@ pub fn request_body(req: &UpstreamRequest) -> Value {
     set("presencePenalty", p.presence_penalty.map(Value::from));
     set("frequencyPenalty", p.frequency_penalty.map(Value::from));
     set("seed", p.seed.map(Value::from));
+    if let Native::JsonMime { schema } = json.native {
+        set("responseMimeType", Some("application/json".into()));
+        set("responseSchema", schema.map(schema::subset));
+    }
     if !config.is_empty() {
         body["generationConfig"] = Value::Object(config);
     }
@@ -161,6 +170,7 @@ mod tests {
                 ..Params::default()
             },
             fault: None,
+            structured: Default::default(),
         };
         assert_eq!(
             request_body(&req),
@@ -186,6 +196,66 @@ mod tests {
     }
 
     #[test]
+    fn structured_output_asks_json_with_the_schema_narrowed_to_gemini_s_subset() {
+        let format = json!({"type": "json_schema", "json_schema": {"name": "todo", "strict": true,
+            "schema": {"type": "object", "additionalProperties": false,
+                       "properties": {"title": {"type": "string"},
+                                      "due": {"type": ["string", "null"], "format": "date"}},
+                       "required": ["title"]}}});
+        let mut req = UpstreamRequest {
+            model: "gemini-x".into(),
+            messages: vec![Message::new(Role::User, "plan my day")],
+            params: Params {
+                response_format: Some(format),
+                temperature: Some(0.1),
+                ..Params::default()
+            },
+            structured: Default::default(),
+            fault: None,
+        };
+        let body = request_body(&req);
+        assert_eq!(
+            body["generationConfig"],
+            json!({"temperature": 0.1, "responseMimeType": "application/json",
+                   "responseSchema": {"type": "object",
+                       "properties": {"title": {"type": "string"},
+                                      "due": {"type": "string", "nullable": true, "format": "date"}},
+                       "required": ["title"]}})
+        );
+        assert!(body.get("systemInstruction").is_none());
+
+        req.structured = crate::settings::StructuredMode::JsonMode;
+        let body = request_body(&req);
+        assert_eq!(
+            body["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
+        assert!(body["generationConfig"].get("responseSchema").is_none());
+        let instruction = body["systemInstruction"]["parts"][0]["text"]
+            .as_str()
+            .unwrap();
+        assert!(
+            instruction.contains("additionalProperties"),
+            "the whole schema: {instruction}"
+        );
+
+        req.structured = crate::settings::StructuredMode::Instructions;
+        let body = request_body(&req);
+        assert!(body["generationConfig"].get("responseMimeType").is_none());
+        assert!(body["systemInstruction"]["parts"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Answer with a single JSON value"));
+
+        req.structured = crate::settings::StructuredMode::Native;
+        req.params.response_format = Some(json!({"type": "json_object"}));
+        assert_eq!(
+            request_body(&req)["generationConfig"],
+            json!({"temperature": 0.1, "responseMimeType": "application/json"})
+        );
+    }
+
+    #[test]
     fn images_become_inline_data_or_file_data_parts_before_the_text() {
         let user = Message {
             images: vec![
@@ -205,6 +275,7 @@ mod tests {
             messages: vec![user],
             params: Params::default(),
             fault: None,
+            structured: Default::default(),
         };
         assert_eq!(
             request_body(&req)["contents"],
@@ -263,6 +334,7 @@ mod tests {
                 ..Params::default()
             },
             fault: None,
+            structured: Default::default(),
         };
         assert_eq!(
             request_body(&req),
@@ -331,6 +403,7 @@ mod tests {
             messages,
             params: Params::default(),
             fault: None,
+            structured: Default::default(),
         };
         let contents = request_body(&req)["contents"].clone();
         let signatures = |turn: usize| -> Vec<Value> {

@@ -1,5 +1,6 @@
-//! Function parameters in the subset of JSON Schema that Gemini's `parameters` field takes:
-//! the fields of its `Schema` object (an OpenAPI 3.0 subset). Gemini refuses the whole request
+//! Function parameters and response schemas in the subset of JSON Schema that Gemini's
+//! `parameters` and `generationConfig.responseSchema` fields take: the fields of its `Schema`
+//! object (an OpenAPI 3.0 subset). Gemini refuses the whole request
 //! over a key it does not know (`additionalProperties`, `$schema`, `$ref`, `oneOf`, …), so
 //! those are dropped: the model loses a constraint rather than the route failing.
 
