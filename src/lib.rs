@@ -14,6 +14,7 @@
 //! - [`revocation`]: the broadcast that ends a revoked or rotated key's open streams
 //! - [`webhooks`]: webhook egress rules, per-project signing, fair delivery from the outbox
 //! - [`retention`]: the background sweep that deletes state past its `[retention]`
+//! - [`structured`]: structured output (JSON Schema sample data)
 //! - [`domain`]: ids, requests, statuses, events and the execution record
 //! - [`settings`]: the TOML configuration; [`error`]: the API error type; [`startup`]: assembly
 
@@ -33,4 +34,5 @@ pub mod routing;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod structured;
 pub mod webhooks;
