@@ -17,8 +17,8 @@ use serde_json::{json, Map, Value};
 const MINIMAL_AFTER_REFS: u32 = 3;
 /// `$ref` hops after which generation gives up: a required self-reference with no way out.
 const MAX_REFS: u32 = 12;
-/// The name the schema's root is registered under, so that a part of it can be validated alone
-/// while its `#/...` references still resolve against the whole document.
+/// The name a root without `$id` is registered under, so that a part of it can be validated
+/// alone while its `#/...` references still resolve against the whole document.
 const ROOT_URI: &str = "urn:switchyard:sample-root";
 
 /// A value valid against `schema` (whenever this generator can find one), the same on every call.
@@ -44,6 +44,8 @@ impl Ctx<'_> {
 
 struct Gen<'a> {
     root: &'a Value,
+    /// The root's own `$id`, else [`ROOT_URI`]: references inside it resolve against this.
+    base: String,
     registry: Option<jsonschema::Registry<'static>>,
     /// One compiled validator per distinct part of the schema; `None` when it does not compile.
     validators: HashMap<String, Option<jsonschema::Validator>>,
@@ -51,12 +53,18 @@ struct Gen<'a> {
 
 impl<'a> Gen<'a> {
     fn new(root: &'a Value) -> Self {
+        let base = root
+            .get("$id")
+            .and_then(Value::as_str)
+            .map_or(ROOT_URI, |id| id.trim_end_matches('#'))
+            .to_string();
         let registry = jsonschema::Registry::new()
-            .add(ROOT_URI, root.clone())
+            .add(&base, root.clone())
             .ok()
             .and_then(|builder| builder.prepare().ok());
         Gen {
             root,
+            base,
             registry,
             validators: HashMap::new(),
         }
@@ -65,7 +73,7 @@ impl<'a> Gen<'a> {
     /// Whether `value` satisfies `schema` (a part of the root, formats asserted); `None` when
     /// that cannot be told.
     fn check(&mut self, schema: &Value, value: &Value) -> Option<bool> {
-        let mut wrapped = absolute_refs(schema);
+        let mut wrapped = absolute_refs(schema, &self.base);
         if let (Value::Object(part), Some(draft)) = (&mut wrapped, self.root.get("$schema")) {
             part.entry("$schema").or_insert_with(|| draft.clone());
         }
@@ -75,7 +83,9 @@ impl<'a> Gen<'a> {
             if let Some(registry) = &self.registry {
                 options = options.with_registry(registry);
             }
-            let validator = options.build(&wrapped).ok();
+            // a validator bug must not take the caller down with it: a panic counts as unknown
+            let build = std::panic::AssertUnwindSafe(|| options.build(&wrapped).ok());
+            let validator = std::panic::catch_unwind(build).ok().flatten();
             self.validators.insert(key.clone(), validator);
         }
         self.validators[&key].as_ref().map(|v| v.is_valid(value))
@@ -95,7 +105,12 @@ impl<'a> Gen<'a> {
         if fragment.is_empty() {
             return Some(self.root);
         }
-        self.root.pointer(&percent_decode(fragment))
+        let fragment = percent_decode(fragment);
+        if fragment.starts_with('/') {
+            self.root.pointer(&fragment)
+        } else {
+            find_anchor(self.root, &fragment)
+        }
     }
 
     fn value(&mut self, schema: &Value, cx: Ctx) -> Value {
@@ -326,9 +341,7 @@ impl<'a> Gen<'a> {
             attempt += 1;
             let pattern_key = patterns.and_then(|ps| {
                 ps.iter().find_map(|(p, s)| {
-                    let key = (0..8)
-                        .filter_map(|extra| from_pattern(p, extra + attempt as u32, 1, None))
-                        .find(|k| !out.contains_key(k))?;
+                    let key = pattern_strings(p).find(|k| !k.is_empty() && !out.contains_key(k))?;
                     Some((key, s))
                 })
             });
@@ -419,24 +432,39 @@ impl<'a> Gen<'a> {
 }
 
 /// A copy of `schema` whose local references name the registered root.
-fn absolute_refs(schema: &Value) -> Value {
+fn absolute_refs(schema: &Value, base: &str) -> Value {
     match schema {
         Value::Object(obj) => Value::Object(
             obj.iter()
                 .map(|(k, v)| {
                     let v = match (k.as_str(), v) {
                         ("$ref", Value::String(r)) if r.starts_with('#') => {
-                            Value::String(format!("{ROOT_URI}{r}"))
+                            Value::String(format!("{base}{r}"))
                         }
                         ("const" | "enum" | "default" | "examples", _) => v.clone(),
-                        _ => absolute_refs(v),
+                        _ => absolute_refs(v, base),
                     };
                     (k.clone(), v)
                 })
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.iter().map(absolute_refs).collect()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| absolute_refs(v, base)).collect()),
         other => other.clone(),
+    }
+}
+
+/// The sub-schema declaring `"$anchor": anchor` (a `#name` reference).
+fn find_anchor<'v>(schema: &'v Value, anchor: &str) -> Option<&'v Value> {
+    match schema {
+        Value::Object(obj) if obj.get("$anchor").and_then(Value::as_str) == Some(anchor) => {
+            Some(schema)
+        }
+        Value::Object(obj) => obj
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "const" | "enum" | "default" | "examples"))
+            .find_map(|(_, v)| find_anchor(v, anchor)),
+        Value::Array(items) => items.iter().find_map(|v| find_anchor(v, anchor)),
+        _ => None,
     }
 }
 
@@ -734,12 +762,16 @@ fn string(obj: &Map<String, Value>, cx: Ctx) -> String {
         if matches(&plausible) && fits(&plausible) {
             return plausible;
         }
-        let extras = [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128];
-        if let Some(s) = extras
-            .into_iter()
-            .find_map(|extra| from_pattern(pattern, extra, min, max))
-        {
-            return s;
+        let mut shortest = None;
+        for candidate in pattern_strings(pattern) {
+            if fits(&candidate) {
+                return candidate;
+            }
+            shortest.get_or_insert(candidate);
+        }
+        // an unanchored pattern may still match once padded to the length bounds
+        if let Some(padded) = shortest.map(|s| fit(s, min, max)).filter(|s| matches(s)) {
+            return padded;
         }
     }
     fit(plausible, min, max)
@@ -769,18 +801,27 @@ fn fit(mut s: String, min: usize, max: Option<usize>) -> String {
     s
 }
 
-/// A string of the pattern's language with each repetition taken `extra` times beyond its
-/// minimum, kept only when the `regex` crate agrees it matches and it fits the lengths.
-fn from_pattern(pattern: &str, extra: u32, min: usize, max: Option<usize>) -> Option<String> {
-    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
-    let mut out = String::new();
-    let mut counter = 0;
-    render(&hir, extra, &mut counter, &mut out)?;
-    let n = out.chars().count();
-    let fits = n >= min && max.is_none_or(|m| n <= m);
-    let re = regex::Regex::new(pattern).ok()?;
-    (fits && re.is_match(&out)).then_some(out)
+/// Strings of the pattern's language, shortest first: each repetition taken its minimum number
+/// of times, then a growing number more. Only those the `regex` crate agrees match are kept
+/// (look-arounds and back-references do not parse, so they give none).
+fn pattern_strings(pattern: &str) -> impl Iterator<Item = String> {
+    let parsed = regex_syntax::Parser::new().parse(pattern).ok();
+    let re = regex::Regex::new(pattern).ok();
+    let mut previous = None;
+    [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+        .into_iter()
+        .filter_map(move |extra| {
+            let (hir, re) = (parsed.as_ref()?, re.as_ref()?);
+            let mut text = String::new();
+            render(hir, extra, &mut 0, &mut text)?;
+            let new = previous.as_ref() != Some(&text) && re.is_match(&text);
+            previous = Some(text.clone());
+            new.then_some(text)
+        })
 }
+
+/// Longest string worth building from a pattern (nested repetitions grow fast).
+const MAX_PATTERN_TEXT: usize = 4096;
 
 fn render(hir: &Hir, extra: u32, counter: &mut usize, out: &mut String) -> Option<()> {
     match hir.kind() {
@@ -804,6 +845,9 @@ fn render(hir: &Hir, extra: u32, counter: &mut usize, out: &mut String) -> Optio
             let times = rep.max.map_or(times, |max| times.min(max));
             for _ in 0..times {
                 render(&rep.sub, extra, counter, out)?;
+                if out.len() > MAX_PATTERN_TEXT {
+                    return None;
+                }
             }
         }
         HirKind::Capture(capture) => render(&capture.sub, extra, counter, out)?,
@@ -1662,6 +1706,28 @@ mod tests {
                         "free": {}
                     },
                     "required": ["count", "labels", "meta", "free"]
+                }),
+            ),
+            (
+                "$id root, absolute and $anchor references, unanchored pattern",
+                json!({
+                    "$id": "https://example.com/person.json",
+                    "type": "object",
+                    "properties": {
+                        "friend": { "$ref": "#/$defs/Person" },
+                        "manager": { "$ref": "https://example.com/person.json#/$defs/Person" },
+                        "level": { "$ref": "#level" },
+                        "motto": { "type": "string", "pattern": "\\bgo\\b", "minLength": 10 }
+                    },
+                    "required": ["friend", "manager", "level", "motto"],
+                    "$defs": {
+                        "Person": {
+                            "type": "object",
+                            "properties": { "email": { "type": "string", "format": "email" } },
+                            "required": ["email"]
+                        },
+                        "Level": { "$anchor": "level", "type": "integer", "minimum": 5 }
+                    }
                 }),
             ),
         ]
