@@ -11,9 +11,11 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
+use merge::merge;
 use pattern::pattern_strings;
 use plausible::{format_value, plausible_number, plausible_string};
 
+mod merge;
 mod pattern;
 mod plausible;
 
@@ -557,112 +559,6 @@ fn infer_type(obj: &Map<String, Value>) -> &'static str {
     }
 }
 
-/// Both schemas at once (for `allOf`, `$ref` siblings and a branch with its parent): bounds
-/// tighten, `required` and `properties` unite, a sub-schema given twice becomes an `allOf`.
-fn merge(a: &Value, b: &Value) -> Value {
-    let (a, b) = match (a, b) {
-        (Value::Bool(true), other) | (other, Value::Bool(true)) => return other.clone(),
-        (Value::Object(a), Value::Object(b)) => (a, b),
-        _ => return Value::Bool(false),
-    };
-    let mut out = a.clone();
-    for (key, theirs) in b {
-        let Some(ours) = a.get(key) else {
-            out.insert(key.clone(), theirs.clone());
-            continue;
-        };
-        let both_f64 = ours.as_f64().zip(theirs.as_f64());
-        let merged = match key.as_str() {
-            "properties" | "patternProperties" | "$defs" | "definitions" => {
-                let (Value::Object(x), Value::Object(y)) = (ours, theirs) else {
-                    continue;
-                };
-                let mut union = x.clone();
-                for (name, schema) in y {
-                    let combined = match x.get(name) {
-                        Some(first) => json!({ "allOf": [first, schema] }),
-                        None => schema.clone(),
-                    };
-                    union.insert(name.clone(), combined);
-                }
-                Value::Object(union)
-            }
-            "required" => {
-                let mut names = ours.as_array().cloned().unwrap_or_default();
-                for name in theirs.as_array().into_iter().flatten() {
-                    if !names.contains(name) {
-                        names.push(name.clone());
-                    }
-                }
-                Value::Array(names)
-            }
-            "type" => intersect_types(ours, theirs),
-            "minimum" | "exclusiveMinimum" | "minLength" | "minItems" | "minProperties"
-            | "minContains" => match both_f64 {
-                Some((x, y)) => if x >= y { ours } else { theirs }.clone(),
-                None => ours.clone(),
-            },
-            "maximum" | "exclusiveMaximum" | "maxLength" | "maxItems" | "maxProperties"
-            | "maxContains" => match both_f64 {
-                Some((x, y)) => if x <= y { ours } else { theirs }.clone(),
-                None => ours.clone(),
-            },
-            "enum" => {
-                let allowed = theirs.as_array().cloned().unwrap_or_default();
-                let members = ours.as_array().into_iter().flatten();
-                Value::Array(members.filter(|m| allowed.contains(m)).cloned().collect())
-            }
-            "items" | "additionalProperties" | "contains" | "propertyNames" | "additionalItems" => {
-                match (ours, theirs) {
-                    (Value::Bool(false), _) | (_, Value::Bool(false)) => Value::Bool(false),
-                    _ => json!({ "allOf": [ours, theirs] }),
-                }
-            }
-            "allOf" => {
-                let mut parts = ours.as_array().cloned().unwrap_or_default();
-                parts.extend(theirs.as_array().cloned().unwrap_or_default());
-                Value::Array(parts)
-            }
-            _ => ours.clone(),
-        };
-        out.insert(key.clone(), merged);
-    }
-    Value::Object(out)
-}
-
-fn intersect_types(a: &Value, b: &Value) -> Value {
-    let list = |t: &Value| -> Vec<String> {
-        match t {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(ts) => ts
-                .iter()
-                .filter_map(|t| t.as_str().map(String::from))
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
-    let (xs, ys) = (list(a), list(b));
-    let mut common: Vec<Value> = Vec::new();
-    for x in &xs {
-        let meet = if ys.contains(x) {
-            Some(x.as_str())
-        } else if (x == "number" && ys.iter().any(|y| y == "integer"))
-            || (x == "integer" && ys.iter().any(|y| y == "number"))
-        {
-            Some("integer")
-        } else {
-            None
-        };
-        if let Some(meet) = meet.map(|m| json!(m)).filter(|m| !common.contains(m)) {
-            common.push(meet);
-        }
-    }
-    match common.len() {
-        1 => common.remove(0),
-        _ => Value::Array(common),
-    }
-}
-
 /// A number inside the bounds, on the `multipleOf` grid, as close as allowed to a plausible
 /// value for the field's name.
 fn number(obj: &Map<String, Value>, integer: bool, cx: Ctx) -> Value {
@@ -847,6 +743,22 @@ mod tests {
                 "{name}: {value:#} is invalid: {errors:?}"
             );
             assert_eq!(value, sample(&schema), "{name}: not deterministic");
+        }
+    }
+
+    #[test]
+    fn odd_schemas_give_a_value_without_panicking() {
+        for schema in [
+            json!(null),
+            json!(5),
+            json!({ "type": "unknown" }),
+            json!({ "$ref": "#/$defs/missing" }),
+            json!({ "$ref": "https://example.com/elsewhere.json" }),
+            json!({ "type": "string", "pattern": "(unclosed" }),
+            json!({ "$defs": { "a": { "allOf": [{ "$ref": "#/$defs/a" }] } }, "$ref": "#/$defs/a" }),
+            json!({ "type": "object", "properties": { "x": { "$ref": "#/properties/x" } }, "required": ["x"] }),
+        ] {
+            assert_eq!(sample(&schema), sample(&schema), "{schema}");
         }
     }
 
