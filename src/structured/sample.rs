@@ -39,13 +39,26 @@ pub fn sample(schema: &Value) -> Value {
 #[derive(Clone, Copy, Default)]
 struct Ctx<'n> {
     name: &'n str,
+    /// The field holding the current object, which says what a generic `name` names.
+    parent: &'n str,
     refs: u32,
     variant: u32,
 }
 
-impl Ctx<'_> {
+impl<'n> Ctx<'n> {
     fn minimal(&self) -> bool {
         self.refs >= MINIMAL_AFTER_REFS
+    }
+
+    fn child<'c>(&self, name: &'c str) -> Ctx<'c>
+    where
+        'n: 'c,
+    {
+        Ctx {
+            name,
+            parent: self.name,
+            ..*self
+        }
     }
 }
 
@@ -124,7 +137,7 @@ impl<'a> Gen<'a> {
         let obj = match schema {
             Value::Bool(false) => return Value::Null,
             Value::Object(obj) => obj,
-            _ => return Value::String(plausible_string(cx.name, cx.variant)),
+            _ => return Value::String(plausible_string(cx.name, cx.parent, cx.variant)),
         };
         if let Some(given) = self.given_value(schema, obj, cx) {
             return given;
@@ -253,12 +266,18 @@ impl<'a> Gen<'a> {
             order.extend(nulls);
         }
         let mut first = None;
+        // a oneOf value that also fits another branch may not with another enum member or number
+        let variants = if key == "oneOf" { 4 } else { 1 };
         for alt in order {
-            let value = self.value(&merge(&base, alt), cx);
-            if self.check(schema, &value) != Some(false) {
-                return value;
+            let merged = merge(&base, alt);
+            for offset in 0..variants {
+                let variant = cx.variant + offset;
+                let value = self.value(&merged, Ctx { variant, ..cx });
+                if self.check(schema, &value) != Some(false) {
+                    return value;
+                }
+                first.get_or_insert(value);
             }
-            first.get_or_insert(value);
         }
         first.unwrap_or(Value::Null)
     }
@@ -320,7 +339,7 @@ impl<'a> Gen<'a> {
                 if cx.minimal() && !required.contains(&name.as_str()) {
                     continue;
                 }
-                let value = self.value(schema, Ctx { name, ..cx });
+                let value = self.value(schema, cx.child(name));
                 out.insert(name.clone(), value);
             }
         }
@@ -336,7 +355,7 @@ impl<'a> Gen<'a> {
             let schema = by_pattern
                 .or(additional.filter(|a| a.is_object()))
                 .unwrap_or(&Value::Bool(true));
-            let value = self.value(schema, Ctx { name, ..cx });
+            let value = self.value(schema, cx.child(name));
             out.insert(name.to_string(), value);
         }
         let min = obj
@@ -360,7 +379,7 @@ impl<'a> Gen<'a> {
                 ),
                 None => break,
             };
-            let value = self.value(schema, Ctx { name: &key, ..cx });
+            let value = self.value(schema, cx.child(&key));
             out.insert(key, value);
         }
         if let Some(max) = obj.get("maxProperties").and_then(Value::as_u64) {
@@ -658,7 +677,7 @@ fn string(obj: &Map<String, Value>, cx: Ctx) -> String {
     if let Some(s) = formatted.filter(|s| matches(s)) {
         return s;
     }
-    let plausible = plausible_string(cx.name, cx.variant);
+    let plausible = plausible_string(cx.name, cx.parent, cx.variant);
     if let Some(pattern) = pattern {
         if matches(&plausible) && fits(&plausible) {
             return plausible;
@@ -772,7 +791,13 @@ mod tests {
                 "city": { "type": "string" },
                 "customer_id": { "type": "string" },
                 "website": { "type": "string" },
-                "favoriteFood": { "type": "string" }
+                "favoriteFood": { "type": "string" },
+                "company": { "type": "object", "properties": { "name": { "type": "string" } } },
+                "ingredients": {
+                    "type": "array",
+                    "items": { "type": "object", "properties": { "name": { "type": "string" } } }
+                },
+                "tag_ids": { "type": "array", "items": { "type": "string" } }
             }
         });
         let value = sample(&schema);
@@ -788,6 +813,9 @@ mod tests {
             .starts_with("customer_"));
         assert!(value["website"].as_str().unwrap().starts_with("https://"));
         assert_eq!(value["favoriteFood"], "sample favorite food");
+        assert_eq!(value["company"]["name"], "Acme Corp");
+        assert_eq!(value["ingredients"][1]["name"], "sugar");
+        assert!(value["tag_ids"][0].as_str().unwrap().starts_with("tag_"));
     }
 
     #[test]

@@ -96,8 +96,7 @@ fn snake(name: &str) -> String {
     out.trim_matches('_').to_string()
 }
 
-/// Plausible strings by field name: the whole name first, then its last word, then the
-/// singular (`authors` → `author`).
+/// Plausible strings by field name (looked up with [`find`]).
 const STRINGS: &[(&[&str], &[&str])] = &[
     (
         &["first_name", "given_name", "firstname"],
@@ -288,25 +287,107 @@ const STRINGS: &[(&[&str], &[&str])] = &[
     ),
 ];
 
-pub(super) fn plausible_string(name: &str, variant: u32) -> String {
+/// What a generic `name` or `title` is called when its parent field says what the thing is:
+/// `company.name` is a company and `ingredients[].name` an ingredient, not a person.
+const NAMED_THINGS: &[(&[&str], &[&str])] = &[
+    (
+        &[
+            "company",
+            "organization",
+            "organisation",
+            "employer",
+            "publisher",
+            "brand",
+            "vendor",
+        ],
+        &["Acme Corp", "Globex", "Initech"],
+    ),
+    (
+        &["product", "item", "line_item", "sku"],
+        &["Wireless Mouse", "USB-C Cable", "Desk Lamp"],
+    ),
+    (&["ingredient"], &["flour", "sugar", "butter"]),
+    (&["city", "town"], &["Lisbon", "Berlin", "Toronto"]),
+    (&["country"], &["Portugal", "Germany", "Canada"]),
+    (&["category", "genre"], &["Books", "Music", "Travel"]),
+    (
+        &["project", "repository", "repo"],
+        &["switchyard", "lighthouse", "atlas"],
+    ),
+    (
+        &["team", "department", "group"],
+        &["Platform", "Design", "Support"],
+    ),
+    (
+        &["tool", "function"],
+        &["get_weather", "search_docs", "send_email"],
+    ),
+    (&["skill", "technology"], &["Rust", "SQL", "Kubernetes"]),
+    (&["language"], &["English", "Portuguese", "German"]),
+    (
+        &["book"],
+        &["The Pragmatic Programmer", "Refactoring", "Clean Code"],
+    ),
+    (
+        &["course"],
+        &["Intro to Databases", "Linear Algebra", "Web Security"],
+    ),
+    (
+        &["event", "meeting"],
+        &["Launch Review", "Team Offsite", "Quarterly Planning"],
+    ),
+    (
+        &["place", "location", "venue"],
+        &["Central Park", "Harbour Hall", "Old Town Square"],
+    ),
+    (
+        &["pet", "animal", "dog", "cat"],
+        &["Biscuit", "Pepper", "Luna"],
+    ),
+    (
+        &["file", "attachment", "document"],
+        &["report.pdf", "notes.txt", "photo.jpg"],
+    ),
+    (
+        &["tag", "label", "keyword", "topic"],
+        &["featured", "streaming", "routing"],
+    ),
+];
+
+/// The entry of `table` for a field name: the whole name, its last word, then their singulars
+/// (`authors` → `author`).
+fn find(table: &[(&[&str], &[&str])], name: &str, variant: u32) -> Option<String> {
     let key = snake(name);
-    let lookup = |key: &str| -> Option<String> {
-        if key == "id" || key.ends_with("_id") || key == "uuid" {
-            let prefix = key
-                .strip_suffix("_id")
-                .filter(|p| !p.is_empty())
-                .unwrap_or("id");
-            return Some(format!("{prefix}_{:08x}", fnv(key, variant) as u32));
-        }
-        let entries = STRINGS.iter().find(|(keys, _)| keys.contains(&key))?;
-        Some(pick(entries.1, variant))
-    };
     let last = key.rsplit('_').next().unwrap_or_default();
-    let found = lookup(&key)
-        .or_else(|| lookup(last))
-        .or_else(|| lookup(key.strip_suffix('s')?))
-        .or_else(|| lookup(last.strip_suffix('s')?));
-    if let Some(found) = found {
+    let singular = |k: &str| k.strip_suffix('s').map(str::to_string);
+    let keys = [
+        Some(key.clone()),
+        Some(last.to_string()),
+        singular(&key),
+        singular(last),
+    ];
+    keys.into_iter().flatten().find_map(|k| {
+        let entries = table.iter().find(|(keys, _)| keys.contains(&k.as_str()))?;
+        Some(pick(entries.1, variant))
+    })
+}
+
+pub(super) fn plausible_string(name: &str, parent: &str, variant: u32) -> String {
+    let key = snake(name);
+    if matches!(key.as_str(), "name" | "title" | "display_name") {
+        if let Some(thing) = find(NAMED_THINGS, parent, variant) {
+            return thing;
+        }
+    }
+    let one = key.strip_suffix('s').unwrap_or(&key);
+    if one == "id" || one.ends_with("_id") || one == "uuid" {
+        let prefix = one
+            .strip_suffix("_id")
+            .filter(|p| !p.is_empty())
+            .unwrap_or("id");
+        return format!("{prefix}_{:08x}", fnv(one, variant) as u32);
+    }
+    if let Some(found) = find(STRINGS, name, variant) {
         return found;
     }
     let words = key.replace('_', " ");
