@@ -310,15 +310,17 @@ impl<'a> Gen<'a> {
             }
             first.get_or_insert(value);
         }
-        // last resort for what is not modelled (`not`, `propertyNames`, ...): the simplest values
-        for simple in [
+        // last resort for what is not modelled (`not`, `propertyNames`, look-arounds in a
+        // `pattern` such as password rules, ...): the simplest values, then a strong password
+        let simple = [
             json!(null),
             json!(true),
             json!(0),
             json!(""),
             json!({}),
             json!([]),
-        ] {
+        ];
+        for simple in simple.into_iter().chain([json!("Sample-2024!")]) {
             if self.check(schema, &simple) == Some(true) {
                 return simple;
             }
@@ -428,7 +430,7 @@ impl<'a> Gen<'a> {
         let mut out: Vec<Value> = Vec::new();
         if let Some(contains) = obj.get("contains") {
             let times = obj.get("minContains").and_then(Value::as_u64).unwrap_or(1) as usize;
-            for i in 0..times.min(wanted.max(times)) {
+            for i in 0..times {
                 let both = json!({ "allOf": [item_schema(i), contains] });
                 let value = self.value(
                     &both,

@@ -1,5 +1,5 @@
 //! Strings that match a `pattern`, built from the parsed regular expression rather than by
-//! trial: classes, literals, repetitions, alternation (first branch) and anchors.
+//! trial: classes, literals, repetitions, alternation and anchors.
 
 use regex_syntax::hir::{Class, Hir, HirKind};
 
@@ -58,7 +58,11 @@ fn render(hir: &Hir, extra: u32, counter: &mut usize, out: &mut String) -> Optio
                 render(part, extra, counter, out)?;
             }
         }
-        HirKind::Alternation(branches) => render(branches.first()?, extra, counter, out)?,
+        // the first branch first, the others in turn as repetitions grow
+        HirKind::Alternation(branches) => {
+            let branch = branches.get(extra as usize % branches.len().max(1))?;
+            render(branch, extra, counter, out)?
+        }
     }
     Some(())
 }
