@@ -3,6 +3,8 @@
 //! no prose trimmed — so `output.data` is always exactly what `output.text` says; an answer
 //! that is not valid gets a repair attempt instead of a guess (see `actors::execution`).
 
+pub mod sample;
+
 use serde_json::Value;
 
 use crate::domain::Params;
