@@ -2,7 +2,9 @@
 //! network. Chunks are generated one at a time as the stream is polled, so a long answer costs
 //! no memory up front and a cancelled one no work past the cancel. It understands continuations (prefill and instruction), so failover and crash
 //! resumption can be demonstrated with it. Offered tools, it calls one (arguments filled in
-//! from the function's schema) unless the conversation already ends with a tool result.
+//! from the function's schema) unless the conversation already ends with a tool result. Asked
+//! for JSON, it answers with the schema's deterministic sample (`structured::sample`). It also
+//! answers testing-mode executions, acting out their simulated faults.
 
 use futures_util::stream::{self, StreamExt};
 use std::time::Duration;
@@ -87,6 +89,9 @@ impl Mock {
     }
 
     fn answer(&self, req: &UpstreamRequest, log: &AttemptLog) -> ProviderStream {
+        if let Some(json) = json_answer(req, self.chunks) {
+            return self.stream_text(req, json, log);
+        }
         let answer = Answer::of(req, self.chunks);
         let start = continuation_offset(req, &answer);
         let prompt_tokens: u64 = req.messages.iter().map(|m| approx_tokens(&m.content)).sum();
@@ -103,6 +108,43 @@ impl Mock {
                 log.record(LogEntry::Chunk { data: &word });
                 Ok(StreamItem::Delta(Delta {
                     text: Some(word),
+                    ..Delta::default()
+                }))
+            }
+        });
+        let finish =
+            stream::once(async move { Ok(finish("stop", prompt_tokens, completion_tokens)) });
+        body.chain(finish).boxed()
+    }
+
+    /// Streams a whole answer text in pieces of about [`JSON_PIECE`] bytes, from where a
+    /// continuation's prior text (a prefix of it) ends.
+    fn stream_text(&self, req: &UpstreamRequest, text: String, log: &AttemptLog) -> ProviderStream {
+        let start = prior_answer(req)
+            .filter(|prior| text.starts_with(prior))
+            .map_or(0, str::len);
+        let mut pieces = Vec::new();
+        let mut at = start;
+        while at < text.len() {
+            let mut end = (at + JSON_PIECE).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            pieces.push(text[at..end].to_string());
+            at = end;
+        }
+        let prompt_tokens: u64 = req.messages.iter().map(|m| approx_tokens(&m.content)).sum();
+        let completion_tokens = (pieces.len() as u64).max(1);
+        let (interval, log) = (self.interval, log.clone());
+        let body = stream::iter(pieces).then(move |piece| {
+            let log = log.clone();
+            async move {
+                if !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+                log.record(LogEntry::Chunk { data: &piece });
+                Ok(StreamItem::Delta(Delta {
+                    text: Some(piece),
                     ..Delta::default()
                 }))
             }
@@ -285,6 +327,45 @@ impl Mock {
     }
 }
 
+/// Bytes per chunk of a JSON answer: several chunks even for a small object, as providers
+/// stream them.
+const JSON_PIECE: usize = 12;
+
+/// The answer to a request for JSON: for a schema, the deterministic sample of it (so the
+/// embedded start serves structured output); for JSON mode, the text answer as an object.
+fn json_answer(req: &UpstreamRequest, chunks: u32) -> Option<String> {
+    let format = req.params.response_format.as_ref()?;
+    let data = match format.get("type")?.as_str()? {
+        "json_schema" => {
+            let schema = format.pointer("/json_schema/schema");
+            crate::structured::sample::sample(schema.unwrap_or(&serde_json::Value::Bool(true)))
+        }
+        "json_object" => {
+            let answer = Answer::of(req, chunks);
+            let text: String = (0..answer.chunks).map(|i| answer.chunk(i)).collect();
+            serde_json::json!({"answer": text.trim_end()})
+        }
+        _ => return None,
+    };
+    Some(data.to_string())
+}
+
+/// The assistant text a continuation request carries (a prefill, or the turn before the
+/// continue instruction).
+fn prior_answer(req: &UpstreamRequest) -> Option<&str> {
+    let msgs = &req.messages;
+    let prior = match msgs.last() {
+        Some(m) if m.role == Role::Assistant => Some(m),
+        Some(m) if m.role == Role::User && m.content == CONTINUE_INSTRUCTION => msgs
+            .len()
+            .checked_sub(2)
+            .map(|i| &msgs[i])
+            .filter(|m| m.role == Role::Assistant),
+        _ => None,
+    };
+    prior.map(|m| m.content.as_str())
+}
+
 /// The answer for this conversation, computed chunk by chunk: chunk `i` is one word and a
 /// space, chosen from the vocabulary by a hash of the first user message (stable across
 /// continuations).
@@ -325,18 +406,10 @@ impl Answer {
 /// assistant turn before the continue instruction) when it is a chunk-aligned prefix. Walks
 /// the answer only as far as that text reaches.
 fn continuation_offset(req: &UpstreamRequest, answer: &Answer) -> u64 {
-    let msgs = &req.messages;
-    let prior = match msgs.last() {
-        Some(m) if m.role == Role::Assistant => Some(m),
-        Some(m) if m.role == Role::User && m.content == CONTINUE_INSTRUCTION => msgs
-            .len()
-            .checked_sub(2)
-            .map(|i| &msgs[i])
-            .filter(|m| m.role == Role::Assistant),
-        _ => None,
+    let Some(prior) = prior_answer(req) else {
+        return 0;
     };
-    let Some(prior) = prior else { return 0 };
-    let mut rest = prior.content.as_str();
+    let mut rest = prior;
     for i in 0..answer.chunks {
         if rest.is_empty() {
             return i;
@@ -405,6 +478,30 @@ mod tests {
             })
             .collect();
         assert_eq!(text.split_whitespace().count(), 3);
+    }
+
+    #[test]
+    fn a_schema_is_answered_with_its_sample_and_continued_from_a_prefill() {
+        let mock = Mock {
+            chunks: 6,
+            interval: Duration::ZERO,
+        };
+        let schema = serde_json::json!({"type": "object", "required": ["city", "days"],
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}}});
+        let mut r = req(vec![Message::new(Role::User, "plan")]);
+        r.params.response_format = Some(serde_json::json!({"type": "json_schema",
+            "json_schema": {"name": "trip", "schema": schema.clone()}}));
+        let full = collect(&mock, &r);
+        let data: serde_json::Value = serde_json::from_str(&full).unwrap();
+        assert!(jsonschema::is_valid(&schema, &data), "{full}");
+        assert_eq!(full, collect(&mock, &r), "deterministic");
+        let head = &full[..full.len() / 2];
+        r.messages.push(Message::new(Role::Assistant, head));
+        assert_eq!(format!("{head}{}", collect(&mock, &r)), full);
+        let mut object = req(vec![Message::new(Role::User, "hi")]);
+        object.params.response_format = Some(serde_json::json!({"type": "json_object"}));
+        let answer: serde_json::Value = serde_json::from_str(&collect(&mock, &object)).unwrap();
+        assert!(answer["answer"].as_str().unwrap().split(' ').count() == 6);
     }
 
     #[test]

@@ -220,8 +220,14 @@ fn contributions(record: &ExecutionRecord) -> Vec<(Dimension, String, Aggregate)
         .attempts
         .last()
         .map_or("none", |a| a.provider.as_str());
+    // Testing executions are counted apart from live traffic: `slug:testing` (their provider
+    // group is the built-in `testing` / `testing-fallback`).
+    let model = match record.design.mode.is_live() {
+        true => record.model.clone(),
+        false => format!("{}:testing", record.model),
+    };
     let mut out = vec![
-        (Dimension::Model, record.model.clone(), whole.clone()),
+        (Dimension::Model, model, whole.clone()),
         (
             Dimension::Provider,
             last_provider.to_string(),

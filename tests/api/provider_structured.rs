@@ -17,6 +17,18 @@ fn todo_schema() -> Value {
            "required": ["title", "done", "tags"]})
 }
 
+/// The schema of [`TOOL_ARGUMENTS`], which the Anthropic fake answers a forced call with.
+fn weather_schema() -> Value {
+    json!({"type": "object", "additionalProperties": false,
+           "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+           "required": ["city", "unit"]})
+}
+
+fn weather_format() -> Value {
+    json!({"type": "json_schema",
+           "json_schema": {"name": "weather", "schema": weather_schema(), "strict": true}})
+}
+
 fn todo_format() -> Value {
     json!({"type": "json_schema",
            "json_schema": {"name": "todo", "schema": todo_schema(), "strict": true}})
@@ -149,7 +161,7 @@ async fn gemini_native_asks_json_with_the_narrowed_response_schema() {
 async fn anthropic_native_forces_one_tool_and_its_input_is_the_answer() {
     let fake = FakeAnthropic::start().await;
     let app = app(&[P("an", "anthropic", fake.base_url())], None).await;
-    let exec = run(&app, "s6", "One task for today?", todo_format()).await;
+    let exec = run(&app, "s6", "One task for today?", weather_format()).await;
     // The fake streams the input of its forced call as `input_json_delta` fragments.
     assert_answered(&app, &exec, TOOL_ARGUMENTS).await;
     assert!(
@@ -161,17 +173,17 @@ async fn anthropic_native_forces_one_tool_and_its_input_is_the_answer() {
     let sent = fake.request(0);
     let tools = sent["tools"].as_array().unwrap();
     assert_eq!(tools.len(), 1);
-    assert_eq!(tools[0]["name"], "todo");
-    assert_eq!(tools[0]["input_schema"], todo_schema());
+    assert_eq!(tools[0]["name"], "weather");
+    assert_eq!(tools[0]["input_schema"], weather_schema());
     assert!(tools[0]["description"].is_string());
     assert_eq!(
         sent["tool_choice"],
-        json!({"type": "tool", "name": "todo", "disable_parallel_tool_use": true})
+        json!({"type": "tool", "name": "weather", "disable_parallel_tool_use": true})
     );
     assert_eq!(sent["system"], "You plan days.");
 
     // Through the compat API the forced call finishes as `stop`, with the JSON as content.
-    let body = json!({"model": "m", "response_format": todo_format(),
+    let body = json!({"model": "m", "response_format": weather_format(),
         "messages": [{"role": "user", "content": "One task?"}]});
     let res = app.post("/v1/chat/completions", ADMIN_KEY, &body).await;
     assert_eq!(res.status(), 200);

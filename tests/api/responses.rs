@@ -273,8 +273,11 @@ async fn a_function_call_goes_round_trip_with_its_output() {
 async fn text_format_json_schema_goes_upstream_as_response_format() {
     let fake = FakeOpenAi::start().await.with_words(3);
     let app = spawn_with_fakes(&[&fake]).await;
-    let schema = json!({"type": "object", "properties": {"a": {"type": "string"}},
-        "required": ["a"], "additionalProperties": false});
+    // The shape of the fake's JSON answer (`fake_openai::JSON_ANSWER`).
+    let schema = json!({"type": "object", "additionalProperties": false,
+        "required": ["title", "done", "tags"],
+        "properties": {"title": {"type": "string"}, "done": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"type": "string"}}}});
     let format = json!({"type": "json_schema", "name": "thing", "schema": schema, "strict": true});
     let res = create(
         &app,
@@ -284,6 +287,10 @@ async fn text_format_json_schema_goes_upstream_as_response_format() {
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["text"]["format"], format);
+    assert_eq!(
+        body["output"][0]["content"][0]["text"],
+        crate::fake_openai::JSON_ANSWER
+    );
     assert_eq!(
         fake.requests()[0]["response_format"],
         json!({"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": true}})

@@ -123,6 +123,10 @@ pub struct Translation {
     /// `processing`, but nothing here depends on that).
     started: bool,
     finished: bool,
+    /// A JSON answer (`text.format` other than text) is held until the execution completes:
+    /// a repair restarts it, and this protocol cannot take back text once sent. Rebuilt the
+    /// same way on every replay, so sequence numbers stay stable.
+    held: Option<String>,
 }
 
 impl Translation {
@@ -145,7 +149,6 @@ impl Translation {
             } else {
                 "in_progress"
             },
-            meta,
             count: 0,
             output: Vec::new(),
             open: None,
@@ -154,6 +157,13 @@ impl Translation {
             incomplete: None,
             started: false,
             finished: false,
+            held: meta
+                .text
+                .as_ref()
+                .and_then(|t| t.pointer("/format/type"))
+                .is_some_and(|t| t != "text")
+                .then(String::new),
+            meta,
         }
     }
 
@@ -205,7 +215,9 @@ impl Translation {
             }
             EventKind::Chunk => {
                 let delta = event.chunk_delta().unwrap_or_default();
-                if !delta.is_empty() {
+                if let Some(held) = self.held.as_mut() {
+                    held.push_str(&delta);
+                } else if !delta.is_empty() {
                     let index = self.open_message(&mut out);
                     if let Item::Message { id, text, .. } = &mut self.output[index] {
                         text.push_str(&delta);
@@ -241,6 +253,12 @@ impl Translation {
                         json!({"output_index": index, "item": item.json()}),
                     );
                     self.output.push(item);
+                }
+            }
+            // A held JSON answer that starts over (a repair) is replaced, not appended to.
+            EventKind::Failover if event.restarts_answer() => {
+                if let Some(held) = self.held.as_mut() {
+                    held.clear();
                 }
             }
             // A failover shows only as the text that continues; errors of a try that
@@ -319,6 +337,13 @@ impl Translation {
         self.usage = finished.usage;
         match finished.status {
             Status::Completed => {
+                if let Some(text) = self.held.take().filter(|t| !t.is_empty()) {
+                    let index = self.open_message(out);
+                    if let Item::Message { id, text: all, .. } = &mut self.output[index] {
+                        all.push_str(&text);
+                        out.push_delta(id, index, &text);
+                    }
+                }
                 self.incomplete = match finished.finish_reason.as_deref() {
                     Some("length") => Some("max_output_tokens"),
                     Some("content_filter") => Some("content_filter"),
