@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { generateText, streamText, tool, jsonSchema, isStepCount } from "ai";
+import { generateObject, generateText, Output, streamObject, streamText, tool, jsonSchema, isStepCount } from "ai";
 import { createOpenAI } from "@ai-sdk/openai";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -134,6 +134,61 @@ test("a tool loop: the model calls the tool, the SDK sends the result back, the 
   assertEqual(result.steps.length, 2, "a tool step, then the answer");
   assertEqual(result.steps[0].finishReason, "tool-calls", "first step ends in a call");
   assert(result.text.length > 0, "the final answer is text");
+});
+
+const RECIPE = jsonSchema({
+  type: "object",
+  properties: {
+    title: { type: "string" },
+    servings: { type: "integer", minimum: 1, maximum: 12 },
+    ingredients: {
+      type: "array",
+      minItems: 1,
+      items: {
+        type: "object",
+        properties: { name: { type: "string" }, grams: { type: "number", minimum: 0 } },
+        required: ["name", "grams"],
+        additionalProperties: false,
+      },
+    },
+  },
+  required: ["title", "servings", "ingredients"],
+  additionalProperties: false,
+});
+
+function assertRecipe(recipe) {
+  assert(typeof recipe.title === "string", `a title: ${JSON.stringify(recipe)}`);
+  assert(Number.isInteger(recipe.servings) && recipe.servings >= 1 && recipe.servings <= 12, "servings in range");
+  assert(recipe.ingredients.length >= 1 && recipe.ingredients.every((i) => typeof i.name === "string"), "ingredients");
+}
+
+test("generateObject (Responses API) returns the schema-valid object the gateway stored", async ({ openai, base }) => {
+  const result = await generateObject({ model: openai("chat-default"), schema: RECIPE, prompt: "A pancake recipe." });
+  assertRecipe(result.object);
+  const response = await stored(base, result.response.id);
+  assertEqual(JSON.parse(outputText(response)), result.object, "the stored text is the object");
+});
+
+test("generateObject over chat completions (openai.chat) gets the same structured answer", async ({ openai }) => {
+  const result = await generateObject({ model: openai.chat("chat-default"), schema: RECIPE, prompt: "A pancake recipe." });
+  assertRecipe(result.object);
+});
+
+test("generateText with Output.object (the SDK's current way) parses the structured answer", async ({ openai }) => {
+  const result = await generateText({
+    model: openai("chat-default"),
+    output: Output.object({ schema: RECIPE }),
+    prompt: "A bread recipe.",
+  });
+  assertRecipe(result.output);
+});
+
+test("streamObject ends with the whole validated object", async ({ openai }) => {
+  const result = streamObject({ model: openai("chat-default"), schema: RECIPE, prompt: "A soup recipe." });
+  let partials = 0;
+  for await (const _ of result.partialObjectStream) partials += 1;
+  assert(partials >= 1, "at least one partial");
+  assertRecipe(await result.object);
 });
 
 async function main() {
