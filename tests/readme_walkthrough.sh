@@ -44,4 +44,7 @@ check '"status": "completed"'
 check '^cancelled$'
 check '"status":"cancelled"'
 check '^sy_'
+check '"validation":{"valid":true,"repairs":0}'
+check '"state":"completed","index":1,"step":"reply"'
+check '"from":"testing","to":"testing-fallback"'
 echo "walkthrough: every command ran as written"
