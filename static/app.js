@@ -333,7 +333,9 @@ import { ChannelSocket } from "/static/switchyard.js";
     $("detail-id").textContent = id;
     $("detail-status").dataset.status = "pending";
     $("detail-status").textContent = "loading";
-    for (const fact of ["detail-model", "detail-duration", "detail-tokens"]) $(fact).textContent = "–";
+    for (const fact of ["detail-model", "detail-duration", "detail-tokens", "detail-mode", "detail-design"]) $(fact).textContent = "–";
+    $("detail-structured").hidden = true;
+    $("detail-steps-panel").hidden = true;
     $("attempt-count").textContent = "0";
     $("attempts").tBodies[0].replaceChildren();
     $("stream").replaceChildren(h("span", { className: "cursor" }, " "));
@@ -359,6 +361,7 @@ import { ChannelSocket } from "/static/switchyard.js";
     $("detail-duration").textContent = ms(e.duration_ms);
     $("detail-tokens").textContent = e.usage ? `${e.usage.prompt_tokens} prompt · ${e.usage.completion_tokens} completion` : "–";
     $("detail-error").textContent = e.error ? `${e.error.code}: ${e.error.message}` : "";
+    renderDesign(e);
     const attempts = e.attempts || [];
     $("attempt-count").textContent = String(attempts.length);
     $("attempts").tBodies[0].replaceChildren(
@@ -375,6 +378,33 @@ import { ChannelSocket } from "/static/switchyard.js";
           h("td", {}, ms(a.time_to_first_chunk_ms)),
           h("td", { className: "wrap" }, a.error_code ? `${a.error_code}: ${a.error_message || ""}` : "")
         )
+      )
+    );
+  }
+
+  /** Mode, structure and workflow; the parsed data and the validation outcome; each step. */
+  function renderDesign(e) {
+    $("detail-mode").textContent = e.mode || "live";
+    const named = (r) => (r ? `${r.name} v${r.version}` : null);
+    const design = [named(e.workflow) && `workflow ${named(e.workflow)}`, named(e.structure) && `structure ${named(e.structure)}`];
+    $("detail-design").textContent = design.filter(Boolean).join(" · ") || "–";
+    const v = e.validation;
+    $("detail-structured").hidden = !v && !(e.output && "data" in e.output);
+    const data = e.output && e.output.data;
+    $("detail-data").textContent = data === undefined ? "(no valid answer)" : JSON.stringify(data, null, 2);
+    const badge = $("detail-validation");
+    if (v) {
+      badge.dataset.status = v.valid ? "completed" : "failed";
+      badge.textContent = (v.valid ? "valid" : "invalid") + (v.repairs ? ` after ${v.repairs} repair${v.repairs > 1 ? "s" : ""}` : "");
+    } else {
+      badge.textContent = "";
+    }
+    $("detail-validation-errors").replaceChildren(...((v && v.errors) || []).map((err) => h("li", {}, err)));
+    const steps = e.steps || [];
+    $("detail-steps-panel").hidden = steps.length === 0;
+    $("detail-steps").replaceChildren(
+      ...steps.map((s) =>
+        h("li", {}, h("strong", {}, s.name), ` (${s.model}) `, h("span", { className: "json" }, s.data === undefined ? s.text : JSON.stringify(s.data)))
       )
     );
   }
@@ -406,7 +436,26 @@ import { ChannelSocket } from "/static/switchyard.js";
         $("detail-status").dataset.status = data.status;
         $("detail-status").textContent = data.status;
         break;
+      case "step": {
+        // Each step's answer starts on its own line, under its name.
+        if (data.state === "started") {
+          const stream = $("stream");
+          const line = `${stream.textContent.trim() ? "\n\n" : ""}[${data.step}]\n`;
+          stream.insertBefore(h("span", { className: "marker" }, line), stream.querySelector(".cursor"));
+        }
+        break;
+      }
       case "failover": {
+        if (data.restart) {
+          // The answer starts over: what was shown of it is void (struck through, kept visible).
+          const stream = $("stream");
+          const voided = h("span", { className: "void" });
+          for (const node of [...stream.childNodes]) {
+            if (node.nodeType === Node.TEXT_NODE) voided.append(node);
+          }
+          stream.insertBefore(voided, stream.querySelector(".cursor"));
+          stream.insertBefore(h("span", { className: "marker" }, `\n↻ restarted (${data.reason})\n`), stream.querySelector(".cursor"));
+        }
         const list = $("failovers");
         if (list.querySelector(".muted")) list.replaceChildren();
         list.append(h("li", {}, `seq ${data.seq}: ${data.from} → ${data.to} (${data.reason})`, data.message ? h("span", { className: "muted" }, ` ${data.message}`) : null));

@@ -384,6 +384,41 @@ test("dashboard: provider health and analytics charts", async () => {
   assert(total >= 3, `analytics count the executions (${total})`);
 });
 
+test("dashboard: structured data, its validation and a workflow's steps", async () => {
+  await rest("/v1/structures", {
+    method: "POST",
+    body: { name: "browser-ticket", schema: { type: "object", required: ["intent"], properties: { intent: { enum: ["refund", "other"] } } } },
+  });
+  await rest("/v1/workflows", {
+    method: "POST",
+    body: { name: "browser-flow", model: "chat-default", steps: [{ name: "classify", structure: "browser-ticket" }, { name: "reply", prompt: "Answer the {{steps.classify.data.intent}}." }] },
+  });
+  const structured = await rest("/v1/executions", {
+    method: "POST",
+    body: { model: "chat-default", structure: "browser-ticket", idempotency_key: `browser-structured-${Date.now()}`, messages: [{ role: "user", content: "refund please" }] },
+  });
+  const exec = await waitTerminal(structured.id);
+  await page.click(`#executions tr[data-id='${structured.id}']`);
+  await page.locator("#detail-validation[data-status='completed']").waitFor({ timeout: 10_000 });
+  assertEqual(JSON.parse(await text(page, "#detail-data")).intent, exec.output.data.intent, "the parsed data");
+  assertEqual(await text(page, "#detail-validation"), "valid", "the validation outcome");
+  assert((await text(page, "#detail-design")).includes("structure browser-ticket v1"), "the structure and its version");
+
+  const flow = await rest("/v1/executions", {
+    method: "POST",
+    body: { workflow: "browser-flow", idempotency_key: `browser-flow-${Date.now()}`, messages: [{ role: "user", content: "where is it" }] },
+  });
+  await page.locator(`#executions tr[data-id='${flow.id}']`).click({ timeout: 10_000 });
+  await page.locator("#detail-status[data-status='completed']").waitFor({ timeout: 20_000 });
+  const stream = await text(page, "#stream");
+  assert(stream.startsWith("[classify]") && stream.includes("[reply]"), `each step's answer under its name: ${stream}`);
+  await page.locator("#detail-steps li").nth(1).waitFor({ timeout: 5000 });
+  const steps = await page.locator("#detail-steps li").allTextContents();
+  assert(steps[0].startsWith("classify") && steps[0].includes('"intent"'), `the first step's data: ${steps[0]}`);
+  assert(steps[1].startsWith("reply"), `the second step: ${steps[1]}`);
+  await page.locator("#detail").screenshot({ path: join(ARTIFACTS, "workflow.png") });
+});
+
 test("dashboard: the routes' headroom and the project's balance", async () => {
   const route = page.locator("#routes tbody tr", { hasText: "mock/mock-1" });
   await route.waitFor({ timeout: 10_000 });
