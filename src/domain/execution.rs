@@ -96,8 +96,8 @@ pub struct ExecutionRecord {
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub completed_at_ms: Option<u64>,
-    /// Mode, structure, workflow and what they produced.
-    #[serde(default, flatten)]
+    /// Mode, structure, workflow and what they produced (absent from a plain live record).
+    #[serde(default, skip_serializing_if = "Design::is_plain")]
     pub design: Design,
 }
 
@@ -120,6 +120,13 @@ pub struct Design {
     pub output_data: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
+}
+
+impl Design {
+    /// A live execution without structure or workflow: nothing to store.
+    pub fn is_plain(&self) -> bool {
+        *self == Design::default()
+    }
 }
 
 /// Whether the answer matched the requested JSON format, and how it got there.

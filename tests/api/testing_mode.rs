@@ -121,6 +121,34 @@ async fn a_simulated_cut_fails_over_for_real_and_continues_the_text() {
 }
 
 #[actix_web::test]
+async fn a_simulated_stall_ends_at_the_idle_timeout_and_fails_over() {
+    let app = spawn_app_with(&config(&[]), |s| s.testing.idle_timeout_ms = 200).await;
+    let body = json!({"model": "chat-default", "idempotency_key": "st1", "mode": "testing",
+        "messages": [{"role": "user", "content": "hello"}],
+        "simulate": {"stall_after_chunks": 3}});
+    let sub = app.submit(ADMIN_KEY, &body).await;
+    let events = app
+        .sse_all(ADMIN_KEY, sub["id"].as_str().unwrap(), None)
+        .await;
+    assert_gapless(&events, 1);
+    let f = events
+        .iter()
+        .find(|e| e.event == "failover")
+        .expect("a failover");
+    assert_eq!(f.data["reason"], "provider_timeout");
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        done["output"]["text"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .count(),
+        24
+    );
+}
+
+#[actix_web::test]
 async fn test_keys_run_only_testing_executions_and_bad_input_is_refused() {
     let fake = FakeOpenAi::start().await;
     let app = spawn_with_fakes(&[&fake]).await;
