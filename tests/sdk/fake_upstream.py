@@ -30,6 +30,11 @@ TOOL_ARGUMENTS = '{"city": "Oslo", "unit": "celsius"}'
 TOOL_CALL_ID = "call_fake_1"
 
 
+# What the fake answers a request for JSON (`response_format` json_object or json_schema):
+# an object valid for the todo schemas the tests ask for.
+JSON_ANSWER = '{"title": "Buy milk"}'
+
+
 def word(i):
     return f"w{i} "
 
@@ -163,6 +168,8 @@ class FakeUpstream:
         tool = tool_to_call(body)
         if tool is not None:
             return self._tool_call(h, model, tool, bool(body.get("stream")))
+        if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+            return self._json_answer(h, model, bool(body.get("stream")))
         if not body.get("stream"):
             return self._plain(h, model, start, prompt_tokens)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -213,6 +220,23 @@ class FakeUpstream:
             "choices": [{"index": 0, "delta": delta, "logprobs": None,
                          "finish_reason": finish_reason}],
         })
+
+    def _json_answer(self, h, model, stream):
+        if not stream:
+            return self._json(h, 200, {
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": CREATED,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": JSON_ANSWER},
+                             "finish_reason": "stop"}],
+            })
+        chunk = self._sse_head(h)
+        half = len(JSON_ANSWER) // 2
+        chunk(self._event(model, {"role": "assistant", "content": JSON_ANSWER[:half]}))
+        chunk(self._event(model, {"content": JSON_ANSWER[half:]}))
+        chunk(self._event(model, {}, "stop"))
+        chunk("[DONE]")
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
 
     def _tool_call(self, h, model, name, stream):
         call = {"id": TOOL_CALL_ID, "type": "function",

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from conftest import REPO_ROOT
-from fake_upstream import TOOL_ARGUMENTS, FakeUpstream
+from fake_upstream import JSON_ANSWER, TOOL_ARGUMENTS, FakeUpstream
 
 WEATHER = {
     "type": "function",
@@ -129,6 +129,7 @@ def test_text_format_json_schema_goes_upstream(own):
     assert res.status == "completed"
     assert res.text.format.type == "json_schema"
     assert res.text.format.name == "todo"
+    assert res.output_text == JSON_ANSWER
     sent = sent_to(own.recorder, "A todo as JSON, please.")
     assert len(sent) == 1
     assert sent[0]["response_format"] == {

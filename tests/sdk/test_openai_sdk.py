@@ -14,6 +14,8 @@ import urllib.request
 import openai
 import pytest
 
+from fake_upstream import JSON_ANSWER
+
 PROMPT = [{"role": "user", "content": "Tell me about switchyards."}]
 
 
@@ -123,14 +125,18 @@ def test_request_parameters_reach_the_upstream(client, fakes):
         presence_penalty=0.1, frequency_penalty=0.2,
         response_format={"type": "json_object"},
     )
-    assert res.choices[0].message.content == fakes["recorder"].full_text()
+    # Asked for JSON, the fake answers its JSON object (and the gateway validates it).
+    assert res.choices[0].message.content == JSON_ANSWER
     assert res.model == "fake-recorder"
     sent = [r for r in fakes["recorder"].recorded()
             if r and r["messages"][-1]["content"] == "params please"]
     assert len(sent) == 1
     body = sent[0]
     assert body["model"] == "fake-recorder"
-    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    # OpenAI refuses json_object unless a message says "JSON": the gateway adds a short
+    # system instruction after the caller's own.
+    assert [m["role"] for m in body["messages"]] == ["system", "system", "user"]
+    assert "JSON" in body["messages"][1]["content"]
     assert body["temperature"] == 0.25
     assert body["top_p"] == 0.5
     assert body["max_tokens"] == 64
