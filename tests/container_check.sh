@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Builds the image from the Dockerfile and checks it as a user would run it: /readyz and the
+# HEALTHCHECK, a completion through the built-in mock with the admin key from
+# SWITCHYARD_ADMIN_KEY, the server running as a non-root user, a mounted config file, and the
+# data surviving in the volume when the container is replaced. Run by .ci/run, as root.
+#
+# Where no Docker daemon answers, it starts its own dockerd (package docker.io): data root under
+# target/container/docker (the build cache and base images survive between runs), no iptables,
+# no default bridge; the containers get a network of their own (host networking if that cannot
+# be made). Where Docker Hub cannot be reached (CONTAINER_BASES=auto tries a pull, =local skips
+# it, =public insists), the Dockerfile's base images are replaced through its build arguments:
+# the runtime by Debian bookworm made with debootstrap (tarball cached in target/container/),
+# the builder by that plus gcc and the host's Rust toolchain (tests/container/rust-local.Dockerfile).
+# Either way the Dockerfile's own build runs: cargo build --release inside the builder stage.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=$root/target/container
+mkdir -p "$work"
+image=${SWITCHYARD_IMAGE:-switchyard:ci}
+bases=${CONTAINER_BASES:-auto}
+key=sy_admin_container_ci
+tag=switchyard-ci-$$
+
+step() { echo "-- $*"; }
+fail() { echo "container check failed: $*" >&2; exit 1; }
+apt_install() {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -o DPkg::Lock::Timeout=300 "$@" >/dev/null
+}
+
+# One run per data root at a time.
+exec 9>"$work/lock"
+flock -w 1800 9 || fail "another container check holds $work/lock"
+
+dockerd_pid=
+net=
+cleanup() {
+  set +e
+  if [ -n "${dk:-}" ]; then
+    "${dk[@]}" rm -f "$tag-a" "$tag-b" "$tag-c" >/dev/null 2>&1
+    "${dk[@]}" volume rm "$tag-data" >/dev/null 2>&1
+    [ -n "$net" ] && [ "$net" != host ] && "${dk[@]}" network rm "$net" >/dev/null 2>&1
+  fi
+  if [ -n "$dockerd_pid" ]; then
+    kill "$dockerd_pid" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done
+  fi
+}
+trap cleanup EXIT
+
+# --- a Docker client with BuildKit (the Dockerfile's cache mounts need it): buildx if it
+# is installed, else the docker.io package's client, whose BuildKit is built in.
+if docker buildx version >/dev/null 2>&1; then
+  dk=(docker)
+else
+  [ -x /usr/bin/docker ] || apt_install docker.io
+  dk=(/usr/bin/docker)
+  export DOCKER_BUILDKIT=1
+fi
+
+# --- a daemon: the one the environment names, else our own.
+if ! "${dk[@]}" info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null || apt_install docker.io
+  [ "$(id -u)" = 0 ] || fail "no Docker daemon answers and starting one needs root"
+  exec_root=/run/switchyard-ci.$$
+  mkdir -p "$work/docker" "$exec_root"
+  dockerd --data-root "$work/docker" --exec-root "$exec_root" --pidfile "$exec_root/dockerd.pid" \
+    -H "unix://$exec_root/docker.sock" --iptables=false --ip6tables=false --bridge=none \
+    ${CONTAINER_STORAGE_DRIVER:+--storage-driver "$CONTAINER_STORAGE_DRIVER"} \
+    >"$work/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  export DOCKER_HOST=unix://$exec_root/docker.sock
+  for _ in $(seq 150); do
+    "${dk[@]}" info >/dev/null 2>&1 && break
+    kill -0 "$dockerd_pid" 2>/dev/null || { tail -20 "$work/dockerd.log" >&2; fail "dockerd exited"; }
+    sleep 0.2
+  done
+  "${dk[@]}" info >/dev/null 2>&1 || { tail -20 "$work/dockerd.log" >&2; fail "dockerd did not answer in 30 s"; }
+  step "started dockerd (pid $dockerd_pid, storage driver $("${dk[@]}" info -f '{{.Driver}}'), log $work/dockerd.log)"
+fi
+
+# --- the base images
+build_args=()
+if [ "$bases" = auto ]; then
+  if timeout 60 "${dk[@]}" pull -q debian:bookworm-slim >/dev/null 2>&1; then bases=public; else bases=local; fi
+fi
+if [ "$bases" = local ]; then
+  runtime=switchyard-ci/debian:bookworm
+  if ! "${dk[@]}" image inspect "$runtime" >/dev/null 2>&1; then
+    tarball=$work/debian-bookworm-minbase.tar
+    if [ ! -s "$tarball" ]; then
+      step "debootstrap bookworm (once; cached in $tarball)"
+      command -v debootstrap >/dev/null || apt_install debootstrap
+      rootfs=$work/rootfs.$$
+      debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 ||
+        { tail -20 "$work/debootstrap.log" >&2; fail "debootstrap failed"; }
+      rm -rf "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+      tar --numeric-owner -C "$rootfs" -cf "$tarball.tmp" .
+      mv "$tarball.tmp" "$tarball"
+      rm -rf "$rootfs"
+    fi
+    "${dk[@]}" import "$tarball" "$runtime" >/dev/null
+  fi
+  rust_version=$(rustc --version | cut -d' ' -f2)
+  builder=switchyard-ci/rust:$rust_version
+  if ! "${dk[@]}" image inspect "$builder" >/dev/null 2>&1; then
+    step "builder image $builder: $runtime + gcc + the host's Rust $rust_version"
+    sysroot=$(rustc --print sysroot)
+    ctx=$work/rust-context
+    rm -rf "$ctx"
+    mkdir -p "$ctx/rust/bin"
+    cp -al "$sysroot/lib" "$ctx/rust/lib" 2>/dev/null || cp -a "$sysroot/lib" "$ctx/rust/lib"
+    for b in cargo rustc rustdoc; do cp -a "$sysroot/bin/$b" "$ctx/rust/bin/"; done
+    "${dk[@]}" build -q --network host --build-arg BASE_IMAGE="$runtime" -t "$builder" \
+      -f tests/container/rust-local.Dockerfile "$ctx" >/dev/null
+    rm -rf "$ctx"
+  fi
+  build_args=(--build-arg RUST_IMAGE="$builder" --build-arg RUNTIME_IMAGE="$runtime")
+  step "base images: $builder and $runtime (Docker Hub not used)"
+else
+  step "base images: the Dockerfile's defaults from Docker Hub"
+fi
+
+# --- build
+step "docker build -t $image ."
+start=$(date +%s)
+"${dk[@]}" build --network host "${build_args[@]}" -t "$image" . >"$work/build.log" 2>&1 ||
+  { tail -40 "$work/build.log" >&2; fail "docker build failed (log: $work/build.log)"; }
+size=$("${dk[@]}" image inspect -f '{{.Size}}' "$image")
+step "built in $(($(date +%s) - start)) s; image size $((size / 1000000)) MB"
+
+# --- run
+if net=$tag && "${dk[@]}" network create "$net" >/dev/null 2>&1; then
+  run_net=(--network "$net")
+else
+  net=host
+  run_net=(--network host)
+  step "no container network could be made here: host networking (needs 8080 free)"
+fi
+addr_of() {
+  if [ "$net" = host ]; then echo http://127.0.0.1:8080; return; fi
+  echo "http://$("${dk[@]}" inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" "$1"):8080"
+}
+wait_ready() { # container → its base URL once /readyz answers 200 and the HEALTHCHECK says healthy
+  local c=$1 base health
+  base=$(addr_of "$c")
+  for _ in $(seq 300); do
+    curl -sf "$base/readyz" >/dev/null 2>&1 && break
+    [ "$("${dk[@]}" inspect -f '{{.State.Running}}' "$c")" = true ] || { "${dk[@]}" logs "$c" >&2; fail "$c exited"; }
+    sleep 0.1
+  done
+  curl -sf "$base/readyz" >/dev/null || { "${dk[@]}" logs "$c" >&2; fail "$c: /readyz never answered 200"; }
+  for _ in $(seq 60); do
+    health=$("${dk[@]}" inspect -f '{{.State.Health.Status}}' "$c")
+    [ "$health" = healthy ] && break
+    sleep 0.5
+  done
+  [ "$health" = healthy ] || fail "$c: HEALTHCHECK says $health"
+  echo "$base"
+}
+auth=(-H "authorization: Bearer $key")
+
+step "container a: the image's own config, admin key from SWITCHYARD_ADMIN_KEY, volume $tag-data"
+"${dk[@]}" run -d --name "$tag-a" "${run_net[@]}" -e SWITCHYARD_ADMIN_KEY="$key" \
+  -v "$tag-data:/data" "$image" >/dev/null
+base=$(wait_ready "$tag-a")
+step "ready and healthy at $base"
+
+uid=$("${dk[@]}" exec "$tag-a" awk '/^Uid:/ {print $2, $3}' /proc/1/status)
+[ "$uid" = "10001 10001" ] || fail "the server runs with uid $uid, not 10001"
+owner=$("${dk[@]}" exec "$tag-a" stat -c %u /data)
+[ "$owner" = 10001 ] || fail "/data belongs to uid $owner"
+step "server process uid 10001 (not root), /data owned by it"
+
+curl -s "$base/v1/chat/completions" -H 'authorization: Bearer wrong' -H 'content-type: application/json' \
+  -d '{"model":"chat-default","messages":[{"role":"user","content":"hi"}]}' -o /dev/null -w '%{http_code}' |
+  grep -qx 401 || fail "a wrong key was not refused with 401"
+reply=$(curl -sf "$base/v1/chat/completions" "${auth[@]}" -H 'content-type: application/json' \
+  -d '{"model":"chat-default","messages":[{"role":"user","content":"Hello from a container"}]}') ||
+  fail "POST /v1/chat/completions with the admin key failed"
+text=$(jq -r '.choices[0].message.content' <<<"$reply")
+id=$(jq -r '.x_switchyard.execution_id' <<<"$reply")
+[ -n "$text" ] && [ "$text" != null ] && [ "$(jq -r '.choices[0].finish_reason' <<<"$reply")" = stop ] ||
+  fail "unexpected completion: $reply"
+step "completion through the mock: execution $id, ${#text} characters"
+
+step "container b: replaces a on the same volume, with tests/container/mounted.toml as its config"
+"${dk[@]}" stop -t 10 "$tag-a" >/dev/null
+"${dk[@]}" rm "$tag-a" >/dev/null
+"${dk[@]}" run -d --name "$tag-b" "${run_net[@]}" -e SWITCHYARD_ADMIN_KEY="$key" \
+  -v "$tag-data:/data" -v "$root/tests/container/mounted.toml:/etc/switchyard/config.toml:ro" \
+  "$image" >/dev/null
+base=$(wait_ready "$tag-b")
+stored=$(curl -sf "$base/v1/executions/$id" "${auth[@]}") || fail "execution $id is gone after the restart"
+[ "$(jq -r .status <<<"$stored")" = completed ] && [ "$(jq -r .output.text <<<"$stored")" = "$text" ] ||
+  fail "execution $id came back different: $stored"
+curl -sf "$base/v1/models" "${auth[@]}" | jq -e '.data | map(.id) | index("chat-mounted")' >/dev/null ||
+  fail "the mounted config's model chat-mounted is not listed"
+step "execution $id survived in the volume (same text); the mounted config is in use"
+
+step "docker restart (same container)"
+"${dk[@]}" restart -t 10 "$tag-b" >/dev/null
+base=$(wait_ready "$tag-b")
+curl -sf "$base/v1/executions/$id" "${auth[@]}" | jq -e '.status == "completed"' >/dev/null ||
+  fail "execution $id is gone after docker restart"
+
+"${dk[@]}" run --rm --name "$tag-c" --network none "$image" check-config /etc/switchyard/config.toml | grep -q 'valid' ||
+  fail "check-config through the entrypoint failed"
+step "check-config through the entrypoint works"
+echo "container check: ok ($image, $((size / 1000000)) MB)"
