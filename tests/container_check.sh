@@ -10,7 +10,7 @@
 # be made). Where Docker Hub cannot be reached (CONTAINER_BASES=auto tries a pull, =local skips
 # it, =public insists), the Dockerfile's base images are replaced through its build arguments:
 # the runtime by Debian bookworm made with debootstrap (tarball cached in target/container/),
-# the builder by that plus gcc and the host's Rust toolchain (tests/container/rust-local.Dockerfile).
+# the builder by that plus gcc, the host's CA bundle and the host's Rust toolchain (tests/container/rust-local.Dockerfile).
 # Either way the Dockerfile's own build runs: cargo build --release inside the builder stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,7 +104,9 @@ if [ "$bases" = local ]; then
     "${dk[@]}" import "$tarball" "$runtime" >/dev/null
   fi
   rust_version=$(rustc --version | cut -d' ' -f2)
-  builder=switchyard-ci/rust:$rust_version
+  # A new tag when the recipe or the host's CA bundle changes.
+  recipe=$(cat tests/container/rust-local.Dockerfile /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-12)
+  builder=switchyard-ci/rust:$rust_version-$recipe
   if ! "${dk[@]}" image inspect "$builder" >/dev/null 2>&1; then
     step "builder image $builder: $runtime + gcc + the host's Rust $rust_version"
     sysroot=$(rustc --print sysroot)
@@ -113,6 +115,7 @@ if [ "$bases" = local ]; then
     mkdir -p "$ctx/rust/bin"
     cp -al "$sysroot/lib" "$ctx/rust/lib" 2>/dev/null || cp -a "$sysroot/lib" "$ctx/rust/lib"
     for b in cargo rustc rustdoc; do cp -a "$sysroot/bin/$b" "$ctx/rust/bin/"; done
+    cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
     "${dk[@]}" build -q --network host --build-arg BASE_IMAGE="$runtime" -t "$builder" \
       -f tests/container/rust-local.Dockerfile "$ctx" >/dev/null
     rm -rf "$ctx"

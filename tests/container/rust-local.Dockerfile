@@ -2,7 +2,8 @@
 # a debootstrapped Debian bookworm, the C toolchain rustc links with, and the host's own Rust
 # toolchain (its bin/ and lib/, copied into the build context under rust/) installed in
 # /usr/local like the official image's. CARGO_HOME matches the official image's, so the
-# Dockerfile's registry cache mount is the same path in both.
+# Dockerfile's registry cache mount is the same path in both. The host's CA bundle replaces
+# Debian's, so cargo trusts what the host trusts (e.g. a TLS-inspecting proxy to crates.io).
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 RUN apt-get update \
@@ -10,6 +11,7 @@ RUN apt-get update \
        gcc libc6-dev ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY rust/ /usr/local/
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 ENV CARGO_HOME=/usr/local/cargo
 ENV PATH=/usr/local/cargo/bin:$PATH
 RUN rustc --version && cargo --version
