@@ -42,6 +42,7 @@ exec 9>"$work/lock"
 flock -w 1800 9 || fail "another container check holds $work/lock"
 
 dockerd_pid=
+exec_root=
 net=
 cleanup() {
   set +e
@@ -53,6 +54,7 @@ cleanup() {
   if [ -n "$dockerd_pid" ]; then
     kill "$dockerd_pid" 2>/dev/null
     for _ in $(seq 100); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$dockerd_pid" 2>/dev/null || rm -rf --one-file-system "$exec_root"
   fi
 }
 trap cleanup EXIT
@@ -216,7 +218,8 @@ base=$(wait_ready "$tag-b")
 curl -sf "$base/v1/executions/$id" "${auth[@]}" | jq -e '.status == "completed"' >/dev/null ||
   fail "execution $id is gone after docker restart"
 
-"${dk[@]}" run --rm --name "$tag-c" --network none "$image" check-config /etc/switchyard/config.toml | grep -q 'valid' ||
-  fail "check-config through the entrypoint failed"
+checked=$("${dk[@]}" run --rm --name "$tag-c" --network none "$image" check-config /etc/switchyard/config.toml) ||
+  fail "check-config through the entrypoint failed: $checked"
+grep -q '^/etc/switchyard/config.toml: valid$' <<<"$checked" || fail "check-config said: $checked"
 step "check-config through the entrypoint works"
 echo "container check: ok ($image, $((size / 1000000)) MB)"
