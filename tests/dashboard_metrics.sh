@@ -3,10 +3,10 @@
 # must be a series the real binary exposes: starts it with a route that fails over (so the
 # failover, error-code and breaker series exist), runs a completion and a refused request,
 # scrapes /metrics, and checks each switchyard_* name in the dashboard's queries against the
-# scrape. Then, when
-# Prometheus is installed (.ci/run installs it), deploy/prometheus/prometheus.yml is validated
-# and run with its target pointed at this server: the scrape must succeed and each of the
-# dashboard's queries must evaluate to data. Run by .ci/run; needs curl and jq.
+# scrape. Then, when Prometheus is installed (.ci/run installs it), deploy/prometheus/
+# prometheus.yml is validated and run with its target pointed at this server: the scrape must
+# succeed and each of the dashboard's queries must evaluate to data. Run by .ci/run; needs
+# curl and jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${SWITCHYARD_BIN:-target/debug/switchyard}
