@@ -48,7 +48,7 @@ cleanup() {
   set +e
   if [ -n "${dk:-}" ]; then
     "${dk[@]}" rm -f "$tag-a" "$tag-b" "$tag-c" >/dev/null 2>&1
-    "${dk[@]}" volume rm "$tag-data" >/dev/null 2>&1
+    "${dk[@]}" volume rm "$tag-data" "$tag-data-c" >/dev/null 2>&1
     [ -n "$net" ] && [ "$net" != host ] && "${dk[@]}" network rm "$net" >/dev/null 2>&1
   fi
   if [ -n "$dockerd_pid" ]; then
@@ -185,6 +185,8 @@ uid=$("${dk[@]}" exec "$tag-a" awk '/^Uid:/ {print $2, $3}' /proc/1/status)
 owner=$("${dk[@]}" exec "$tag-a" stat -c %u /data)
 [ "$owner" = 10001 ] || fail "/data belongs to uid $owner"
 step "server process uid 10001 (not root), /data owned by it"
+curl -sf "$base/metrics" | grep -q '^switchyard_store_size_bytes [1-9]' ||
+  fail "/metrics has no non-zero switchyard_store_size_bytes"
 
 curl -s "$base/v1/chat/completions" -H 'authorization: Bearer wrong' -H 'content-type: application/json' \
   -d '{"model":"chat-default","messages":[{"role":"user","content":"hi"}]}' -o /dev/null -w '%{http_code}' |
@@ -218,8 +220,18 @@ base=$(wait_ready "$tag-b")
 curl -sf "$base/v1/executions/$id" "${auth[@]}" | jq -e '.status == "completed"' >/dev/null ||
   fail "execution $id is gone after docker restart"
 
-checked=$("${dk[@]}" run --rm --name "$tag-c" --network none "$image" check-config /etc/switchyard/config.toml) ||
-  fail "check-config through the entrypoint failed: $checked"
-grep -q '^/etc/switchyard/config.toml: valid$' <<<"$checked" || fail "check-config said: $checked"
+step "container c: a fresh volume and SWITCHYARD_ADMIN_KEY empty (as compose.yaml passes it unset)"
+"${dk[@]}" run -d --name "$tag-c" "${run_net[@]}" -e SWITCHYARD_ADMIN_KEY= -v "$tag-data-c:/data" "$image" >/dev/null
+base=$(wait_ready "$tag-c")
+printed=$("${dk[@]}" logs "$tag-c" 2>/dev/null | sed -n 's/^  \(sy_[A-Za-z0-9_-]*\)$/\1/p')
+[ -n "$printed" ] || { "${dk[@]}" logs "$tag-c" >&2; fail "the first start printed no admin key"; }
+curl -sf "$base/v1/executions?limit=1" -H "authorization: Bearer $printed" >/dev/null ||
+  fail "the printed admin key is refused"
+step "the first start printed an admin key, and it works"
+
+# As the README shows it: a config from examples/ mounted and checked through the entrypoint.
+checked=$("${dk[@]}" run --rm --network none -v "$root/examples/openai.toml:/cfg.toml:ro" \
+  "$image" check-config /cfg.toml) || fail "check-config through the entrypoint failed: $checked"
+grep -q '^/cfg.toml: valid$' <<<"$checked" || fail "check-config said: $checked"
 step "check-config through the entrypoint works"
 echo "container check: ok ($image, $((size / 1000000)) MB)"
