@@ -93,7 +93,12 @@ fi
 # --- the base images
 build_args=()
 if [ "$bases" = auto ]; then
-  if timeout 60 "${dk[@]}" pull -q debian:bookworm-slim >/dev/null 2>&1; then bases=public; else bases=local; fi
+  if timeout 60 "${dk[@]}" pull -q debian:bookworm-slim >/dev/null 2>&1; then
+    bases=public
+  else
+    bases=local
+    step "Docker Hub unreachable (docker pull debian:bookworm-slim failed): local base images"
+  fi
 fi
 if [ "$bases" = local ]; then
   runtime=switchyard-ci/debian:bookworm
