@@ -54,7 +54,11 @@ cleanup() {
   if [ -n "$dockerd_pid" ]; then
     kill "$dockerd_pid" 2>/dev/null
     for _ in $(seq 100); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$dockerd_pid" 2>/dev/null || rm -rf --one-file-system "$exec_root"
+    if ! kill -0 "$dockerd_pid" 2>/dev/null; then
+      # With host networking dockerd leaves its netns/default mounted.
+      findmnt -rn -o TARGET | grep "^$exec_root/" | sort -r | xargs -r -n1 umount -l
+      rm -rf --one-file-system "$exec_root"
+    fi
   fi
 }
 trap cleanup EXIT
@@ -149,12 +153,24 @@ size=$("${dk[@]}" image inspect -f '{{.Size}}' "$image")
 step "built in $(($(date +%s) - start)) s; image size $((size / 1000000)) MB"
 
 # --- run
-if net=$tag && "${dk[@]}" network create "$net" >/dev/null 2>&1; then
+# A subnet no route of the host uses: another check's daemon (another checkout's CI) picks its
+# own, and two bridges with one subnet would break both.
+subnet=()
+if command -v ip >/dev/null; then
+  for _ in $(seq 50); do
+    candidate=172.$((RANDOM % 14 + 18)).$((RANDOM % 256)).0/24
+    ip route | grep -q "^${candidate%.0/24}\." || { subnet=(--subnet "$candidate"); break; }
+  done
+fi
+if [ "${CONTAINER_NETWORK:-}" != host ] && net=$tag &&
+  "${dk[@]}" network create "${subnet[@]}" "$net" >/dev/null 2>&1; then
   run_net=(--network "$net")
 else
   net=host
   run_net=(--network host)
-  step "no container network could be made here: host networking (needs 8080 free)"
+  step "host networking (CONTAINER_NETWORK=host, or no container network could be made)"
+  # Else the checks below would talk to whatever already listens there.
+  ! curl -s -o /dev/null --max-time 2 http://127.0.0.1:8080/ || fail "host networking needs port 8080, which is in use"
 fi
 addr_of() {
   if [ "$net" = host ]; then echo http://127.0.0.1:8080; return; fi
@@ -224,6 +240,8 @@ step "docker restart (same container)"
 base=$(wait_ready "$tag-b")
 curl -sf "$base/v1/executions/$id" "${auth[@]}" | jq -e '.status == "completed"' >/dev/null ||
   fail "execution $id is gone after docker restart"
+
+"${dk[@]}" rm -f "$tag-b" >/dev/null
 
 step "container c: a fresh volume and SWITCHYARD_ADMIN_KEY empty (as compose.yaml passes it unset)"
 "${dk[@]}" run -d --name "$tag-c" "${run_net[@]}" -e SWITCHYARD_ADMIN_KEY= -v "$tag-data-c:/data" "$image" >/dev/null
