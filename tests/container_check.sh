@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Builds the image from the Dockerfile and checks it as a user would run it: /readyz and the
 # HEALTHCHECK, a completion through the built-in mock with the admin key from
-# SWITCHYARD_ADMIN_KEY, the server running as a non-root user, a mounted config file, and the
-# data surviving in the volume when the container is replaced. Run by .ci/run, as root.
+# SWITCHYARD_ADMIN_KEY, the key printed on a first start without it, the server running as a
+# non-root user, a mounted config file, and the data surviving in the volume when the container
+# is replaced. Run by .ci/run, as root.
 #
 # Where no Docker daemon answers, it starts its own dockerd (package docker.io): data root under
 # target/container/docker (the build cache and base images survive between runs), no iptables,
-# no default bridge; the containers get a network of their own (host networking if that cannot
-# be made). Where Docker Hub cannot be reached (CONTAINER_BASES=auto tries a pull, =local skips
-# it, =public insists), the Dockerfile's base images are replaced through its build arguments:
-# the runtime by Debian bookworm made with debootstrap (tarball cached in target/container/),
-# the builder by that plus gcc, the host's CA bundle and the host's Rust toolchain (tests/container/rust-local.Dockerfile).
+# no default bridge. The containers get a bridge network of their own (CONTAINER_NETWORK=host,
+# or a failure to make one, runs them on the host's network, port 8080). Where Docker Hub
+# cannot be reached (CONTAINER_BASES=auto tries a pull, =local skips it, =public insists), the
+# Dockerfile's base images are replaced through its build arguments: the runtime by Debian
+# bookworm made with debootstrap (tarball cached in target/container/), the builder by that plus
+# gcc, the host's CA bundle and the host's Rust toolchain (tests/container/rust-local.Dockerfile).
 # Either way the Dockerfile's own build runs: cargo build --release inside the builder stage.
+# The first run builds everything (about 15 minutes on 2 busy cores); later ones take a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
