@@ -13,7 +13,7 @@ use super::live::LiveFeed;
 use super::registry::{Deregister, Registry};
 use crate::domain::{
     now_ms, Attempt, AttemptOutcome, ChatRequest, Event, EventKind, ExecutionRecord, Message, Role,
-    SharedEvent, Status, ToolCall, ToolCallAssembly, Usage, Validation,
+    SharedEvent, Status, ThinkingAssembly, ToolCall, ToolCallAssembly, Usage, Validation,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::ledger::pricing;
@@ -61,6 +61,7 @@ struct Running {
     chunks: u64,
     finish_reason: Option<String>,
     usage: Option<Usage>,
+    stop_sequence: Option<String>,
     /// Tool calls are held until the provider finishes them and emitted whole: a stream that
     /// breaks halfway through a call leaves nothing half-said for a failover to undo.
     tool_calls: ToolCallAssembly,
@@ -84,6 +85,9 @@ struct PendingFailover {
     message: String,
     /// The answer starts over: every chunk since the last restart (or step start) is void.
     restart: bool,
+    /// The block the failed try left half made and the next one makes anew: `thinking` or
+    /// `tool_use` (a continuation never resumes inside one).
+    restarted: Option<&'static str>,
 }
 
 pub struct Execution {
@@ -107,6 +111,8 @@ pub struct Execution {
     next_seq: u64,
     /// Everything emitted as chunks so far: the base of any continuation.
     emitted: String,
+    /// The answer's thinking blocks as emitted so far (extended thinking).
+    thinking: ThinkingAssembly,
     /// Appended in the current turn, before its ticket is taken.
     this_turn: Turn,
     /// Appended but not yet durable, with the group-commit ticket that covers each.
@@ -168,6 +174,7 @@ impl Execution {
             registry,
             next_seq: 1,
             emitted: String::new(),
+            thinking: ThinkingAssembly::default(),
             this_turn: Turn::default(),
             unpublished: VecDeque::new(),
             awaiting_commit: false,
@@ -395,6 +402,7 @@ impl Execution {
             chunks: 0,
             finish_reason: None,
             usage: None,
+            stop_sequence: None,
             tool_calls: ToolCallAssembly::default(),
             log,
             input_tokens,
@@ -446,7 +454,7 @@ impl Execution {
                         ErrorCode::RateLimited,
                         "the route is out of upstream quota",
                     );
-                    self.announce_failover(ctx, &from, Some(from_route), &err, false);
+                    self.announce_failover(ctx, &from, Some(from_route), &err, false, None);
                 }
                 Some(None)
             }
@@ -565,6 +573,17 @@ impl Execution {
         if let Some(text) = text {
             self.emit_chunk(ctx, text);
         }
+    }
+
+    /// A thinking fragment goes out as it comes (a chunk with an empty text delta) and is kept
+    /// for the record; a block is only whole with its signature.
+    fn on_thinking(&mut self, ctx: &mut Context<Self>, fragment: crate::domain::ThinkingDelta) {
+        if let Some(running) = self.running.as_mut() {
+            running.chunks += 1;
+        }
+        self.thinking.push(&fragment);
+        let event = Event::thinking(self.next_seq, &fragment);
+        self.emit(ctx, |_| event);
     }
 
     /// Once the continuation's head is settled: records how it joined (the debug log, the
@@ -696,6 +715,10 @@ impl Execution {
         }
         let usage = self.running.as_ref().and_then(|r| r.usage);
         let reported = self.running.as_ref().and_then(|r| r.finish_reason.clone());
+        self.record.design.stop_sequence =
+            self.running.as_ref().and_then(|r| r.stop_sequence.clone());
+        let thinking = std::mem::take(&mut self.thinking);
+        self.record.design.thinking.extend(thinking.done);
         // OpenAI says `stop` when a named tool_choice forced the call; every other format says
         // `tool_calls`: one answer regardless of which route gave it.
         self.record.finish_reason = match reported {
@@ -777,9 +800,11 @@ impl Execution {
             reason: err.code,
             message: err.message,
             restart: true,
+            restarted: None,
         });
         self.flush_failover(ctx, None);
         self.emitted.clear();
+        self.thinking = ThinkingAssembly::default();
         self.reconciler = None;
     }
 
@@ -899,6 +924,13 @@ impl Execution {
         }
         // The failover to this try, if its head never settled: it joined nothing.
         self.flush_failover(ctx, None);
+        // A continuation never resumes inside a block: thinking before any text starts over
+        // (its chunks are void), a half-made tool call is made anew.
+        let half_made = match &self.running {
+            _ if !self.thinking.is_empty() && self.emitted.is_empty() => Some("thinking"),
+            Some(r) if !r.tool_calls.is_empty() => Some("tool_use"),
+            _ => None,
+        };
         let strategy = self.running.as_ref().and_then(|r| r.strategy);
         let delivered = self.running.as_ref().is_some_and(|r| r.chunks > 0);
         let from_route = self.route_index;
@@ -926,7 +958,7 @@ impl Execution {
                     routing::jitter(delay)
                 };
                 self.tries_on_route += 1;
-                self.announce_failover(ctx, &from, Some(from_route), &err, delivered);
+                self.announce_failover(ctx, &from, Some(from_route), &err, delivered, half_made);
                 self.retry_timer =
                     Some(ctx.run_later(delay, move |act, ctx| act.start_attempt(ctx, strategy)));
             }
@@ -944,7 +976,7 @@ impl Execution {
                 self.tries_on_route = 1;
                 self.repair = None;
                 self.repairs_on_route = 0;
-                self.announce_failover(ctx, &from, Some(from_route), &err, delivered);
+                self.announce_failover(ctx, &from, Some(from_route), &err, delivered, half_made);
                 self.start_attempt(ctx, None);
             }
         }
@@ -960,6 +992,7 @@ impl Execution {
         from_route: Option<usize>,
         err: &ProviderError,
         delivered: bool,
+        half_made: Option<&'static str>,
     ) {
         let to = self.routes[self.route_index].provider.name().to_string();
         if from_route == Some(self.route_index) && !delivered {
@@ -980,8 +1013,12 @@ impl Execution {
             to,
             reason: err.code,
             message: err.message.clone(),
-            restart: false,
+            restart: half_made == Some("thinking"),
+            restarted: half_made,
         };
+        if half_made == Some("thinking") {
+            self.thinking = ThinkingAssembly::default();
+        }
         // An earlier switch whose continuation never settled is told as it was.
         self.flush_failover(ctx, None);
         self.pending_failover = Some(note);
@@ -1020,6 +1057,8 @@ impl Execution {
             /// void: the answer starts over.
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             restart: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            restarted: Option<&'a str>,
         }
         let strategy = self.running.as_ref().and_then(|r| r.strategy);
         let continuation = joined
@@ -1039,6 +1078,7 @@ impl Execution {
             message: &note.message,
             continuation,
             restart: note.restart,
+            restarted: note.restarted,
         };
         let event = Event::from_payload(self.next_seq, EventKind::Failover, &payload);
         self.emit(ctx, |_| event);
@@ -1162,6 +1202,7 @@ impl Execution {
             _ => return None,
         };
         self.emitted = emitted.text;
+        self.thinking = emitted.thinking;
         self.next_seq = last + 1;
         // The log says which steps finished; the record may lag it by one write.
         self.record.design.steps.clear();
@@ -1275,7 +1316,11 @@ impl Actor for Execution {
                         return self.begin_step(ctx);
                     }
                 }
-                if !self.emitted.is_empty() {
+                // Thinking with no text after it yet starts over (a half-made block cannot be
+                // continued, and a continuation thinks no more).
+                let half_made =
+                    (!self.thinking.is_empty() && self.emitted.is_empty()).then_some("thinking");
+                if !self.emitted.is_empty() || half_made.is_some() {
                     let err = ProviderError::cut("the gateway restarted mid-stream");
                     let from = self
                         .record
@@ -1283,7 +1328,7 @@ impl Actor for Execution {
                         .last()
                         .map(|a| a.provider.clone())
                         .unwrap_or_default();
-                    self.announce_failover(ctx, &from, None, &err, true);
+                    self.announce_failover(ctx, &from, None, &err, true, half_made);
                 }
                 self.start_attempt(ctx, None);
             }
@@ -1313,9 +1358,13 @@ impl StreamHandler<Tagged> for Execution {
                 if let Some(running) = self.running.as_mut() {
                     running.finish_reason = delta.finish_reason.or(running.finish_reason.take());
                     running.usage = delta.usage.or(running.usage);
+                    running.stop_sequence = delta.stop_sequence.or(running.stop_sequence.take());
                     for fragment in delta.tool_calls {
                         running.tool_calls.push(fragment);
                     }
+                }
+                if let Some(fragment) = delta.thinking {
+                    self.on_thinking(ctx, fragment);
                 }
                 if let Some(text) = delta.text {
                     self.on_text(ctx, text);

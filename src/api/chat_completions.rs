@@ -184,6 +184,7 @@ impl CompletionRequest {
                     .collect(),
                 tool_call_id: m.tool_call_id,
                 images,
+                thinking: Default::default(),
             });
         }
         let include_usage = self
@@ -209,6 +210,7 @@ impl CompletionRequest {
                 tools: self.tools.unwrap_or_default(),
                 tool_choice: self.tool_choice,
                 parallel_tool_calls: self.parallel_tool_calls,
+                thinking: Default::default(),
             },
             metadata,
             webhook_url: None,

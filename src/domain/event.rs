@@ -144,6 +144,44 @@ impl Event {
         Event::from_payload(seq, EventKind::Chunk, &Payload { seq, delta, step })
     }
 
+    /// A fragment of a thinking block: a chunk with an empty text delta and one of
+    /// `thinking`, `thinking_signature` (the block is complete) or `redacted_thinking`.
+    pub fn thinking(seq: u64, fragment: &super::ThinkingDelta) -> Event {
+        use super::ThinkingDelta;
+        let (field, value) = match fragment {
+            ThinkingDelta::Text(t) => ("thinking", t),
+            ThinkingDelta::Signature(s) => ("thinking_signature", s),
+            ThinkingDelta::Redacted(d) => ("redacted_thinking", d),
+        };
+        let mut payload = serde_json::Map::new();
+        payload.insert("seq".into(), seq.into());
+        payload.insert("delta".into(), "".into());
+        payload.insert(field.into(), value.as_str().into());
+        Event::from_payload(seq, EventKind::Chunk, &payload)
+    }
+
+    /// The thinking fragment a chunk event carries (see [`Event::thinking`]).
+    pub fn carried_thinking(&self) -> Option<super::ThinkingDelta> {
+        use super::ThinkingDelta;
+        #[derive(serde::Deserialize)]
+        struct Payload {
+            #[serde(default)]
+            thinking: Option<String>,
+            #[serde(default)]
+            thinking_signature: Option<String>,
+            #[serde(default)]
+            redacted_thinking: Option<String>,
+        }
+        if self.kind != EventKind::Chunk {
+            return None;
+        }
+        let p: Payload = serde_json::from_slice(&self.data).ok()?;
+        p.thinking
+            .map(ThinkingDelta::Text)
+            .or(p.thinking_signature.map(ThinkingDelta::Signature))
+            .or(p.redacted_thinking.map(ThinkingDelta::Redacted))
+    }
+
     /// A workflow step begins: its chunks follow.
     pub fn step_started(seq: u64, index: usize, name: &str, model: &str) -> Event {
         #[derive(Serialize)]

@@ -120,6 +120,13 @@ pub struct Design {
     pub output_data: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
+    /// The thinking blocks the answer began with (`params.thinking` on a route that thinks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thinking: Vec<super::ThinkingBlock>,
+    /// The stop sequence that ended the answer, when the provider says which (Anthropic does;
+    /// OpenAI-format routes report a plain `stop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_sequence: Option<String>,
 }
 
 impl Design {
@@ -167,6 +174,7 @@ impl ExecutionRecord {
                     text,
                     data: self.design.output_data.as_ref(),
                     tool_calls: &self.output_tool_calls,
+                    thinking: &self.design.thinking,
                 }),
             error: self.error.as_ref(),
             finish_reason: self.finish_reason.as_deref(),
@@ -186,6 +194,7 @@ impl ExecutionRecord {
             workflow: self.design.workflow.as_ref(),
             steps: &self.design.steps,
             validation: self.design.validation.as_ref(),
+            stop_sequence: self.design.stop_sequence.as_deref(),
         }
     }
 }
@@ -222,6 +231,9 @@ pub struct ExecutionView<'a> {
     steps: &'a [StepResult],
     #[serde(skip_serializing_if = "Option::is_none")]
     validation: Option<&'a Validation>,
+    /// The stop sequence that ended the answer, when the provider named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequence: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -233,6 +245,9 @@ struct Output<'a> {
     /// Only when the answer called tools.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     tool_calls: &'a [super::ToolCall],
+    /// The thinking blocks the answer began with (extended thinking).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    thinking: &'a [super::ThinkingBlock],
 }
 
 /// One attempt in the public view.

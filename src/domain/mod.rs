@@ -6,12 +6,14 @@ pub mod execution;
 pub mod ids;
 pub mod request;
 pub mod status;
+pub mod thinking;
 pub mod tools;
 
 pub use event::{Event, EventKind, SharedEvent};
 pub use execution::{Attempt, AttemptOutcome, Cost, Design, ExecutionRecord, Usage, Validation};
 pub use request::{ChatRequest, Message, Mode, Params, Role, Simulate, SubmitBody};
 pub use status::Status;
+pub use thinking::{ThinkingAssembly, ThinkingBlock, ThinkingDelta, ThinkingParam};
 pub use tools::{ToolCall, ToolCallAssembly, ToolCallDelta};
 
 /// Milliseconds since the Unix epoch: the one clock used in records.

@@ -34,6 +34,10 @@ pub struct Message {
     /// Images a user message shows the model, after its text (needs a `vision` route).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<Image>,
+    /// The thinking blocks an assistant turn began with, sent back as they came (Anthropic
+    /// requires them with tool results when thinking is on; other formats have no use for them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thinking: Vec<super::ThinkingBlock>,
 }
 
 /// An image input: an `http(s)` URL or a `data:image/…;base64,…` URL, as OpenAI takes them.
@@ -118,6 +122,7 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: None,
             images: Vec::new(),
+            thinking: Default::default(),
         }
     }
 
@@ -169,6 +174,9 @@ pub struct Params {
     pub tool_choice: Option<ToolChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    /// Extended thinking (routes that have it: Anthropic's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<super::ThinkingParam>,
 }
 
 impl Params {

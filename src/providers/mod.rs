@@ -32,6 +32,10 @@ pub struct Delta {
     pub tool_calls: Vec<ToolCallDelta>,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
+    /// A fragment of a thinking block (extended thinking; Anthropic routes).
+    pub thinking: Option<crate::domain::ThinkingDelta>,
+    /// The stop sequence that ended the answer, when the provider names it.
+    pub stop_sequence: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

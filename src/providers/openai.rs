@@ -286,6 +286,7 @@ fn parse_data(data: &str) -> Parsed {
                 tool_calls: calls.into_iter().map(ToolCallDelta::from).collect(),
                 finish_reason,
                 usage: chunk.usage,
+                ..Delta::default()
             }))
         }
         Err(e) => sse::skipped(data, &e),

@@ -4,7 +4,7 @@
 //! of user turns.
 
 use crate::domain::request::{Image, Stop};
-use crate::domain::{Message, Params, Role, ToolCall};
+use crate::domain::{Message, Params, Role, ThinkingBlock, ToolCall};
 
 /// Who speaks a turn; tool results have no turn of their own in these formats: they are parts
 /// of a user turn.
@@ -24,6 +24,9 @@ pub enum Part<'a> {
     Image(&'a Image),
     /// A call an assistant turn made.
     Call(&'a ToolCall),
+    /// A thinking block an assistant turn began with (Anthropic takes it back; Gemini has no
+    /// use for another model's thinking and leaves it out).
+    Thinking(&'a ThinkingBlock),
     /// The answer to a call: its id, the function it answers (Gemini identifies results by
     /// name) and the result text.
     Result {
@@ -64,8 +67,12 @@ pub fn conversation(messages: &[Message]) -> Conversation<'_> {
                 (Speaker::User, images.chain(text(m)).collect())
             }
             Role::Assistant => {
+                let thinking = m.thinking.iter().map(Part::Thinking);
                 let calls = m.tool_calls.iter().map(Part::Call);
-                (Speaker::Assistant, text(m).chain(calls).collect())
+                (
+                    Speaker::Assistant,
+                    thinking.chain(text(m)).chain(calls).collect(),
+                )
             }
             Role::Tool => (Speaker::User, vec![result(m, &messages[..i])]),
         };
@@ -105,7 +112,9 @@ fn push<'a>(turns: &mut Vec<Turn<'a>>, speaker: Speaker, part: Part<'a>) {
                     .iter()
                     .take_while(|p| matches!(p, Part::Result { .. }))
                     .count(),
-                Part::Text(_) | Part::Image(_) | Part::Call(_) => turn.parts.len(),
+                Part::Text(_) | Part::Image(_) | Part::Call(_) | Part::Thinking(_) => {
+                    turn.parts.len()
+                }
             };
             turn.parts.insert(at, part);
         }

@@ -15,6 +15,8 @@ pub struct Emitted {
     pub steps: Vec<crate::workflows::StepResult>,
     /// Whether the log's last step event started a step (its answer is `text`).
     pub step_open: bool,
+    /// The answer's thinking blocks so far (the last one may be half made).
+    pub thinking: crate::domain::ThinkingAssembly,
 }
 
 impl Store {
@@ -64,15 +66,20 @@ impl Store {
         for ev in self.all_events(id)? {
             match ev.kind {
                 EventKind::Chunk => match ev.chunk_delta() {
-                    Some(delta) if delta.is_empty() => {
-                        out.tool_calls.extend(ev.carried_tool_calls())
-                    }
+                    Some(delta) if delta.is_empty() => match ev.carried_thinking() {
+                        Some(fragment) => out.thinking.push(&fragment),
+                        None => out.tool_calls.extend(ev.carried_tool_calls()),
+                    },
                     Some(delta) => out.text.push_str(&delta),
                     None => {}
                 },
-                EventKind::Failover if ev.restarts_answer() => out.text.clear(),
+                EventKind::Failover if ev.restarts_answer() => {
+                    out.text.clear();
+                    out.thinking = Default::default();
+                }
                 EventKind::Step => {
                     out.text.clear();
+                    out.thinking = Default::default();
                     out.step_open = match ev.step_result() {
                         Some(result) => {
                             out.steps.push(result);

@@ -20,6 +20,11 @@
 //! (or the reverse), and, like the real API, tools whose name is not `^[a-zA-Z0-9_-]{1,64}$`
 //! or whose `input_schema` is not of type `object`, and a `tool_choice` naming no defined tool.
 //!
+//! Asked for extended thinking (`thinking: {"type": "enabled"}`), it first streams a thinking
+//! block ([`THINKING`] in [`THINKING_FRAGMENTS`] `thinking_delta`s, then a `signature_delta`
+//! of [`SIGNATURE`]) and the answer in the next block; like the real API it refuses thinking
+//! with a `temperature` or `top_p`, with a prefilled assistant turn, or with a forced tool call.
+//!
 //! Asked for JSON by a system instruction with [`crate::fake_openai::JSON_INSTRUCTION_MARK`]
 //! (Anthropic has no JSON mode), it answers [`crate::fake_openai::JSON_ANSWER`] in
 //! [`TOOL_FRAGMENTS`] text deltas.
@@ -50,6 +55,11 @@ pub enum Fault {
     StallAfter(usize),
     /// After `k` text deltas send an `error` event of this type, then end the body.
     ErrorEventAt(usize, &'static str),
+    /// Cut the stream inside the thinking block, after its first fragment.
+    CutInThinking,
+    /// End normally, but as a stop sequence would: `stop_reason: stop_sequence` naming the
+    /// request's first stop sequence.
+    StopSequence,
     /// Answer with an HTTP error status and a JSON body.
     Status {
         code: u16,
@@ -135,6 +145,10 @@ struct Answer {
     tool: Option<String>,
     /// Answer [`crate::fake_openai::JSON_ANSWER`] instead of words.
     json: bool,
+    /// Stream a thinking block first.
+    thinking: bool,
+    /// The request's first stop sequence (reported by [`Fault::StopSequence`]).
+    stop_sequence: Option<String>,
     plan: Plan<Fault>,
 }
 
@@ -237,6 +251,11 @@ fn block_fits(block: &Value, role: &str) -> bool {
                 && block.get("input").is_some_and(Value::is_object)
         }
         ("image", "user") => block.get("source").is_some_and(image_source_fits),
+        ("thinking", "assistant") => {
+            block.get("thinking").is_some_and(Value::is_string)
+                && !str_field(block, "signature").is_empty()
+        }
+        ("redacted_thinking", "assistant") => !str_field(block, "data").is_empty(),
         ("tool_result", "user") => {
             id_ok(str_field(block, "tool_use_id"))
                 && block
@@ -380,6 +399,9 @@ fn invalid(req: &Request, body: &Value) -> Option<String> {
     if let Some(e) = invalid_tools(body) {
         return Some(e);
     }
+    if let Some(e) = invalid_thinking(body) {
+        return Some(e);
+    }
     if uses_tool_blocks(messages) && !defines_tools(body) {
         return Some(
             "Requests which include `tool_use` or `tool_result` blocks must define tools.".into(),
@@ -391,6 +413,31 @@ fn invalid(req: &Request, body: &Value) -> Option<String> {
         return Some(
             "messages: final assistant content cannot end with trailing whitespace".into(),
         );
+    }
+    None
+}
+
+/// The thinking the fake streams when asked to think, and its signature.
+pub const THINKING: &str = "Let me think about this.";
+pub const THINKING_FRAGMENTS: [&str; 3] = ["Let me ", "think about ", "this."];
+pub const SIGNATURE: &str = "sig_fake_0123";
+
+/// Why a request for extended thinking is refused, as Anthropic refuses it.
+fn invalid_thinking(body: &Value) -> Option<String> {
+    if body.pointer("/thinking/type") != Some(&json!("enabled")) {
+        return None;
+    }
+    if body.get("temperature").is_some() || body.get("top_p").is_some() {
+        return Some("`temperature` and `top_p` may not be set when thinking is enabled".into());
+    }
+    let messages = body["messages"].as_array()?;
+    if messages.last().is_some_and(|m| m["role"] == "assistant") {
+        return Some(
+            "thinking may not be enabled when the final message is an assistant prefill".into(),
+        );
+    }
+    if body.pointer("/tool_choice/type") == Some(&json!("tool")) {
+        return Some("thinking may not be enabled when tool_choice forces tool use".into());
     }
     None
 }
@@ -424,6 +471,11 @@ fn answer(body: &Value, plan: Plan<Fault>) -> Answer {
         prompt_tokens,
         tool: tool_to_call(body),
         json: system.contains(JSON_INSTRUCTION_MARK),
+        thinking: body.pointer("/thinking/type") == Some(&json!("enabled")),
+        stop_sequence: body
+            .pointer("/stop_sequences/0")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         plan,
     }
 }
@@ -509,13 +561,33 @@ async fn stream_response(
             "stop_sequence": null, "usage": {"input_tokens": a.prompt_tokens, "output_tokens": 1}}}),
     );
     write_chunk(socket, &start).await?;
+    // The answer's block comes after the thinking block, when there is one.
+    let index = usize::from(a.thinking);
+    if a.thinking {
+        let open = json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "thinking", "thinking": ""}});
+        write_chunk(socket, &event("content_block_start", open)).await?;
+        for (i, fragment) in THINKING_FRAGMENTS.iter().enumerate() {
+            if i == 1 && plan.fault == Fault::CutInThinking {
+                return cut(socket).await;
+            }
+            let data = json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": fragment}});
+            write_chunk(socket, &event("content_block_delta", data)).await?;
+        }
+        let data = json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "signature_delta", "signature": SIGNATURE}});
+        write_chunk(socket, &event("content_block_delta", data)).await?;
+        let stop = json!({"type": "content_block_stop", "index": 0});
+        write_chunk(socket, &event("content_block_stop", stop)).await?;
+    }
     let content_block = match &a.tool {
         Some(name) => json!({"type": "tool_use", "id": "toolu_fake_1", "name": name, "input": {}}),
         None => json!({"type": "text", "text": ""}),
     };
     let block = event(
         "content_block_start",
-        json!({"type": "content_block_start", "index": 0, "content_block": content_block}),
+        json!({"type": "content_block_start", "index": index, "content_block": content_block}),
     );
     write_chunk(socket, &block).await?;
     write_chunk(socket, "event: ping\ndata: {\"type\": \"ping\"}\n\n").await?;
@@ -556,7 +628,7 @@ async fn stream_response(
                 json!({"type": "text_delta", "text": text})
             }
         };
-        let data = json!({"type": "content_block_delta", "index": 0, "delta": delta});
+        let data = json!({"type": "content_block_delta", "index": index, "delta": delta});
         write_chunk(socket, &event("content_block_delta", data)).await?;
         sent += 1;
     }
@@ -565,17 +637,18 @@ async fn stream_response(
     }
     let stop = event(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": index}),
     );
     write_chunk(socket, &stop).await?;
-    let stop_reason = if a.tool.is_some() {
-        "tool_use"
-    } else {
-        "end_turn"
+    let (stop_reason, stop_sequence) = match (&a.tool, &plan.fault) {
+        (Some(_), _) => ("tool_use", None),
+        (None, Fault::StopSequence) => ("stop_sequence", a.stop_sequence.clone()),
+        (None, _) => ("end_turn", None),
     };
     let delta = event(
         "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+        json!({"type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
             "usage": {"output_tokens": sent}}),
     );
     write_chunk(socket, &delta).await?;

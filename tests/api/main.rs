@@ -39,6 +39,7 @@ mod storage;
 mod storage_figures;
 mod structured;
 mod testing_mode;
+mod thinking;
 mod tools;
 mod webhooks;
 mod websocket;

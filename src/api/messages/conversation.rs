@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::domain::request::Image;
 use crate::domain::tools::{FunctionCall, ToolKind};
-use crate::domain::{Message, Role, ToolCall};
+use crate::domain::{Message, Role, ThinkingBlock, ToolCall};
 use crate::error::ApiError;
 
 #[derive(Deserialize)]
@@ -72,6 +72,23 @@ struct ImageBlock {
 enum ImageSource {
     Base64 { media_type: String, data: String },
     Url { url: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThinkingIn {
+    thinking: String,
+    signature: String,
+    #[serde(default, rename = "cache_control")]
+    _cache_control: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedactedIn {
+    data: String,
+    #[serde(default, rename = "cache_control")]
+    _cache_control: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +276,27 @@ fn convert_message(i: usize, m: InMessage, out: &mut Conversation) -> Result<(),
             ("tool_use", _) => {
                 return Err(ApiError::invalid(format!(
                     "{at}: a `tool_use` block belongs in an assistant message"
+                )))
+            }
+            // Thinking sent back with the turn it began (Anthropic routes need it with tool
+            // results when thinking is on; other formats leave it out).
+            ("thinking", Role::Assistant) => {
+                let b: ThinkingIn = block(value, &at)?;
+                msg.thinking.push(ThinkingBlock::Thinking {
+                    thinking: b.thinking,
+                    signature: b.signature,
+                });
+                origin.blocks.push(j);
+            }
+            ("redacted_thinking", Role::Assistant) => {
+                let b: RedactedIn = block(value, &at)?;
+                msg.thinking
+                    .push(ThinkingBlock::RedactedThinking { data: b.data });
+                origin.blocks.push(j);
+            }
+            ("thinking" | "redacted_thinking", _) => {
+                return Err(ApiError::invalid(format!(
+                    "{at}: a `{kind}` block belongs in an assistant message"
                 )))
             }
             (other, _) => return Err(unsupported(&at, &format!("a `{other}` block"))),

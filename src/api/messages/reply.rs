@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::domain::{SharedEvent, Status, ToolCall};
+use crate::domain::{SharedEvent, Status, ThinkingBlock, ToolCall};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 
 #[derive(Deserialize)]
@@ -20,6 +20,9 @@ pub struct Outcome {
     error: Option<ErrorBody>,
     #[serde(default)]
     attempts: Vec<Attempt>,
+    /// The stop sequence that ended the answer, when the route named it.
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -28,6 +31,8 @@ struct Output {
     text: String,
     #[serde(default)]
     tool_calls: Vec<ToolCall>,
+    #[serde(default)]
+    thinking: Vec<ThinkingBlock>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -88,7 +93,10 @@ impl Outcome {
     }
 
     pub fn stop_reason(&self) -> &'static str {
-        stop_reason(self.finish_reason.as_deref())
+        match &self.stop_sequence {
+            Some(_) => "stop_sequence",
+            None => stop_reason(self.finish_reason.as_deref()),
+        }
     }
 
     pub fn usage(&self) -> Usage {
@@ -111,6 +119,7 @@ impl Outcome {
         }
         let mut content = Vec::new();
         if let Some(output) = &self.output {
+            content.extend(output.thinking.iter().map(|b| json!(b)));
             if !output.text.is_empty() {
                 content.push(json!({"type": "text", "text": output.text}));
             }
@@ -121,7 +130,7 @@ impl Outcome {
             "id": id, "type": "message", "role": "assistant",
             "model": self.upstream_model().unwrap_or(model),
             "content": content,
-            "stop_reason": self.stop_reason(), "stop_sequence": null,
+            "stop_reason": self.stop_reason(), "stop_sequence": self.stop_sequence,
             "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
         }))
     }

@@ -9,7 +9,7 @@ use super::conversation::{block, conversation, unsupported, Conversation, InMess
 use crate::domain::request::Stop;
 use crate::domain::tools::{FunctionSpec, NamedFunction, Tool, ToolKind};
 use crate::domain::tools::{ToolChoice, ToolMode};
-use crate::domain::{Params, SubmitBody};
+use crate::domain::{Params, SubmitBody, ThinkingParam};
 use crate::error::ApiError;
 
 #[derive(Deserialize)]
@@ -38,7 +38,7 @@ pub struct MessagesRequest {
     tools: Option<Vec<Value>>,
     #[serde(default)]
     tool_choice: Option<InToolChoice>,
-    /// Extended thinking: the canonical answer has no thinking blocks (README).
+    /// Extended thinking: `{"type": "enabled", "budget_tokens"}` or `{"type": "disabled"}`.
     #[serde(default)]
     thinking: Option<Value>,
     /// `auto` and `standard_only` both mean "whatever the route gives".
@@ -154,14 +154,43 @@ fn convert_choice(choice: InToolChoice) -> Result<(ToolChoice, Option<bool>), Ap
     }
 }
 
-fn refuse_thinking(thinking: &Option<Value>) -> Result<(), ApiError> {
-    // `{"type": "disabled"}` asks for nothing this gateway would have to drop.
-    match thinking {
-        Some(t) if t.get("type").and_then(Value::as_str) != Some("disabled") => Err(unsupported(
-            "thinking",
-            "extended thinking (the answer carries no thinking blocks)",
+/// `thinking` as the canonical parameter, checked as Anthropic checks it: a budget of at
+/// least 1024 tokens, below `max_tokens`.
+fn thinking_param(
+    thinking: Option<Value>,
+    max_tokens: Option<u32>,
+) -> Result<Option<ThinkingParam>, ApiError> {
+    let Some(thinking) = thinking else {
+        return Ok(None);
+    };
+    match thinking.get("type").and_then(Value::as_str) {
+        Some("disabled") => Ok(None),
+        Some("enabled") => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Enabled {
+                #[serde(rename = "type")]
+                _kind: String,
+                budget_tokens: u32,
+            }
+            let enabled: Enabled = block(thinking, "thinking")?;
+            if enabled.budget_tokens < 1024 {
+                return Err(ApiError::invalid(
+                    "thinking.budget_tokens: must be at least 1024",
+                ));
+            }
+            if max_tokens.is_some_and(|max| enabled.budget_tokens >= max) {
+                return Err(ApiError::invalid(
+                    "thinking.budget_tokens: must be less than max_tokens",
+                ));
+            }
+            Ok(Some(ThinkingParam {
+                budget_tokens: enabled.budget_tokens,
+            }))
+        }
+        _ => Err(ApiError::invalid(
+            "thinking.type: must be enabled or disabled",
         )),
-        _ => Ok(()),
     }
 }
 
@@ -174,7 +203,7 @@ impl MessagesRequest {
         if self.top_k.is_some() {
             return Err(unsupported("top_k", "top_k sampling"));
         }
-        refuse_thinking(&self.thinking)?;
+        let thinking = thinking_param(self.thinking, Some(self.max_tokens))?;
         match self.service_tier.as_deref() {
             None | Some("auto" | "standard_only") => {}
             Some(other) => {
@@ -217,6 +246,7 @@ impl MessagesRequest {
                 tools,
                 tool_choice,
                 parallel_tool_calls,
+                thinking,
                 ..Params::default()
             },
             metadata,
@@ -230,7 +260,8 @@ impl MessagesRequest {
 impl CountRequest {
     /// The same conversation as a submit would carry (checked the same way).
     pub fn into_submit(self) -> Result<(SubmitBody, Conversation), ApiError> {
-        refuse_thinking(&self.thinking)?;
+        // Thinking changes what is produced, not what is counted.
+        thinking_param(self.thinking, None)?;
         let tool_choice = self.tool_choice.map(convert_choice).transpose()?;
         let mut conversation = conversation(self.system, self.messages)?;
         let body = SubmitBody {

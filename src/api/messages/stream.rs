@@ -14,7 +14,7 @@ use super::error::MessagesError;
 use super::reply::{tool_use, Outcome};
 use crate::api::following::DisconnectGuard;
 use crate::cursor::Cursor;
-use crate::domain::{EventKind, SharedEvent};
+use crate::domain::{EventKind, SharedEvent, ThinkingDelta};
 use crate::error::{ApiError, ErrorCode};
 
 /// `event: <name>\ndata: <json>\n\n`, as Anthropic frames every event.
@@ -50,6 +50,9 @@ pub struct StreamState {
     open_text: Option<usize>,
     /// The index the next content block gets.
     next_index: usize,
+    /// The thinking block being made: sent whole once its signature arrives, since a try cut
+    /// inside a thinking block starts it over and this protocol cannot take text back.
+    thinking: String,
 }
 
 /// One step of the translation.
@@ -76,6 +79,7 @@ impl StreamState {
             pinged: false,
             open_text: None,
             next_index: 0,
+            thinking: String::new(),
         }
     }
 
@@ -154,6 +158,48 @@ impl StreamState {
         Bytes::from(out)
     }
 
+    /// A thinking fragment: text is held; the signature sends the block whole; a redacted
+    /// block goes as it is. `None` while the block is still being made.
+    fn thinking(&mut self, fragment: ThinkingDelta) -> Option<Bytes> {
+        let mut out = Vec::new();
+        let index = self.next_index;
+        match fragment {
+            ThinkingDelta::Text(text) => {
+                self.thinking.push_str(&text);
+                return None;
+            }
+            ThinkingDelta::Signature(signature) => {
+                self.start(&mut out);
+                self.close_text(&mut out);
+                self.next_index += 1;
+                let block = json!({"type": "thinking", "thinking": ""});
+                self.open_block(&mut out, index, &block);
+                let thinking = std::mem::take(&mut self.thinking);
+                for delta in [
+                    json!({"type": "thinking_delta", "thinking": thinking}),
+                    json!({"type": "signature_delta", "signature": signature}),
+                ] {
+                    out.extend_from_slice(&frame(
+                        "content_block_delta",
+                        &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                    ));
+                }
+            }
+            ThinkingDelta::Redacted(data) => {
+                self.start(&mut out);
+                self.close_text(&mut out);
+                self.next_index += 1;
+                let block = json!({"type": "redacted_thinking", "data": data});
+                self.open_block(&mut out, index, &block);
+            }
+        }
+        out.extend_from_slice(&frame(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+        Some(Bytes::from(out))
+    }
+
     /// Each call whole: its block opened with an empty `input`, the arguments as one
     /// `input_json_delta`, the block closed.
     fn tool_calls(&mut self, calls: &[crate::domain::ToolCall]) -> Bytes {
@@ -187,7 +233,8 @@ impl StreamState {
         out.extend_from_slice(&frame(
             "message_delta",
             &json!({"type": "message_delta",
-                    "delta": {"stop_reason": outcome.stop_reason(), "stop_sequence": null},
+                    "delta": {"stop_reason": outcome.stop_reason(),
+                              "stop_sequence": outcome.stop_sequence},
                     "usage": {"input_tokens": usage.prompt_tokens,
                               "output_tokens": usage.completion_tokens}}),
         ));
@@ -210,12 +257,22 @@ impl StreamState {
                     if !delta.is_empty() {
                         return Step::Frame(self.text(&delta));
                     }
+                    if let Some(fragment) = event.carried_thinking() {
+                        match self.thinking(fragment) {
+                            Some(frames) => return Step::Frame(frames),
+                            None => continue,
+                        }
+                    }
                     let calls = event.carried_tool_calls();
                     if !calls.is_empty() {
                         return Step::Frame(self.tool_calls(&calls));
                     }
                 }
                 EventKind::Status | EventKind::Failover => {
+                    // Thinking not yet sent is void when the answer starts over.
+                    if event.restarts_answer() {
+                        self.thinking.clear();
+                    }
                     // `processing` names the first route's model, each `failover` the next.
                     if let Some(model) = model_of(&event) {
                         self.model = model;

@@ -199,16 +199,15 @@ impl Translation {
                 let status = serde_json::from_slice::<Payload>(&event.data).map(|p| p.status);
                 match status {
                     Ok(Status::Pending) if event.seq == 1 => {
-                        let response = self.response();
-                        out.push("response.created", json!({"response": response}));
+                        out.push_response("response.created", &self.response());
                         if self.meta.background {
-                            out.push("response.queued", json!({"response": response}));
+                            out.push_response("response.queued", &self.response());
                         }
                     }
                     Ok(Status::Processing) if !self.started => {
                         self.started = true;
                         self.status = "in_progress";
-                        out.push("response.in_progress", json!({"response": self.response()}));
+                        out.push_response("response.in_progress", &self.response());
                     }
                     _ => {}
                 }
@@ -355,7 +354,7 @@ impl Translation {
                 };
                 self.close_message(out, item_status);
                 self.status = status;
-                out.push(kind, json!({"response": self.response()}));
+                out.push_response(kind, &self.response());
             }
             Status::Cancelled => {
                 self.close_message(out, "incomplete");
@@ -373,46 +372,156 @@ impl Translation {
                 });
                 self.error = Some(json!({"code": response_error_code(error.code),
                     "message": error.message}));
-                out.push("response.failed", json!({"response": self.response()}));
+                out.push_response("response.failed", &self.response());
             }
         }
     }
 
     /// The response object as it stands.
-    pub fn response(&self) -> Value {
+    /// The response object, serialized straight from the fold's fields (it goes out whole
+    /// three times per streamed response: created, in progress, completed).
+    pub fn response(&self) -> ResponseView<'_> {
         let meta = &self.meta;
-        let output: Vec<Value> = self.output.iter().map(Item::json).collect();
-        let usage = self.usage.map(|u| {
-            json!({"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": u.total_tokens})
-        });
-        json!({
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": self.status,
-            "background": meta.background,
-            "error": self.error,
-            "incomplete_details": self.incomplete.map(|reason| json!({"reason": reason})),
-            "instructions": meta.instructions,
-            "max_output_tokens": meta.max_output_tokens,
-            "model": self.model,
-            "output": output,
-            "parallel_tool_calls": meta.parallel_tool_calls.unwrap_or(true),
-            "previous_response_id": meta.previous_response_id,
-            "reasoning": {"effort": null, "summary": null},
-            "store": meta.store,
-            "temperature": meta.temperature,
-            "text": meta.text.clone().unwrap_or_else(|| json!({"format": {"type": "text"}})),
-            "tool_choice": meta.tool_choice.clone().unwrap_or_else(|| json!("auto")),
-            "tools": meta.tools,
-            "top_p": meta.top_p,
-            "truncation": "disabled",
-            "usage": usage,
-            "user": meta.user,
-            "metadata": self.metadata,
-        })
+        ResponseView {
+            id: &self.id,
+            object: "response",
+            created_at: self.created_at,
+            status: self.status,
+            background: meta.background,
+            error: self.error.as_ref(),
+            incomplete_details: self.incomplete.map(|reason| Incomplete { reason }),
+            instructions: meta.instructions.as_deref(),
+            max_output_tokens: meta.max_output_tokens,
+            model: &self.model,
+            output: ItemsView(&self.output),
+            parallel_tool_calls: meta.parallel_tool_calls.unwrap_or(true),
+            previous_response_id: meta.previous_response_id.as_deref(),
+            reasoning: Reasoning {
+                effort: None,
+                summary: None,
+            },
+            store: meta.store,
+            temperature: meta.temperature,
+            text: OrDefault(meta.text.as_ref(), DefaultText::Text),
+            tool_choice: OrDefault(meta.tool_choice.as_ref(), DefaultText::Auto),
+            tools: &meta.tools,
+            top_p: meta.top_p,
+            truncation: "disabled",
+            usage: self.usage.map(UsageView),
+            user: meta.user.as_deref(),
+            metadata: &self.metadata,
+        }
+    }
+}
+
+/// The response object (OpenAI's field order), borrowed from a [`Translation`].
+#[derive(serde::Serialize)]
+pub struct ResponseView<'a> {
+    id: &'a str,
+    object: &'static str,
+    created_at: u64,
+    status: &'static str,
+    background: bool,
+    error: Option<&'a Value>,
+    incomplete_details: Option<Incomplete>,
+    instructions: Option<&'a str>,
+    max_output_tokens: Option<u32>,
+    model: &'a str,
+    output: ItemsView<'a>,
+    parallel_tool_calls: bool,
+    previous_response_id: Option<&'a str>,
+    reasoning: Reasoning,
+    store: bool,
+    temperature: Option<f64>,
+    text: OrDefault<'a>,
+    tool_choice: OrDefault<'a>,
+    tools: &'a [Value],
+    top_p: Option<f64>,
+    truncation: &'static str,
+    usage: Option<UsageView>,
+    user: Option<&'a str>,
+    metadata: &'a Map<String, Value>,
+}
+
+#[derive(serde::Serialize)]
+struct Incomplete {
+    reason: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct Reasoning {
+    effort: Option<()>,
+    summary: Option<()>,
+}
+
+/// The request's value, or the default OpenAI reports when it was not given.
+struct OrDefault<'a>(Option<&'a Value>, DefaultText);
+
+enum DefaultText {
+    /// `text`: `{"format": {"type": "text"}}`.
+    Text,
+    /// `tool_choice`: `"auto"`.
+    Auto,
+}
+
+impl serde::Serialize for OrDefault<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match (self.0, &self.1) {
+            (Some(value), _) => value.serialize(serializer),
+            (None, DefaultText::Auto) => serializer.serialize_str("auto"),
+            (None, DefaultText::Text) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("format", &Kind { kind: "text" })?;
+                map.end()
+            }
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Kind {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+struct UsageView(Usage);
+
+impl serde::Serialize for UsageView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let u = &self.0;
+        let mut s = serializer.serialize_struct("Usage", 5)?;
+        s.serialize_field("input_tokens", &u.prompt_tokens)?;
+        s.serialize_field("input_tokens_details", &CachedTokens { cached_tokens: 0 })?;
+        s.serialize_field("output_tokens", &u.completion_tokens)?;
+        s.serialize_field(
+            "output_tokens_details",
+            &ReasoningTokens {
+                reasoning_tokens: 0,
+            },
+        )?;
+        s.serialize_field("total_tokens", &u.total_tokens)?;
+        s.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+#[derive(serde::Serialize)]
+struct ReasoningTokens {
+    reasoning_tokens: u64,
+}
+
+/// The output items, each as its JSON (few per response).
+struct ItemsView<'a>(&'a [Item]);
+
+impl serde::Serialize for ItemsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(Item::json))
     }
 }
 
@@ -441,6 +550,30 @@ impl Out {
             seq,
             kind,
             body: Body::Value(data),
+        });
+    }
+
+    /// An event carrying the whole response object, serialized once from the fold.
+    fn push_response(&mut self, kind: &'static str, response: &ResponseView<'_>) {
+        #[derive(serde::Serialize)]
+        struct Lifecycle<'a, 'b> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            response: &'a ResponseView<'b>,
+            sequence_number: u64,
+        }
+        let seq = self.count;
+        self.count += 1;
+        let json = serde_json::to_string(&Lifecycle {
+            kind,
+            response,
+            sequence_number: seq,
+        })
+        .expect("responses serialize");
+        self.events.push(Proto {
+            seq,
+            kind,
+            body: Body::Json(json),
         });
     }
 
@@ -523,7 +656,7 @@ mod tests {
             assert_eq!(data["sequence_number"], i as u64);
             assert_eq!(data["type"], e.kind);
         }
-        let response = t.response();
+        let response = serde_json::to_value(t.response()).unwrap();
         assert_eq!(response["status"], "completed");
         assert_eq!(response["id"], "resp_abc");
         assert_eq!(response["output"][0]["content"][0]["text"], "Hello");
@@ -573,6 +706,9 @@ mod tests {
         ];
         let events: Vec<Proto> = log.iter().flat_map(|e| t.apply(e)).collect();
         assert_eq!(events.last().unwrap().kind, "error");
-        assert_eq!(t.response()["status"], "cancelled");
+        assert_eq!(
+            serde_json::to_value(t.response()).unwrap()["status"],
+            "cancelled"
+        );
     }
 }

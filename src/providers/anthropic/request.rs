@@ -77,10 +77,38 @@ pub fn request_body(req: &UpstreamRequest) -> Prepared {
         body["tools"] = declared;
         body["tool_choice"] = json!({"type": "none"});
     }
+    if let Some(thinking) = p.thinking {
+        // Anthropic refuses extended thinking with a prefilled answer and with a forced tool
+        // call: a continuation and a structured answer go without it (README).
+        let continuation = is_continuation(&req.messages);
+        if output_tool.is_none() && !continuation {
+            body["thinking"] = json!({"type": "enabled", "budget_tokens": thinking.budget_tokens});
+            // Thinking requires the default sampling.
+            if let Some(fields) = body.as_object_mut() {
+                fields.remove("temperature");
+                fields.remove("top_p");
+            }
+        }
+    }
     Prepared {
         body,
         trimmed_prefill,
         output_tool,
+    }
+}
+
+/// Whether the request continues an answer: a final assistant turn (prefill), or the continue
+/// instruction after one.
+fn is_continuation(messages: &[crate::domain::Message]) -> bool {
+    use crate::domain::Role;
+    match messages {
+        [.., last] if last.role == Role::Assistant => true,
+        [.., prior, last] => {
+            prior.role == Role::Assistant
+                && last.role == Role::User
+                && last.content == crate::routing::CONTINUE_INSTRUCTION
+        }
+        _ => false,
     }
 }
 
@@ -102,6 +130,7 @@ fn block(part: &Part<'_>) -> Value {
         Part::Image(image) => json!({"type": "image", "source": image_source(image)}),
         Part::Call(call) => json!({"type": "tool_use", "id": call.id,
             "name": call.function.name, "input": call.arguments_object()}),
+        Part::Thinking(block) => serde_json::to_value(block).unwrap_or_default(),
         Part::Result {
             call_id,
             content: "",
@@ -147,7 +176,7 @@ fn history_tools(turns: &[Turn<'_>]) -> Option<Value> {
         let name = match part {
             Part::Call(call) => call.function.name.as_str(),
             Part::Result { function, .. } => function,
-            Part::Text(_) | Part::Image(_) => continue,
+            Part::Text(_) | Part::Image(_) | Part::Thinking(_) => continue,
         };
         if !name.is_empty() && !names.contains(&name) {
             names.push(name);

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::ErrorDetail;
-use crate::domain::{ToolCallDelta, Usage};
+use crate::domain::{ThinkingDelta, ToolCallDelta, Usage};
 use crate::error::ErrorCode;
 use crate::providers::sse::{self, Parsed};
 use crate::providers::{Delta, ProviderError, StreamItem};
@@ -78,7 +78,11 @@ enum BlockStart {
         id: String,
         name: String,
     },
-    /// Text (its text comes in deltas), thinking and newer block types.
+    /// A redacted thinking block comes whole, its data in the start event.
+    RedactedThinking {
+        data: String,
+    },
+    /// Text and thinking (their content comes in deltas) and newer block types.
     #[serde(other)]
     Other,
 }
@@ -92,7 +96,14 @@ enum BlockDelta {
     InputJsonDelta {
         partial_json: String,
     },
-    /// Thinking and signatures: not answer text.
+    /// Extended thinking: passed through as thinking, never as answer text.
+    ThinkingDelta {
+        thinking: String,
+    },
+    /// The end of a thinking block: what lets a later turn send the block back.
+    SignatureDelta {
+        signature: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -101,6 +112,8 @@ enum BlockDelta {
 struct MessageDeltaBody {
     #[serde(default)]
     stop_reason: Option<String>,
+    #[serde(default)]
+    stop_sequence: Option<String>,
 }
 
 /// One stream's parser: it carries the prompt token count from `message_start` to the usage
@@ -195,6 +208,18 @@ impl EventParser {
                     reason: "text beside the structured-output tool call".into(),
                 })
             }
+            Event::ContentBlockDelta {
+                delta: BlockDelta::ThinkingDelta { thinking },
+                ..
+            } => thought(ThinkingDelta::Text(thinking)),
+            Event::ContentBlockDelta {
+                delta: BlockDelta::SignatureDelta { signature },
+                ..
+            } => thought(ThinkingDelta::Signature(signature)),
+            Event::ContentBlockStart {
+                content_block: BlockStart::RedactedThinking { data },
+                ..
+            } => thought(ThinkingDelta::Redacted(data)),
             Event::MessageStart { message } => {
                 self.input_tokens = message.usage.input_tokens.unwrap_or(0);
                 Delta::default()
@@ -250,8 +275,7 @@ impl EventParser {
                     ));
                 }
                 Delta {
-                    text: None,
-                    tool_calls: Vec::new(),
+                    stop_sequence: delta.stop_sequence,
                     finish_reason: delta.stop_reason.map(|r| match r.as_str() {
                         // The forced call is the answer, not a call to hand to the client.
                         "tool_use" if self.output.is_some() => "stop".into(),
@@ -262,6 +286,7 @@ impl EventParser {
                         completion_tokens: out,
                         total_tokens: self.input_tokens + out,
                     }),
+                    ..Delta::default()
                 }
             }
             Event::MessageStop => return Parsed::Done,
@@ -283,6 +308,14 @@ impl EventParser {
             text
         };
         Some(text).filter(|t| !t.is_empty())
+    }
+}
+
+/// A delta carrying one thinking fragment.
+fn thought(fragment: ThinkingDelta) -> Delta {
+    Delta {
+        thinking: Some(fragment),
+        ..Delta::default()
     }
 }
 

@@ -65,7 +65,7 @@ fn content(turn: &Turn<'_>) -> Value {
         Speaker::User => "user",
         Speaker::Assistant => "model",
     };
-    let mut parts: Vec<Value> = turn.parts.iter().map(part).collect();
+    let mut parts: Vec<Value> = turn.parts.iter().filter_map(part).collect();
     if let Some(first) = unsigned_first_call(turn) {
         parts[first]["thoughtSignature"] = DUMMY_THOUGHT_SIGNATURE.into();
     }
@@ -85,8 +85,9 @@ fn unsigned_first_call(turn: &Turn<'_>) -> Option<usize> {
 
 /// One part. A call goes back with the thought signature it came with; Gemini's calls carry
 /// `args` as an object and its results a `response` object named by function, not by call id.
-fn part(part: &Part<'_>) -> Value {
-    match part {
+/// Another model's thinking blocks mean nothing to Gemini: left out.
+fn part(part: &Part<'_>) -> Option<Value> {
+    Some(match part {
         Part::Text(text) => json!({"text": text}),
         Part::Image(image) => image_part(image),
         Part::Call(call) => {
@@ -100,7 +101,8 @@ fn part(part: &Part<'_>) -> Value {
         Part::Result {
             function, content, ..
         } => json!({"functionResponse": {"name": function, "response": response(content)}}),
-    }
+        Part::Thinking(_) => return None,
+    })
 }
 
 /// An image: inline data for a data URL, else a `fileData` part that names the URL (Gemini
