@@ -198,102 +198,53 @@ fn list(
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
 }
 
-pub async fn create_structure(
+/// Which catalog a route serves: [`STRUCTURES`] or [`WORKFLOWS`] (one set of handlers for
+/// both, chosen where the routes are registered).
+pub const STRUCTURES: u8 = 0;
+pub const WORKFLOWS: u8 = 1;
+
+const fn kind<const K: u8>() -> CatalogKind {
+    match K {
+        STRUCTURES => CatalogKind::Structure,
+        _ => CatalogKind::Workflow,
+    }
+}
+
+/// `POST /v1/{structures,workflows}`: a new definition.
+pub async fn create<const K: u8>(
     state: web::Data<AppState>,
     principal: Principal,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    write(
-        &state,
-        &principal,
-        &req,
-        payload,
-        CatalogKind::Structure,
-        None,
-    )
-    .await
+    write(&state, &principal, &req, payload, kind::<K>(), None).await
 }
 
-pub async fn replace_structure(
-    state: web::Data<AppState>,
-    principal: Principal,
-    req: HttpRequest,
-    name: web::Path<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let kind = CatalogKind::Structure;
-    write(&state, &principal, &req, payload, kind, Some(&name)).await
-}
-
-pub async fn get_structure(
-    state: web::Data<AppState>,
-    principal: Principal,
-    name: web::Path<String>,
-    query: web::Query<VersionQuery>,
-) -> Result<HttpResponse, ApiError> {
-    read(
-        &state,
-        &principal,
-        CatalogKind::Structure,
-        &name,
-        query.version,
-    )
-}
-
-pub async fn list_structures(
-    state: web::Data<AppState>,
-    principal: Principal,
-) -> Result<HttpResponse, ApiError> {
-    list(&state, &principal, CatalogKind::Structure)
-}
-
-pub async fn create_workflow(
-    state: web::Data<AppState>,
-    principal: Principal,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    write(
-        &state,
-        &principal,
-        &req,
-        payload,
-        CatalogKind::Workflow,
-        None,
-    )
-    .await
-}
-
-pub async fn replace_workflow(
+/// `PUT /v1/{structures,workflows}/{name}`: a new version.
+pub async fn replace<const K: u8>(
     state: web::Data<AppState>,
     principal: Principal,
     req: HttpRequest,
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let kind = CatalogKind::Workflow;
-    write(&state, &principal, &req, payload, kind, Some(&name)).await
+    write(&state, &principal, &req, payload, kind::<K>(), Some(&name)).await
 }
 
-pub async fn get_workflow(
+/// `GET /v1/{structures,workflows}/{name}[?version=N]`.
+pub async fn get<const K: u8>(
     state: web::Data<AppState>,
     principal: Principal,
     name: web::Path<String>,
     query: web::Query<VersionQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    read(
-        &state,
-        &principal,
-        CatalogKind::Workflow,
-        &name,
-        query.version,
-    )
+    read(&state, &principal, kind::<K>(), &name, query.version)
 }
 
-pub async fn list_workflows(
+/// `GET /v1/{structures,workflows}`: the newest version of each.
+pub async fn list_all<const K: u8>(
     state: web::Data<AppState>,
     principal: Principal,
 ) -> Result<HttpResponse, ApiError> {
-    list(&state, &principal, CatalogKind::Workflow)
+    list(&state, &principal, kind::<K>())
 }

@@ -151,22 +151,37 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/balance", web::get().to(balance::get))
     .route("/v1/ledger", web::get().to(balance::ledger))
-    .route("/v1/structures", web::post().to(catalog::create_structure))
-    .route("/v1/structures", web::get().to(catalog::list_structures))
     .route(
-        "/v1/structures/{name}",
-        web::get().to(catalog::get_structure),
+        "/v1/structures",
+        web::post().to(catalog::create::<{ catalog::STRUCTURES }>),
+    )
+    .route(
+        "/v1/structures",
+        web::get().to(catalog::list_all::<{ catalog::STRUCTURES }>),
     )
     .route(
         "/v1/structures/{name}",
-        web::put().to(catalog::replace_structure),
+        web::get().to(catalog::get::<{ catalog::STRUCTURES }>),
     )
-    .route("/v1/workflows", web::post().to(catalog::create_workflow))
-    .route("/v1/workflows", web::get().to(catalog::list_workflows))
-    .route("/v1/workflows/{name}", web::get().to(catalog::get_workflow))
+    .route(
+        "/v1/structures/{name}",
+        web::put().to(catalog::replace::<{ catalog::STRUCTURES }>),
+    )
+    .route(
+        "/v1/workflows",
+        web::post().to(catalog::create::<{ catalog::WORKFLOWS }>),
+    )
+    .route(
+        "/v1/workflows",
+        web::get().to(catalog::list_all::<{ catalog::WORKFLOWS }>),
+    )
     .route(
         "/v1/workflows/{name}",
-        web::put().to(catalog::replace_workflow),
+        web::get().to(catalog::get::<{ catalog::WORKFLOWS }>),
+    )
+    .route(
+        "/v1/workflows/{name}",
+        web::put().to(catalog::replace::<{ catalog::WORKFLOWS }>),
     )
     .route("/v1/keys", web::post().to(keys::create))
     .route("/v1/keys", web::get().to(keys::list))
