@@ -10,7 +10,9 @@ the space, as a model's would.
 
 Modes: "ok"; "cut" (`cut_after` text events, then the connection is closed mid-body).
 Offered tools (and not answering a tool result), they call one instead: the one `tool_choice`
-names, else the first, with `TOOL_ARGUMENTS`.
+names, else the first, with `TOOL_ARGUMENTS`. Asked for extended thinking
+(`thinking: {"type": "enabled"}`), the Anthropic fake first streams a thinking block
+(`THINKING` in two `thinking_delta`s, then a `signature_delta` of `SIGNATURE`).
 """
 
 import json
@@ -19,6 +21,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from fake_upstream import TOOL_ARGUMENTS, word
+
+
+THINKING = "Let me think about this."
+SIGNATURE = "sig_fake_python"
 
 
 def prefix(k):
@@ -144,30 +150,41 @@ class FakeAnthropic(_Fake):
             "id": "msg_fake", "type": "message", "role": "assistant", "content": [],
             "model": body.get("model"), "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": 10, "output_tokens": 1}}})
+        index = 0
+        if (body.get("thinking") or {}).get("type") == "enabled":
+            event("content_block_start", {"index": 0, "content_block": {
+                "type": "thinking", "thinking": ""}})
+            for piece in (THINKING[:8], THINKING[8:]):
+                event("content_block_delta", {"index": 0, "delta": {
+                    "type": "thinking_delta", "thinking": piece}})
+            event("content_block_delta", {"index": 0, "delta": {
+                "type": "signature_delta", "signature": SIGNATURE}})
+            event("content_block_stop", {"index": 0})
+            index = 1
         tool = self._tool(body, last)
         if tool:
-            event("content_block_start", {"index": 0, "content_block": {
+            event("content_block_start", {"index": index, "content_block": {
                 "type": "tool_use", "id": "toolu_fake_1", "name": tool, "input": {}}})
             half = len(TOOL_ARGUMENTS) // 2
             for piece in (TOOL_ARGUMENTS[:half], TOOL_ARGUMENTS[half:]):
-                event("content_block_delta", {"index": 0, "delta": {
+                event("content_block_delta", {"index": index, "delta": {
                     "type": "input_json_delta", "partial_json": piece}})
-            event("content_block_stop", {"index": 0})
+            event("content_block_stop", {"index": index})
             stop, sent = "tool_use", 1
         else:
-            event("content_block_start", {"index": 0,
+            event("content_block_start", {"index": index,
                                           "content_block": {"type": "text", "text": ""}})
             sent = 0
             for i in range(start, self.words):
                 if self.mode == "cut" and sent == self.cut_after:
                     return self._cut(h)
                 text = (" " if start and sent == 0 else "") + word(i)
-                event("content_block_delta", {"index": 0,
+                event("content_block_delta", {"index": index,
                                               "delta": {"type": "text_delta", "text": text}})
                 sent += 1
             if self.mode == "cut":
                 return self._cut(h)
-            event("content_block_stop", {"index": 0})
+            event("content_block_stop", {"index": index})
             stop = "end_turn"
         event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
                                 "usage": {"output_tokens": sent}})

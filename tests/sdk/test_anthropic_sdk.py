@@ -24,7 +24,7 @@ import asyncio
 import anthropic
 import pytest
 
-from fake_formats import FakeAnthropic, FakeGemini
+from fake_formats import SIGNATURE, THINKING, FakeAnthropic, FakeGemini
 from fake_upstream import TOOL_ARGUMENTS, FakeUpstream, closed_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -267,3 +267,24 @@ def test_the_async_client_streams_too(base_url):
     text, final = asyncio.run(run())
     assert text == FULL_TEXT
     assert final.stop_reason == "end_turn"
+
+
+def test_extended_thinking_comes_back_as_thinking_blocks(client):
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    msg = client.messages.create(model="an", max_tokens=4096, thinking=thinking,
+                                 messages=PROMPT)
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    assert (msg.content[0].thinking, msg.content[0].signature) == (THINKING, SIGNATURE)
+    assert msg.content[1].text == FULL_TEXT
+    with client.messages.stream(model="an", max_tokens=4096, thinking=thinking,
+                                messages=PROMPT) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert "thinking" in kinds and "signature" in kinds
+    assert final.content[0].thinking == THINKING
+    # The blocks go back with the next turn, as the SDK's own objects.
+    follow = client.messages.create(
+        model="an", max_tokens=4096, thinking=thinking,
+        messages=PROMPT + [{"role": "assistant", "content": msg.content},
+                           {"role": "user", "content": "And then?"}])
+    assert follow.content[-1].text == FULL_TEXT
