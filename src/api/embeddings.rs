@@ -78,8 +78,14 @@ pub async fn create(
     let routes = routing::plan(&state.settings, &state.providers, &body.model)
         .filter(|r| !r.is_empty())
         .ok_or_else(|| ApiError::invalid(format!("model: unknown model `{}`", body.model)))?;
+    // A test key never reaches a provider: the built-in testing routes embed, for free.
+    let routes = match principal.test_only {
+        true => routing::testing_routes(&state.providers),
+        false => routes,
+    };
     let cap = state.limits.monthly_spend_cap(&principal.key_id);
-    let reservation = if cap.is_some() || state.ledger.is_limited(&principal.project_id) {
+    let limited = cap.is_some() || state.ledger.is_limited(&principal.project_id);
+    let reservation = if limited && !principal.test_only {
         let worst = super::balance::embedding_worst_case(
             routes.iter().map(|r| r.price),
             crate::ledger::pricing::approx_tokens(chars),

@@ -168,6 +168,17 @@ async fn test_keys_run_only_testing_executions_and_bad_input_is_refused() {
         )
         .await;
     assert_eq!(res.status(), 200);
+    // Embeddings too come from the built-in testing routes.
+    let res = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            &json!({"model": "fake", "input": ["a", "b"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let embeddings: Value = res.json().await.unwrap();
+    assert_eq!(embeddings["data"].as_array().unwrap().len(), 2);
     assert_eq!(fake.request_count(), 0);
     let mut live = chat_body("k2", "hi", "fake");
     live["mode"] = json!("live");
