@@ -693,6 +693,7 @@ import { ChannelSocket } from "/static/switchyard.js";
           h("td", {}, k.name || "–"),
           h("td", { className: "mono", title: k.id }, `${k.prefix}…`),
           h("td", {}, k.role),
+          h("td", {}, k.mode || "live"),
           h("td", {}, clock(k.created_at)),
           h("td", {}, revoked ? "revoked" : own ? "this session" : k.rotated_at ? "rotated" : "active"),
           actions
@@ -729,7 +730,8 @@ import { ChannelSocket } from "/static/switchyard.js";
     $("key-error").textContent = "";
     const name = $("key-name").value.trim();
     try {
-      const key = await api("/v1/keys", { method: "POST", body: { name: name || null, role: $("key-role").value } });
+      const body = { name: name || null, role: $("key-role").value, mode: $("key-mode").value };
+      const key = await api("/v1/keys", { method: "POST", body });
       showSecret(key.key);
       $("key-name").value = "";
     } catch (err) {

@@ -520,6 +520,22 @@ test("dashboard: an admin creates, rotates and revokes keys", async () => {
     return tr && /revoked/.test(tr.textContent);
   }, null, { timeout: 10_000 });
   assertEqual((await fetch(`${BASE}/v1/me`, { headers: { authorization: `Bearer ${second}` } })).status, 401, "a revoked key");
+  // A test key: its submits run in testing mode.
+  await page.fill("#key-name", "browser-test-key");
+  await page.selectOption("#key-mode", "test");
+  await page.click("#key-form button[type=submit]");
+  await page.waitForFunction((old) => document.getElementById("key-secret-value").textContent !== old, second, { timeout: 10_000 });
+  const testKey = await text(page, "#key-secret-value");
+  const testRow = page.locator("#key-table tbody tr", { hasText: "browser-test-key" });
+  await testRow.waitFor({ timeout: 10_000 });
+  assert((await testRow.textContent()).includes("test"), "the row shows the mode");
+  const sub = await rest("/v1/executions", {
+    method: "POST",
+    key: testKey,
+    body: { model: "chat-default", idempotency_key: `browser-test-key-${Date.now()}`, messages: [{ role: "user", content: "hi" }] },
+  });
+  const done = await rest(`/v1/executions/${sub.id}`, { key: testKey });
+  assertEqual(done.mode, "testing", "a test key's execution");
   await page.locator("#keys").screenshot({ path: join(ARTIFACTS, "keys.png") });
 });
 
