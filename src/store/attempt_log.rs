@@ -307,7 +307,21 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// that repeat the same fields, and sled copies a whole leaf on every insert into it and
 /// rewrites it whole on every tenth.
 fn compress(json: &[u8]) -> Vec<u8> {
-    zstd::bulk::compress(json, 1).unwrap_or_else(|_| json.to_vec())
+    thread_local! {
+        /// One compression context per thread, reused: a fresh one per batch is an allocation
+        /// of its tables (about 100 KB at level 1 for a batch this size) every time.
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR
+        .with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = zstd::bulk::Compressor::new(1).ok();
+            }
+            cell.as_mut()?.compress(json).ok()
+        })
+        .unwrap_or_else(|| json.to_vec())
 }
 
 /// The entries of one stored value: a batch (JSON array, compressed or not) or a single entry
