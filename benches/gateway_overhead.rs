@@ -1,13 +1,15 @@
 //! Gateway overhead: what Switchyard adds on top of the upstream it routes to (issue 5,
-//! "Benchmark").
+//! "Benchmark"), measured the way a user's load costs it (issue 16).
 //!
 //! In one run, on one machine:
-//! - a fake OpenAI-compatible upstream in this process (raw tokio TCP, HTTP/1.1 keep-alive,
-//!   TCP_NODELAY, no artificial delays): a `chat.completion` JSON for non-stream requests, and
-//!   for stream requests `chat.completion.chunk` events, a usage event and `[DONE]` in chunked
-//!   encoding, one write per event. The upstream model `s20` streams the answer as 20 chunks;
-//!   `ns` streams it as one chunk (the gateway always asks upstream for a stream, also for a
-//!   non-stream client: `ns` is the least work it can get for the same 20-word answer);
+//! - a fake OpenAI-compatible upstream in its own process (this bench's binary re-executed,
+//!   raw tokio TCP on 2 threads, HTTP/1.1 keep-alive, TCP_NODELAY, no artificial delays),
+//!   answering like a real provider: the 20-word answer as 20 `chat.completion.chunk` events, a
+//!   usage event and `[DONE]` in chunked encoding, one write per event (22 writes); a
+//!   non-stream upstream request gets a `chat.completion` JSON. The gateway always asks
+//!   upstream for a stream, also for a non-stream client, so both of its modes receive the 22
+//!   events (`OVERHEAD_NS_CHUNKS=1` makes the `ns` model answer in one event, as this bench
+//!   did before issue 16: the least work a non-stream request can be, and 2.5× less CPU);
 //! - the release `switchyard` binary as a separate process, one `openai` provider pointing at
 //!   the fake, once with its data dir on disk and once on /dev/shm (the same fsync calls, but
 //!   tmpfs makes them nearly free: the difference between the two is what durability costs);
@@ -23,7 +25,11 @@
 //!     stream as the gateway always does; it relays the events of a stream and collects those
 //!     of a non-stream answer into one `chat.completion` JSON, nothing persisted: the cost of
 //!     the two HTTP hops;
-//! - a hand-rolled HTTP/1.1 load generator (keep-alive connections, TCP_NODELAY).
+//! - a hand-rolled closed-loop HTTP/1.1 load generator on 2 threads (keep-alive connections,
+//!   TCP_NODELAY), 2 s of warm-up and 8 s measured per cell;
+//! - a grown store: before anything is measured each gateway answers `OVERHEAD_PREFILL`
+//!   (default 20,000) non-stream requests, so it measures a data dir that already holds that
+//!   many finished executions, as a user's does.
 //!
 //! For {non-stream, stream (20 chunks)} × {concurrency 1, 32}: requests direct to the upstream
 //! (the baseline), then through the floors and the gateway's `POST /v1/chat/completions`, every
@@ -31,15 +37,23 @@
 //! latency p50/p99, time to the first content chunk p50/p99 (streams), throughput, added
 //! latency (server − direct), the server process's CPU time per request (utime + stime from
 //! /proc/PID/stat), the gateway's group-commit flushes per request (from its `/metrics`), the
-//! server's peak memory (VmHWM), and the CPU other processes used meanwhile (the box is
+//! bytes it wrote per request (`write_bytes` of /proc/PID/io: pages dirtied, what the disk
+//! gets) and its data dir's growth per request (allocated blocks), the data dir's size per
+//! execution at the end, the server's peak memory (VmHWM), and the CPU other processes used
+//! meanwhile (the box is
 //! shared; it can also hold the kernel's loopback TCP work, softirq time charged to no
 //! process: up to about half a core seen at these request rates). It also checks, by
 //! duplicating the servers' sockets (pidfd_getfd), that the connections they accepted and the
 //! ones they opened upstream have TCP_NODELAY set.
 //!
 //! `cargo bench --bench gateway_overhead`. Environment:
-//! - `OVERHEAD_SECONDS` measured seconds per scenario and target (default 3),
-//! - `OVERHEAD_MAX_REQUESTS` cap per scenario and target (default 20000),
+//! - `OVERHEAD_SECONDS` measured seconds per scenario and target (default 8),
+//! - `OVERHEAD_WARMUP` warm-up seconds before each (default 2),
+//! - `OVERHEAD_PREFILL` finished executions each gateway's store holds before the first
+//!   measurement (default 20000; 0 for a fresh store),
+//! - `OVERHEAD_NS_CHUNKS` events in the upstream's answer to the `ns` model: 20 (default) or 1,
+//! - `OVERHEAD_LOAD_THREADS` load generator threads (default 2),
+//! - `OVERHEAD_MAX_REQUESTS` cap per scenario and target (default none),
 //! - `OVERHEAD_STORES` which gateways: `disk`, `shm`, and `admission` (on disk, with every
 //!   client limit, an upstream quota and prices configured and a balance set, none of them
 //!   tight enough to refuse: what admission control costs); default `disk,shm`, empty for no
@@ -70,8 +84,6 @@ const ADMIN_KEY: &str = "bench-admin-key";
 /// Words in every answer; `s20` streams one per chunk.
 const WORDS: usize = 20;
 const CONCURRENCY: [usize; 2] = [1, 32];
-const WARMUP: Duration = Duration::from_millis(500);
-const WARMUP_MAX: usize = 400;
 
 fn words() -> Vec<String> {
     (0..WORDS).map(|i| format!("w{i:02} ")).collect()
@@ -136,6 +148,13 @@ mod upstream {
         fn new() -> Answers {
             let words = words();
             let text = words.concat();
+            // Like a real provider, `ns` streams its 20 words as 20 events (22 writes with the
+            // usage event and `[DONE]`); `OVERHEAD_NS_CHUNKS=1` answers it in one event, as
+            // this bench did before (the least work a non-stream request can be).
+            let ns_pieces = match env_or("OVERHEAD_NS_CHUNKS", WORDS) {
+                1 => vec![text.clone()],
+                _ => words.clone(),
+            };
             let body = format!(
                 r#"{{"id":"chatcmpl-fake","object":"chat.completion","created":1700000000,"model":"ns","system_fingerprint":null,"choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}","refusal":null}},"logprobs":null,"finish_reason":"stop"}}],{}}}"#,
                 usage()
@@ -148,37 +167,43 @@ mod upstream {
             json.extend_from_slice(body.as_bytes());
             Answers {
                 json,
-                one_chunk: sse_writes("ns", &[text]),
+                one_chunk: sse_writes("ns", &ns_pieces),
                 twenty_chunks: sse_writes("s20", &words),
             }
         }
     }
 
-    /// Starts the fake on its own thread and runtime; it lives as long as the process.
-    pub fn start() -> SocketAddr {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("fake-upstream".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("upstream runtime");
-                rt.block_on(async move {
-                    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                    tx.send(listener.local_addr().expect("addr")).expect("send");
-                    let answers = Arc::new(Answers::new());
-                    loop {
-                        let Ok((sock, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let _ = sock.set_nodelay(true);
-                        tokio::spawn(serve(sock, answers.clone()));
-                    }
-                });
-            })
-            .expect("upstream thread");
-        rx.recv().expect("upstream address")
+    /// The environment variable that makes this bench's binary the fake upstream.
+    pub const KIND: &str = "OVERHEAD_UPSTREAM";
+    const READY: &str = "upstream listening on http://";
+
+    /// Starts the fake as its own process (this bench's binary again), so that neither its
+    /// CPU nor its scheduling shares a process with the load generator; it lives until `Child`
+    /// is killed.
+    pub fn start() -> (Child, SocketAddr) {
+        let mut cmd = Command::new(std::env::current_exe().expect("the bench's binary"));
+        cmd.env(KIND, "1").stderr(Stdio::inherit());
+        spawn(cmd, READY)
+    }
+
+    /// The fake's process: a 2-thread runtime, like a small hyper server.
+    pub fn serve() -> io::Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            println!("{READY}{}", listener.local_addr()?);
+            let answers = Arc::new(Answers::new());
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(serve_conn(sock, answers.clone()));
+            }
+        })
     }
 
     fn content_length(head: &[u8]) -> Option<usize> {
@@ -191,7 +216,7 @@ mod upstream {
         })
     }
 
-    async fn serve(mut sock: TcpStream, answers: Arc<Answers>) {
+    async fn serve_conn(mut sock: TcpStream, answers: Arc<Answers>) {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         loop {
             let head_end = loop {
@@ -510,6 +535,30 @@ fn machine_busy_seconds() -> f64 {
     // user nice system idle iowait irq softirq steal (guest is inside user)
     let busy: u64 = v.iter().take(8).sum::<u64>() - v.get(3).unwrap_or(&0) - v.get(4).unwrap_or(&0);
     busy as f64 / clock_ticks()
+}
+
+/// Bytes the process caused to be written to storage (`write_bytes` in /proc/PID/io).
+fn write_bytes(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Allocated bytes of every file under `dir` (what `du` counts).
+fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// A `Vm…` line of /proc/PID/status, in kB.
@@ -920,7 +969,7 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     /// The gateway's data dir and config (floors have none).
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
     /// Whether it is the gateway (it has `/metrics` with its flushes).
     gateway: bool,
     requests: usize,
@@ -994,7 +1043,7 @@ routes = [{{ provider = "fake", model = "s20"{route} }}]
             label,
             child,
             addr,
-            _dir: Some(dir),
+            dir: Some(dir),
             gateway: true,
             requests: 0,
         }
@@ -1011,7 +1060,7 @@ routes = [{{ provider = "fake", model = "s20"{route} }}]
             label,
             child,
             addr,
-            _dir: None,
+            dir: None,
             gateway: false,
             requests: 0,
         }
@@ -1020,6 +1069,43 @@ routes = [{{ provider = "fake", model = "s20"{route} }}]
     fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The gateway's data dir.
+    fn data(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.path().join("data"))
+    }
+}
+
+/// Grows the gateway's store before anything is measured, as a user's has: `n` non-stream
+/// requests (each a finished execution) at concurrency 32, untimed.
+async fn prefill(gw: &mut Server, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let started = Instant::now();
+    let shape = Shape {
+        stream: false,
+        protocol: Protocol::Chat,
+    };
+    let mut conns = Vec::new();
+    for _ in 0..32 {
+        conns.push(Conn::connect(gw.addr).await.expect("connect"));
+    }
+    let request = Arc::new(request_bytes(gw.addr, shape, Some(ADMIN_KEY)));
+    let (_, run) = phase(conns, request, shape, Duration::from_secs(3600), n).await;
+    if let Some(e) = run.first_error {
+        panic!("{}: prefill failed: {e}", gw.label);
+    }
+    gw.requests += run.samples.len() + run.errors;
+    let bytes = gw.data().map_or(0, |d| dir_bytes(&d));
+    println!(
+        "{}: prefilled with {} executions in {:.1} s; data dir {:.1} MB ({:.1} KB per execution)",
+        gw.label,
+        run.samples.len(),
+        started.elapsed().as_secs_f64(),
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e3 / run.samples.len().max(1) as f64,
+    );
 }
 
 /// Starts `cmd` and waits for the stdout line `ready` followed by its address.
@@ -1112,6 +1198,11 @@ struct Figures {
     cpu_per_req: Option<Duration>,
     /// Group-commit flushes (sled flush + fdatasync) per request, from the gateway's metrics.
     flushes_per_req: Option<f64>,
+    /// Bytes the server process had written to storage per request (`write_bytes` of
+    /// /proc/PID/io: what reaches the block layer, 0 on tmpfs).
+    written_per_req: Option<f64>,
+    /// Growth of the gateway's data dir (allocated blocks) per request.
+    grown_per_req: Option<f64>,
     /// The server process's VmHWM so far (it only grows: for the gateway, with the data, up to
     /// the store cache).
     peak_mb: Option<f64>,
@@ -1121,14 +1212,17 @@ struct Figures {
 #[derive(Clone, Copy)]
 struct Settings {
     seconds: Duration,
+    warmup: Duration,
     max: usize,
 }
 
-/// A server process to account for: its pid, and whether it reports flushes (the gateway).
-#[derive(Clone, Copy)]
+/// A server process to account for: its pid, whether it reports flushes (the gateway), and
+/// its data dir (the gateway's), whose growth is counted.
+#[derive(Clone)]
 struct Process {
     pid: u32,
     gateway: bool,
+    data: Option<PathBuf>,
 }
 
 /// Warm-up, then a measured phase against `addr`; `server` is whose CPU to count.
@@ -1146,21 +1240,25 @@ async fn measure(
         conns.push(Conn::connect(addr).await.expect("connect"));
     }
     let request = Arc::new(request);
-    let (conns, warm) = phase(conns, request.clone(), shape, WARMUP, WARMUP_MAX).await;
+    let (conns, warm) = phase(conns, request.clone(), shape, settings.warmup, usize::MAX).await;
     if let Some(e) = warm.first_error {
         panic!("{target}: warm-up failed: {e}");
     }
     let self_pid = std::process::id().to_string();
-    let gw_pid = server.map(|p| p.pid.to_string());
+    let gw_pid = server.as_ref().map(|p| p.pid.to_string());
     let gw_cpu = || gw_pid.as_deref().map_or(0.0, cpu_seconds);
-    let flushes = || server.filter(|p| p.gateway).and_then(|_| flush_count(addr));
-    let flushes0 = flushes();
+    let gw_written = || gw_pid.as_deref().and_then(write_bytes);
+    let data = server.as_ref().and_then(|p| p.data.clone());
+    let grown = || data.as_deref().map(dir_bytes);
+    let is_gateway = server.as_ref().is_some_and(|p| p.gateway);
+    let flushes = || is_gateway.then(|| flush_count(addr)).flatten();
+    let (flushes0, written0, size0) = (flushes(), gw_written(), grown());
     let (busy0, self0, gw0) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
     let (conns, run) = phase(conns, request, shape, settings.seconds, settings.max).await;
     // Work the server does right after answering (the gateway actor's last steps) is its own.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (busy1, self1, gw1) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
-    let flushes1 = flushes();
+    let (flushes1, written1, size1) = (flushes(), gw_written(), grown());
     let elapsed = run.wall + Duration::from_millis(20);
     if let Some(e) = &run.first_error {
         eprintln!("{target}: {} errors, first: {e}", run.errors);
@@ -1171,6 +1269,11 @@ async fn measure(
     let mut firsts: Vec<Duration> = run.samples.iter().filter_map(|s| s.first).collect();
     firsts.sort_unstable();
     let others = (busy1 - busy0) - (self1 - self0) - (gw1 - gw0);
+    let per_req = |a: Option<u64>, b: Option<u64>| {
+        a.zip(b)
+            .filter(|_| n > 0)
+            .map(|(a, b)| (b as f64 - a as f64) / n as f64)
+    };
     let figures = Figures {
         target,
         warm: warm.samples.len() + warm.errors,
@@ -1182,13 +1285,15 @@ async fn measure(
         first50: shape.stream.then(|| percentile(&firsts, 0.50)),
         first99: shape.stream.then(|| percentile(&firsts, 0.99)),
         cpu_per_req: server
+            .as_ref()
             .filter(|_| n > 0)
             .map(|_| Duration::from_secs_f64((gw1 - gw0) / n as f64)),
-        flushes_per_req: flushes0
-            .zip(flushes1)
-            .filter(|_| n > 0)
-            .map(|(a, b)| (b - a) as f64 / n as f64),
-        peak_mb: server.map(|p| vm_kb(p.pid, "VmHWM") as f64 / 1024.0),
+        flushes_per_req: per_req(flushes0, flushes1),
+        written_per_req: per_req(written0, written1),
+        grown_per_req: per_req(size0, size1),
+        peak_mb: server
+            .as_ref()
+            .map(|p| vm_kb(p.pid, "VmHWM") as f64 / 1024.0),
         others_cores: (others / elapsed.as_secs_f64()).max(0.0),
     };
     (figures, conns)
@@ -1201,6 +1306,11 @@ fn us(d: Duration) -> String {
     } else {
         format!("{us:.0} µs")
     }
+}
+
+/// Bytes as KB (per request).
+fn kb(bytes: f64) -> String {
+    format!("{:.1} KB", bytes / 1e3)
 }
 
 fn signed_us(gw: Duration, direct: Duration) -> String {
@@ -1247,9 +1357,14 @@ fn main() {
         floor::serve(&kind).expect("floor server");
         return;
     }
+    if std::env::var_os(upstream::KIND).is_some() {
+        upstream::serve().expect("fake upstream");
+        return;
+    }
     let settings = Settings {
-        seconds: Duration::from_secs_f64(env_or("OVERHEAD_SECONDS", 3.0)),
-        max: env_or("OVERHEAD_MAX_REQUESTS", 20_000),
+        seconds: Duration::from_secs_f64(env_or("OVERHEAD_SECONDS", 8.0)),
+        warmup: Duration::from_secs_f64(env_or("OVERHEAD_WARMUP", 2.0)),
+        max: env_or("OVERHEAD_MAX_REQUESTS", usize::MAX),
     };
     let stores = std::env::var("OVERHEAD_STORES").unwrap_or_else(|_| "disk,shm".into());
     let scenarios =
@@ -1275,7 +1390,8 @@ fn main() {
         .map(Protocol::parse)
         .collect();
 
-    let upstream = upstream::start();
+    let (mut upstream_process, upstream) = upstream::start();
+    println!("fake upstream: pid {} on {upstream}", upstream_process.id());
     // The floors first, then the gateways: each scenario's rows in that order.
     let mut servers = Vec::new();
     for kind in floors.split(',').map(str::trim).filter(|k| !k.is_empty()) {
@@ -1301,14 +1417,20 @@ fn main() {
         println!("{label}: pid {} on {}", gw.pid(), gw.addr);
         servers.push(gw);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two load threads, like a closed-loop generator with one thread per core.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(env_or("OVERHEAD_LOAD_THREADS", 2))
         .enable_all()
         .build()
         .expect("load generator runtime");
 
     let mut rows: Vec<(String, usize, Vec<Figures>)> = Vec::new();
     let mut nodelay_lines = Vec::new();
+    let prefilled = env_or("OVERHEAD_PREFILL", 20_000usize);
     rt.block_on(async {
+        for gw in servers.iter_mut().filter(|s| s.gateway) {
+            prefill(gw, prefilled).await;
+        }
         for stream in [false, true] {
             for concurrency in CONCURRENCY {
                 if !wanted(stream, concurrency) {
@@ -1344,6 +1466,7 @@ fn main() {
                         let process = Process {
                             pid: gw.pid(),
                             gateway: gw.gateway,
+                            data: gw.data(),
                         };
                         let (f, conns) = measure(
                             format!("{}{}", gw.label, protocol.label()),
@@ -1376,8 +1499,8 @@ fn main() {
     });
 
     println!();
-    println!("| mode | c | target | requests | req/s | p50 | p99 | first chunk p50 | first chunk p99 | added p50 | added p99 | server CPU/req | flushes/req | server peak memory | other load (cores) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | c | target | requests | req/s | p50 | p99 | first chunk p50 | first chunk p99 | added p50 | added p99 | server CPU/req | flushes/req | written/req | data dir growth/req | server peak memory | other load (cores) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (mode, concurrency, figures) in &rows {
         let direct = &figures[0];
         for f in figures {
@@ -1401,7 +1524,7 @@ fn main() {
                 format!("{:.0} ({:.0}%)", f.rps, 100.0 * f.rps / direct.rps)
             };
             println!(
-                "| {mode} | {concurrency} | {} | {}{errors} | {rps} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                "| {mode} | {concurrency} | {} | {}{errors} | {rps} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
                 f.target,
                 f.n,
                 us(f.p50),
@@ -1412,6 +1535,8 @@ fn main() {
                 added(f.p99, direct.p99),
                 opt(f.cpu_per_req),
                 f.flushes_per_req.map_or("—".to_string(), |n| format!("{n:.2}")),
+                f.written_per_req.map_or("—".to_string(), kb),
+                f.grown_per_req.map_or("—".to_string(), kb),
                 f.peak_mb.map_or("—".to_string(), |m| format!("{m:.1} MB")),
                 f.others_cores,
             );
@@ -1426,7 +1551,19 @@ fn main() {
             vm_kb(gw.pid(), "VmRSS") as f64 / 1024.0,
             gw.requests,
         );
+        if let Some(data) = gw.data() {
+            let bytes = dir_bytes(&data);
+            println!(
+                "{}: data dir {:.1} MB for {} executions: {:.1} KB per execution",
+                gw.label,
+                bytes as f64 / 1e6,
+                gw.requests,
+                bytes as f64 / 1e3 / gw.requests.max(1) as f64,
+            );
+        }
     }
+    let _ = upstream_process.kill();
+    let _ = upstream_process.wait();
     for line in nodelay_lines {
         println!("{line}");
     }

@@ -246,10 +246,11 @@ impl Batch {
         if pending.count == 0 {
             return;
         }
-        let mut value = Vec::with_capacity(pending.json.len() + 2);
-        value.push(b'[');
-        value.extend_from_slice(&pending.json);
-        value.push(b']');
+        let mut json = Vec::with_capacity(pending.json.len() + 2);
+        json.push(b'[');
+        json.extend_from_slice(&pending.json);
+        json.push(b']');
+        let value = compress(&json);
         let key = Store::attempt_log_key(&self.execution_id, self.attempt, pending.first);
         if let Err(err) = store.attempt_log.insert(key, value) {
             tracing::warn!(execution_id = %self.execution_id, error = %err, "debug log write failed");
@@ -298,8 +299,46 @@ impl LiveLogs {
     }
 }
 
-/// The entries of one stored value: a batch (JSON array) or a single entry (JSON object).
+/// zstd's frame magic number, as it starts a compressed value (little-endian 0xFD2FB528); a
+/// plain JSON value starts with `[` or `{`.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A batch as stored: compressed (a zstd frame), because a batch is mostly raw provider events
+/// that repeat the same fields, and sled copies a whole leaf on every insert into it and
+/// rewrites it whole on every tenth.
+fn compress(json: &[u8]) -> Vec<u8> {
+    thread_local! {
+        /// One compression context per thread, reused: a fresh one per batch is an allocation
+        /// of its tables (about 100 KB at level 1 for a batch this size) every time.
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR
+        .with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = zstd::bulk::Compressor::new(1).ok();
+            }
+            cell.as_mut()?.compress(json).ok()
+        })
+        .unwrap_or_else(|| json.to_vec())
+}
+
+/// The entries of one stored value: a batch (JSON array, compressed or not) or a single entry
+/// (JSON object).
 fn entries(value: &[u8]) -> Vec<Value> {
+    let inflated;
+    let value = if value.starts_with(&ZSTD_MAGIC) {
+        match zstd::stream::decode_all(value) {
+            Ok(json) => {
+                inflated = json;
+                &inflated[..]
+            }
+            Err(_) => return Vec::new(),
+        }
+    } else {
+        value
+    };
     match serde_json::from_slice(value) {
         Ok(Value::Array(entries)) => entries,
         Ok(entry @ Value::Object(_)) => vec![entry],
@@ -356,6 +395,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::executions::tests::request;
 
     fn chunks(store: &Store, id: &str) -> Vec<(u32, String)> {
         store
@@ -410,5 +450,31 @@ mod tests {
             chunks(&store, "exec_old"),
             vec![(0, "c0".to_string()), (0, "c1".to_string())]
         );
+        // A batch as written before batches were compressed.
+        let batch = br#"[{"type":"chunk","data":"d0"},{"type":"chunk","data":"d1"}]"#;
+        store
+            .attempt_log
+            .insert(Store::attempt_log_key("exec_plain", 0, 0), &batch[..])
+            .unwrap();
+        assert_eq!(
+            chunks(&store, "exec_plain"),
+            vec![(0, "d0".to_string()), (0, "d1".to_string())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_stored_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = AttemptLog::new(store.clone(), "exec_z", 0, Arc::new(request()));
+        let raw = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"delta":{"content":"word "}}]}"#;
+        for _ in 0..20 {
+            log.record(LogEntry::Chunk { data: raw });
+        }
+        drop(log);
+        let (_, value) = store.attempt_log.iter().next().unwrap().unwrap();
+        assert!(value.starts_with(&ZSTD_MAGIC));
+        assert!(value.len() < 20 * raw.len() / 4, "{} bytes", value.len());
+        assert_eq!(chunks(&store, "exec_z").len(), 20);
     }
 }

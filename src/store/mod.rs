@@ -30,6 +30,8 @@ mod retention;
 mod route_days;
 mod tokens;
 mod webhooks;
+#[cfg(test)]
+mod write_count_tests;
 
 pub use analytics::{Aggregate, Dimension, Histogram, Series, MINUTE};
 pub use attempt_log::{redacted_headers, AttemptLog, LogEntry};
