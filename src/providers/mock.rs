@@ -14,7 +14,6 @@ use super::{
 };
 use crate::domain::tools::ToolMode;
 use crate::domain::{Role, ToolCallDelta, Usage};
-use crate::routing::CONTINUE_INSTRUCTION;
 use crate::settings::ProviderSettings;
 use crate::store::{AttemptLog, LogEntry};
 
@@ -353,17 +352,7 @@ fn json_answer(req: &UpstreamRequest, chunks: u32) -> Option<String> {
 /// The assistant text a continuation request carries (a prefill, or the turn before the
 /// continue instruction).
 fn prior_answer(req: &UpstreamRequest) -> Option<&str> {
-    let msgs = &req.messages;
-    let prior = match msgs.last() {
-        Some(m) if m.role == Role::Assistant => Some(m),
-        Some(m) if m.role == Role::User && m.content == CONTINUE_INSTRUCTION => msgs
-            .len()
-            .checked_sub(2)
-            .map(|i| &msgs[i])
-            .filter(|m| m.role == Role::Assistant),
-        _ => None,
-    };
-    prior.map(|m| m.content.as_str())
+    crate::routing::continued_turn(&req.messages).map(|m| m.content.as_str())
 }
 
 /// The answer for this conversation, computed chunk by chunk: chunk `i` is one word and a
@@ -433,6 +422,7 @@ fn continuation_offset(req: &UpstreamRequest, answer: &Answer) -> u64 {
 mod tests {
     use super::*;
     use crate::domain::{Message, Params};
+    use crate::routing::CONTINUE_INSTRUCTION;
 
     fn req(messages: Vec<Message>) -> UpstreamRequest {
         UpstreamRequest {

@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 
 use crate::domain::{Message, Params, Role};
 use crate::providers::UpstreamRequest;
-use crate::routing::CONTINUE_INSTRUCTION;
 use crate::settings::{ProviderKind, StructuredMode};
 
 /// The forced tool's name when the schema's name cannot be one.
@@ -239,18 +238,9 @@ pub fn tool_name(name: &str) -> String {
     }
 }
 
-/// Whether the request continues an interrupted answer: it ends with an assistant turn (a
-/// prefill), or with one followed by the continue instruction.
+/// Whether the request continues an interrupted answer.
 fn continues_an_answer(messages: &[Message]) -> bool {
-    match messages {
-        [.., last] if last.role == Role::Assistant => true,
-        [.., prior, last] => {
-            prior.role == Role::Assistant
-                && last.role == Role::User
-                && last.content == CONTINUE_INSTRUCTION
-        }
-        _ => false,
-    }
+    crate::routing::continued_turn(messages).is_some()
 }
 
 /// OpenAI refuses `json_object` unless "JSON" appears somewhere in the messages.
@@ -297,6 +287,7 @@ pub fn instruction(format: &Format<'_>, continuing: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::CONTINUE_INSTRUCTION;
 
     fn schema() -> Value {
         json!({"type": "object", "properties": {"city": {"type": "string"}},

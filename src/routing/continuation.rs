@@ -30,6 +30,23 @@ pub fn continuation_messages(
     messages
 }
 
+/// The assistant turn a continuation request continues (what [`continuation_messages`] made
+/// of it: the final assistant turn of a prefill, or the one before the continue instruction);
+/// `None` for a request that starts an answer.
+pub fn continued_turn(messages: &[Message]) -> Option<&Message> {
+    match messages {
+        [.., last] if last.role == Role::Assistant => Some(last),
+        [.., prior, last]
+            if prior.role == Role::Assistant
+                && last.role == Role::User
+                && last.content == CONTINUE_INSTRUCTION =>
+        {
+            Some(prior)
+        }
+        _ => None,
+    }
+}
+
 /// Under `instruction`, the shortest emitted text whose reproduction at the head of a
 /// continuation is taken as evidence that the model restarted its answer. Below it, a match is
 /// too likely to be honest text that happens to begin like the answer (`#` then `# Title`), so

@@ -7,7 +7,7 @@ pub mod health;
 pub mod quota;
 
 pub use continuation::{
-    continuation_messages, Diverged, Join, Reconciler, Trim, CONTINUE_INSTRUCTION,
+    continuation_messages, continued_turn, Diverged, Join, Reconciler, Trim, CONTINUE_INSTRUCTION,
     MIN_RESTART_EVIDENCE,
 };
 pub use health::{HealthBoard, Outcome};

@@ -80,7 +80,7 @@ pub fn request_body(req: &UpstreamRequest) -> Prepared {
     if let Some(thinking) = p.thinking {
         // Anthropic refuses extended thinking with a prefilled answer and with a forced tool
         // call: a continuation and a structured answer go without it (README).
-        let continuation = is_continuation(&req.messages);
+        let continuation = crate::routing::continued_turn(&req.messages).is_some();
         if output_tool.is_none() && !continuation {
             body["thinking"] = json!({"type": "enabled", "budget_tokens": thinking.budget_tokens});
             // Thinking requires the default sampling.
@@ -94,21 +94,6 @@ pub fn request_body(req: &UpstreamRequest) -> Prepared {
         body,
         trimmed_prefill,
         output_tool,
-    }
-}
-
-/// Whether the request continues an answer: a final assistant turn (prefill), or the continue
-/// instruction after one.
-fn is_continuation(messages: &[crate::domain::Message]) -> bool {
-    use crate::domain::Role;
-    match messages {
-        [.., last] if last.role == Role::Assistant => true,
-        [.., prior, last] => {
-            prior.role == Role::Assistant
-                && last.role == Role::User
-                && last.content == crate::routing::CONTINUE_INSTRUCTION
-        }
-        _ => false,
     }
 }
 
