@@ -48,9 +48,7 @@ fn view(key: &KeyRecord, secret: Option<&str>) -> serde_json::Value {
 }
 
 pub(super) fn valid_project_id(p: &str) -> bool {
-    (1..=64).contains(&p.len())
-        && p.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    crate::domain::ids::valid_name(p)
 }
 
 pub async fn create(

@@ -59,6 +59,15 @@ pub fn ws_token() -> String {
     format!("wst_{}", random_token(40))
 }
 
+/// Whether `name` can be a project id or the name of a structure or workflow: 1 to 64 letters,
+/// digits, `_` or `-` (they appear in URLs).
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

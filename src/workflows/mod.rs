@@ -10,14 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::domain::{Message, Params, Role};
 
-/// Whether `name` can name a structure or workflow: 1 to 64 letters, digits, `_` or `-` (it
-/// appears in URLs).
-pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
+pub use crate::domain::ids::valid_name;
 
 /// A workflow definition, as written in `[[workflows]]` or sent to `/v1/workflows`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
