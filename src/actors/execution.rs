@@ -103,8 +103,6 @@ pub struct Execution {
     /// A repair attempt's turns: the current request, the invalid answer, what was wrong.
     repair: Option<Vec<Message>>,
     repairs_on_route: u32,
-    /// The running step of a workflow with steps (== finished steps).
-    step: usize,
     routes: Vec<Route>,
     live: LiveFeed,
     registry: Addr<Registry>,
@@ -168,7 +166,6 @@ impl Execution {
             spec,
             repair: None,
             repairs_on_route: 0,
-            step: 0,
             routes,
             live,
             registry,
@@ -201,6 +198,11 @@ impl Execution {
 
     fn id(&self) -> &str {
         &self.record.id
+    }
+
+    /// The running step of a workflow with steps: the first one without a result.
+    fn step(&self) -> usize {
+        self.record.design.steps.len()
     }
 
     /// The routes that can answer `request` for `slug`: the configured ones, or in testing
@@ -666,7 +668,7 @@ impl Execution {
             }
             running.last_chunk = Some(now);
         }
-        let step = self.request.steps.get(self.step).map(|s| s.name.as_str());
+        let step = self.request.steps.get(self.step()).map(|s| s.name.as_str());
         let event = match step {
             Some(step) => Event::step_chunk(self.next_seq, &text, step),
             None => Event::chunk(self.next_seq, &text),
@@ -813,7 +815,7 @@ impl Execution {
     /// Sets up the running step: its request (templates rendered over the variables and the
     /// finished steps), routes and output spec. `Err` when its templates cannot be rendered.
     fn enter_step(&mut self) -> Result<(), ErrorBody> {
-        let plan: &StepPlan = &self.request.steps[self.step];
+        let plan: &StepPlan = &self.request.steps[self.step()];
         let messages = crate::workflows::step_messages(
             plan,
             &self.request.messages,
@@ -856,7 +858,7 @@ impl Execution {
     /// Announces the entered step with its `step` event and starts its first attempt.
     fn begin_step(&mut self, ctx: &mut Context<Self>) {
         if self.routes.is_empty() {
-            let plan = &self.request.steps[self.step];
+            let plan = &self.request.steps[self.step()];
             let message = format!(
                 "step `{}`: model `{}` has no usable route",
                 plan.name, plan.model
@@ -864,8 +866,8 @@ impl Execution {
             let error = ErrorBody::new(ErrorCode::ProviderUnavailable, message);
             return self.terminate(ctx, Status::Failed, Some(error));
         }
-        let plan = &self.request.steps[self.step];
-        let event = Event::step_started(self.next_seq, self.step, &plan.name, &plan.model);
+        let plan = &self.request.steps[self.step()];
+        let event = Event::step_started(self.next_seq, self.step(), &plan.name, &plan.model);
         self.emit(ctx, |_| event);
         self.start_attempt(ctx, None);
     }
@@ -874,7 +876,7 @@ impl Execution {
     /// it whole, so a restarted process never runs it again) and the record; then the next
     /// step starts, or the execution completes with the last step's output.
     fn finish_step(&mut self, ctx: &mut Context<Self>, usage: Option<Usage>) {
-        let plan = &self.request.steps[self.step];
+        let plan = &self.request.steps[self.step()];
         let result = StepResult {
             name: plan.name.clone(),
             model: plan.model.clone(),
@@ -882,12 +884,11 @@ impl Execution {
             data: self.record.design.output_data.take(),
             usage,
         };
-        let event = Event::step_completed(self.next_seq, self.step, &result);
+        let event = Event::step_completed(self.next_seq, self.step(), &result);
         self.emit(ctx, |_| event);
         self.add_step_result(result);
-        self.step += 1;
         self.persist();
-        if self.step < self.request.steps.len() {
+        if self.step() < self.request.steps.len() {
             self.record.design.validation = None;
             return self.start_step(ctx);
         }
@@ -1212,7 +1213,6 @@ impl Execution {
         for result in emitted.steps {
             self.add_step_result(result);
         }
-        self.step = self.record.design.steps.len();
         for attempt in &mut self.record.attempts {
             if attempt.outcome == AttemptOutcome::Running {
                 attempt.outcome = AttemptOutcome::Interrupted;
@@ -1300,9 +1300,9 @@ impl Actor for Execution {
                     self.record.finish_reason = Some("tool_calls".into());
                     return self.terminate(ctx, Status::Completed, None);
                 }
-                tracing::info!(execution_id = %self.record.id, emitted_chars = self.emitted.len(), step = self.step, "resuming execution after restart");
+                tracing::info!(execution_id = %self.record.id, emitted_chars = self.emitted.len(), step = self.step(), "resuming execution after restart");
                 if !self.request.steps.is_empty() {
-                    if self.step >= self.request.steps.len() {
+                    if self.step() >= self.request.steps.len() {
                         // Every step finished; only the end was lost.
                         let last = self.record.design.steps.last().expect("steps finished");
                         self.emitted = last.text.clone();
