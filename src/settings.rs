@@ -655,31 +655,15 @@ impl Settings {
             if let Err(e) = w.check() {
                 return Err(anyhow::anyhow!("invalid config: workflows[{i}].{e}"));
             }
-            let structures = w
-                .structure
-                .iter()
-                .map(|s| ("structure".to_string(), s))
-                .chain(w.steps.iter().enumerate().filter_map(|(j, step)| {
-                    step.structure
-                        .as_ref()
-                        .map(|s| (format!("steps[{j}].structure"), s))
-                }));
-            for (field, name) in structures {
-                if !names.contains(&name.as_str()) {
+            for (field, name) in w.structure_refs() {
+                if !names.contains(&name) {
                     return fail(
                         format!("workflows[{i}].{field}"),
                         format!("unknown structure `{name}`"),
                     );
                 }
             }
-            let models = w.model.iter().map(|m| ("model".to_string(), m)).chain(
-                w.steps.iter().enumerate().filter_map(|(j, step)| {
-                    step.model
-                        .as_ref()
-                        .map(|m| (format!("steps[{j}].model"), m))
-                }),
-            );
-            for (field, slug) in models {
+            for (field, slug) in w.model_refs() {
                 if self.model(slug).is_none() {
                     return fail(
                         format!("workflows[{i}].{field}"),

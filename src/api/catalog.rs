@@ -72,20 +72,12 @@ fn workflow_definition(
         .map_err(|e| ApiError::invalid(format!("invalid workflow: {e}")))?;
     def.name = named(Some(def.name).filter(|n| !n.is_empty()), path_name)?;
     def.check().map_err(ApiError::invalid)?;
-    let models = def
-        .model
-        .iter()
-        .chain(def.steps.iter().filter_map(|s| s.model.as_ref()));
-    for slug in models {
+    for (_, slug) in def.model_refs() {
         if state.settings.model(slug).is_none() {
             return Err(ApiError::invalid(format!("model: unknown model `{slug}`")));
         }
     }
-    let structures = def
-        .structure
-        .iter()
-        .chain(def.steps.iter().filter_map(|s| s.structure.as_ref()));
-    for name in structures {
+    for (_, name) in def.structure_refs() {
         let known = state
             .store
             .catalog_get(CatalogKind::Structure, project, name, None)?;

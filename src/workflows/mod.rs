@@ -121,6 +121,33 @@ impl WorkflowDef {
         Ok(())
     }
 
+    /// The model slugs the workflow names, each with the field that names it.
+    pub fn model_refs(&self) -> Vec<(String, &str)> {
+        self.refs(self.model.as_deref(), "model", |s| s.model.as_deref())
+    }
+
+    /// The structures the workflow names, each with the field that names it.
+    pub fn structure_refs(&self) -> Vec<(String, &str)> {
+        self.refs(self.structure.as_deref(), "structure", |s| {
+            s.structure.as_deref()
+        })
+    }
+
+    fn refs<'a>(
+        &'a self,
+        own: Option<&'a str>,
+        field: &str,
+        of_step: impl Fn(&'a StepDef) -> Option<&'a str>,
+    ) -> Vec<(String, &'a str)> {
+        let steps = self.steps.iter().enumerate();
+        own.map(|name| (field.to_string(), name))
+            .into_iter()
+            .chain(steps.filter_map(|(j, step)| {
+                of_step(step).map(|name| (format!("steps[{j}].{field}"), name))
+            }))
+            .collect()
+    }
+
     /// Every variable (not `steps`) the workflow's templates read, with where.
     pub fn variables_used(&self) -> Vec<(String, String)> {
         let mut used = Vec::new();
