@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use super::executions::{accept, Ack};
 use super::finished::Finished;
-use super::following::{blame_store, until_done, DisconnectGuard};
+use super::following::{blame_store, until_done, DisconnectGuard, Step};
 use super::{body::read_json, openai_error::OpenAiError, AppState, Principal};
 use crate::actors::Subscribe;
 use crate::cursor::Cursor;
 use crate::domain::request::Stop;
 use crate::domain::tools::{Tool, ToolChoice};
-use crate::domain::{ids, EventKind, Message, Params, Role, SharedEvent, SubmitBody, ToolCall};
+use crate::domain::{EventKind, Message, Params, Role, SharedEvent, SubmitBody, ToolCall};
 use crate::error::{ApiError, ErrorCode};
 
 #[derive(Deserialize)]
@@ -238,12 +238,7 @@ pub async fn create(
     let principal = principal?;
     let request: CompletionRequest =
         read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("chatcmpl_{}", ids::time_ordered_token(16)));
+    let key = super::following::idempotency_key(&req, "chatcmpl");
     let (body, streaming, include_usage) = request.into_submit(key)?;
     let json_answer = body.params.response_format.is_some();
     let (record, _, _) = accept(&state, &req, &principal, &body, Ack::ByEvents)
@@ -390,18 +385,6 @@ struct StreamState {
     /// A JSON answer is sent whole once validated: an invalid answer restarts (a repair
     /// attempt), and this protocol has no way to take back text already streamed.
     hold_text: bool,
-}
-
-/// One step of the translation from the event log to `chat.completion.chunk`s.
-enum Step {
-    Frame(Bytes),
-    /// The last frames of a completed answer.
-    Finish(Bytes),
-    /// The execution ended without completing.
-    Failed(ApiError),
-    /// Nothing for a while.
-    Idle,
-    End,
 }
 
 impl StreamState {

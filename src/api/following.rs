@@ -1,8 +1,11 @@
 //! What an answer in another protocol's shape needs while it follows an execution to its end
-//! (OpenAI chat completions, Anthropic messages): cancelling it if the client goes away, waiting
-//! for `done`, and telling a store failure from a bug when the log ends without one.
+//! (OpenAI chat completions and Responses, Anthropic messages): its idempotency key, the steps
+//! of its stream, cancelling it if the client goes away, waiting for `done`, and telling a
+//! store failure from a bug when the log ends without one.
 
 use actix::Addr;
+use actix_web::HttpRequest;
+use bytes::Bytes;
 
 use super::AppState;
 use crate::actors::{CancelExecution, Registry};
@@ -67,4 +70,27 @@ pub async fn until_done(
         ErrorCode::Internal,
         "the execution ended without a result",
     ))
+}
+
+/// One step of a translation from the event log to another protocol's stream.
+pub enum Step {
+    /// Frames of content (the stream has begun).
+    Frame(Bytes),
+    /// The last frames of a completed answer.
+    Finish(Bytes),
+    /// The execution ended without completing.
+    Failed(ApiError),
+    /// Nothing for a while.
+    Idle,
+    End,
+}
+
+/// The client's `Idempotency-Key` header, or a fresh key with `prefix` (these protocols have no
+/// key of their own: a retry without the header is a new request, as with the providers).
+pub fn idempotency_key(req: &HttpRequest, prefix: &str) -> String {
+    req.headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{prefix}_{}", crate::domain::ids::time_ordered_token(16)))
 }

@@ -27,7 +27,6 @@ use super::following::{blame_store, until_done, DisconnectGuard};
 use super::{body::read_json, AppState, Principal};
 use crate::actors::Subscribe;
 use crate::cursor::Cursor;
-use crate::domain::ids;
 use crate::error::{ApiError, ErrorCode};
 
 /// The caller: `x-api-key` (what Anthropic's SDKs and Claude Code send) or, as everywhere
@@ -65,12 +64,7 @@ pub async fn create(
     let principal = principal(&state, &req)?;
     let request: MessagesRequest =
         read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("msg_{}", ids::time_ordered_token(16)));
+    let key = crate::api::following::idempotency_key(&req, "msg");
     let streaming = request.stream;
     let (body, conversation) = request.into_submit(key)?;
     let (record, _, _) = accept(&state, &req, &principal, &body, Ack::ByEvents)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::error::MessagesError;
 use super::reply::{tool_use, Outcome};
-use crate::api::following::DisconnectGuard;
+use crate::api::following::{DisconnectGuard, Step};
 use crate::cursor::Cursor;
 use crate::domain::{EventKind, SharedEvent, ThinkingDelta};
 use crate::error::{ApiError, ErrorCode};
@@ -53,19 +53,6 @@ pub struct StreamState {
     /// The thinking block being made: sent whole once its signature arrives, since a try cut
     /// inside a thinking block starts it over and this protocol cannot take text back.
     thinking: String,
-}
-
-/// One step of the translation.
-pub enum Step {
-    /// Frames of content (the stream has begun).
-    Frame(Bytes),
-    /// The last frames of a completed answer.
-    Finish(Bytes),
-    /// The execution ended without completing.
-    Failed(ApiError),
-    /// Nothing for a while.
-    Idle,
-    End,
 }
 
 impl StreamState {

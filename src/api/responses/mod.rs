@@ -23,7 +23,7 @@ use super::executions::{accept, Ack};
 use super::{body::read_json, openai_error::OpenAiError, AppState, Principal};
 use crate::actors::{CancelExecution, Subscribe};
 use crate::cursor::Cursor;
-use crate::domain::{ids, ExecutionRecord, Message, Role};
+use crate::domain::{ExecutionRecord, Message, Role};
 use crate::error::{ApiError, ErrorCode};
 use events::Translation;
 use meta::Meta;
@@ -170,12 +170,7 @@ pub async fn create(
         Some(id) => prior_conversation(&state, &principal, id)?,
         None => Vec::new(),
     };
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("resp_{}", ids::time_ordered_token(16)));
+    let key = crate::api::following::idempotency_key(&req, "resp");
     let streaming = request.stream;
     let (body, meta) = request
         .into_submit(prior, key)
