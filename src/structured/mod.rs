@@ -11,8 +11,6 @@ use crate::domain::Params;
 
 /// What the answer must be.
 pub struct OutputSpec {
-    /// The schema's name (`json_schema.name`, or the structure's); `None` for JSON mode.
-    pub name: Option<String>,
     check: Check,
 }
 
@@ -72,14 +70,12 @@ impl OutputSpec {
         };
         match format.get("type").and_then(Value::as_str) {
             Some("json_object") => Ok(Some(OutputSpec {
-                name: None,
                 check: Check::Object,
             })),
             Some("json_schema") => {
                 let spec = &format["json_schema"];
                 let schema = spec.get("schema").unwrap_or(&Value::Bool(true));
                 Ok(Some(OutputSpec {
-                    name: spec.get("name").and_then(Value::as_str).map(Into::into),
                     check: Check::Schema(Box::new(compile(schema)?)),
                 }))
             }
@@ -176,7 +172,6 @@ mod tests {
                 "properties": {"age": {"type": "integer", "minimum": 0},
                     "email": {"type": "string", "format": "email"}}}}}),
         );
-        assert_eq!(s.name.as_deref(), Some("person"));
         assert!(s.check(r#"{"age": 3}"#).is_ok());
         let errors = s.check(r#"{"age": -1, "email": "nope"}"#).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
