@@ -128,6 +128,7 @@ impl Harness {
                 project_feed: Arc::new(ProjectFeed::default()),
                 metrics: Arc::new(Metrics::new()),
                 webhook_wake: Arc::default(),
+                cluster: None,
             });
             let registry = Registry::new(deps.clone()).start();
             (deps, registry)

@@ -165,6 +165,8 @@ pub const STORAGE_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub struct ApiError {
     pub body: ErrorBody,
     pub retry_after: Option<Duration>,
+    /// A status other than the code's own (an `internal` error that is a 503).
+    pub status: Option<StatusCode>,
 }
 
 impl ApiError {
@@ -172,6 +174,7 @@ impl ApiError {
         ApiError {
             body: ErrorBody::new(code, message),
             retry_after: None,
+            status: None,
         }
     }
 
@@ -197,7 +200,27 @@ impl ApiError {
                 format!("storage is unavailable: {reason}; retry later"),
             ),
             retry_after: Some(STORAGE_RETRY_AFTER),
+            status: None,
         }
+    }
+
+    /// Cluster mode cannot reach the shared state (NATS down or partitioned from this node):
+    /// `internal`, retryable, answered 503 like any other temporary unavailability.
+    pub fn cluster_unavailable(reason: impl fmt::Display) -> Self {
+        tracing::warn!(error = %reason, "shared state unavailable");
+        ApiError {
+            body: ErrorBody::new(
+                ErrorCode::Internal,
+                "the cluster's shared state is unavailable; retry shortly",
+            ),
+            retry_after: Some(Duration::from_secs(1)),
+            status: Some(StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn http_status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| self.body.code.status())
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -250,7 +273,7 @@ struct Envelope<'a> {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.body.code.status()
+        self.http_status()
     }
 
     fn error_response(&self) -> HttpResponse {

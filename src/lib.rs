@@ -7,6 +7,7 @@
 //!   route health and upstream quotas
 //! - [`providers`]: wire formats (openai, anthropic, gemini, mock), timeouts, error classification
 //! - [`store`]: sled trees behind typed functions, with group commit
+//! - [`cluster`]: cluster mode — the event log, records, claims and leases on NATS JetStream
 //! - [`cursor`]: a reader's position in an event log (replay, then live)
 //! - [`channels`]: WebSocket channel names and the project status feed
 //! - [`metrics`]: every Prometheus collector
@@ -22,6 +23,7 @@
 pub mod actors;
 pub mod api;
 pub mod channels;
+pub mod cluster;
 pub mod cursor;
 pub mod domain;
 pub mod error;

@@ -35,6 +35,9 @@ pub struct Settings {
     pub testing: TestingSettings,
     #[serde(default)]
     pub structures: Vec<StructureSettings>,
+    /// `[cluster]`: share state through NATS JetStream; absent, the embedded sled store alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterSettings>,
     #[serde(default)]
     pub workflows: Vec<crate::workflows::WorkflowDef>,
     pub providers: Vec<ProviderSettings>,
@@ -240,6 +243,41 @@ impl Default for TestingSettings {
             chunk_interval_ms: 25,
             idle_timeout_ms: 2_000,
         }
+    }
+}
+
+/// `[cluster]`: this node's place in a cluster of peers sharing NATS JetStream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `nats://host:port` (several comma-separated servers of one NATS cluster work too).
+    pub nats_url: String,
+    /// Unique per node and stable across its restarts: a node restarted with the same id takes
+    /// its own executions back at once instead of waiting for their leases to expire.
+    pub node_id: String,
+    /// A variable holding NATS credentials: `user:password` or a token.
+    #[serde(default)]
+    pub credentials_env: Option<String>,
+    /// How long an execution's lease lasts unrenewed: a dead node's executions are taken over
+    /// this long (plus one scan) after its last renewal. Renewed every third of it.
+    #[serde(default = "ClusterSettings::default_lease_ms")]
+    pub lease_ms: u64,
+    /// JetStream replicas of every stream and bucket (1 for one NATS server, 3 for a NATS
+    /// cluster of three). A stream that exists with another count stops the start.
+    #[serde(default = "ClusterSettings::default_replicas")]
+    pub replicas: usize,
+    /// Read from `credentials_env`; never from the file.
+    #[serde(skip)]
+    pub credentials: Option<String>,
+}
+
+impl ClusterSettings {
+    fn default_lease_ms() -> u64 {
+        5_000
+    }
+
+    fn default_replicas() -> usize {
+        1
     }
 }
 
@@ -606,6 +644,11 @@ impl Settings {
         if let Some(var) = &self.webhooks.secret_env {
             self.webhooks.secret = std::env::var(var).ok().filter(|s| !s.is_empty());
         }
+        if let Some(cluster) = &mut self.cluster {
+            if let Some(var) = &cluster.credentials_env {
+                cluster.credentials = std::env::var(var).ok().filter(|c| !c.is_empty());
+            }
+        }
         self.admin_key = std::env::var("SWITCHYARD_ADMIN_KEY")
             .ok()
             .filter(|k| !k.is_empty());
@@ -685,6 +728,25 @@ impl Settings {
             return fail("models".into(), "at least one model is required");
         }
         self.validate_catalog()?;
+        if let Some(c) = &self.cluster {
+            if !c.nats_url.split(',').all(|u| {
+                url::Url::parse(u.trim()).is_ok_and(|u| u.scheme() == "nats" && u.host().is_some())
+            }) {
+                return fail("cluster.nats_url".into(), "must be nats://host:port");
+            }
+            if !crate::domain::ids::valid_name(&c.node_id) {
+                return fail(
+                    "cluster.node_id".into(),
+                    "1 to 64 letters, digits, `_` or `-`",
+                );
+            }
+            if c.lease_ms < 300 {
+                return fail("cluster.lease_ms".into(), "at least 300");
+            }
+            if !(1..=5).contains(&c.replicas) {
+                return fail("cluster.replicas".into(), "1 to 5");
+            }
+        }
         for (i, origin) in self.cors.allowed_origins.iter().enumerate() {
             if origin != "*" && !is_origin(origin) {
                 return fail(

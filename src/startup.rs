@@ -92,6 +92,12 @@ impl Application {
             store.clone(),
             crate::ledger::recovery_window(settings.limits.max_execution_ms),
         )?);
+        let cluster = match &settings.cluster {
+            Some(c) => Some(Arc::new(
+                crate::cluster::Cluster::join(c, settings.retention.ws_tokens).await?,
+            )),
+            None => None,
+        };
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
@@ -102,10 +108,19 @@ impl Application {
             metrics: metrics.clone(),
             webhook_wake: webhook_wake.clone(),
             ledger: ledger.clone(),
+            cluster: cluster.clone(),
         }))
         .start();
 
-        let recovered = recover(&store, &ledger, &registry)?;
+        let recovered = match &cluster {
+            // A cluster resumes through leases: this node's own (from before a restart) at once,
+            // other nodes' once they run out.
+            Some(cluster) => {
+                start_cluster(cluster, &store, &project_feed, &registry);
+                0
+            }
+            None => recover(&store, &ledger, &registry)?,
+        };
         crate::retention::Sweeper::start(
             store.clone(),
             settings.retention.clone(),
@@ -150,6 +165,7 @@ impl Application {
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
             limits,
             ledger,
+            cluster,
         });
         let metrics_server = match settings.metrics.listen {
             Some(addr) => Some(metrics_server(addr, state.clone())?),
@@ -342,6 +358,27 @@ pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
 /// Restarts the executions a previous process left unfinished (read from the `unfinished`
 /// index, not the history) and removes those a crash left unacknowledged. Returns how many
 /// were restarted.
+/// The cluster's background work: lease renewal, the mirror of events and records, takeover.
+fn start_cluster(
+    cluster: &Arc<crate::cluster::Cluster>,
+    store: &Store,
+    project_feed: &Arc<ProjectFeed>,
+    registry: &actix::Addr<Registry>,
+) {
+    tokio::spawn(cluster.clone().renew_leases());
+    tokio::spawn(
+        cluster
+            .clone()
+            .mirror_events(store.clone(), project_feed.clone()),
+    );
+    tokio::spawn(cluster.clone().mirror_records(store.clone()));
+    tokio::spawn(
+        cluster
+            .clone()
+            .take_over_loop(store.clone(), registry.clone()),
+    );
+}
+
 fn recover(
     store: &Store,
     ledger: &crate::ledger::Ledger,
@@ -362,7 +399,7 @@ fn recover(
         };
         tracing::info!(execution_id = %record.id, status = record.status.as_str(), "recovering unfinished execution");
         store.reindex(&record)?;
-        registry.do_send(StartExecution(record, Arc::new(request), None));
+        registry.do_send(StartExecution::new(record, Arc::new(request)));
         recovered += 1;
     }
     Ok(recovered)

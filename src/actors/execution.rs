@@ -11,6 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::live::LiveFeed;
 use super::registry::{Deregister, Registry};
+use crate::cluster::takeover::Replica;
+use crate::cluster::{AppendError, LogPosition};
 use crate::domain::{
     now_ms, Attempt, AttemptOutcome, ChatRequest, Event, EventKind, ExecutionRecord, Message, Role,
     SharedEvent, Status, ThinkingAssembly, ToolCall, ToolCallAssembly, Usage, Validation,
@@ -42,6 +44,8 @@ pub struct ExecutionDeps {
     /// Wakes webhook delivery once a terminal state is durable.
     pub webhook_wake: Arc<tokio::sync::Notify>,
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// In cluster mode: the shared log, records and leases.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Mid-stream switches allowed per execution before it fails.
@@ -133,7 +137,13 @@ pub struct Execution {
     /// The execution's place among its key's executions in flight: dropped as the terminal
     /// status is written, so a client that sees it may submit again at once.
     permit: Option<crate::limits::Permit>,
+    /// In a cluster: the lease this node drives the execution under, and where the shared log
+    /// ends.
+    replica: Option<Replica>,
 }
+
+/// How long a batch waits before it is offered to an unreachable shared log again.
+const SHARE_RETRY: Duration = Duration::from_millis(200);
 
 /// The events one turn of the actor appended, which share one group-commit ticket.
 #[derive(Default)]
@@ -187,7 +197,14 @@ impl Execution {
             suspended: false,
             done_waiters: Vec::new(),
             permit: None,
+            replica: None,
         }
+    }
+
+    /// In a cluster: appends to the shared log under `replica`'s lease.
+    pub fn replicating(mut self, replica: Option<Replica>) -> Execution {
+        self.replica = replica;
+        self
     }
 
     /// Holds a place among the key's executions in flight until the terminal status.
@@ -285,26 +302,114 @@ impl Execution {
             };
             let mut batch = Vec::new();
             while act.unpublished.front().is_some_and(|(t, _)| *t <= durable) {
-                let (_, event) = act.unpublished.pop_front().expect("checked above");
-                act.announce_status(&event);
-                batch.push(event);
+                batch.push(act.unpublished.pop_front().expect("checked above").1);
             }
-            // One wake-up per subscriber per group commit, however many events it made durable.
-            act.live.publish(batch);
-            if !act.unpublished.is_empty() {
-                act.await_commit(ctx);
-            } else if act.finishing && act.this_turn.events.is_empty() {
-                if act.record.webhook_url.is_some() {
-                    act.deps.webhook_wake.notify_one();
+            act.share(ctx, batch);
+        }));
+    }
+
+    /// In a cluster, appends a durable batch to the shared log before anyone sees it (events
+    /// the shared log already has — a submit's `pending` — are not appended twice).
+    fn share(&mut self, ctx: &mut Context<Self>, batch: Vec<SharedEvent>) {
+        let Some(replica) = &self.replica else {
+            return self.release(ctx, batch);
+        };
+        let shared = replica.position;
+        let fresh: Vec<SharedEvent> = batch
+            .iter()
+            .filter(|e| e.seq > shared.seq)
+            .cloned()
+            .collect();
+        let Some(last) = fresh.last().map(|e| e.seq) else {
+            return self.release(ctx, batch);
+        };
+        if !replica.lease.valid() {
+            return self.fenced(ctx);
+        }
+        self.awaiting_commit = true;
+        let (cluster, id) = (replica.cluster.clone(), self.record.id.clone());
+        let append = async move { cluster.append(&id, &fresh, shared.stream_seq).await };
+        ctx.spawn(append.into_actor(self).map(move |appended, act, ctx| {
+            act.awaiting_commit = false;
+            match appended {
+                Ok(stream_seq) => {
+                    if let Some(replica) = act.replica.as_mut() {
+                        replica.position = LogPosition {
+                            seq: last,
+                            stream_seq,
+                        };
+                    }
+                    act.release(ctx, batch);
                 }
-                for waiter in act.done_waiters.drain(..) {
-                    let _ = waiter.send(act.record.clone());
+                Err(AppendError::Fenced) => act.fenced(ctx),
+                Err(AppendError::Unavailable(err)) => {
+                    // Nothing is published meanwhile; the lease decides how long to insist.
+                    tracing::warn!(execution_id = %act.record.id, error = %err, "shared log unavailable; retrying");
+                    act.awaiting_commit = true;
+                    ctx.run_later(SHARE_RETRY, move |act, ctx| {
+                        act.awaiting_commit = false;
+                        act.share(ctx, batch);
+                    });
                 }
-                let record = &act.record;
-                tracing::info!(execution_id = %record.id, status = record.status.as_str(), duration_ms = record.duration_ms(), "execution finished");
-                ctx.stop();
             }
         }));
+    }
+
+    /// Publishes a batch that is durable (and shared, in a cluster), then goes on with the
+    /// next one or, once the terminal event is out, stops.
+    fn release(&mut self, ctx: &mut Context<Self>, batch: Vec<SharedEvent>) {
+        for event in &batch {
+            self.announce_status(event);
+        }
+        // One wake-up per subscriber per group commit, however many events it made durable.
+        self.live.publish(batch);
+        if !self.unpublished.is_empty() {
+            self.await_commit(ctx);
+        } else if self.finishing && self.this_turn.events.is_empty() {
+            if self.record.webhook_url.is_some() {
+                self.deps.webhook_wake.notify_one();
+            }
+            for waiter in self.done_waiters.drain(..) {
+                let _ = waiter.send(self.record.clone());
+            }
+            if let Some(replica) = self.replica.take() {
+                tokio::spawn(async move {
+                    replica.cluster.lease_release(&replica.lease, true).await;
+                });
+            }
+            let record = &self.record;
+            tracing::info!(execution_id = %record.id, status = record.status.as_str(), duration_ms = record.duration_ms(), "execution finished");
+            ctx.stop();
+        }
+    }
+
+    /// Another node drives the execution now (this one lost its lease or the log moved on):
+    /// stop without a terminal state, and drop from the local log what was never shared (the
+    /// mirror brings the new owner's events in their place).
+    fn fenced(&mut self, ctx: &mut Context<Self>) {
+        let Some(replica) = self.replica.take() else {
+            return;
+        };
+        tracing::warn!(execution_id = %self.record.id, shared_seq = replica.position.seq, "fenced: another node drives this execution now");
+        let store = &self.deps.store;
+        if let Err(err) = store.truncate_log(&self.record.id, replica.position.seq) {
+            tracing::error!(execution_id = %self.record.id, error = %err, "cannot drop unshared events");
+        }
+        let (store, id) = (self.deps.store.clone(), self.record.id.clone());
+        tokio::spawn(async move {
+            replica.cluster.lease_release(&replica.lease, false).await;
+            replica.cluster.resync(store, id).await;
+        });
+        self.suspended = true;
+        if let Some(timer) = self.retry_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if let Some(running) = self.running.take() {
+            ctx.cancel_future(running.stream);
+        }
+        self.unpublished.clear();
+        self.this_turn.events.clear();
+        ctx.stop();
     }
 
     /// Tells the project feed about the status change a durable event makes, if any.
@@ -334,10 +439,14 @@ impl Execution {
             .unwrap_or(self.record.status)
     }
 
-    /// A failed write poisons the store: the next append sees it and suspends the actor.
+    /// A failed write poisons the store: the next append sees it and suspends the actor. In a
+    /// cluster the record goes to KV too, while this node holds the lease.
     fn persist(&self) {
         if let Err(err) = self.deps.store.put_execution(&self.record) {
             self.deps.store.health.fail(&err);
+        }
+        if let Some(replica) = self.replica.as_ref().filter(|r| r.lease.valid()) {
+            replica.cluster.share_record(&self.record);
         }
     }
 

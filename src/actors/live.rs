@@ -50,6 +50,11 @@ impl LiveFeed {
         }
     }
 
+    /// Whether anyone still follows the feed.
+    pub fn has_readers(&self) -> bool {
+        self.batches.receiver_count() > 0
+    }
+
     /// Publishes events that just became durable, in seq order.
     pub fn publish(&self, batch: Vec<SharedEvent>) {
         let Some(last) = batch.last() else { return };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::execution::{Cancel, Execution, ExecutionDeps};
 use super::live::{LiveFeed, Subscription};
+use crate::cluster::takeover::Replica;
 use crate::domain::{ChatRequest, ExecutionRecord, Status};
 use crate::error::{ApiError, ErrorCode};
 
@@ -37,13 +38,37 @@ impl Actor for Registry {
 /// place among its key's executions in flight (given back when it reaches a terminal status).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StartExecution(
-    pub ExecutionRecord,
-    pub Arc<ChatRequest>,
-    pub Option<crate::limits::Permit>,
-);
+pub struct StartExecution {
+    record: ExecutionRecord,
+    request: Arc<ChatRequest>,
+    permit: Option<crate::limits::Permit>,
+    /// In a cluster: the lease and where the shared log ends.
+    replica: Option<Replica>,
+}
 
-/// A live subscription, or `None` when the execution is not running (its log is complete).
+impl StartExecution {
+    pub fn new(record: ExecutionRecord, request: Arc<ChatRequest>) -> StartExecution {
+        StartExecution {
+            record,
+            request,
+            permit: None,
+            replica: None,
+        }
+    }
+
+    pub fn holding(mut self, permit: Option<crate::limits::Permit>) -> StartExecution {
+        self.permit = permit;
+        self
+    }
+
+    pub fn replicated(mut self, replica: Replica) -> StartExecution {
+        self.replica = Some(replica);
+        self
+    }
+}
+
+/// A live subscription, or `None` when the execution is not running (its log is complete). In
+/// a cluster, an unfinished execution another node drives is followed through the mirror.
 #[derive(Message)]
 #[rtype(result = "Option<Subscription>")]
 pub struct Subscribe(pub String);
@@ -65,19 +90,27 @@ impl Handler<StartExecution> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: StartExecution, ctx: &mut Context<Self>) {
-        let id = msg.0.id.clone();
+        let id = msg.record.id.clone();
         if self.live.contains_key(&id) {
             return;
         }
         // A new execution's first event may not be durable yet (see `accept`): readers wait
         // for its publication. A recovered one's log is durable as far as it goes.
-        let durable = match msg.0.status {
+        let durable = match msg.record.status {
             Status::Pending => 0,
             _ => self.deps.store.last_seq(&id).unwrap_or(0),
         };
         let feed = LiveFeed::new(durable);
-        let addr = Execution::new(msg.0, msg.1, self.deps.clone(), feed.clone(), ctx.address())
-            .holding(msg.2)
+        let execution = Execution::new(
+            msg.record,
+            msg.request,
+            self.deps.clone(),
+            feed.clone(),
+            ctx.address(),
+        );
+        let addr = execution
+            .holding(msg.permit)
+            .replicating(msg.replica)
             .start();
         self.live.insert(id, Live { addr, feed });
         self.deps
@@ -91,7 +124,13 @@ impl Handler<Subscribe> for Registry {
     type Result = Option<Subscription>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
-        self.live.get(&msg.0).map(|l| l.feed.subscribe())
+        if let Some(live) = self.live.get(&msg.0) {
+            return Some(live.feed.subscribe());
+        }
+        let cluster = self.deps.cluster.as_ref()?;
+        let store = &self.deps.store;
+        let finished = store.is_finished_log(&msg.0).unwrap_or(true);
+        (!finished).then(|| cluster.feeds.follow(store, &msg.0))
     }
 }
 

@@ -11,7 +11,7 @@ pub async fn get(
     principal: Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = owned(&state, &principal, &id)?;
+    let record = owned(&state, &principal, &id).await?;
     let mut entries: Vec<Vec<Value>> = vec![Vec::new(); record.attempts.len()];
     for (attempt, entry) in state.store.attempt_log(&record.id)? {
         if let Some(list) = entries.get_mut(attempt as usize) {

@@ -47,11 +47,10 @@ pub async fn stream(
         },
     };
     let record = match after {
-        0 => owned(&state, &principal, &id)?,
+        0 => owned(&state, &principal, &id).await?,
         // A reader resuming a log it once read: tell it the log is gone, not just unknown.
-        after => state
-            .store
-            .get_project_execution(&principal.project_id, &id)?
+        after => super::shared::project_execution(&state, &principal.project_id, &id)
+            .await?
             .ok_or_else(|| {
                 let doing = format!("cannot resume events after seq {after}: ");
                 not_found(&state, &id, &doing)

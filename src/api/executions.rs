@@ -6,6 +6,8 @@ use serde_json::json;
 
 use super::{body::read_json, AppState, Principal};
 use crate::actors::{CancelExecution, StartExecution};
+use crate::cluster::submit::Shared;
+use crate::cluster::takeover::Replica;
 use crate::domain::{ids, now_ms, rfc3339, Cost, Event, ExecutionRecord, Status, SubmitBody};
 use crate::error::{ApiError, ErrorCode};
 use crate::routing;
@@ -108,10 +110,25 @@ pub(super) async fn accept(
         completed_at_ms: None,
         design: resolved.design,
     };
-    let outcome =
-        state
+    // In a cluster the idempotency claim is shared: the same key raced on two nodes runs once.
+    let shared = match &state.cluster {
+        Some(cluster) => Some(
+            cluster
+                .share_submit(&record, &request)
+                .await
+                .map_err(ApiError::cluster_unavailable)?,
+        ),
+        None => None,
+    };
+    let outcome = match shared {
+        Some(Shared::Existing { ref id, same_body }) => SubmitOutcome::Existing {
+            id: id.clone(),
+            same_body,
+        },
+        _ => state
             .store
-            .create_execution(&record, &request, &Event::status(1, Status::Pending))?;
+            .create_execution(&record, &request, &Event::status(1, Status::Pending))?,
+    };
     let (record, created) = match outcome {
         SubmitOutcome::Created => {
             if let Some(hold) = hold.as_mut() {
@@ -125,9 +142,8 @@ pub(super) async fn accept(
             id,
             same_body: true,
         } => {
-            let existing = state
-                .store
-                .get_execution(&id)?
+            let existing = super::shared::claimed_execution(state, &id)
+                .await?
                 .ok_or_else(|| ApiError::internal("idempotency entry without execution"))?;
             (existing, false)
         }
@@ -139,16 +155,33 @@ pub(super) async fn accept(
         }
     };
     let token = match ack {
-        Ack::Accepted => Some(issue_ws_token(state, principal, &record)?),
+        Ack::Accepted => Some(issue_ws_token(state, principal, &record).await?),
         Ack::ByEvents => None,
     };
     if created {
         // The `pending` event was written with the record. The execution may start before the
         // submit is durable: it publishes nothing until a commit covers the submit as well.
         state.metrics.events.inc();
-        state
-            .registry
-            .do_send(StartExecution(record.clone(), request, permit));
+        let mut start = StartExecution::new(record.clone(), request).holding(permit);
+        if let (Some(cluster), Some(Shared::New(lease))) = (&state.cluster, shared) {
+            let first = Event::status(1, Status::Pending);
+            match cluster.share_first_event(&record.id, first).await {
+                Ok(position) => {
+                    start = start.replicated(Replica {
+                        cluster: cluster.clone(),
+                        lease,
+                        position,
+                    })
+                }
+                Err(err) => {
+                    // Not started here: once the lease runs out a node (maybe this one) resumes
+                    // it, and a retry with the same idempotency key finds it.
+                    cluster.lease_release(&lease, false).await;
+                    return Err(ApiError::cluster_unavailable(err));
+                }
+            }
+        }
+        state.registry.do_send(start);
     }
     if matches!(ack, Ack::Accepted) {
         // Accepting promises the execution survives a crash: wait for the group commit.
@@ -256,28 +289,46 @@ fn websocket_channel(record: &ExecutionRecord) -> String {
 }
 
 /// The execution's WebSocket token for this caller: an idempotent retry gets the token the
-/// first answer carried while it is unspent, instead of minting one more.
-fn issue_ws_token(
+/// first answer carried while it is unspent, instead of minting one more. In a cluster the
+/// token is shared, so it opens a session on any node, once.
+async fn issue_ws_token(
     state: &AppState,
     principal: &Principal,
     record: &ExecutionRecord,
 ) -> Result<String, ApiError> {
     let now = now_ms();
-    let token = state.store.ws_token_for(
-        &WsTokenRecord {
-            project_id: record.project_id.clone(),
-            execution_id: record.id.clone(),
-            channel: websocket_channel(record),
-            expires_at_ms: now + state.settings.limits.ws_token_ttl_ms,
-            key_id: principal
-                .key_hash
-                .as_ref()
-                .map(|_| principal.key_id.clone()),
-            key_hash: principal.key_hash.clone(),
-        },
-        now,
-    )?;
-    Ok(token)
+    let token_record = WsTokenRecord {
+        project_id: record.project_id.clone(),
+        execution_id: record.id.clone(),
+        channel: websocket_channel(record),
+        expires_at_ms: now + state.settings.limits.ws_token_ttl_ms,
+        key_id: principal
+            .key_hash
+            .as_ref()
+            .map(|_| principal.key_id.clone()),
+        key_hash: principal.key_hash.clone(),
+    };
+    let token = state.store.ws_token_for(&token_record, now)?;
+    let Some(cluster) = &state.cluster else {
+        return Ok(token);
+    };
+    let share = |token: &str| {
+        let (token, record) = (token.to_string(), &token_record);
+        async move {
+            cluster
+                .share_token(&token, record)
+                .await
+                .map_err(ApiError::cluster_unavailable)
+        }
+    };
+    if share(&token).await? {
+        return Ok(token);
+    }
+    // Spent on another node: this node's copy is stale; mint another.
+    state.store.take_ws_token(&token)?;
+    let fresh = state.store.ws_token_for(&token_record, now)?;
+    share(&fresh).await?;
+    Ok(fresh)
 }
 
 /// `public_url` + `/v1/ws` when configured (behind a proxy the Host header names the proxy's
@@ -321,14 +372,13 @@ fn submit_view(
 }
 
 /// The execution if the caller's project owns it; unknown and foreign ids look the same.
-pub(super) fn owned(
+pub(super) async fn owned(
     state: &AppState,
     principal: &Principal,
     id: &str,
 ) -> Result<ExecutionRecord, ApiError> {
-    state
-        .store
-        .get_project_execution(&principal.project_id, id)?
+    super::shared::project_execution(state, &principal.project_id, id)
+        .await?
         .ok_or_else(|| not_found(state, id, ""))
 }
 
@@ -361,7 +411,7 @@ pub async fn get(
     principal: Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = owned(&state, &principal, &id)?;
+    let record = owned(&state, &principal, &id).await?;
     let live = live_text(&state, &record).await?;
     Ok(HttpResponse::Ok().json(record.view(live.as_deref())))
 }
@@ -435,7 +485,7 @@ pub async fn cancel(
     principal: Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = owned(&state, &principal, &id)?;
+    let record = owned(&state, &principal, &id).await?;
     if record.status.is_terminal() {
         return Err(ApiError::new(
             ErrorCode::Conflict,

@@ -18,14 +18,24 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let refusal = state.store.health.admit().err();
     let store = refusal.is_none() && state.store.is_writable();
     let providers = state.providers.any_usable();
+    let cluster = state.cluster.as_ref().map(|c| c.ready());
+    let shared = cluster.as_ref().is_none_or(|c| c.is_ok());
+    let ready = store && providers && shared;
     let mut body = json!({
-        "status": if store && providers { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "checks": {"store": store, "providers": providers},
     });
     if let Some(refusal) = refusal {
         body["checks"]["store_reason"] = json!(refusal.to_string());
     }
-    if store && providers {
+    if let (Some(result), Some(c)) = (&cluster, &state.cluster) {
+        body["node"] = json!(c.node);
+        body["checks"]["cluster"] = json!(result.is_ok());
+        if let Err(reason) = result {
+            body["checks"]["cluster_reason"] = json!(reason);
+        }
+    }
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

@@ -26,6 +26,7 @@ mod project_limits;
 mod rate_limits;
 mod responses;
 mod routing_status;
+mod shared;
 mod static_files;
 mod webhook_deliveries;
 mod webhook_secret;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub limits: Arc<crate::limits::RateLimits>,
     /// Balances, holds and keys' monthly spend.
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// Cluster mode's shared state (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -66,7 +66,7 @@ impl OpenAiError {
 
 impl ResponseError for OpenAiError {
     fn status_code(&self) -> actix_web::http::StatusCode {
-        self.0.code().status()
+        self.0.http_status()
     }
 
     fn error_response(&self) -> HttpResponse {

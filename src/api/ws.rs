@@ -73,8 +73,18 @@ pub async fn connect(
         .map(str::to_string);
     // The key behind the grant (the token's issuer, or the key itself) is watched: revoking or
     // rotating it closes the session with 4401.
+    let taken = match (&query.token, &state.cluster) {
+        (None, _) => Ok(None),
+        (Some(token), None) => state.store.take_ws_token(token).map_err(|e| e.to_string()),
+        (Some(token), Some(cluster)) => {
+            // The shared record decides (single use across nodes); the local copy, if this node
+            // issued it, goes too.
+            let _ = state.store.take_ws_token(token);
+            cluster.take_token(token).await.map_err(|e| e.to_string())
+        }
+    };
     let (grant, revoked) = match (&query.token, query.api_key.clone().or(header_key)) {
-        (Some(token), _) => match state.store.take_ws_token(token) {
+        (Some(_), _) => match taken {
             Ok(Some(t)) if t.expires_at_ms > now_ms() => {
                 let revoked = match &t.key_id {
                     Some(key_id) => watch_key(&state, key_id, t.key_hash.as_deref()),
@@ -264,11 +274,18 @@ impl WsSession {
                 }
                 None => self.error(ctx, "not_found", &format!("not joined to `{channel}`")),
             },
-            ClientFrame::Join { channel, after } => self.join(channel, after, ctx),
+            ClientFrame::Join { channel, after } => self.join(channel, after, false, ctx),
         }
     }
 
-    fn join(&mut self, channel: String, after: u64, ctx: &mut ws::WebsocketContext<Self>) {
+    /// `looked_up`: the execution was already searched for in the cluster's shared records.
+    fn join(
+        &mut self,
+        channel: String,
+        after: u64,
+        looked_up: bool,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         let not_found = || format!("no channel `{channel}`");
         let target = channels::parse(&channel).filter(|target| match (target, &self.grant) {
             (
@@ -293,6 +310,22 @@ impl WsSession {
                     Ok(Some(_)) => self
                         .execution_items(channel.clone(), execution_id, after)
                         .boxed_local(),
+                    // Submitted on another node a moment ago: not mirrored here yet.
+                    Ok(None) if self.state.cluster.is_some() && !looked_up => {
+                        let (state, project) = (self.state.clone(), self.project().to_string());
+                        let lookup = async move {
+                            super::shared::project_execution(&state, &project, &execution_id).await
+                        };
+                        ctx.spawn(lookup.into_actor(self).map(
+                            move |found, act, ctx| match found {
+                                Ok(Some(_)) => act.join(channel, after, true, ctx),
+                                _ => {
+                                    act.error(ctx, "not_found", &format!("no channel `{channel}`"))
+                                }
+                            },
+                        ));
+                        return;
+                    }
                     _ => return self.error(ctx, "not_found", &not_found()),
                 }
             }

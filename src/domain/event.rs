@@ -44,7 +44,7 @@ impl EventKind {
         }
     }
 
-    fn from_tag(tag: u8) -> Option<EventKind> {
+    pub(crate) fn from_tag(tag: u8) -> Option<EventKind> {
         Some(match tag {
             1 => EventKind::Status,
             2 => EventKind::Chunk,

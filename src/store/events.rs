@@ -94,6 +94,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the log ends with `done` (the execution finished, whatever its record says).
+    pub fn is_finished_log(&self, id: &str) -> sled::Result<bool> {
+        let start = Self::event_key(id, 0);
+        let end = Self::event_key(id, u64::MAX);
+        Ok(match self.events.range(start..=end).next_back() {
+            Some(item) => {
+                let (_, value) = item?;
+                EventKind::from_tag(value.first().copied().unwrap_or(0)) == Some(EventKind::Done)
+            }
+            None => false,
+        })
+    }
+
+    /// Drops the events after `seq` (a cluster node's unshared events once it was fenced).
+    pub fn truncate_log(&self, id: &str, seq: u64) -> sled::Result<()> {
+        let start = Self::event_key(id, seq.saturating_add(1));
+        let end = Self::event_key(id, u64::MAX);
+        for item in self.events.range(start..=end) {
+            let (key, _) = item?;
+            self.events.remove(key)?;
+        }
+        Ok(())
+    }
+
     /// The highest seq in the log (0 when empty).
     pub fn last_seq(&self, id: &str) -> sled::Result<u64> {
         let start = Self::event_key(id, 0);

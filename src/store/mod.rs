@@ -14,6 +14,7 @@
 mod analytics;
 mod attempt_log;
 mod catalog;
+mod cluster;
 mod commit;
 #[cfg(test)]
 mod disk_tests;

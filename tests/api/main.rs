@@ -11,6 +11,7 @@ mod access;
 mod analytics;
 mod bad_input;
 mod balances;
+mod cluster;
 mod connections;
 mod continuation_corpus;
 mod cors;

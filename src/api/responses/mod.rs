@@ -46,11 +46,14 @@ fn not_found(id: &str) -> ApiError {
 
 /// The execution behind response `id` if the caller's project owns it; unknown and foreign
 /// ids look the same.
-fn owned(state: &AppState, principal: &Principal, id: &str) -> Result<ExecutionRecord, ApiError> {
+async fn owned(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<ExecutionRecord, ApiError> {
     let exec = execution_id(id).ok_or_else(|| not_found(id))?;
-    state
-        .store
-        .get_project_execution(&principal.project_id, &exec)?
+    crate::api::shared::project_execution(state, &principal.project_id, &exec)
+        .await?
         .ok_or_else(|| not_found(id))
 }
 
@@ -81,13 +84,13 @@ async fn current(state: &AppState, record: &ExecutionRecord) -> Result<Translati
 
 /// The conversation of a previous response: its input (without its instructions, which do
 /// not carry over) and its output.
-fn prior_conversation(
+async fn prior_conversation(
     state: &AppState,
     principal: &Principal,
     id: &str,
 ) -> Result<Vec<Message>, ApiError> {
     let field = |why: String| ApiError::invalid(format!("previous_response_id: {why}"));
-    let record = owned(state, principal, id).map_err(|e| {
+    let record = owned(state, principal, id).await.map_err(|e| {
         if e.code() == ErrorCode::NotFound {
             ApiError::new(
                 ErrorCode::NotFound,
@@ -167,7 +170,7 @@ pub async fn create(
     let request: CreateRequest =
         read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
     let prior = match &request.previous_response_id {
-        Some(id) => prior_conversation(&state, &principal, id)?,
+        Some(id) => prior_conversation(&state, &principal, id).await?,
         None => Vec::new(),
     };
     let key = crate::api::following::idempotency_key(&req, "resp");
@@ -256,7 +259,7 @@ pub async fn retrieve(
 ) -> Result<HttpResponse, OpenAiError> {
     let principal = principal?;
     let query: RetrieveQuery = parse_query(&req)?;
-    let record = owned(&state, &principal, &id)?;
+    let record = owned(&state, &principal, &id).await?;
     if query.include.as_deref().is_some_and(|i| !i.is_empty()) {
         return Err(ApiError::invalid("include: no additional output data is available").into());
     }
@@ -312,7 +315,7 @@ pub async fn cancel(
     id: web::Path<String>,
 ) -> Result<HttpResponse, OpenAiError> {
     let principal = principal?;
-    let record = owned(&state, &principal, &id)?;
+    let record = owned(&state, &principal, &id).await?;
     if record.status.is_terminal() {
         let t = current(&state, &record).await?;
         if t.status() == "cancelled" {
@@ -326,7 +329,7 @@ pub async fn cancel(
         .into());
     }
     stop(&state, &record).await?;
-    let record = owned(&state, &principal, &id)?;
+    let record = owned(&state, &principal, &id).await?;
     Ok(HttpResponse::Ok().json(current(&state, &record).await?.response()))
 }
 
@@ -350,10 +353,10 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, OpenAiError> {
     let principal = principal?;
-    let mut record = owned(&state, &principal, &id)?;
+    let mut record = owned(&state, &principal, &id).await?;
     if !record.status.is_terminal() {
         stop(&state, &record).await?;
-        record = owned(&state, &principal, &id)?;
+        record = owned(&state, &principal, &id).await?;
         if !record.status.is_terminal() {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -388,7 +391,7 @@ pub async fn input_items(
 ) -> Result<HttpResponse, OpenAiError> {
     let principal = principal?;
     let query: ItemsQuery = parse_query(&req)?;
-    let record = owned(&state, &principal, &id)?;
+    let record = owned(&state, &principal, &id).await?;
     if query.include.as_deref().is_some_and(|i| !i.is_empty()) {
         return Err(ApiError::invalid("include: no additional item data is available").into());
     }

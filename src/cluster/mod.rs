@@ -1,0 +1,96 @@
+//! Cluster mode: peers that share NATS JetStream (`[cluster]`).
+//!
+//! The one idea carries over unchanged: each execution's event log is the truth, and in a
+//! cluster that log is a JetStream subject (`switchyard.events.<id>`) whose appends are fenced
+//! by JetStream's optimistic concurrency. Each node keeps its sled store as its local copy:
+//! the owner writes there first (its own readers stay on the local fast path), every other node
+//! mirrors the stream into it, so a reader anywhere is a cursor over the same log.
+//!
+//! What lives where (and why):
+//! - `SWITCHYARD_EVENTS` stream: the event logs, one message per group-committed batch (see
+//!   [`log`]).
+//! - KV `switchyard_records`: execution records, last writer per execution = its lease holder;
+//!   mirrored into each node's store so reads and listings stay local.
+//! - KV `switchyard_requests`: each execution's request, written once at submit, read on takeover.
+//! - KV `switchyard_claims`: idempotency claims, created only if absent (see [`claims`]).
+//! - KV `switchyard_leases`: who drives each running execution (see [`lease`], [`takeover`]).
+//! - KV `switchyard_tokens`: one-time WebSocket tokens, spent by compare-and-set (see `tokens`).
+
+pub mod claims;
+mod connect;
+pub mod lease;
+pub mod log;
+pub mod mirror;
+mod records;
+pub mod submit;
+pub mod takeover;
+mod tokens;
+
+use async_nats::jetstream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::settings::ClusterSettings;
+
+pub use lease::Lease;
+pub use log::{AppendError, LogPosition};
+
+/// Stream of execution events.
+pub const EVENTS_STREAM: &str = "SWITCHYARD_EVENTS";
+const EVENTS_PREFIX: &str = "switchyard.events.";
+
+/// Header naming the node that appended a batch or wrote a record.
+const NODE_HEADER: &str = "Switchyard-Node";
+
+pub struct Cluster {
+    pub node: String,
+    settings: ClusterSettings,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    events: jetstream::stream::Stream,
+    records: jetstream::kv::Store,
+    requests: jetstream::kv::Store,
+    claims: jetstream::kv::Store,
+    leases_kv: jetstream::kv::Store,
+    tokens: jetstream::kv::Store,
+    /// The leases this node holds.
+    pub leases: lease::Held,
+    /// Record writes, sent in order by one task.
+    record_writes: tokio::sync::mpsc::UnboundedSender<records::RecordWrite>,
+    /// Live feeds of executions other nodes drive, fed by the mirror.
+    pub feeds: mirror::RemoteFeeds,
+    /// Set once this node's store mirrors the whole stream as it stood at start.
+    caught_up: AtomicBool,
+}
+
+impl Cluster {
+    fn subject(id: &str) -> String {
+        format!("{EVENTS_PREFIX}{id}")
+    }
+
+    pub fn lease_ms(&self) -> u64 {
+        self.settings.lease_ms
+    }
+
+    /// Whether the node can use the cluster now (for `/readyz`): connected to NATS, and its
+    /// store has caught up with the shared log.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(format!(
+                "not connected to NATS at {}",
+                self.settings.nats_url
+            ));
+        }
+        if !self.caught_up.load(Ordering::Acquire) {
+            return Err("catching up with the shared event log".into());
+        }
+        Ok(())
+    }
+}
+
+/// An execution id as it may appear in a subject or a KV key: what `ids::execution_id` makes.
+pub fn valid_execution_id(id: &str) -> bool {
+    crate::domain::ids::valid_name(id)
+}
+
+pub type SharedCluster = Arc<Cluster>;

@@ -1,0 +1,535 @@
+//! Cluster mode with real processes: a `nats-server -js` of the test's own on a free port with
+//! a temp store, three Switchyard nodes on loopback, real SSE and WebSocket clients, SIGKILL,
+//! and a TCP proxy the test controls between a node and NATS to partition it.
+//!
+//! Needs `nats-server` (Debian's package; `.ci/run` installs it). Without it these tests say
+//! so and pass, unless `SWITCHYARD_REQUIRE_NATS=1` (set by `.ci/run`) makes that a failure.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::fake_openai::FakeOpenAi;
+use crate::helpers::*;
+
+/// Short leases keep the tests quick: a dead node's executions move after ~1 s.
+const LEASE_MS: u64 = 1_000;
+
+pub struct Nats {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// A fresh JetStream server, or `None` when `nats-server` is not installed (and not
+    /// required).
+    pub fn start() -> Option<Nats> {
+        let found = Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var("SWITCHYARD_REQUIRE_NATS").is_err(),
+                "nats-server is required (apt-get install nats-server)"
+            );
+            eprintln!("skipped: nats-server is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // From here on, dropping `Nats` stops and reaps the server.
+        let nats = Nats {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(nats);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("nats-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP proxy to NATS that the test can cut (every connection closed, new ones refused) and
+/// restore: a network partition between one node and NATS.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    /// On a thread and runtime of its own: the test's runtime blocks while a node starts.
+    fn start(upstream: u16) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (cut2, open2) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if cut2.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut server) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                        {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    open2.lock().unwrap().push(task.abort_handle());
+                }
+            });
+        });
+        Proxy { port, cut, open }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+struct Node {
+    server: ServerProcess,
+    client: reqwest::Client,
+}
+
+fn node_config(nats_url: &str, node: &str, fakes: &[&FakeOpenAi]) -> String {
+    format!(
+        "{}\n[cluster]\nnats_url = \"{nats_url}\"\nnode_id = \"{node}\"\nlease_ms = {LEASE_MS}\n",
+        config(fakes)
+    )
+}
+
+impl Node {
+    async fn start(
+        dir: &std::path::Path,
+        node: &str,
+        nats_url: &str,
+        fakes: &[&FakeOpenAi],
+    ) -> Node {
+        let cfg = dir.join(format!("{node}.toml"));
+        std::fs::write(&cfg, node_config(nats_url, node, fakes)).unwrap();
+        let node = Node {
+            server: spawn_process(&cfg, &dir.join(node)),
+            client: reqwest::Client::new(),
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.address)
+    }
+
+    async fn readyz(&self) -> (u16, Value) {
+        let res = self.client.get(self.url("/readyz")).send().await.unwrap();
+        (res.status().as_u16(), res.json().await.unwrap())
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..400 {
+            if self.readyz().await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("node never became ready: {:?}", self.readyz().await);
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(ADMIN_KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn submit(&self, body: &Value) -> Value {
+        let res = self.post("/v1/executions", body).await;
+        assert_eq!(res.status(), 202, "submit accepted");
+        res.json().await.unwrap()
+    }
+
+    async fn sse(&self, id: &str) -> SseStream {
+        sse_open(&self.client, &self.server.address, ADMIN_KEY, id, None).await
+    }
+
+    async fn wait_terminal(&self, id: &str) -> Value {
+        for _ in 0..2000 {
+            let res = self.get(&format!("/v1/executions/{id}")).await;
+            if res.status() == 200 {
+                let exec: Value = res.json().await.unwrap();
+                if !matches!(exec["status"].as_str(), Some("pending" | "processing")) {
+                    return exec;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("execution {id} did not finish");
+    }
+
+    async fn ws(&self, query: &str) -> Socket {
+        let url = format!(
+            "{}/v1/ws?{query}",
+            self.server.address.replace("http://", "ws://")
+        );
+        tokio_tungstenite::connect_async(url).await.unwrap().0
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_send(ws: &mut Socket, frame: Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// The next JSON frame, or `None` once the server closed the socket.
+async fn ws_recv(ws: &mut Socket) -> Option<Value> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a frame within 20 s")?;
+        match msg {
+            Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A channel's frames until its `done`.
+async fn ws_follow(ws: &mut Socket, channel: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let frame = ws_recv(ws).await.expect("socket open until done");
+        if frame["channel"] != channel
+            || matches!(frame["event"].as_str(), Some("joined" | "lagged"))
+        {
+            continue;
+        }
+        let done = frame["event"] == "done";
+        events.push(frame);
+        if done {
+            return events;
+        }
+    }
+}
+
+fn summary_sse(events: &[SseEvent]) -> Vec<(u64, String, Value)> {
+    events
+        .iter()
+        .map(|e| (e.id, e.event.clone(), e.data.clone()))
+        .collect()
+}
+
+fn summary_ws(events: &[Value]) -> Vec<(u64, String, Value)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["event"].as_str().unwrap().to_string(),
+                e["data"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn a_dead_nodes_execution_is_taken_over_and_followers_on_other_nodes_see_one_sequence() {
+    let Some(nats) = Nats::start() else { return };
+    let fake = FakeOpenAi::start()
+        .await
+        .with_words(120)
+        .with_chunk_delay(Duration::from_millis(15));
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Node::start(dir.path(), "a", &nats.url(), &[&fake]).await;
+    let b = Node::start(dir.path(), "b", &nats.url(), &[&fake]).await;
+    let c = Node::start(dir.path(), "c", &nats.url(), &[&fake]).await;
+
+    let sub = a.submit(&chat_body("takeover", "Hi", "fake")).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    let channel = sub["websocket_channel"].as_str().unwrap().to_string();
+    // Followed on B over SSE and on C over WebSocket, both right after the submit on A.
+    let mut sse_b = b.sse(&id).await;
+    let mut ws_c = c.ws(&format!("api_key={ADMIN_KEY}")).await;
+    ws_send(&mut ws_c, json!({"action": "join", "channel": channel})).await;
+    let mut seen_b = Vec::new();
+    while seen_b
+        .iter()
+        .filter(|e: &&SseEvent| e.event == "chunk")
+        .count()
+        < 15
+    {
+        seen_b.push(sse_b.next().await.expect("events before the kill"));
+    }
+    a.server.sigkill();
+
+    let follow_c = ws_follow(&mut ws_c, &channel);
+    let rest_b = sse_b.collect_all();
+    let (on_c, rest_b) = futures_util::join!(follow_c, rest_b);
+    seen_b.extend(rest_b);
+
+    assert_gapless(&seen_b, 1);
+    assert_eq!(
+        chunk_text(&seen_b),
+        fake.full_text(),
+        "nothing repeated, nothing lost"
+    );
+    let failovers: Vec<_> = seen_b.iter().filter(|e| e.event == "failover").collect();
+    assert_eq!(
+        failovers.len(),
+        1,
+        "one failover marks the takeover: {failovers:?}"
+    );
+    assert_eq!(
+        summary_ws(&on_c),
+        summary_sse(&seen_b),
+        "the same sequence on every node"
+    );
+
+    let exec_b = b.wait_terminal(&id).await;
+    let exec_c = c.wait_terminal(&id).await;
+    assert_eq!(exec_b["status"], "completed", "{exec_b}");
+    assert_eq!(exec_b["output"]["text"], fake.full_text());
+    assert_eq!(exec_c["output"]["text"], fake.full_text());
+    // A late reader on either node replays the same log.
+    let replay = c.sse(&id).await.collect_all().await;
+    assert_eq!(summary_sse(&replay), summary_sse(&seen_b));
+    // The continuation asked the provider for the rest only.
+    let last = fake.requests().last().unwrap().clone();
+    let msgs = last["messages"].as_array().unwrap();
+    assert!(msgs.iter().any(|m| m["role"] == "assistant"), "{last}");
+}
+
+#[actix_web::test]
+async fn the_same_idempotency_key_submitted_to_two_nodes_at_once_runs_once() {
+    let Some(nats) = Nats::start() else { return };
+    let fake = FakeOpenAi::start().await.with_words(5);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(dir.path(), "a", &nats.url(), &[&fake]).await;
+    let b = Node::start(dir.path(), "b", &nats.url(), &[&fake]).await;
+    for round in 0..8 {
+        let body = chat_body(&format!("race-{round}"), "Hi", "fake");
+        let (ra, rb) = futures_util::join!(
+            a.post("/v1/executions", &body),
+            b.post("/v1/executions", &body)
+        );
+        let mut statuses = vec![ra.status().as_u16(), rb.status().as_u16()];
+        statuses.sort();
+        assert_eq!(statuses, vec![200, 202], "one created, one found");
+        let (va, vb): (Value, Value) = (ra.json().await.unwrap(), rb.json().await.unwrap());
+        assert_eq!(va["id"], vb["id"], "both name the same execution");
+        let id = va["id"].as_str().unwrap();
+        assert_eq!(a.wait_terminal(id).await["status"], "completed");
+        assert_eq!(
+            b.wait_terminal(id).await["output"]["text"],
+            fake.full_text()
+        );
+    }
+    assert_eq!(fake.request_count(), 8, "each key ran once");
+    // A different body under a used key is a conflict on any node.
+    let mut other = chat_body("race-0", "Something else", "fake");
+    other["metadata"] = json!({"x": "1"});
+    let res = b.post("/v1/executions", &other).await;
+    assert_error(res, 409, "idempotency_conflict").await;
+}
+
+#[actix_web::test]
+async fn a_websocket_token_from_one_node_works_once_on_any_node() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(dir.path(), "a", &nats.url(), &[]).await;
+    let b = Node::start(dir.path(), "b", &nats.url(), &[]).await;
+    let c = Node::start(dir.path(), "c", &nats.url(), &[]).await;
+    let sub = a.submit(&chat_body("tok", "Hi", "chat-default")).await;
+    let token = sub["ws_token"].as_str().unwrap();
+    let channel = sub["websocket_channel"].as_str().unwrap();
+
+    let mut on_b = b.ws(&format!("token={token}")).await;
+    ws_send(&mut on_b, json!({"action": "join", "channel": channel})).await;
+    let events = ws_follow(&mut on_b, channel).await;
+    assert_eq!(events.last().unwrap()["event"], "done");
+
+    // Spent on B: refused on C, and on A that issued it.
+    for node in [&c, &a] {
+        let mut again = node.ws(&format!("token={token}")).await;
+        match again.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 4401);
+                assert!(frame.reason.contains("token"), "{}", frame.reason);
+            }
+            other => panic!("a spent token must be refused: {other:?}"),
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_node_cut_off_from_nats_is_fenced_and_the_execution_finishes_elsewhere() {
+    let Some(nats) = Nats::start() else { return };
+    let fake = FakeOpenAi::start()
+        .await
+        .with_words(150)
+        .with_chunk_delay(Duration::from_millis(15));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(nats.port);
+    let a = Node::start(dir.path(), "a", &proxy.url(), &[&fake]).await;
+    let b = Node::start(dir.path(), "b", &nats.url(), &[&fake]).await;
+
+    let sub = a.submit(&chat_body("partition", "Hi", "fake")).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    let mut sse_b = b.sse(&id).await;
+    let mut seen = Vec::new();
+    while seen
+        .iter()
+        .filter(|e: &&SseEvent| e.event == "chunk")
+        .count()
+        < 10
+    {
+        seen.push(sse_b.next().await.unwrap());
+    }
+    proxy.cut();
+    // Cut off, A refuses new work it could not share.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = a
+        .post(
+            "/v1/executions",
+            &chat_body("while-cut", "Hi", "chat-default"),
+        )
+        .await;
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal");
+    assert_eq!(body["error"]["retryable"], true);
+    assert_eq!(a.readyz().await.0, 503, "not ready while cut off");
+
+    seen.extend(sse_b.collect_all().await);
+    assert_gapless(&seen, 1);
+    assert_eq!(
+        chunk_text(&seen),
+        fake.full_text(),
+        "nothing repeated, nothing lost"
+    );
+
+    // A comes back: it appends nothing more, and its copy of the log becomes B's.
+    proxy.restore();
+    a.wait_ready().await;
+    tokio::time::sleep(Duration::from_millis(3 * LEASE_MS)).await;
+    let on_b = b.sse(&id).await.collect_all().await;
+    assert_eq!(
+        summary_sse(&on_b),
+        summary_sse(&seen),
+        "the shared log is unchanged"
+    );
+    let on_a = a.sse(&id).await.collect_all().await;
+    assert_eq!(
+        summary_sse(&on_a),
+        summary_sse(&seen),
+        "A's copy is the shared log"
+    );
+    assert_eq!(
+        a.wait_terminal(&id).await["output"]["text"],
+        fake.full_text()
+    );
+}
+
+#[actix_web::test]
+async fn a_node_whose_settings_disagree_with_the_stream_refuses_to_start() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let _a = Node::start(dir.path(), "a", &nats.url(), &[]).await;
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        node_config(&nats.url(), "bad", &[]).replace("[cluster]\n", "[cluster]\nreplicas = 3\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("bad"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("replicas") && stderr.contains("SWITCHYARD_EVENTS"),
+        "names the mismatch: {stderr}"
+    );
+}
