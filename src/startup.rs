@@ -112,11 +112,12 @@ impl Application {
         }))
         .start();
 
+        let revocations = Arc::<crate::revocation::Revocations>::default();
         let recovered = match &cluster {
             // A cluster resumes through leases: this node's own (from before a restart) at once,
             // other nodes' once they run out.
             Some(cluster) => {
-                start_cluster(cluster, &store, &project_feed, &registry);
+                start_cluster(cluster, &store, &project_feed, &registry, &revocations);
                 0
             }
             None => recover(&store, &ledger, &registry)?,
@@ -160,7 +161,7 @@ impl Application {
             registry,
             metrics,
             project_feed,
-            revocations: Arc::default(),
+            revocations,
             webhooks,
             env_admin_key_hash: settings.admin_key.as_deref().map(hash_secret),
             limits,
@@ -364,7 +365,14 @@ fn start_cluster(
     store: &Store,
     project_feed: &Arc<ProjectFeed>,
     registry: &actix::Addr<Registry>,
+    revocations: &Arc<crate::revocation::Revocations>,
 ) {
+    let (queue, writes) = tokio::sync::mpsc::unbounded_channel();
+    store.replication.attach(queue);
+    tokio::spawn(cluster.clone().forward_shared(writes));
+    let revocations = revocations.clone();
+    let revoked = Arc::new(move |key_id: &str| revocations.revoke(key_id));
+    tokio::spawn(cluster.clone().mirror_shared(store.clone(), revoked));
     tokio::spawn(cluster.clone().renew_leases());
     tokio::spawn(
         cluster

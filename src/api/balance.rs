@@ -157,7 +157,7 @@ pub async fn top_up(
             "amount_micros: the balance would overflow",
         ));
     };
-    state.store.commit.sync().await?;
+    state.durable().await?;
     tracing::info!(project = %project, amount_micros = amount, key_id = %principal.key_id, "balance topped up");
     Ok(HttpResponse::Ok().json(balance_view(&state, &project)))
 }

@@ -143,7 +143,7 @@ async fn write(
     let entry = state
         .store
         .catalog_put(kind, project, &name, body, description)?;
-    state.store.commit.sync().await?;
+    state.durable().await?;
     tracing::info!(kind = noun(kind), name = %entry.name, version = entry.version, by = %principal.key_id, "definition stored");
     let status = if entry.version == 1 {
         actix_web::http::StatusCode::CREATED

@@ -185,7 +185,7 @@ pub(super) async fn accept(
     }
     if matches!(ack, Ack::Accepted) {
         // Accepting promises the execution survives a crash: wait for the group commit.
-        state.store.commit.sync().await?;
+        state.durable().await?;
     }
     Ok((record, created, token))
 }
@@ -399,7 +399,7 @@ async fn live_text(state: &AppState, record: &ExecutionRecord) -> Result<Option<
         // The log may hold chunks no commit covers yet: what was read is made durable before
         // it is shown, so a crash cannot take back text a reader was given.
         let text = state.store.emitted(&record.id)?.text;
-        state.store.commit.sync().await?;
+        state.durable().await?;
         Some(text)
     } else {
         None

@@ -82,7 +82,7 @@ pub async fn create(
         body.name,
         body.mode,
     )?;
-    state.store.commit.sync().await?;
+    state.durable().await?;
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key created");
     Ok(HttpResponse::Created().json(view(&key, Some(&secret))))
 }
@@ -138,7 +138,7 @@ pub async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let key = owned_key(&state, &principal, &id)?;
     let key = state.store.revoke_key(key)?;
-    state.store.commit.sync().await?;
+    state.durable().await?;
     // After the write: a stream starting now checks the store and finds the key revoked.
     state.revocations.revoke(&key.id);
     state.limits.forget_key(&key.id);
@@ -153,7 +153,7 @@ pub async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let key = owned_key(&state, &principal, &id)?;
     let (key, secret) = state.store.rotate_key(key)?;
-    state.store.commit.sync().await?;
+    state.durable().await?;
     // Streams opened with the old secret end; the new secret opens new ones.
     state.revocations.revoke(&key.id);
     tracing::info!(key_id = %key.id, project_id = %key.project_id, by = %principal.key_id, "api key rotated");
@@ -173,7 +173,7 @@ pub async fn update(
     let changes = read_limits_patch(&req, payload).await?;
     let limits = patched_limits(key.limits, &changes)?;
     let key = state.store.set_key_limits(key, limits)?;
-    state.store.commit.sync().await?;
+    state.durable().await?;
     // Durable first, then in force: what the caller is told is what a restart keeps.
     state.limits.set_key_limits(&key.id, key.limits);
     let capped = key.limits.monthly_spend_cap_micros.is_some_and(|c| c > 0);

@@ -76,6 +76,22 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
+impl AppState {
+    /// Waits until what this request wrote is durable: the local group commit, and in a
+    /// cluster the shared writes it queued (keys, limits, catalog, …) acknowledged by KV.
+    pub async fn durable(&self) -> Result<(), ApiError> {
+        self.store.commit.sync().await?;
+        if let Some(cluster) = &self.cluster {
+            let queued = self.store.replication.queued();
+            cluster
+                .shared_barrier(queued)
+                .await
+                .map_err(ApiError::cluster_unavailable)?;
+        }
+        Ok(())
+    }
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::QueryConfig::default().error_handler(|err, _| {

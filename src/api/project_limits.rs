@@ -45,7 +45,7 @@ pub async fn update(
         ));
     }
     state.store.put_project_limits(&project, &limits)?;
-    state.store.commit.sync().await?;
+    state.durable().await?;
     // Durable first, then in force.
     state.limits.set_project_limits(&project, limits);
     tracing::info!(project = %project, by = %principal.key_id, "project limits changed");

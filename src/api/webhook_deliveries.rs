@@ -94,7 +94,7 @@ pub async fn retry(
         ));
     }
     let job = state.store.requeue_webhook(&job, crate::domain::now_ms())?;
-    state.store.commit.sync().await?;
+    state.durable().await?;
     state.webhooks.wake.notify_one();
     tracing::info!(execution_id = %job.execution_id, by = %principal.key_id, "webhook delivery queued again");
     Ok(HttpResponse::Ok().json(view(&job)))

@@ -63,7 +63,7 @@ pub async fn get(
     let project = target(&principal, query.into_inner())?;
     let secrets = state.webhooks.secrets(&state.store, &project)?;
     // Shown only once durable: a crash cannot replace a secret someone already holds.
-    state.store.commit.sync().await?;
+    state.durable().await?;
     Ok(HttpResponse::Ok().json(view(&project, &secrets)))
 }
 
@@ -100,7 +100,7 @@ pub async fn rotate(
     let secrets = state
         .webhooks
         .rotate(&state.store, &project, body.grace_period_ms)?;
-    state.store.commit.sync().await?;
+    state.durable().await?;
     tracing::info!(project_id = %project, by = %principal.key_id, grace_ms = body.grace_period_ms, "webhook secret rotated");
     Ok(HttpResponse::Ok().json(view(&project, &secrets)))
 }

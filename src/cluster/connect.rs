@@ -10,7 +10,7 @@ use super::{Cluster, EVENTS_PREFIX, EVENTS_STREAM};
 use crate::settings::ClusterSettings;
 
 /// KV buckets, by purpose (`switchyard_<name>`).
-const BUCKETS: [&str; 4] = ["records", "requests", "claims", "leases"];
+const BUCKETS: [&str; 5] = ["records", "requests", "claims", "leases", "state"];
 
 impl Cluster {
     /// Connects (retrying until NATS answers: the node is not ready meanwhile, and says why in
@@ -39,7 +39,7 @@ impl Cluster {
             kv.push(ensure_bucket(&js, name, settings.replicas, Duration::ZERO).await?);
         }
         let tokens = ensure_bucket(&js, "tokens", settings.replicas, token_ttl).await?;
-        let [records, requests, claims, leases_kv] = kv.try_into().expect("four buckets");
+        let [records, requests, claims, leases_kv, state] = kv.try_into().expect("five buckets");
         let (record_writes, writes) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(super::records::write_in_order(js.clone(), writes));
         tracing::info!(node = %settings.node_id, nats = %settings.nats_url, max_payload, "joined the cluster");
@@ -54,6 +54,9 @@ impl Cluster {
             claims,
             leases_kv,
             tokens,
+            state,
+            shared_acked: tokio::sync::watch::Sender::new(0),
+            state_caught_up: AtomicBool::new(false),
             leases: Default::default(),
             record_writes,
             feeds: Default::default(),

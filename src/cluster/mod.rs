@@ -15,6 +15,9 @@
 //! - KV `switchyard_claims`: idempotency claims, created only if absent (see [`claims`]).
 //! - KV `switchyard_leases`: who drives each running execution (see [`lease`], [`takeover`]).
 //! - KV `switchyard_tokens`: one-time WebSocket tokens, spent by compare-and-set (see `tokens`).
+//! - KV `switchyard_state`: the small shared trees — keys, project limits, structures and
+//!   workflows, webhook signing secrets, the Responses API's side of requests (see
+//!   `shared_state`).
 
 pub mod claims;
 mod connect;
@@ -22,6 +25,7 @@ pub mod lease;
 pub mod log;
 pub mod mirror;
 mod records;
+mod shared_state;
 pub mod submit;
 pub mod takeover;
 mod tokens;
@@ -53,6 +57,12 @@ pub struct Cluster {
     claims: jetstream::kv::Store,
     leases_kv: jetstream::kv::Store,
     tokens: jetstream::kv::Store,
+    /// The shared trees' entries (see `shared_state`).
+    state: jetstream::kv::Store,
+    /// How far the forwarder of shared writes got (a write's queue position).
+    shared_acked: tokio::sync::watch::Sender<u64>,
+    /// Set once the shared trees here hold what KV held at start.
+    state_caught_up: AtomicBool,
     /// The leases this node holds.
     pub leases: lease::Held,
     /// Record writes, sent in order by one task.
@@ -81,7 +91,8 @@ impl Cluster {
                 self.settings.nats_url
             ));
         }
-        if !self.caught_up.load(Ordering::Acquire) {
+        if !self.caught_up.load(Ordering::Acquire) || !self.state_caught_up.load(Ordering::Acquire)
+        {
             return Err("catching up with the shared event log".into());
         }
         Ok(())

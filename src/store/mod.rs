@@ -29,6 +29,7 @@ mod request_refs;
 mod responses;
 mod retention;
 mod route_days;
+mod shared;
 mod tokens;
 mod webhooks;
 #[cfg(test)]
@@ -47,6 +48,7 @@ pub use layout::LAYOUT_VERSION;
 pub use ledger::{EntryKind, HoldRecord, LedgerEntry};
 pub use retention::Swept;
 pub use route_days::RouteDay;
+pub use shared::{Replication, SharedTree, SharedWrite};
 pub use tokens::WsTokenRecord;
 pub use webhooks::{DeliveryStatus, DueEntry, SigningSecrets, WebhookJob};
 
@@ -78,9 +80,9 @@ pub struct Store {
     events: sled::Tree,
     idempotency: sled::Tree,
     project_index: sled::Tree,
-    keys: sled::Tree,
-    key_hashes: sled::Tree,
-    project_limits: sled::Tree,
+    keys: SharedTree,
+    key_hashes: SharedTree,
+    project_limits: SharedTree,
     ws_tokens: sled::Tree,
     attempt_log: sled::Tree,
     /// Debug entries of running attempts not yet written to `attempt_log`.
@@ -92,10 +94,12 @@ pub struct Store {
     /// Upstream quota counters per route and UTC day (see `route_days`).
     route_days: sled::Tree,
     /// The Responses API's side of an execution (see `responses`).
-    responses: sled::Tree,
+    responses: SharedTree,
     /// Named, versioned structures and workflows (see `catalog`).
-    catalog: sled::Tree,
+    catalog: SharedTree,
     meta: sled::Tree,
+    /// Where writes to the shared trees go in a cluster (see `shared`).
+    pub replication: Arc<Replication>,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
     /// Whether writes can succeed (no failure, free space above the floor).
@@ -123,6 +127,7 @@ impl Store {
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open store in {}: {e}", dir.display()))?;
         let tree = |name: &str| db.open_tree(name);
+        let replication = Arc::<Replication>::default();
         let health = StoreHealth::new(dir, floor_mb);
         health.start_monitor(db.clone());
         let store = Store {
@@ -134,20 +139,21 @@ impl Store {
             events: tree("events")?,
             idempotency: tree("idempotency")?,
             project_index: tree("project_index")?,
-            keys: tree("keys")?,
-            key_hashes: tree("key_hashes")?,
-            project_limits: tree("project_limits")?,
+            keys: SharedTree::open(&db, "keys", &replication)?,
+            key_hashes: SharedTree::open(&db, "key_hashes", &replication)?,
+            project_limits: SharedTree::open(&db, "project_limits", &replication)?,
             ws_tokens: tree("ws_tokens")?,
             attempt_log: tree("attempt_log")?,
             live_logs: Arc::default(),
-            webhooks: webhooks::WebhookTrees::open(&db)?,
+            webhooks: webhooks::WebhookTrees::open(&db, &replication)?,
             analytics: tree("analytics")?,
             ledger: tree("ledger")?,
             key_spend: tree("key_spend")?,
             route_days: tree("route_days")?,
-            responses: tree("responses")?,
-            catalog: tree("catalog")?,
+            responses: SharedTree::open(&db, "responses", &replication)?,
+            catalog: SharedTree::open(&db, "catalog", &replication)?,
             meta: tree("meta")?,
+            replication,
             commit: GroupCommit::start(
                 db.clone(),
                 std::fs::File::open(dir.join("db").join("db")).ok(),
@@ -168,6 +174,18 @@ impl Store {
     /// Bytes on disk, for readiness and metrics.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// The trees a cluster shares, by name.
+    pub fn shared_trees(&self) -> [&SharedTree; 6] {
+        [
+            &self.keys,
+            &self.key_hashes,
+            &self.project_limits,
+            &self.catalog,
+            &self.responses,
+            &self.webhooks.secrets,
+        ]
     }
 
     /// Whether the store answers reads and can take writes.

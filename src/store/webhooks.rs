@@ -22,17 +22,21 @@ pub struct WebhookTrees {
     due: sled::Tree,
     by_project: sled::Tree,
     expiry: sled::Tree,
-    secrets: sled::Tree,
+    /// Shared in a cluster: every node signs with the same secrets.
+    pub(super) secrets: super::SharedTree,
 }
 
 impl WebhookTrees {
-    pub fn open(db: &sled::Db) -> sled::Result<WebhookTrees> {
+    pub fn open(
+        db: &sled::Db,
+        replication: &std::sync::Arc<super::Replication>,
+    ) -> sled::Result<WebhookTrees> {
         Ok(WebhookTrees {
             jobs: db.open_tree("webhooks")?,
             due: db.open_tree("webhook_due")?,
             by_project: db.open_tree("webhook_by_project")?,
             expiry: db.open_tree("webhook_expiry")?,
-            secrets: db.open_tree("webhook_secrets")?,
+            secrets: super::SharedTree::open(db, "webhook_secrets", replication)?,
         })
     }
 }

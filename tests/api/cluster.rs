@@ -533,3 +533,99 @@ async fn a_node_whose_settings_disagree_with_the_stream_refuses_to_start() {
         "names the mismatch: {stderr}"
     );
 }
+
+impl Node {
+    async fn post_as(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[actix_web::test]
+async fn keys_structures_and_responses_made_on_one_node_hold_on_every_node() {
+    let Some(nats) = Nats::start() else { return };
+    let fake = FakeOpenAi::start()
+        .await
+        .with_words(200)
+        .with_chunk_delay(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(dir.path(), "a", &nats.url(), &[&fake]).await;
+    let b = Node::start(dir.path(), "b", &nats.url(), &[&fake]).await;
+
+    // A key created on A works on B as soon as A answered.
+    let res = a
+        .post("/v1/keys", &json!({"project_id": "acme", "role": "admin"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let key: Value = res.json().await.unwrap();
+    let (key_id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    let res = b
+        .post_as(secret, "/v1/executions", &chat_body("k", "Hi", "fake"))
+        .await;
+    assert_eq!(res.status(), 202, "the key works on B");
+    let exec: Value = res.json().await.unwrap();
+    let id = exec["id"].as_str().unwrap();
+
+    // A stream B opened with the key ends when A revokes it, and B refuses the key after.
+    let mut stream = sse_open(&b.client, &b.server.address, secret, id, None).await;
+    stream.next().await.unwrap();
+    let res = a
+        .client
+        .delete(a.url(&format!("/v1/keys/{key_id}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.collect_all())
+        .await
+        .expect("the revoked key's stream on B ends");
+    assert!(
+        ended.iter().all(|e| e.event != "done"),
+        "ended by the revocation, not by done"
+    );
+    let res = b
+        .post_as(secret, "/v1/executions", &chat_body("k2", "Hi", "fake"))
+        .await;
+    assert_error(res, 401, "unauthorized").await;
+
+    // A structure made on A is used by a submit on B.
+    let schema = json!({"type": "object", "required": ["title"],
+        "properties": {"title": {"type": "string"}}});
+    let res = a
+        .post("/v1/structures", &json!({"name": "todo", "schema": schema}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = b
+        .post(
+            "/v1/executions",
+            &json!({"model": "chat-default", "structure": "todo", "idempotency_key": "s1",
+                    "messages": [{"role": "user", "content": "todo"}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 202, "B knows the structure");
+    let exec: Value = res.json().await.unwrap();
+    let done = b.wait_terminal(exec["id"].as_str().unwrap()).await;
+    assert!(done["output"]["data"]["title"].is_string(), "{done}");
+
+    // A Responses API response created on A is retrieved on B.
+    let res = a
+        .post(
+            "/v1/responses",
+            &json!({"model": "chat-default", "input": "Hi"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let created: Value = res.json().await.unwrap();
+    let rid = created["id"].as_str().unwrap();
+    let res = b.get(&format!("/v1/responses/{rid}")).await;
+    assert_eq!(res.status(), 200);
+    let got: Value = res.json().await.unwrap();
+    assert_eq!(got["output"], created["output"]);
+    assert_eq!(got["status"], "completed");
+}

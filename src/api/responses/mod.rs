@@ -77,7 +77,7 @@ async fn current(state: &AppState, record: &ExecutionRecord) -> Result<Translati
     if !t.finished() {
         // The log may hold events no commit covers yet: make what is shown durable first, so
         // a crash cannot take back text a reader was given.
-        state.store.commit.sync().await?;
+        state.durable().await?;
     }
     Ok(t)
 }
@@ -188,7 +188,7 @@ pub async fn create(
     if background {
         // A background response is polled and resumed later: it must survive a crash from
         // the moment its id is given out.
-        state.store.commit.sync().await.map_err(ApiError::from)?;
+        state.durable().await?;
     }
     let mut res = HttpResponse::Ok();
     res.insert_header(("x-switchyard-execution-id", record.id.clone()));
@@ -369,7 +369,7 @@ pub async fn delete(
         .store
         .delete_finished_execution(&record)
         .map_err(ApiError::from)?;
-    state.store.commit.sync().await.map_err(ApiError::from)?;
+    state.durable().await?;
     let id = format!("resp_{}", record.id.trim_start_matches("exec_"));
     Ok(HttpResponse::Ok().json(json!({"id": id, "object": "response.deleted", "deleted": true})))
 }
