@@ -74,6 +74,14 @@ impl Application {
         let quota = Arc::new(QuotaBoard::new(&settings));
         quota.restore(store.load_route_days()?);
         start_quota_saver(store.clone(), quota.clone());
+        let (cluster, webhook_queue) = match &settings.cluster {
+            Some(c) => {
+                let (cluster, queue) =
+                    crate::cluster::Cluster::join(c, settings.retention.ws_tokens).await?;
+                (Some(Arc::new(cluster)), Some(queue))
+            }
+            None => (None, None),
+        };
         let project_feed = Arc::new(ProjectFeed::default());
         let webhook_wake = Arc::new(tokio::sync::Notify::new());
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(
@@ -87,17 +95,12 @@ impl Application {
             webhooks.clone(),
             metrics.clone(),
             webhook_wake.clone(),
+            cluster.clone(),
         )?;
         let ledger = Arc::new(crate::ledger::Ledger::open(
             store.clone(),
             crate::ledger::recovery_window(settings.limits.max_execution_ms),
         )?);
-        let cluster = match &settings.cluster {
-            Some(c) => Some(Arc::new(
-                crate::cluster::Cluster::join(c, settings.retention.ws_tokens).await?,
-            )),
-            None => None,
-        };
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
@@ -117,7 +120,15 @@ impl Application {
             // A cluster resumes through leases: this node's own (from before a restart) at once,
             // other nodes' once they run out.
             Some(cluster) => {
-                start_cluster(cluster, &store, &project_feed, &registry, &revocations);
+                let webhooks = (webhook_queue.expect("joined"), webhook_wake.clone());
+                start_cluster(
+                    cluster,
+                    &store,
+                    &project_feed,
+                    &registry,
+                    &revocations,
+                    webhooks,
+                );
                 0
             }
             None => recover(&store, &ledger, &registry)?,
@@ -366,7 +377,10 @@ fn start_cluster(
     project_feed: &Arc<ProjectFeed>,
     registry: &actix::Addr<Registry>,
     revocations: &Arc<crate::revocation::Revocations>,
+    (webhook_queue, webhook_wake): (crate::cluster::WebhookQueue, Arc<tokio::sync::Notify>),
 ) {
+    tokio::spawn(cluster.clone().forward_webhooks(webhook_queue));
+    tokio::spawn(cluster.clone().mirror_webhooks(store.clone(), webhook_wake));
     let (queue, writes) = tokio::sync::mpsc::unbounded_channel();
     store.replication.attach(queue);
     tokio::spawn(cluster.clone().forward_shared(writes));

@@ -1230,6 +1230,9 @@ impl Execution {
             if let Err(err) = self.deps.store.put_webhook(&job) {
                 self.deps.store.health.fail(&err);
             }
+            if let Some(replica) = &self.replica {
+                replica.cluster.share_webhook(&job);
+            }
         }
         let (m, model) = (&self.deps.metrics, self.record.model.as_str());
         m.executions

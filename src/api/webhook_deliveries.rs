@@ -94,6 +94,9 @@ pub async fn retry(
         ));
     }
     let job = state.store.requeue_webhook(&job, crate::domain::now_ms())?;
+    if let Some(cluster) = &state.cluster {
+        cluster.share_webhook(&job);
+    }
     state.durable().await?;
     state.webhooks.wake.notify_one();
     tracing::info!(execution_id = %job.execution_id, by = %principal.key_id, "webhook delivery queued again");

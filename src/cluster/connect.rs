@@ -9,13 +9,21 @@ use std::time::Duration;
 use super::{Cluster, EVENTS_PREFIX, EVENTS_STREAM};
 use crate::settings::ClusterSettings;
 
+pub type WebhookQueue = tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>;
+
 /// KV buckets, by purpose (`switchyard_<name>`).
-const BUCKETS: [&str; 5] = ["records", "requests", "claims", "leases", "state"];
+const BUCKETS: [&str; 6] = [
+    "records", "requests", "claims", "leases", "state", "webhooks",
+];
 
 impl Cluster {
     /// Connects (retrying until NATS answers: the node is not ready meanwhile, and says why in
     /// its log) and checks or creates the shared stream and buckets.
-    pub async fn join(settings: &ClusterSettings, token_ttl: Duration) -> anyhow::Result<Cluster> {
+    /// Also answers the receiving end of the webhook job queue, for [`Cluster::start_forwarding`].
+    pub async fn join(
+        settings: &ClusterSettings,
+        token_ttl: Duration,
+    ) -> anyhow::Result<(Cluster, WebhookQueue)> {
         let client = connect(settings).await;
         let js = jetstream::ContextBuilder::new()
             // A write that takes longer than this fails the request that made it (503) instead
@@ -39,11 +47,21 @@ impl Cluster {
             kv.push(ensure_bucket(&js, name, settings.replicas, Duration::ZERO).await?);
         }
         let tokens = ensure_bucket(&js, "tokens", settings.replicas, token_ttl).await?;
-        let [records, requests, claims, leases_kv, state] = kv.try_into().expect("five buckets");
+        let [records, requests, claims, leases_kv, state, webhooks] =
+            kv.try_into().expect("six buckets");
+        // Claims of webhook tries matter for minutes; a week is plenty.
+        let deliveries = ensure_bucket(
+            &js,
+            "deliveries",
+            settings.replicas,
+            Duration::from_secs(7 * 24 * 3600),
+        )
+        .await?;
+        let (webhook_writes, webhook_queue) = tokio::sync::mpsc::unbounded_channel();
         let (record_writes, writes) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(super::records::write_in_order(js.clone(), writes));
         tracing::info!(node = %settings.node_id, nats = %settings.nats_url, max_payload, "joined the cluster");
-        Ok(Cluster {
+        let cluster = Cluster {
             node: settings.node_id.clone(),
             settings: settings.clone(),
             client,
@@ -55,13 +73,17 @@ impl Cluster {
             leases_kv,
             tokens,
             state,
+            webhooks,
+            deliveries,
+            webhook_writes,
             shared_acked: tokio::sync::watch::Sender::new(0),
             state_caught_up: AtomicBool::new(false),
             leases: Default::default(),
             record_writes,
             feeds: Default::default(),
             caught_up: AtomicBool::new(false),
-        })
+        };
+        Ok((cluster, webhook_queue))
     }
 
     /// The largest message NATS takes: a request body above it cannot be shared.

@@ -15,6 +15,8 @@
 //! - KV `switchyard_claims`: idempotency claims, created only if absent (see [`claims`]).
 //! - KV `switchyard_leases`: who drives each running execution (see [`lease`], [`takeover`]).
 //! - KV `switchyard_tokens`: one-time WebSocket tokens, spent by compare-and-set (see `tokens`).
+//! - KV `switchyard_webhooks` and `switchyard_deliveries`: the webhook outbox and the claim of
+//!   each try (see [`webhooks`]).
 //! - KV `switchyard_state`: the small shared trees — keys, project limits, structures and
 //!   workflows, webhook signing secrets, the Responses API's side of requests (see
 //!   `shared_state`).
@@ -29,6 +31,7 @@ mod shared_state;
 pub mod submit;
 pub mod takeover;
 mod tokens;
+pub mod webhooks;
 
 use async_nats::jetstream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +39,7 @@ use std::sync::Arc;
 
 use crate::settings::ClusterSettings;
 
+pub use connect::WebhookQueue;
 pub use lease::Lease;
 pub use log::{AppendError, LogPosition};
 
@@ -63,6 +67,12 @@ pub struct Cluster {
     shared_acked: tokio::sync::watch::Sender<u64>,
     /// Set once the shared trees here hold what KV held at start.
     state_caught_up: AtomicBool,
+    /// Webhook jobs, by execution id (see `webhooks`).
+    webhooks: jetstream::kv::Store,
+    /// Claims of webhook tries.
+    deliveries: jetstream::kv::Store,
+    /// Shared job writes, sent in order by one task.
+    webhook_writes: tokio::sync::mpsc::UnboundedSender<(String, bytes::Bytes)>,
     /// The leases this node holds.
     pub leases: lease::Held,
     /// Record writes, sent in order by one task.

@@ -262,6 +262,20 @@ impl Store {
         Ok(requeued)
     }
 
+    /// Writes a job as another node of the cluster wrote it, moving its index entries.
+    pub fn apply_webhook(&self, job: &WebhookJob) -> sled::Result<()> {
+        match self.webhook(&job.execution_id)? {
+            Some(local) => self.update_webhook(job, local.next_at_ms),
+            None => {
+                self.put_webhook(job)?;
+                if let Some(key) = job.expiry_key() {
+                    self.webhooks.expiry.insert(key, &[])?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub fn webhook(&self, execution_id: &str) -> sled::Result<Option<WebhookJob>> {
         Ok(self
             .webhooks

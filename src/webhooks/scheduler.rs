@@ -28,6 +28,8 @@ pub struct Deliverer {
     webhooks: Arc<Webhooks>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
+    /// In a cluster: tries are claimed first and outcomes shared.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Deliveries in flight, counted the ways the limits need.
@@ -75,6 +77,7 @@ impl Deliverer {
         webhooks: Arc<Webhooks>,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> anyhow::Result<()> {
         let repaired =
             store.reindex_webhooks(settings.retention.dead_webhooks.as_millis() as u64)?;
@@ -99,6 +102,7 @@ impl Deliverer {
             webhooks,
             settings,
             metrics,
+            cluster,
         });
         tokio::spawn(deliverer.clone().run(wake));
         tokio::spawn(deliverer.sweep());
@@ -224,6 +228,26 @@ impl Deliverer {
             }
             Err(_) => return tokio::time::sleep(STORE_PAUSE).await,
         };
+        if let Some(cluster) = &self.cluster {
+            let timeout = Duration::from_millis(self.settings.webhooks.timeout_ms);
+            match cluster.claim_try(&job, timeout).await {
+                Ok(crate::cluster::webhooks::Try::Mine) => {}
+                Ok(crate::cluster::webhooks::Try::Theirs { until_ms }) => {
+                    // Another node makes this try: look again once its outcome is due (the
+                    // mirror brings it sooner; this write stays on this node).
+                    let later = WebhookJob {
+                        next_at_ms: until_ms,
+                        ..job
+                    };
+                    let _ = self.store.update_webhook(&later, entry.due_at_ms);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(execution_id = %job.execution_id, error = %err, "cannot claim the webhook try");
+                    return tokio::time::sleep(STORE_PAUSE).await;
+                }
+            }
+        }
         let outcome = self.attempt(&job, &record).await;
         if self.record(job, entry.due_at_ms, outcome).is_err() {
             tokio::time::sleep(STORE_PAUSE).await;
@@ -328,6 +352,9 @@ impl Deliverer {
             self.store.health.fail(&err);
             return Err(err);
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.share_webhook(&job);
+        }
         // Rides on the next group commit; after a crash before it, a delivery repeats.
         let _ = self.store.commit.ticket();
         Ok(())
@@ -417,7 +444,7 @@ mod tests {
             store.health.fail(&"no space left on device");
         }
         let metrics = Arc::new(Metrics::new());
-        Deliverer::start(store, settings, webhooks, metrics, wake).unwrap();
+        Deliverer::start(store, settings, webhooks, metrics, wake, None).unwrap();
         tokio::time::timeout(Duration::from_millis(500), receiver.accept())
             .await
             .is_ok()

@@ -154,7 +154,7 @@ struct Node {
 
 fn node_config(nats_url: &str, node: &str, fakes: &[&FakeOpenAi]) -> String {
     format!(
-        "{}\n[cluster]\nnats_url = \"{nats_url}\"\nnode_id = \"{node}\"\nlease_ms = {LEASE_MS}\n",
+        "{}\n[webhooks]\nretry_base_ms = 50\nallowed_hosts = [\"127.0.0.1\"]\n\n[cluster]\nnats_url = \"{nats_url}\"\nnode_id = \"{node}\"\nlease_ms = {LEASE_MS}\n",
         config(fakes)
     )
 }
@@ -628,4 +628,39 @@ async fn keys_structures_and_responses_made_on_one_node_hold_on_every_node() {
     let got: Value = res.json().await.unwrap();
     assert_eq!(got["output"], created["output"]);
     assert_eq!(got["status"], "completed");
+}
+
+#[actix_web::test]
+async fn each_webhook_try_is_made_by_exactly_one_node() {
+    let Some(nats) = Nats::start() else { return };
+    // The receiver fails its first two deliveries: those jobs are retried.
+    let receiver = crate::webhooks::start_receiver(2);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(dir.path(), "a", &nats.url(), &[]).await;
+    let b = Node::start(dir.path(), "b", &nats.url(), &[]).await;
+    let c = Node::start(dir.path(), "c", &nats.url(), &[]).await;
+    let mut ids = Vec::new();
+    for (i, node) in [&a, &b, &c, &a, &b, &c].into_iter().enumerate() {
+        let mut body = chat_body(&format!("hook-{i}"), "Hi", "chat-default");
+        body["webhook_url"] = json!(receiver.url);
+        ids.push(node.submit(&body).await["id"].as_str().unwrap().to_string());
+    }
+    let hits = receiver.wait_hits(8).await;
+    assert_eq!(hits.len(), 8, "six deliveries and two failed tries");
+    // Long enough for any second node's duplicate try to arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hits = receiver.hits.lock().unwrap().clone();
+    assert_eq!(
+        hits.len(),
+        8,
+        "no try was made twice: {:?}",
+        hits.iter().map(|h| &h.1).collect::<Vec<_>>()
+    );
+    let mut event_ids: Vec<&str> = hits.iter().map(|h| h.1.as_str()).collect();
+    event_ids.sort();
+    event_ids.dedup();
+    assert_eq!(event_ids.len(), 6, "every execution announced");
+    for id in &ids {
+        assert!(event_ids.contains(&format!("evt_{}", id.trim_start_matches("exec_")).as_str()));
+    }
 }

@@ -10,9 +10,9 @@ use crate::helpers::*;
 
 /// A webhook endpoint that fails its first `failures` deliveries.
 #[derive(Clone)]
-struct Receiver {
-    url: String,
-    hits: Arc<Mutex<Vec<(String, String, String)>>>,
+pub struct Receiver {
+    pub url: String,
+    pub hits: Arc<Mutex<Vec<(String, String, String)>>>,
     failures: Arc<AtomicUsize>,
 }
 
@@ -35,7 +35,7 @@ async fn hook(req: HttpRequest, body: String, r: web::Data<Receiver>) -> HttpRes
     HttpResponse::Ok().finish()
 }
 
-fn start_receiver(failures: usize) -> Receiver {
+pub fn start_receiver(failures: usize) -> Receiver {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let r = Receiver {
         url: format!("http://{}/hook", listener.local_addr().unwrap()),
@@ -57,7 +57,7 @@ fn start_receiver(failures: usize) -> Receiver {
 }
 
 impl Receiver {
-    async fn wait_hits(&self, n: usize) -> Vec<(String, String, String)> {
+    pub async fn wait_hits(&self, n: usize) -> Vec<(String, String, String)> {
         for _ in 0..1000 {
             if self.hits.lock().unwrap().len() >= n {
                 break;
