@@ -97,10 +97,13 @@ impl Application {
             webhook_wake.clone(),
             cluster.clone(),
         )?;
-        let ledger = Arc::new(crate::ledger::Ledger::open(
-            store.clone(),
-            crate::ledger::recovery_window(settings.limits.max_execution_ms),
-        )?);
+        let ledger = Arc::new(match &cluster {
+            Some(_) => crate::ledger::Ledger::open_shared(store.clone())?,
+            None => crate::ledger::Ledger::open(
+                store.clone(),
+                crate::ledger::recovery_window(settings.limits.max_execution_ms),
+            )?,
+        });
         let registry = Registry::new(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
@@ -121,6 +124,7 @@ impl Application {
             // other nodes' once they run out.
             Some(cluster) => {
                 let webhooks = (webhook_queue.expect("joined"), webhook_wake.clone());
+                tokio::spawn(cluster.clone().mirror_ledger(store.clone(), ledger.clone()));
                 start_cluster(
                     cluster,
                     &store,

@@ -1277,6 +1277,15 @@ impl Execution {
             {
                 self.deps.store.health.fail(&err);
             }
+            // In a cluster the project's balance is the shared ledger's: its hold ends there,
+            // once, whichever node gets there (see `cluster::ledger`).
+            if let Some(cluster) = &self.deps.cluster {
+                tokio::spawn(
+                    cluster
+                        .clone()
+                        .close_hold_eventually(self.record.id.clone(), cost),
+                );
+            }
         }
         // Serialized from the record it borrows, before `emit` borrows the actor.
         let done = Event::from_payload(self.next_seq, EventKind::Done, &self.record.view(None));

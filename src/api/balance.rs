@@ -53,6 +53,34 @@ pub(super) fn reserve(
     reserve_amount(state, principal, cap, amount)
 }
 
+/// In a cluster: holds what the submit may cost against the project's shared balance, for
+/// execution `id` (`None`: the project has no balance). Exact across nodes (see
+/// `cluster::ledger`); `402 insufficient_balance` when it is not covered.
+pub(super) async fn hold_shared(
+    state: &AppState,
+    cluster: &crate::cluster::Cluster,
+    principal: &Principal,
+    (slug, needs, body): (&str, &routing::Needs, &SubmitBody),
+    id: &str,
+) -> Result<Option<u64>, ApiError> {
+    let amount = hold_for(worst_case_micros(state, slug, needs, body));
+    match cluster
+        .hold_balance(&principal.project_id, &principal.key_id, id, amount)
+        .await
+        .map_err(ApiError::cluster_unavailable)?
+    {
+        Ok(true) => Ok(Some(amount)),
+        Ok(false) => Ok(None),
+        Err(refusal) => {
+            state.metrics.insufficient_balance.inc();
+            Err(ApiError::new(
+                ErrorCode::InsufficientBalance,
+                refusal.message(),
+            ))
+        }
+    }
+}
+
 /// [`reserve`] for a request whose worst case is already known (embeddings).
 pub(super) fn reserve_amount(
     state: &AppState,
@@ -111,8 +139,18 @@ pub(super) fn project_of(principal: &Principal, named: Option<&str>) -> Result<S
     Ok(project.to_string())
 }
 
-fn balance_view(state: &AppState, project: &str) -> Value {
-    match state.ledger.balance(project) {
+/// The project's balance; in a cluster read from the shared ledger (exact, not the mirror).
+async fn balance_view(state: &AppState, project: &str) -> Result<Value, ApiError> {
+    if let Some(cluster) = &state.cluster {
+        let (last, _) = cluster
+            .account(project)
+            .await
+            .map_err(ApiError::cluster_unavailable)?;
+        if let Some(last) = last {
+            state.ledger.apply_shared(project, &last);
+        }
+    }
+    Ok(match state.ledger.balance(project) {
         Some(b) => json!({
             "object": "balance",
             "project_id": project,
@@ -129,7 +167,7 @@ fn balance_view(state: &AppState, project: &str) -> Value {
             "held_micros": 0,
             "available_micros": null,
         }),
-    }
+    })
 }
 
 pub async fn top_up(
@@ -152,14 +190,25 @@ pub async fn top_up(
             ))
         })?;
     state.store.health.admit()?;
-    let Some(_) = state.ledger.top_up(&project, &principal.key_id, amount)? else {
+    let topped = match &state.cluster {
+        Some(cluster) => cluster
+            .top_up(&project, &principal.key_id, amount)
+            .await
+            .map_err(ApiError::cluster_unavailable)?
+            .map(|entry| state.ledger.apply_shared(&project, &entry)),
+        None => state
+            .ledger
+            .top_up(&project, &principal.key_id, amount)?
+            .map(|_| ()),
+    };
+    if topped.is_none() {
         return Err(ApiError::invalid(
             "amount_micros: the balance would overflow",
         ));
-    };
+    }
     state.durable().await?;
     tracing::info!(project = %project, amount_micros = amount, key_id = %principal.key_id, "balance topped up");
-    Ok(HttpResponse::Ok().json(balance_view(&state, &project)))
+    Ok(HttpResponse::Ok().json(balance_view(&state, &project).await?))
 }
 
 #[derive(Deserialize)]
@@ -176,7 +225,7 @@ pub async fn get(
     query: web::Query<Which>,
 ) -> Result<HttpResponse, ApiError> {
     let project = project_of(&principal, query.project_id.as_deref())?;
-    Ok(HttpResponse::Ok().json(balance_view(&state, &project)))
+    Ok(HttpResponse::Ok().json(balance_view(&state, &project).await?))
 }
 
 fn entry_view(e: &LedgerEntry) -> Value {

@@ -101,6 +101,17 @@ pub async fn create(
         permit.correct(embeddings.prompt_tokens);
     }
     let cost = price.cost_micros(embeddings.prompt_tokens, 0);
+    if let (Some(cluster), true) = (&state.cluster, cost > 0) {
+        // The project's balance is the shared ledger's: charged there, at most what it can pay.
+        if state.ledger.is_limited(&principal.project_id) {
+            if let Err(err) = cluster
+                .charge(&principal.project_id, &principal.key_id, cost)
+                .await
+            {
+                tracing::error!(error = %err, "embedding charge not written to the shared ledger");
+            }
+        }
+    }
     let charged = match reservation {
         Some(r) => state.ledger.charge_reserved(r, cost),
         None if cost > 0 => state

@@ -84,6 +84,26 @@ pub(super) async fn accept(
         false => super::balance::reserve(state, principal, &model, &needs, body)?,
     };
     let id = ids::execution_id();
+    // In a cluster the project's balance is held in the shared ledger, exactly, before
+    // anything is written; given back unless the submit creates `id` (the guard).
+    let mut shared_hold = None;
+    if let (Some(cluster), false) = (&state.cluster, testing) {
+        let what = (model.as_str(), &needs, body);
+        if let Some(amount) =
+            super::balance::hold_shared(state, cluster, principal, what, &id).await?
+        {
+            shared_hold = Some(SharedHold {
+                cluster: cluster.clone(),
+                id: id.clone(),
+                amount,
+                kept: false,
+            });
+        }
+    }
+    let held = hold
+        .as_ref()
+        .map(|h| h.amount())
+        .or(shared_hold.as_ref().map(|h| h.amount));
     let record = ExecutionRecord {
         channel_id: crate::channels::channel_id_for(&id),
         id,
@@ -101,8 +121,8 @@ pub(super) async fn accept(
         usage: None,
         attempts: Vec::new(),
         key_id: Some(principal.key_id.clone()),
-        cost: hold.as_ref().map(|h| Cost {
-            held_micros: h.amount(),
+        cost: held.map(|held_micros| Cost {
+            held_micros,
             settled_micros: None,
         }),
         created_at_ms: now_ms(),
@@ -154,6 +174,9 @@ pub(super) async fn accept(
             ))
         }
     };
+    if let (true, Some(hold)) = (created, shared_hold.as_mut()) {
+        hold.kept = true;
+    }
     let token = match ack {
         Ack::Accepted => Some(issue_ws_token(state, principal, &record).await?),
         Ack::ByEvents => None,
@@ -188,6 +211,24 @@ pub(super) async fn accept(
         state.durable().await?;
     }
     Ok((record, created, token))
+}
+
+/// A hold in the cluster's shared ledger for a submit in progress: given back when dropped
+/// before the submit created its execution (an error, or an idempotent retry of another).
+struct SharedHold {
+    cluster: std::sync::Arc<crate::cluster::Cluster>,
+    id: String,
+    amount: u64,
+    kept: bool,
+}
+
+impl Drop for SharedHold {
+    fn drop(&mut self) {
+        if !self.kept {
+            let (cluster, id) = (self.cluster.clone(), std::mem::take(&mut self.id));
+            tokio::spawn(cluster.close_hold_eventually(id, None));
+        }
+    }
 }
 
 /// The model slug to run: a configured slug that has a route able to serve the request, or for

@@ -12,8 +12,8 @@ use crate::settings::ClusterSettings;
 pub type WebhookQueue = tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>;
 
 /// KV buckets, by purpose (`switchyard_<name>`).
-const BUCKETS: [&str; 6] = [
-    "records", "requests", "claims", "leases", "state", "webhooks",
+const BUCKETS: [&str; 7] = [
+    "records", "requests", "claims", "leases", "state", "webhooks", "holds",
 ];
 
 impl Cluster {
@@ -47,8 +47,19 @@ impl Cluster {
             kv.push(ensure_bucket(&js, name, settings.replicas, Duration::ZERO).await?);
         }
         let tokens = ensure_bucket(&js, "tokens", settings.replicas, token_ttl).await?;
-        let [records, requests, claims, leases_kv, state, webhooks] =
-            kv.try_into().expect("six buckets");
+        let [records, requests, claims, leases_kv, state, webhooks, holds] =
+            kv.try_into().expect("seven buckets");
+        let ledger = ensure_stream(
+            &js,
+            stream::Config {
+                name: super::ledger::LEDGER_STREAM.into(),
+                subjects: vec![format!("{}>", super::ledger::LEDGER_PREFIX)],
+                num_replicas: settings.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
         // Claims of webhook tries matter for minutes; a week is plenty.
         let deliveries = ensure_bucket(
             &js,
@@ -67,6 +78,8 @@ impl Cluster {
             client,
             js,
             events,
+            ledger,
+            holds,
             records,
             requests,
             claims,

@@ -15,6 +15,8 @@
 //! - KV `switchyard_claims`: idempotency claims, created only if absent (see [`claims`]).
 //! - KV `switchyard_leases`: who drives each running execution (see [`lease`], [`takeover`]).
 //! - KV `switchyard_tokens`: one-time WebSocket tokens, spent by compare-and-set (see `tokens`).
+//! - `SWITCHYARD_LEDGER` stream and KV `switchyard_holds`: project balances, exact across
+//!   nodes (see [`ledger`]).
 //! - KV `switchyard_webhooks` and `switchyard_deliveries`: the webhook outbox and the claim of
 //!   each try (see [`webhooks`]).
 //! - KV `switchyard_state`: the small shared trees — keys, project limits, structures and
@@ -24,6 +26,7 @@
 pub mod claims;
 mod connect;
 pub mod lease;
+pub mod ledger;
 pub mod log;
 pub mod mirror;
 mod records;
@@ -56,6 +59,10 @@ pub struct Cluster {
     client: async_nats::Client,
     js: jetstream::Context,
     events: jetstream::stream::Stream,
+    /// Project ledgers (see [`ledger`]).
+    ledger: jetstream::stream::Stream,
+    /// Open holds, by execution id.
+    holds: jetstream::kv::Store,
     records: jetstream::kv::Store,
     requests: jetstream::kv::Store,
     claims: jetstream::kv::Store,

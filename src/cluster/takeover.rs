@@ -99,6 +99,9 @@ impl Cluster {
             }
         }
         if record.status.is_terminal() || store.is_finished_log(&id)? {
+            // Its node died between the end and the settle: the hold ends here.
+            let cost = crate::ledger::settled_cost(&record);
+            self.close_hold(&id, cost).await?;
             self.lease_release(&lease, true).await;
             return Ok(());
         }

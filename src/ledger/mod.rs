@@ -131,6 +131,9 @@ pub struct Ledger {
     holds: DashMap<String, HoldRecord>,
     /// Keys with a monthly spend cap: only their spend is counted and written.
     capped: DashMap<String, ()>,
+    /// In a cluster, project balances live in the shared ledger (`cluster::ledger`): this one
+    /// keeps the mirrored accounts for reads and counts only keys' monthly caps (per node).
+    shared: bool,
 }
 
 /// A hold checked and counted, not yet written: dropped unwritten (the submit failed, or lost
@@ -176,12 +179,23 @@ impl Ledger {
     /// without a balance only counted against a key's monthly cap: they are rebuilt from the
     /// unfinished executions' records.
     pub fn open(store: Store, window: std::time::Duration) -> sled::Result<Ledger> {
+        Ledger::open_as(store, window, false)
+    }
+
+    /// The ledger of a cluster node: project balances are the shared ledger's (mirrored into
+    /// the local one, which this node never appends to itself); holds are closed through it.
+    pub fn open_shared(store: Store) -> sled::Result<Ledger> {
+        Ledger::open_as(store, std::time::Duration::ZERO, true)
+    }
+
+    fn open_as(store: Store, window: std::time::Duration, shared: bool) -> sled::Result<Ledger> {
         let ledger = Ledger {
             accounts: DashMap::new(),
             keys: DashMap::new(),
             holds: DashMap::new(),
             capped: DashMap::new(),
             store,
+            shared,
         };
         for (key_id, limits) in ledger.store.key_limit_overrides()? {
             if limits.monthly_spend_cap_micros.is_some_and(|c| c > 0) {
@@ -189,6 +203,12 @@ impl Ledger {
             }
         }
         let accounts = ledger.store.ledger_accounts()?;
+        if shared {
+            for (project, last) in &accounts {
+                ledger.apply_shared(project, last);
+            }
+            return Ok(ledger);
+        }
         for (project, last) in &accounts {
             let mut account = Account::default();
             account.apply(last);
@@ -295,6 +315,20 @@ impl Ledger {
             .clone())
     }
 
+    /// Whether project balances are the cluster's shared ledger's.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// An entry of the shared ledger, as the mirror brings it: the cached account follows.
+    pub fn apply_shared(&self, project: &str, entry: &LedgerEntry) {
+        let account = self.account(project);
+        let mut a = lock(&account);
+        if entry.seq > a.seq {
+            a.apply(entry);
+        }
+    }
+
     /// A key's monthly cap was set or lifted: its spend is counted from now on while it has one
     /// (spend before a cap was set is not known to it).
     pub fn set_capped(&self, key_id: &str, capped: bool) {
@@ -329,7 +363,11 @@ impl Ledger {
         monthly_cap: Option<u64>,
         amount: u64,
     ) -> Result<Option<Reservation>, ReserveError> {
-        let account = self.accounts.get(project).map(|a| a.clone());
+        // Shared balances are held by `cluster::ledger`, against the shared account.
+        let account = match self.shared {
+            true => None,
+            false => self.accounts.get(project).map(|a| a.clone()),
+        };
         let cap = monthly_cap.filter(|&c| c > 0);
         if account.is_none() && cap.is_none() {
             return Ok(None);
@@ -448,7 +486,7 @@ impl Ledger {
             execution_id,
             project,
             key_id,
-            in_ledger: self.is_limited(project),
+            in_ledger: self.is_limited(project) && !self.shared,
             ledger_hold: 0,
             key_hold: 0,
             unreserve: 0,

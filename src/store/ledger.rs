@@ -112,7 +112,7 @@ impl Reader<'_> {
     }
 }
 
-fn encode_entry(e: &LedgerEntry) -> Vec<u8> {
+pub(crate) fn encode_entry(e: &LedgerEntry) -> Vec<u8> {
     let mut out = Vec::with_capacity(72 + 64);
     out.push(CODEC_VERSION);
     out.push(kind_byte(e.kind));
@@ -132,7 +132,7 @@ fn encode_entry(e: &LedgerEntry) -> Vec<u8> {
     out
 }
 
-fn decode_entry(bytes: &[u8]) -> sled::Result<LedgerEntry> {
+pub(crate) fn decode_entry(bytes: &[u8]) -> sled::Result<LedgerEntry> {
     let mut r = Reader(bytes);
     let entry = (|| {
         if r.u8()? != CODEC_VERSION {

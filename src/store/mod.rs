@@ -45,6 +45,7 @@ pub use executions::{ListPage, SubmitOutcome};
 pub use health::{Refusal, StoreHealth};
 pub use keys::{hash_secret, KeyLimits, KeyMode, KeyRecord, KeyRole};
 pub use layout::LAYOUT_VERSION;
+pub(crate) use ledger::{decode_entry, encode_entry};
 pub use ledger::{EntryKind, HoldRecord, LedgerEntry};
 pub use retention::Swept;
 pub use route_days::RouteDay;

@@ -664,3 +664,97 @@ async fn each_webhook_try_is_made_by_exactly_one_node() {
         assert!(event_ids.contains(&format!("evt_{}", id.trim_start_matches("exec_")).as_str()));
     }
 }
+
+impl Node {
+    /// Starts a node whose `chat-default` is a slow, priced mock: a `max_tokens: 100` submit
+    /// holds 48,000 micros and runs about 2 s.
+    async fn start_priced(dir: &std::path::Path, node: &str, nats_url: &str) -> Node {
+        let cfg = dir.join(format!("{node}.toml"));
+        let toml = node_config(nats_url, node, &[])
+            .replace("mock_chunk_interval_ms = 2", "mock_chunk_interval_ms = 150")
+            .replace(
+                r#"routes = [{ provider = "mock", model = "mock-1" }]"#,
+                r#"routes = [{ provider = "mock", model = "mock-1", input_per_mtok = 100.0, output_per_mtok = 400.0 }]"#,
+            );
+        std::fs::write(&cfg, toml).unwrap();
+        let node = Node {
+            server: spawn_process(&cfg, &dir.join(node)),
+            client: reqwest::Client::new(),
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    async fn balance(&self) -> Value {
+        self.get("/v1/balance").await.json().await.unwrap()
+    }
+}
+
+#[actix_web::test]
+async fn parallel_submits_on_every_node_never_hold_more_than_the_balance() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = [
+        Node::start_priced(dir.path(), "a", &nats.url()).await,
+        Node::start_priced(dir.path(), "b", &nats.url()).await,
+        Node::start_priced(dir.path(), "c", &nats.url()).await,
+    ];
+    // Covers exactly 10 holds of 48,000.
+    let res = nodes[0]
+        .post(
+            "/v1/projects/default/balance",
+            &json!({"amount_micros": 480_000}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let submits = (0..30).map(|i| {
+        let node = &nodes[i % 3];
+        let mut body = chat_body(&format!("spend-{i}"), "hi", "chat-default");
+        body["params"] = json!({"max_tokens": 100});
+        async move {
+            let res = node.post("/v1/executions", &body).await;
+            let status = res.status().as_u16();
+            let v: Value = res.json().await.unwrap();
+            (status, v)
+        }
+    });
+    let answers = futures_util::future::join_all(submits).await;
+    let accepted: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, v)| v)
+        .collect();
+    let refused = answers.iter().filter(|(s, _)| *s == 402).count();
+    assert_eq!(
+        accepted.len(),
+        10,
+        "exactly what the balance covers: {answers:?}"
+    );
+    assert_eq!(refused, 20);
+    for exec in &accepted {
+        nodes[1].wait_terminal(exec["id"].as_str().unwrap()).await;
+    }
+    // Every hold settled; every node reports the same balance, charged what the answers cost.
+    let mut charged = 0;
+    for exec in &accepted {
+        let done = nodes[2].wait_terminal(exec["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "completed");
+        charged += done["cost"]["settled_micros"].as_u64().unwrap_or(0);
+    }
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen = Vec::new();
+        for node in &nodes {
+            seen.push(node.balance().await);
+        }
+        if seen.iter().all(|b| b["held_micros"] == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for b in &seen {
+        assert_eq!(b["held_micros"], 0, "{seen:?}");
+        assert_eq!(b["balance_micros"], 480_000 - charged, "{seen:?}");
+    }
+    assert!(charged > 0, "the answers were charged");
+}
