@@ -38,6 +38,12 @@ pub struct Metrics {
     pub spend: IntCounterVec,
     pub insufficient_balance: IntCounter,
     pub held: IntGauge,
+    /// Cluster mode (absent from a single node's scrape until a cluster sets them).
+    pub cluster_node: IntGaugeVec,
+    pub cluster_leases: IntGauge,
+    pub cluster_takeovers: IntCounter,
+    pub cluster_fenced: IntCounter,
+    pub cluster_append: prometheus::Histogram,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -88,6 +94,40 @@ impl Metrics {
             held: gauge(
                 "switchyard_held_micros",
                 "What all projects' open holds reserve, in micro-dollars.",
+            ),
+            cluster_node: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "switchyard_cluster_node",
+                        "1 for the node id this process runs as in a cluster (every other figure of this scrape is this node's).",
+                    ),
+                    &["node"],
+                )
+                .expect("valid metric"),
+            ),
+            cluster_leases: gauge(
+                "switchyard_cluster_leases",
+                "Execution leases this node holds (the executions it drives).",
+            ),
+            cluster_takeovers: counter(
+                "switchyard_cluster_takeovers_total",
+                "Executions this node took over from a node whose lease ran out.",
+            ),
+            cluster_fenced: counter(
+                "switchyard_cluster_fenced_total",
+                "Executions this node stopped driving because another node took them over.",
+            ),
+            cluster_append: register(
+                &r,
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "switchyard_cluster_append_seconds",
+                        "Appending a batch of events to the shared log, until JetStream acknowledged it.",
+                    )
+                    .buckets(FINE_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
             ),
             rate_limited: counter_vec(
                 "switchyard_rate_limited_total",

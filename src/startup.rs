@@ -132,6 +132,7 @@ impl Application {
                     &registry,
                     &revocations,
                     webhooks,
+                    metrics.cluster_takeovers.clone(),
                 );
                 0
             }
@@ -382,6 +383,7 @@ fn start_cluster(
     registry: &actix::Addr<Registry>,
     revocations: &Arc<crate::revocation::Revocations>,
     (webhook_queue, webhook_wake): (crate::cluster::WebhookQueue, Arc<tokio::sync::Notify>),
+    takeovers: prometheus::IntCounter,
 ) {
     tokio::spawn(cluster.clone().forward_webhooks(webhook_queue));
     tokio::spawn(cluster.clone().mirror_webhooks(store.clone(), webhook_wake));
@@ -401,7 +403,7 @@ fn start_cluster(
     tokio::spawn(
         cluster
             .clone()
-            .take_over_loop(store.clone(), registry.clone()),
+            .take_over_loop(store.clone(), registry.clone(), takeovers),
     );
 }
 

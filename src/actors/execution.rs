@@ -328,7 +328,12 @@ impl Execution {
         }
         self.awaiting_commit = true;
         let (cluster, id) = (replica.cluster.clone(), self.record.id.clone());
-        let append = async move { cluster.append(&id, &fresh, shared.stream_seq).await };
+        let timer = self.deps.metrics.cluster_append.start_timer();
+        let append = async move {
+            let appended = cluster.append(&id, &fresh, shared.stream_seq).await;
+            timer.observe_duration();
+            appended
+        };
         ctx.spawn(append.into_actor(self).map(move |appended, act, ctx| {
             act.awaiting_commit = false;
             match appended {
@@ -391,6 +396,7 @@ impl Execution {
             return;
         };
         tracing::warn!(execution_id = %self.record.id, shared_seq = replica.position.seq, "fenced: another node drives this execution now");
+        self.deps.metrics.cluster_fenced.inc();
         let store = &self.deps.store;
         if let Err(err) = store.truncate_log(&self.record.id, replica.position.seq) {
             tracing::error!(execution_id = %self.record.id, error = %err, "cannot drop unshared events");

@@ -126,6 +126,10 @@ fn scrape(state: &AppState, req: &HttpRequest) -> HttpResponse {
     }
     m.store_size.set(state.store.size_on_disk() as i64);
     m.held.set(state.ledger.held_micros() as i64);
+    if let Some(cluster) = &state.cluster {
+        m.cluster_node.with_label_values(&[&cluster.node]).set(1);
+        m.cluster_leases.set(cluster.leases.len() as i64);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

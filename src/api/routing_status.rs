@@ -58,8 +58,11 @@ pub async fn get(state: web::Data<AppState>, _: Principal) -> Result<HttpRespons
             json!({"slug": m.slug, "routes": routes})
         })
         .collect();
+    // Route health is each node's own: a cluster node says which one answered.
+    let node = state.cluster.as_ref().map(|c| c.node.as_str());
     Ok(HttpResponse::Ok().json(json!({
         "object": "routing_status",
+        "node": node,
         "providers": providers,
         "models": models,
     })))

@@ -199,12 +199,17 @@ impl Cluster {
         store: &Store,
         record: &crate::domain::ExecutionRecord,
     ) -> anyhow::Result<()> {
-        if let Some(local) = store.get_execution(&record.id)? {
-            if local.status.is_terminal() && !record.status.is_terminal() {
-                return Ok(());
-            }
+        let local = store.get_execution(&record.id)?;
+        let was_terminal = local.as_ref().is_some_and(|l| l.status.is_terminal());
+        if was_terminal && !record.status.is_terminal() {
+            return Ok(());
         }
         store.put_execution(record)?;
+        if record.status.is_terminal() && !was_terminal {
+            // Every node's analytics count every execution, once: the node that finished it
+            // counted it then, the others as its end reaches them.
+            store.count_in_analytics(record);
+        }
         Ok(())
     }
 }

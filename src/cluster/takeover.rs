@@ -26,11 +26,16 @@ pub struct Replica {
 
 impl Cluster {
     /// Scans for executions to take over, for as long as the node runs.
-    pub async fn take_over_loop(self: Arc<Self>, store: Store, registry: Addr<Registry>) {
+    pub async fn take_over_loop(
+        self: Arc<Self>,
+        store: Store,
+        registry: Addr<Registry>,
+        takeovers: prometheus::IntCounter,
+    ) {
         let started = now_ms();
         let every = Duration::from_millis((self.settings.lease_ms / 4).max(50));
         loop {
-            if let Err(err) = self.scan(&store, &registry, started).await {
+            if let Err(err) = self.scan(&store, &registry, started, &takeovers).await {
                 tracing::warn!(error = %err, "lease scan failed");
             }
             tokio::time::sleep(every).await;
@@ -42,6 +47,7 @@ impl Cluster {
         store: &Store,
         registry: &Addr<Registry>,
         started: u64,
+        takeovers: &prometheus::IntCounter,
     ) -> anyhow::Result<()> {
         let mut keys = self.leases_kv.keys().await?;
         let mut candidates = Vec::new();
@@ -70,6 +76,7 @@ impl Cluster {
                 continue;
             };
             tracing::info!(execution_id = %id, from = %value.node, "taking over execution");
+            takeovers.inc();
             if let Err(err) = self.adopt(store, registry, lease.clone()).await {
                 tracing::error!(execution_id = %id, error = %err, "takeover failed; the lease runs out for another node");
                 self.lease_release(&lease, false).await;

@@ -373,6 +373,99 @@ async fn a_dead_nodes_execution_is_taken_over_and_followers_on_other_nodes_see_o
     let last = fake.requests().last().unwrap().clone();
     let msgs = last["messages"].as_array().unwrap();
     assert!(msgs.iter().any(|m| m["role"] == "assistant"), "{last}");
+    // Each node's scrape is its own: one of B and C took the execution over.
+    let mut takeovers = 0;
+    for (node, name) in [(&b, "b"), (&c, "c")] {
+        let text = node.get("/metrics").await.text().await.unwrap();
+        assert!(
+            text.contains(&format!("switchyard_cluster_node{{node=\"{name}\"}} 1")),
+            "{text}"
+        );
+        takeovers += metric(&text, "switchyard_cluster_takeovers_total");
+    }
+    assert_eq!(takeovers, 1);
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[actix_web::test]
+async fn a_node_waits_for_nats_at_start_and_says_why() {
+    let Some(nats) = Nats::start() else { return };
+    drop(nats);
+    // A port nothing listens on yet.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("late.toml");
+    std::fs::write(
+        &cfg,
+        node_config(&format!("nats://127.0.0.1:{port}"), "late", &[]),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("late"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("SWITCHYARD_ADMIN_KEY", ADMIN_KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let said = rx
+        .iter()
+        .find(|l| l.contains("cannot reach NATS"))
+        .expect("says why it is not ready");
+    assert!(said.contains(&port.to_string()), "{said}");
+    // NATS arrives on that port: the node joins and serves.
+    let js = tempfile::tempdir().unwrap();
+    let mut late_nats = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(js.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = stdout
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("switchyard listening on ")
+                .map(str::to_string)
+        })
+        .expect("serves once NATS is there");
+    // Keep draining stdout so the server never writes to a closed pipe.
+    std::thread::spawn(move || stdout.for_each(drop));
+    let mut ready = false;
+    for _ in 0..200 {
+        let res = reqwest::get(format!("{address}/readyz")).await.unwrap();
+        if res.status() == 200 {
+            let body: Value = res.json().await.unwrap();
+            ready = body["checks"]["cluster"] == true && body["node"] == "late";
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = late_nats.kill();
+    let _ = late_nats.wait();
+    assert!(ready, "ready once NATS is there");
 }
 
 #[actix_web::test]
@@ -401,6 +494,30 @@ async fn the_same_idempotency_key_submitted_to_two_nodes_at_once_runs_once() {
         );
     }
     assert_eq!(fake.request_count(), 8, "each key ran once");
+    // Both nodes' analytics count each of the eight executions once, wherever it ran.
+    for node in [&a, &b] {
+        let mut requests = 0;
+        for _ in 0..200 {
+            let body: Value = node
+                .get("/v1/analytics?group_by=none")
+                .await
+                .json()
+                .await
+                .unwrap();
+            requests = body["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| s["buckets"].as_array().unwrap().clone())
+                .map(|b| b["requests"].as_u64().unwrap())
+                .sum::<u64>();
+            if requests == 8 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(requests, 8);
+    }
     // A different body under a used key is a conflict on any node.
     let mut other = chat_body("race-0", "Something else", "fake");
     other["metadata"] = json!({"x": "1"});
