@@ -77,7 +77,7 @@ impl Application {
         let (cluster, webhook_queue) = match &settings.cluster {
             Some(c) => {
                 let (cluster, queue) =
-                    crate::cluster::Cluster::join(c, settings.retention.ws_tokens).await?;
+                    crate::cluster::Cluster::join(c, &settings.retention).await?;
                 (Some(Arc::new(cluster)), Some(queue))
             }
             None => (None, None),

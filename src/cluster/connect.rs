@@ -18,12 +18,17 @@ const BUCKETS: [&str; 7] = [
 
 impl Cluster {
     /// Connects (retrying until NATS answers: the node is not ready meanwhile, and says why in
-    /// its log) and checks or creates the shared stream and buckets.
-    /// Also answers the receiving end of the webhook job queue, for [`Cluster::start_forwarding`].
+    /// its log) and checks or creates the shared streams and buckets. Also answers the
+    /// receiving end of the webhook job queue (for `forward_webhooks`).
+    ///
+    /// What belongs to executions (their logs, records, requests, idempotency claims, webhook
+    /// jobs) is kept `retention.executions` after its last write, as each node's store keeps
+    /// it; the ledger, keys and the other shared trees are kept.
     pub async fn join(
         settings: &ClusterSettings,
-        token_ttl: Duration,
+        retention: &crate::settings::Retention,
     ) -> anyhow::Result<(Cluster, WebhookQueue)> {
+        let kept = retention.executions;
         let client = connect(settings).await;
         let js = jetstream::ContextBuilder::new()
             // A write that takes longer than this fails the request that made it (503) instead
@@ -38,15 +43,20 @@ impl Cluster {
                 subjects: vec![format!("{EVENTS_PREFIX}>")],
                 num_replicas: settings.replicas,
                 storage: stream::StorageType::File,
+                max_age: kept,
                 ..Default::default()
             },
         )
         .await?;
         let mut kv = Vec::new();
         for name in BUCKETS {
-            kv.push(ensure_bucket(&js, name, settings.replicas, Duration::ZERO).await?);
+            let max_age = match name {
+                "records" | "requests" | "claims" | "webhooks" => kept,
+                _ => Duration::ZERO,
+            };
+            kv.push(ensure_bucket(&js, name, settings.replicas, max_age).await?);
         }
-        let tokens = ensure_bucket(&js, "tokens", settings.replicas, token_ttl).await?;
+        let tokens = ensure_bucket(&js, "tokens", settings.replicas, retention.ws_tokens).await?;
         let [records, requests, claims, leases_kv, state, webhooks, holds] =
             kv.try_into().expect("seven buckets");
         let ledger = ensure_stream(
