@@ -407,15 +407,7 @@ impl Execution {
             replica.cluster.resync(store, id).await;
         });
         self.suspended = true;
-        if let Some(timer) = self.retry_timer.take() {
-            ctx.cancel_future(timer);
-        }
-        if let Some(running) = self.running.take() {
-            ctx.cancel_future(running.stream);
-        }
-        self.unpublished.clear();
-        self.this_turn.events.clear();
-        ctx.stop();
+        self.halt(ctx);
     }
 
     /// Tells the project feed about the status change a durable event makes, if any.
@@ -1309,6 +1301,12 @@ impl Execution {
         }
         self.suspended = true;
         tracing::error!(execution_id = %self.record.id, "store refused a write; execution suspended until the store is reopened");
+        self.halt(ctx);
+    }
+
+    /// Stops without a terminal state: nothing more is tried, appended or published.
+    fn halt(&mut self, ctx: &mut Context<Self>) {
+        self.suspended = true;
         if let Some(timer) = self.retry_timer.take() {
             ctx.cancel_future(timer);
         }

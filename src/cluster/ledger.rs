@@ -10,7 +10,6 @@
 //! it with a compare-and-set on its revision, so a hold is settled or released exactly once,
 //! by whichever node ends its execution (or finds it ended after a takeover).
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
@@ -19,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Cluster;
-use crate::domain::now_ms;
 use crate::ledger::{Ledger, Refusal};
 use crate::store::{decode_entry, encode_entry, EntryKind, LedgerEntry, Store};
 
@@ -44,18 +42,7 @@ fn entry(
     balance: u64,
     held: u64,
 ) -> LedgerEntry {
-    LedgerEntry {
-        seq: after.seq + 1,
-        kind,
-        amount_micros: amount,
-        execution_id: None,
-        key_id: None,
-        hold_micros: 0,
-        uncollected_micros: 0,
-        at_ms: now_ms(),
-        balance_micros: balance,
-        held_micros: held,
-    }
+    LedgerEntry::next_after(after.seq, kind, amount, balance, held)
 }
 
 impl Cluster {
@@ -290,26 +277,11 @@ impl Cluster {
         ledger: &Ledger,
         position: &mut u64,
     ) -> anyhow::Result<()> {
-        let consumer = self
-            .ledger
-            .create_consumer(OrderedConfig {
-                filter_subject: format!("{LEDGER_PREFIX}>"),
-                deliver_policy: match *position {
-                    0 => DeliverPolicy::All,
-                    p => DeliverPolicy::ByStartSequence {
-                        start_sequence: p + 1,
-                    },
-                },
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = consumer.messages().await?;
+        let mut messages =
+            super::follow(&self.ledger, format!("{LEDGER_PREFIX}>"), *position).await?;
         while let Some(message) = messages.next().await {
             let message = message?;
-            *position = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .stream_sequence;
+            *position = super::stream_seq(&message)?;
             let Some(hex_project) = message.subject.as_str().strip_prefix(LEDGER_PREFIX) else {
                 continue;
             };

@@ -111,26 +111,14 @@ impl Cluster {
 
     /// Every event of the execution's shared log up to `until` (a position read before).
     pub async fn read_log(&self, id: &str, until: LogPosition) -> anyhow::Result<Vec<Event>> {
-        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
         let mut out = Vec::new();
         if until.stream_seq == 0 {
             return Ok(out);
         }
-        let consumer = self
-            .events
-            .create_consumer(OrderedConfig {
-                filter_subject: Self::subject(id),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = consumer.messages().await?;
+        let mut messages = super::follow(&self.events, Self::subject(id), 0).await?;
         while let Some(message) = messages.next().await {
             let message = message?;
-            let stream_seq = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .stream_sequence;
+            let stream_seq = super::stream_seq(&message)?;
             out.extend(decode_batch(&message.payload));
             if stream_seq >= until.stream_seq {
                 break;

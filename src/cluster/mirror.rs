@@ -4,7 +4,6 @@
 //! local one. Readers then work exactly as on one node: a cursor over the local log, switched
 //! to a live feed once caught up.
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -72,26 +71,11 @@ impl Cluster {
         if *position >= end {
             self.caught_up.store(true, Ordering::Release);
         }
-        let consumer = events
-            .create_consumer(OrderedConfig {
-                filter_subject: format!("{EVENTS_PREFIX}>"),
-                deliver_policy: match *position {
-                    0 => DeliverPolicy::All,
-                    p => DeliverPolicy::ByStartSequence {
-                        start_sequence: p + 1,
-                    },
-                },
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = consumer.messages().await?;
+        let mut messages = super::follow(&events, format!("{EVENTS_PREFIX}>"), *position).await?;
         let mut saved_at = std::time::Instant::now();
         while let Some(message) = messages.next().await {
             let message = message?;
-            let stream_seq = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .stream_sequence;
+            let stream_seq = super::stream_seq(&message)?;
             let Some(id) = message.subject.as_str().strip_prefix(EVENTS_PREFIX) else {
                 continue;
             };

@@ -116,6 +116,37 @@ impl Cluster {
     }
 }
 
+/// The messages of `stream` on `filter`, in order, from just after stream sequence `after`
+/// (0: from the first), then live.
+async fn follow(
+    stream: &jetstream::stream::Stream,
+    filter: String,
+    after: u64,
+) -> anyhow::Result<jetstream::consumer::pull::Ordered> {
+    use jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: match after {
+                0 => DeliverPolicy::All,
+                p => DeliverPolicy::ByStartSequence {
+                    start_sequence: p + 1,
+                },
+            },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+/// A delivered message's place in its stream.
+fn stream_seq(message: &jetstream::Message) -> anyhow::Result<u64> {
+    Ok(message
+        .info()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .stream_sequence)
+}
+
 /// An execution id as it may appear in a subject or a KV key: what `ids::execution_id` makes.
 pub fn valid_execution_id(id: &str) -> bool {
     crate::domain::ids::valid_name(id)

@@ -63,18 +63,7 @@ impl Account {
     }
 
     fn next(&self, kind: EntryKind, amount: u64, balance: u64, held: u64) -> LedgerEntry {
-        LedgerEntry {
-            seq: self.seq + 1,
-            kind,
-            amount_micros: amount,
-            execution_id: None,
-            key_id: None,
-            hold_micros: 0,
-            uncollected_micros: 0,
-            at_ms: now_ms(),
-            balance_micros: balance,
-            held_micros: held,
-        }
+        LedgerEntry::next_after(self.seq, kind, amount, balance, held)
     }
 
     fn apply(&mut self, entry: &LedgerEntry) {

@@ -42,6 +42,30 @@ pub struct LedgerEntry {
     pub held_micros: u64,
 }
 
+impl LedgerEntry {
+    /// The entry after seq `after`: the account is `balance` and `held` once it is applied.
+    pub fn next_after(
+        after: u64,
+        kind: EntryKind,
+        amount: u64,
+        balance: u64,
+        held: u64,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            seq: after + 1,
+            kind,
+            amount_micros: amount,
+            execution_id: None,
+            key_id: None,
+            hold_micros: 0,
+            uncollected_micros: 0,
+            at_ms: crate::domain::now_ms(),
+            balance_micros: balance,
+            held_micros: held,
+        }
+    }
+}
+
 /// A hold not yet settled or released (kept in memory; durable as its ledger entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldRecord {

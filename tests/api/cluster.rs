@@ -327,15 +327,7 @@ async fn a_dead_nodes_execution_is_taken_over_and_followers_on_other_nodes_see_o
     let mut sse_b = b.sse(&id).await;
     let mut ws_c = c.ws(&format!("api_key={ADMIN_KEY}")).await;
     ws_send(&mut ws_c, json!({"action": "join", "channel": channel})).await;
-    let mut seen_b = Vec::new();
-    while seen_b
-        .iter()
-        .filter(|e: &&SseEvent| e.event == "chunk")
-        .count()
-        < 15
-    {
-        seen_b.push(sse_b.next().await.expect("events before the kill"));
-    }
+    let mut seen_b = sse_b.until_chunks(15).await;
     a.server.sigkill();
 
     let follow_c = ws_follow(&mut ws_c, &channel);
@@ -405,15 +397,8 @@ async fn a_node_waits_for_nats_at_start_and_says_why() {
         node_config(&format!("nats://127.0.0.1:{port}"), "late", &[]),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.path().join("late"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("SWITCHYARD_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    let mut child = server_args(&mut command, &cfg, &dir.path().join("late"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -569,15 +554,7 @@ async fn a_node_cut_off_from_nats_is_fenced_and_the_execution_finishes_elsewhere
     let sub = a.submit(&chat_body("partition", "Hi", "fake")).await;
     let id = sub["id"].as_str().unwrap().to_string();
     let mut sse_b = b.sse(&id).await;
-    let mut seen = Vec::new();
-    while seen
-        .iter()
-        .filter(|e: &&SseEvent| e.event == "chunk")
-        .count()
-        < 10
-    {
-        seen.push(sse_b.next().await.unwrap());
-    }
+    let mut seen = sse_b.until_chunks(10).await;
     proxy.cut();
     // Cut off, A refuses new work it could not share.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -634,13 +611,8 @@ async fn a_node_whose_settings_disagree_with_the_stream_refuses_to_start() {
         node_config(&nats.url(), "bad", &[]).replace("[cluster]\n", "[cluster]\nreplicas = 3\n"),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.path().join("bad"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    let out = server_args(&mut command, &cfg, &dir.path().join("bad"))
         .output()
         .unwrap();
     assert!(!out.status.success());

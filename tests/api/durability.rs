@@ -117,15 +117,7 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged_and_the_execution_resumes
         others.push(s["id"].as_str().unwrap().to_string());
     }
     let mut sse = first.sse(&id).await;
-    let mut seen = Vec::new();
-    while seen
-        .iter()
-        .filter(|e: &&SseEvent| e.event == "chunk")
-        .count()
-        < 10
-    {
-        seen.push(sse.next().await.unwrap());
-    }
+    let seen = sse.until_chunks(10).await;
     first.server.sigkill();
     drop(sse);
 

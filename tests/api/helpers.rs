@@ -272,6 +272,20 @@ impl SseStream {
             .expect("sse event within 20 s")
     }
 
+    /// Every event up to and including the `n`th chunk.
+    pub async fn until_chunks(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut seen = Vec::new();
+        while seen
+            .iter()
+            .filter(|e: &&SseEvent| e.event == "chunk")
+            .count()
+            < n
+        {
+            seen.push(self.next().await.expect("events before the stream ends"));
+        }
+        seen
+    }
+
     pub async fn collect_all(mut self) -> Vec<SseEvent> {
         let mut out = Vec::new();
         while let Some(ev) = self.next().await {
@@ -345,12 +359,13 @@ pub fn spawn_process_with_fd_limit(
     spawn_command(command, config_path, data_dir)
 }
 
-fn spawn_command(
-    mut command: Command,
+/// `command` set up as a test server: the config, a data dir, port 0, the test admin key.
+pub fn server_args<'a>(
+    command: &'a mut Command,
     config_path: &std::path::Path,
     data_dir: &std::path::Path,
-) -> ServerProcess {
-    let mut child = command
+) -> &'a mut Command {
+    command
         .arg("--config")
         .arg(config_path)
         .arg("--data-dir")
@@ -359,6 +374,14 @@ fn spawn_command(
         .arg("127.0.0.1:0")
         .env("SWITCHYARD_ADMIN_KEY", ADMIN_KEY)
         .env("RUST_LOG", "warn")
+}
+
+fn spawn_command(
+    mut command: Command,
+    config_path: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> ServerProcess {
+    let mut child = server_args(&mut command, config_path, data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
