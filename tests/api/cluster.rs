@@ -517,6 +517,14 @@ async fn a_websocket_token_from_one_node_works_once_on_any_node() {
     let a = Node::start(dir.path(), "a", &nats.url(), &[]).await;
     let b = Node::start(dir.path(), "b", &nats.url(), &[]).await;
     let c = Node::start(dir.path(), "c", &nats.url(), &[]).await;
+    // C's project channel hears about executions wherever they run.
+    let mut project_c = c.ws(&format!("api_key={ADMIN_KEY}")).await;
+    ws_send(
+        &mut project_c,
+        json!({"action": "join", "channel": "project:default"}),
+    )
+    .await;
+    assert_eq!(ws_recv(&mut project_c).await.unwrap()["event"], "joined");
     let sub = a.submit(&chat_body("tok", "Hi", "chat-default")).await;
     let token = sub["ws_token"].as_str().unwrap();
     let channel = sub["websocket_channel"].as_str().unwrap();
@@ -525,6 +533,14 @@ async fn a_websocket_token_from_one_node_works_once_on_any_node() {
     ws_send(&mut on_b, json!({"action": "join", "channel": channel})).await;
     let events = ws_follow(&mut on_b, channel).await;
     assert_eq!(events.last().unwrap()["event"], "done");
+
+    let mut statuses = Vec::new();
+    while statuses.last().map(String::as_str) != Some("completed") {
+        let frame = ws_recv(&mut project_c).await.unwrap();
+        assert_eq!(frame["data"]["execution_id"], sub["id"], "{frame}");
+        statuses.push(frame["data"]["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(statuses, ["processing", "completed"]);
 
     // Spent on B: refused on C, and on A that issued it.
     for node in [&c, &a] {
@@ -846,4 +862,58 @@ async fn parallel_submits_on_every_node_never_hold_more_than_the_balance() {
         assert_eq!(b["balance_micros"], 480_000 - charged, "{seen:?}");
     }
     assert!(charged > 0, "the answers were charged");
+}
+
+#[actix_web::test]
+async fn a_background_response_started_on_one_node_resumes_on_another() {
+    use eventsource_stream::Eventsource;
+    let Some(nats) = Nats::start() else { return };
+    let fake = FakeOpenAi::start()
+        .await
+        .with_words(60)
+        .with_chunk_delay(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(dir.path(), "a", &nats.url(), &[&fake]).await;
+    let b = Node::start(dir.path(), "b", &nats.url(), &[&fake]).await;
+    let res = a
+        .post(
+            "/v1/responses",
+            &json!({"model": "fake", "input": "Hi", "background": true, "stream": true}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    // Read A's stream for a while, then drop it, as a client whose connection broke.
+    let mut first = Vec::new();
+    let mut stream = res.bytes_stream().eventsource();
+    while first.len() < 12 {
+        let ev = stream.next().await.unwrap().unwrap();
+        first.push(serde_json::from_str::<Value>(&ev.data).unwrap());
+    }
+    drop(stream);
+    let id = first[0]["response"]["id"].as_str().unwrap().to_string();
+    let last = first.last().unwrap()["sequence_number"].as_u64().unwrap();
+    // Resumed on B after the last event seen.
+    let res = b
+        .get(&format!(
+            "/v1/responses/{id}?stream=true&starting_after={last}"
+        ))
+        .await;
+    assert_eq!(res.status(), 200);
+    let rest: Vec<Value> = res
+        .bytes_stream()
+        .eventsource()
+        .map(|ev| serde_json::from_str::<Value>(&ev.unwrap().data).unwrap())
+        .collect()
+        .await;
+    let all: Vec<&Value> = first.iter().chain(&rest).collect();
+    for (i, ev) in all.iter().enumerate() {
+        assert_eq!(ev["sequence_number"], i as u64, "gap or repeat at {i}");
+    }
+    let text: String = all
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, fake.full_text());
+    assert_eq!(all.last().unwrap()["type"], "response.completed");
 }
