@@ -99,11 +99,20 @@ impl Cluster {
             self.lease_release(&lease, true).await;
             return Ok(());
         };
+        // The local copy becomes the shared log exactly: what is missing is fetched, and what
+        // only this node has (written before a crash, never appended) is dropped — it was
+        // never published, and the resumed execution continues after the shared log's end.
         let position = self.position(&id).await?;
+        store.truncate_log(&id, position.seq)?;
         if store.last_seq(&id)? < position.seq {
             for event in self.read_log(&id, position).await? {
                 store.append_event(&id, &event)?;
             }
+        }
+        if position.seq == 0 {
+            // Its node died before the first event was shared: the resumed execution starts
+            // with it, as a submit writes it.
+            store.append_event(&id, &crate::domain::Event::status(1, Status::Pending))?;
         }
         if record.status.is_terminal() || store.is_finished_log(&id)? {
             // Its node died between the end and the settle: the hold ends here.

@@ -917,3 +917,57 @@ async fn a_background_response_started_on_one_node_resumes_on_another() {
     assert_eq!(text, fake.full_text());
     assert_eq!(all.last().unwrap()["type"], "response.completed");
 }
+
+#[actix_web::test]
+async fn a_node_restarted_with_its_id_takes_its_own_executions_back_at_once() {
+    let Some(nats) = Nats::start() else { return };
+    let fake = FakeOpenAi::start()
+        .await
+        .with_words(120)
+        .with_chunk_delay(Duration::from_millis(15));
+    let dir = tempfile::tempdir().unwrap();
+    // Leases far longer than the test: only the restarted node itself may resume its work.
+    let start = |node: &'static str| {
+        let cfg = dir.path().join(format!("{node}.toml"));
+        let toml = node_config(&nats.url(), node, &[&fake])
+            .replace(&format!("lease_ms = {LEASE_MS}"), "lease_ms = 60000");
+        std::fs::write(&cfg, toml).unwrap();
+        let data = dir.path().join(node);
+        async move {
+            let node = Node {
+                server: spawn_process(&cfg, &data),
+                client: reqwest::Client::new(),
+            };
+            node.wait_ready().await;
+            node
+        }
+    };
+    let mut a = start("a").await;
+    let b = start("b").await;
+    let sub = a.submit(&chat_body("comeback", "Hi", "fake")).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    let mut sse_b = b.sse(&id).await;
+    let mut seen = sse_b.until_chunks(12).await;
+    a.server.sigkill();
+    let a = start("a").await;
+    seen.extend(sse_b.collect_all().await);
+    assert_gapless(&seen, 1);
+    assert_eq!(
+        chunk_text(&seen),
+        fake.full_text(),
+        "nothing repeated, nothing lost"
+    );
+    assert_eq!(seen.iter().filter(|e| e.event == "failover").count(), 1);
+    let on_a = a.sse(&id).await.collect_all().await;
+    assert_eq!(
+        summary_sse(&on_a),
+        summary_sse(&seen),
+        "A's log is the shared one"
+    );
+    let text = a.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        metric(&text, "switchyard_cluster_takeovers_total"),
+        1,
+        "A took it back"
+    );
+}
