@@ -52,7 +52,8 @@
 //! - `CLUSTER_KILL_AFTER` chunks at B before A is killed (default 40),
 //! - `CLUSTER_LOAD_THREADS` load generator threads (default 2),
 //! - `SWITCHYARD_BIN` another gateway binary (default: this build's),
-//! - `CLUSTER_RUST_LOG` the gateways' `RUST_LOG` (default unset: the binary's `info`).
+//! - `CLUSTER_RUST_LOG` the gateways' `RUST_LOG` (default unset: the binary's `info`),
+//! - `CLUSTER_KEEP_LOGS` a directory to copy every node's log into (default: none).
 
 #[path = "../tests/api/fake_http.rs"]
 mod fake_http;
@@ -462,6 +463,12 @@ impl Setup {
         let mut out = Vec::new();
         for node in &self.nodes {
             let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            if let Ok(keep) = std::env::var("CLUSTER_KEEP_LOGS") {
+                let name =
+                    format!("{}-{}.log", self.label, node.name).replace([' ', '·', '(', ')'], "");
+                let _ = std::fs::create_dir_all(&keep);
+                let _ = std::fs::write(Path::new(&keep).join(name), &text);
+            }
             let mut distinct: Vec<(String, usize)> = Vec::new();
             let (mut count, mut takeovers) = (0, 0);
             for line in text.lines() {
