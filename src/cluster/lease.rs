@@ -108,15 +108,38 @@ impl Cluster {
         self.leases.0.remove(&lease.id);
         lease.lost.store(true, Ordering::Release);
         if finished {
-            let revision = lease.revision.load(Ordering::Acquire);
-            if let Err(err) = self
-                .leases_kv
-                .purge_expect_revision(&lease.id, Some(revision))
-                .await
-            {
-                tracing::debug!(execution_id = %lease.id, error = %err, "lease already moved on");
+            let mut revision = lease.revision.load(Ordering::Acquire);
+            // A renewal sent just before `lost` was set can land after `revision` was read: the
+            // entry is then still this node's, one revision on, and must go too (left there, it
+            // would run out and be "taken over" by a scan although the execution is finished).
+            // Only one such renewal can be in flight, so a second try is enough.
+            for retry in [true, false] {
+                let Err(err) = self
+                    .leases_kv
+                    .purge_expect_revision(&lease.id, Some(revision))
+                    .await
+                else {
+                    return;
+                };
+                match self.own_lease_revision(&lease.id).await {
+                    Some(current) if retry && current != revision => revision = current,
+                    _ => {
+                        tracing::debug!(execution_id = %lease.id, error = %err, "lease already moved on");
+                        return;
+                    }
+                }
             }
         }
+    }
+
+    /// The revision of the lease entry of `id` if it is this node's.
+    async fn own_lease_revision(&self, id: &str) -> Option<u64> {
+        let entry = self.leases_kv.entry(id).await.ok()??;
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            return None;
+        }
+        let value: LeaseValue = serde_json::from_slice(&entry.value).ok()?;
+        (value.node == self.node).then_some(entry.revision)
     }
 
     /// Renews every held lease, every third of `lease_ms`, for as long as the node runs.
