@@ -130,7 +130,6 @@ impl Application {
                     &store,
                     &project_feed,
                     &registry,
-                    &revocations,
                     webhooks,
                     metrics.cluster_takeovers.clone(),
                 );
@@ -160,6 +159,10 @@ impl Application {
             store.key_limit_overrides()?,
             store.project_limit_overrides()?,
         ));
+        if let Some(cluster) = &cluster {
+            let changed = shared_change(revocations.clone(), limits.clone(), ledger.clone());
+            tokio::spawn(cluster.clone().mirror_shared(store.clone(), changed));
+        }
         let shrink = limits.clone();
         actix_web::rt::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
@@ -375,13 +378,51 @@ pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
 /// Restarts the executions a previous process left unfinished (read from the `unfinished`
 /// index, not the history) and removes those a crash left unacknowledged. Returns how many
 /// were restarted.
+/// What follows a shared entry another node changed: a revoked or rotated key ends its streams
+/// here too, and key and project limits (monthly caps included) apply here at once.
+fn shared_change(
+    revocations: Arc<crate::revocation::Revocations>,
+    limits: Arc<crate::limits::RateLimits>,
+    ledger: Arc<crate::ledger::Ledger>,
+) -> Arc<crate::cluster::shared_state::SharedChange> {
+    use crate::store::{KeyLimits, KeyRecord};
+    Arc::new(
+        move |tree: &str, key: &[u8], before: Option<&[u8]>, after: Option<&[u8]>| {
+            let record =
+                |b: Option<&[u8]>| b.and_then(|b| serde_json::from_slice::<KeyRecord>(b).ok());
+            match tree {
+                "keys" => {
+                    if let Some(id) = crate::cluster::shared_state::ended_key(before, after) {
+                        revocations.revoke(&id);
+                    }
+                    if let Some(after) = record(after) {
+                        if record(before).is_none_or(|b| b.limits != after.limits) {
+                            limits.set_key_limits(&after.id, after.limits);
+                            let capped =
+                                after.limits.monthly_spend_cap_micros.is_some_and(|c| c > 0);
+                            ledger.set_capped(&after.id, capped);
+                        }
+                    }
+                }
+                "project_limits" => {
+                    let project = String::from_utf8_lossy(key);
+                    let parsed = after
+                        .and_then(|b| serde_json::from_slice::<KeyLimits>(b).ok())
+                        .unwrap_or_default();
+                    limits.set_project_limits(&project, parsed);
+                }
+                _ => {}
+            }
+        },
+    )
+}
+
 /// The cluster's background work: lease renewal, the mirror of events and records, takeover.
 fn start_cluster(
     cluster: &Arc<crate::cluster::Cluster>,
     store: &Store,
     project_feed: &Arc<ProjectFeed>,
     registry: &actix::Addr<Registry>,
-    revocations: &Arc<crate::revocation::Revocations>,
     (webhook_queue, webhook_wake): (crate::cluster::WebhookQueue, Arc<tokio::sync::Notify>),
     takeovers: prometheus::IntCounter,
 ) {
@@ -390,9 +431,6 @@ fn start_cluster(
     let (queue, writes) = tokio::sync::mpsc::unbounded_channel();
     store.replication.attach(queue);
     tokio::spawn(cluster.clone().forward_shared(writes));
-    let revocations = revocations.clone();
-    let revoked = Arc::new(move |key_id: &str| revocations.revoke(key_id));
-    tokio::spawn(cluster.clone().mirror_shared(store.clone(), revoked));
     tokio::spawn(cluster.clone().renew_leases());
     tokio::spawn(
         cluster

@@ -53,8 +53,8 @@ pub(super) fn reserve(
     reserve_amount(state, principal, cap, amount)
 }
 
-/// In a cluster: holds what the submit may cost against the project's shared balance, for
-/// execution `id` (`None`: the project has no balance). Exact across nodes (see
+/// In a cluster: holds what the submit may cost against the project's shared balance and the
+/// key's monthly cap, for execution `id` (`None`: neither applies). Exact across nodes (see
 /// `cluster::ledger`); `402 insufficient_balance` when it is not covered.
 pub(super) async fn hold_shared(
     state: &AppState,
@@ -64,8 +64,9 @@ pub(super) async fn hold_shared(
     id: &str,
 ) -> Result<Option<u64>, ApiError> {
     let amount = hold_for(worst_case_micros(state, slug, needs, body));
+    let cap = state.limits.monthly_spend_cap(&principal.key_id);
     match cluster
-        .hold_balance(&principal.project_id, &principal.key_id, id, amount)
+        .hold_spend(&principal.project_id, &principal.key_id, id, amount, cap)
         .await
         .map_err(ApiError::cluster_unavailable)?
     {

@@ -102,10 +102,16 @@ pub async fn create(
     }
     let cost = price.cost_micros(embeddings.prompt_tokens, 0);
     if let (Some(cluster), true) = (&state.cluster, cost > 0) {
-        // The project's balance is the shared ledger's: charged there, at most what it can pay.
-        if state.ledger.is_limited(&principal.project_id) {
+        // Balances and keys' months are the shared ledger's: charged there (no hold: an
+        // embedding is answered at once), at most what the balance can pay.
+        if limited {
             if let Err(err) = cluster
-                .charge(&principal.project_id, &principal.key_id, cost)
+                .charge(
+                    &principal.project_id,
+                    &principal.key_id,
+                    cost,
+                    cap.is_some(),
+                )
                 .await
             {
                 tracing::error!(error = %err, "embedding charge not written to the shared ledger");

@@ -12,8 +12,15 @@ use crate::settings::ClusterSettings;
 pub type WebhookQueue = tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>;
 
 /// KV buckets, by purpose (`switchyard_<name>`).
-const BUCKETS: [&str; 7] = [
-    "records", "requests", "claims", "leases", "state", "webhooks", "holds",
+const BUCKETS: [&str; 8] = [
+    "records",
+    "requests",
+    "claims",
+    "leases",
+    "state",
+    "webhooks",
+    "holds",
+    "key_months",
 ];
 
 impl Cluster {
@@ -57,8 +64,8 @@ impl Cluster {
             kv.push(ensure_bucket(&js, name, settings.replicas, max_age).await?);
         }
         let tokens = ensure_bucket(&js, "tokens", settings.replicas, retention.ws_tokens).await?;
-        let [records, requests, claims, leases_kv, state, webhooks, holds] =
-            kv.try_into().expect("seven buckets");
+        let [records, requests, claims, leases_kv, state, webhooks, holds, key_months] =
+            kv.try_into().expect("eight buckets");
         let ledger = ensure_stream(
             &js,
             stream::Config {
@@ -90,6 +97,7 @@ impl Cluster {
             events,
             ledger,
             holds,
+            key_months,
             records,
             requests,
             claims,

@@ -6,6 +6,9 @@
 //! never hold more than the balance. Each node mirrors the stream into its local ledger (the
 //! history API and the cached accounts read it there).
 //!
+//! Keys' monthly spend caps are exact the same way: a capped key's month is a KV entry
+//! (`switchyard_key_months`, `<key>.<YYYYMM>`: spent, held) changed only by compare-and-set.
+//!
 //! Open holds are KV entries (`switchyard_holds`, by execution id): closing one first removes
 //! it with a compare-and-set on its revision, so a hold is settled or released exactly once,
 //! by whichever node ends its execution (or finds it ended after a takeover).
@@ -33,6 +36,27 @@ struct OpenHold {
     project_id: String,
     key_id: String,
     amount_micros: u64,
+    /// Whether the project's ledger holds it (the project has a balance).
+    #[serde(default = "yes")]
+    in_ledger: bool,
+    /// The month (`YYYYMM`) whose spend of the key holds it, when the key has a monthly cap.
+    #[serde(default)]
+    key_month: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A capped key's spend in one month, and what its open holds reserve.
+#[derive(Serialize, Deserialize, Default, Clone, Copy)]
+struct KeyMonth {
+    spent: u64,
+    held: u64,
+}
+
+fn key_month_entry(key_id: &str, month: u32) -> String {
+    format!("{key_id}.{month}")
 }
 
 fn entry(
@@ -91,14 +115,16 @@ impl Cluster {
         }
     }
 
-    /// Holds `amount` of the project's balance for `execution_id`. `Ok(false)`: the project
-    /// has no balance (nothing held); `Err` inside: not covered.
-    pub async fn hold_balance(
+    /// Holds `amount` for `execution_id` against the project's balance (when it has one) and
+    /// the key's monthly `cap` (when it has one). `Ok(false)`: neither applies, nothing held;
+    /// `Err` inside: not covered, nothing held.
+    pub async fn hold_spend(
         &self,
         project: &str,
         key_id: &str,
         execution_id: &str,
         amount: u64,
+        cap: Option<u64>,
     ) -> anyhow::Result<Result<bool, Refusal>> {
         let mut refused = None;
         let appended = self
@@ -127,18 +153,98 @@ impl Cluster {
         if let Some(refusal) = refused {
             return Ok(Err(refusal));
         }
-        if appended.is_none() {
-            return Ok(Ok(false));
-        }
-        let open = OpenHold {
+        let mut open = OpenHold {
             project_id: project.into(),
             key_id: key_id.into(),
             amount_micros: amount,
+            in_ledger: appended.is_some(),
+            key_month: None,
         };
-        self.holds
-            .put(execution_id, serde_json::to_vec(&open)?.into())
-            .await?;
+        if let Some(cap) = cap.filter(|&c| c > 0) {
+            let month = crate::ledger::month_of(crate::domain::now_ms());
+            let counted = self
+                .update_key_month(key_id, month, |m| {
+                    let used = m.spent + m.held;
+                    if used.saturating_add(amount) > cap {
+                        return Err(Refusal::KeyCap {
+                            cap,
+                            used,
+                            needed: amount,
+                        });
+                    }
+                    m.held += amount;
+                    Ok(())
+                })
+                .await?;
+            if let Err(refusal) = counted {
+                if open.in_ledger {
+                    // The balance covered it, the key's cap did not: give the hold back.
+                    self.put_open_hold(execution_id, &open).await?;
+                    self.close_hold(execution_id, None).await?;
+                }
+                return Ok(Err(refusal));
+            }
+            open.key_month = Some(month);
+        }
+        if !open.in_ledger && open.key_month.is_none() {
+            return Ok(Ok(false));
+        }
+        self.put_open_hold(execution_id, &open).await?;
         Ok(Ok(true))
+    }
+
+    async fn put_open_hold(&self, execution_id: &str, open: &OpenHold) -> anyhow::Result<()> {
+        self.holds
+            .put(execution_id, serde_json::to_vec(open)?.into())
+            .await?;
+        Ok(())
+    }
+
+    /// Changes a key's month with `change`, by compare-and-set (again from the new value when
+    /// another node changed it first). An `Err` from `change` leaves it unchanged.
+    async fn update_key_month<E>(
+        &self,
+        key_id: &str,
+        month: u32,
+        mut change: impl FnMut(&mut KeyMonth) -> Result<(), E>,
+    ) -> anyhow::Result<Result<KeyMonth, E>> {
+        use async_nats::jetstream::kv::Operation;
+        let name = key_month_entry(key_id, month);
+        loop {
+            let current = self.key_months.entry(&name).await?;
+            let (mut month_now, revision) = match &current {
+                Some(e) if e.operation == Operation::Put => (
+                    serde_json::from_slice::<KeyMonth>(&e.value)?,
+                    Some(e.revision),
+                ),
+                _ => (KeyMonth::default(), None),
+            };
+            if let Err(refusal) = change(&mut month_now) {
+                return Ok(Err(refusal));
+            }
+            let value: bytes::Bytes = serde_json::to_vec(&month_now)?.into();
+            let written = match revision {
+                Some(r) => self.key_months.update(&name, value, r).await.is_ok(),
+                None => self.key_months.create(&name, value).await.is_ok(),
+            };
+            if written {
+                return Ok(Ok(month_now));
+            }
+        }
+    }
+
+    /// A capped key's spend this month and what its open holds reserve.
+    pub async fn key_spend(&self, key_id: &str) -> anyhow::Result<(u64, u64)> {
+        let month = crate::ledger::month_of(crate::domain::now_ms());
+        Ok(
+            match self.key_months.get(key_month_entry(key_id, month)).await? {
+                Some(v) => {
+                    let m: KeyMonth = serde_json::from_slice(&v)?;
+                    (m.spent, m.held)
+                }
+                None => (0, 0),
+            },
+        )
     }
 
     /// Ends the execution's hold, once whichever node asks: charges `cost` (a `completed`
@@ -162,6 +268,29 @@ impl Cluster {
             return Ok(0);
         }
         let cost = cost.unwrap_or(0);
+        let charged = match hold.in_ledger {
+            true => self.close_in_ledger(execution_id, &hold, cost).await?,
+            false => cost,
+        };
+        if let Some(month) = hold.key_month {
+            self.update_key_month(&hold.key_id, month, |m| {
+                m.held = m.held.saturating_sub(hold.amount_micros);
+                m.spent += charged;
+                Ok::<(), ()>(())
+            })
+            .await?
+            .ok();
+        }
+        Ok(charged)
+    }
+
+    /// The settle or release of a hold the project's ledger has; answers what was charged.
+    async fn close_in_ledger(
+        &self,
+        execution_id: &str,
+        hold: &OpenHold,
+        cost: u64,
+    ) -> anyhow::Result<u64> {
         let appended = self
             .append_entry(&hold.project_id, |last| {
                 let last = last?;
@@ -205,8 +334,15 @@ impl Cluster {
         }
     }
 
-    /// A charge without a hold (embeddings), at most what the balance can pay.
-    pub async fn charge(&self, project: &str, key_id: &str, cost: u64) -> anyhow::Result<u64> {
+    /// A charge without a hold (embeddings): from the project's balance when it has one (at
+    /// most what it can pay), and counted in the key's month when the key has a cap.
+    pub async fn charge(
+        &self,
+        project: &str,
+        key_id: &str,
+        cost: u64,
+        key_capped: bool,
+    ) -> anyhow::Result<u64> {
         let appended = self
             .append_entry(project, |last| {
                 let last = last?;
@@ -223,7 +359,17 @@ impl Cluster {
                 Some(e)
             })
             .await?;
-        Ok(appended.map_or(cost, |e| e.amount_micros))
+        let charged = appended.map_or(cost, |e| e.amount_micros);
+        if key_capped {
+            let month = crate::ledger::month_of(crate::domain::now_ms());
+            self.update_key_month(key_id, month, |m| {
+                m.spent += charged;
+                Ok::<(), ()>(())
+            })
+            .await?
+            .ok();
+        }
+        Ok(charged)
     }
 
     /// Adds `amount` to the project's balance (creating it); `None` when the sum would

@@ -15,8 +15,8 @@
 //! - KV `switchyard_claims`: idempotency claims, created only if absent (see [`claims`]).
 //! - KV `switchyard_leases`: who drives each running execution (see [`lease`], [`takeover`]).
 //! - KV `switchyard_tokens`: one-time WebSocket tokens, spent by compare-and-set (see `tokens`).
-//! - `SWITCHYARD_LEDGER` stream and KV `switchyard_holds`: project balances, exact across
-//!   nodes (see [`ledger`]).
+//! - `SWITCHYARD_LEDGER` stream and KV `switchyard_holds`, `switchyard_key_months`: project
+//!   balances and keys' monthly spend caps, exact across nodes (see [`ledger`]).
 //! - KV `switchyard_webhooks` and `switchyard_deliveries`: the webhook outbox and the claim of
 //!   each try (see [`webhooks`]).
 //! - KV `switchyard_state`: the small shared trees — keys, project limits, structures and
@@ -30,7 +30,7 @@ pub mod ledger;
 pub mod log;
 pub mod mirror;
 mod records;
-mod shared_state;
+pub mod shared_state;
 pub mod submit;
 pub mod takeover;
 mod tokens;
@@ -63,6 +63,8 @@ pub struct Cluster {
     ledger: jetstream::stream::Stream,
     /// Open holds, by execution id.
     holds: jetstream::kv::Store,
+    /// Capped keys' spend per month.
+    key_months: jetstream::kv::Store,
     records: jetstream::kv::Store,
     requests: jetstream::kv::Store,
     claims: jetstream::kv::Store,

@@ -57,15 +57,11 @@ impl Cluster {
     }
 
     /// Applies every node's shared writes to `store`, for as long as the node runs;
-    /// `revoked(key_id)` is told about keys another node revoked or rotated, so streams here
-    /// that they opened end too.
-    pub async fn mirror_shared(
-        self: Arc<Self>,
-        store: Store,
-        revoked: Arc<dyn Fn(&str) + Send + Sync>,
-    ) {
+    /// `changed` hears of each entry that changed here (tree, key, before, after), so what this
+    /// node keeps in memory follows (revocations, key and project limits).
+    pub async fn mirror_shared(self: Arc<Self>, store: Store, changed: Arc<SharedChange>) {
         loop {
-            if let Err(err) = self.mirror_shared_once(&store, revoked.as_ref()).await {
+            if let Err(err) = self.mirror_shared_once(&store, changed.as_ref()).await {
                 tracing::warn!(error = %err, "shared state mirror interrupted; resuming");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -75,7 +71,7 @@ impl Cluster {
     async fn mirror_shared_once(
         &self,
         store: &Store,
-        revoked: &(dyn Fn(&str) + Send + Sync),
+        changed: &SharedChange,
     ) -> anyhow::Result<()> {
         let empty = self
             .js
@@ -109,10 +105,9 @@ impl Cluster {
                 Operation::Put => tree.insert(&key, entry.value.to_vec())?,
                 Operation::Delete | Operation::Purge => tree.remove(&key)?,
             };
-            if tree_name == "keys" {
-                if let Some(id) = ended_key(previous.as_deref(), tree.get(&key)?.as_deref()) {
-                    revoked(&id);
-                }
+            let after = tree.get(&key)?;
+            if previous != after {
+                changed(tree_name, &key, previous.as_deref(), after.as_deref());
             }
             if entry.delta == 0 {
                 self.state_caught_up.store(true, Ordering::Release);
@@ -122,8 +117,11 @@ impl Cluster {
     }
 }
 
+/// Told of a shared entry that changed on this node: (tree, key, before, after).
+pub type SharedChange = dyn Fn(&str, &[u8], Option<&[u8]>, Option<&[u8]>) + Send + Sync;
+
 /// The id of a key whose record changed from live to revoked, or whose secret was rotated.
-fn ended_key(before: Option<&[u8]>, after: Option<&[u8]>) -> Option<String> {
+pub fn ended_key(before: Option<&[u8]>, after: Option<&[u8]>) -> Option<String> {
     let parse = |b: Option<&[u8]>| b.and_then(|b| serde_json::from_slice::<KeyRecord>(b).ok());
     let (before, after) = (parse(before), parse(after)?);
     let revoked =

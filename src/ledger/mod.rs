@@ -120,8 +120,8 @@ pub struct Ledger {
     holds: DashMap<String, HoldRecord>,
     /// Keys with a monthly spend cap: only their spend is counted and written.
     capped: DashMap<String, ()>,
-    /// In a cluster, project balances live in the shared ledger (`cluster::ledger`): this one
-    /// keeps the mirrored accounts for reads and counts only keys' monthly caps (per node).
+    /// In a cluster, project balances and keys' monthly spend live in the shared ledger
+    /// (`cluster::ledger`): this one only keeps the mirrored accounts for reads.
     shared: bool,
 }
 
@@ -352,11 +352,11 @@ impl Ledger {
         monthly_cap: Option<u64>,
         amount: u64,
     ) -> Result<Option<Reservation>, ReserveError> {
-        // Shared balances are held by `cluster::ledger`, against the shared account.
-        let account = match self.shared {
-            true => None,
-            false => self.accounts.get(project).map(|a| a.clone()),
-        };
+        if self.shared {
+            // Balances and keys' monthly caps are held by `cluster::ledger`.
+            return Ok(None);
+        }
+        let account = self.accounts.get(project).map(|a| a.clone());
         let cap = monthly_cap.filter(|&c| c > 0);
         if account.is_none() && cap.is_none() {
             return Ok(None);
@@ -451,6 +451,10 @@ impl Ledger {
         key_id: &str,
         cost: Option<u64>,
     ) -> sled::Result<u64> {
+        if self.shared {
+            // Closed in the shared ledger (`cluster::ledger`), once, by whichever node.
+            return Ok(cost.unwrap_or(0));
+        }
         match self.holds.remove(execution_id) {
             Some((_, hold)) => self.close(execution_id, &hold, cost),
             None => self.charge_direct(Some(execution_id), project, key_id, cost.unwrap_or(0)),
@@ -460,6 +464,9 @@ impl Ledger {
     /// Charges `cost` for a request answered synchronously without a reservation (an
     /// embedding in a project without a balance): counted in the key's month.
     pub fn charge(&self, project: &str, key_id: &str, cost: u64) -> sled::Result<u64> {
+        if self.shared {
+            return Ok(cost);
+        }
         self.charge_direct(None, project, key_id, cost)
     }
 
@@ -475,7 +482,7 @@ impl Ledger {
             execution_id,
             project,
             key_id,
-            in_ledger: self.is_limited(project) && !self.shared,
+            in_ledger: self.is_limited(project),
             ledger_hold: 0,
             key_hold: 0,
             unreserve: 0,

@@ -225,8 +225,18 @@ impl Node {
     }
 
     async fn wait_terminal(&self, id: &str) -> Value {
+        self.wait_terminal_as(ADMIN_KEY, id).await
+    }
+
+    async fn wait_terminal_as(&self, key: &str, id: &str) -> Value {
         for _ in 0..2000 {
-            let res = self.get(&format!("/v1/executions/{id}")).await;
+            let res = self
+                .client
+                .get(self.url(&format!("/v1/executions/{id}")))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
             if res.status() == 200 {
                 let exec: Value = res.json().await.unwrap();
                 if !matches!(exec["status"].as_str(), Some("pending" | "processing")) {
@@ -969,5 +979,69 @@ async fn a_node_restarted_with_its_id_takes_its_own_executions_back_at_once() {
         metric(&text, "switchyard_cluster_takeovers_total"),
         1,
         "A took it back"
+    );
+}
+
+#[actix_web::test]
+async fn a_keys_monthly_cap_holds_across_nodes() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start_priced(dir.path(), "a", &nats.url()).await;
+    let b = Node::start_priced(dir.path(), "b", &nats.url()).await;
+    let c = Node::start_priced(dir.path(), "c", &nats.url()).await;
+    let res = a
+        .post(
+            "/v1/keys",
+            &json!({"project_id": "capped", "role": "member"}),
+        )
+        .await;
+    let key: Value = res.json().await.unwrap();
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    // Two holds of 48,000 fit under the cap, a third does not, wherever they are submitted.
+    let res = a
+        .client
+        .patch(a.url(&format!("/v1/keys/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"limits": {"monthly_spend_cap_micros": 100_000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = |k: &str| {
+        let mut b = chat_body(k, "hi", "chat-default");
+        b["params"] = json!({"max_tokens": 100});
+        b
+    };
+    let first = b.post_as(secret, "/v1/executions", &body("cap-1")).await;
+    assert_eq!(first.status(), 202);
+    let second = c.post_as(secret, "/v1/executions", &body("cap-2")).await;
+    assert_eq!(second.status(), 202);
+    let third = a.post_as(secret, "/v1/executions", &body("cap-3")).await;
+    let msg = assert_error(third, 402, "insufficient_balance").await;
+    assert!(msg.contains("monthly spend cap"), "{msg}");
+    // Once both ended, what they held is given back and only what they cost stays spent.
+    let first: Value = first.json().await.unwrap();
+    let second: Value = second.json().await.unwrap();
+    let mut spent = 0;
+    for exec in [&first, &second] {
+        let done = a
+            .wait_terminal_as(secret, exec["id"].as_str().unwrap())
+            .await;
+        spent += done["cost"]["settled_micros"].as_u64().unwrap();
+    }
+    assert!(spent < 100_000 - 48_000, "room for one more hold: {spent}");
+    let mut fourth = 0;
+    for _ in 0..100 {
+        let res = c.post_as(secret, "/v1/executions", &body("cap-4")).await;
+        fourth = res.status().as_u16();
+        if fourth == 202 {
+            break;
+        }
+        // The holds are closed just after the executions end.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        fourth, 202,
+        "the cap counts what was spent, not what was held"
     );
 }
