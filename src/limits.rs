@@ -346,6 +346,15 @@ impl RateLimits {
         self.projects.set(project, limits);
     }
 
+    /// How many executions the key and the project may have in flight (0: no limit), for the
+    /// cluster's shared count.
+    pub fn max_in_flight(&self, key_id: &str, project: &str) -> (u64, u64) {
+        (
+            self.keys.get(key_id).max_in_flight,
+            self.projects.get(project).max_in_flight,
+        )
+    }
+
     /// The key's monthly spend cap in micro-dollars (`None` or 0: none).
     pub fn monthly_spend_cap(&self, key_id: &str) -> Option<u64> {
         self.keys

@@ -392,9 +392,12 @@ impl Execution {
     /// stop without a terminal state, and drop from the local log what was never shared (the
     /// mirror brings the new owner's events in their place).
     fn fenced(&mut self, ctx: &mut Context<Self>) {
-        let Some(replica) = self.replica.take() else {
+        let Some(mut replica) = self.replica.take() else {
             return;
         };
+        if let Some(slot) = replica.slot.take() {
+            slot.hand_over();
+        }
         tracing::warn!(execution_id = %self.record.id, shared_seq = replica.position.seq, "fenced: another node drives this execution now");
         self.deps.metrics.cluster_fenced.inc();
         let store = &self.deps.store;

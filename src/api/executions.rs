@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::{body::read_json, AppState, Principal};
 use crate::actors::{CancelExecution, StartExecution};
+use crate::cluster::in_flight::InFlightSlot;
 use crate::cluster::submit::Shared;
 use crate::cluster::takeover::Replica;
 use crate::domain::{ids, now_ms, rfc3339, Cost, Event, ExecutionRecord, Status, SubmitBody};
@@ -98,6 +99,34 @@ pub(super) async fn accept(
                 amount,
                 kept: false,
             });
+        }
+    }
+    // In a cluster the executions in flight per key and project are counted across nodes.
+    let mut slot = None;
+    if let Some(cluster) = &state.cluster {
+        let limits = state
+            .limits
+            .max_in_flight(&principal.key_id, &principal.project_id);
+        if limits != (0, 0) {
+            let entered = cluster
+                .enter_in_flight(
+                    &state.store,
+                    &principal.key_id,
+                    &principal.project_id,
+                    &id,
+                    limits,
+                )
+                .await
+                .map_err(ApiError::cluster_unavailable)?;
+            if let Err(full) = entered {
+                return Err(in_flight_full(state, full));
+            }
+            slot = Some(InFlightSlot::new(
+                cluster.clone(),
+                &principal.key_id,
+                &principal.project_id,
+                &id,
+            ));
         }
     }
     let held = hold
@@ -194,6 +223,7 @@ pub(super) async fn accept(
                         cluster: cluster.clone(),
                         lease,
                         position,
+                        slot: slot.take(),
                     })
                 }
                 Err(err) => {
@@ -211,6 +241,23 @@ pub(super) async fn accept(
         state.durable().await?;
     }
     Ok((record, created, token))
+}
+
+/// The 429 for a submit whose key or project has as many executions in flight as it may,
+/// counted across the cluster.
+fn in_flight_full(state: &AppState, full: crate::cluster::in_flight::Full) -> ApiError {
+    use crate::cluster::in_flight::Full;
+    let (scope, what) = match full {
+        Full::Key => ("concurrency", "per-key concurrent executions"),
+        Full::Project => ("project_concurrency", "per-project concurrent executions"),
+    };
+    state.metrics.rate_limited.with_label_values(&[scope]).inc();
+    let mut err = ApiError::new(
+        ErrorCode::RateLimited,
+        format!("rate limit exceeded ({what} limit, counted across the cluster); retry after 1s"),
+    );
+    err.retry_after = Some(std::time::Duration::from_secs(1));
+    err
 }
 
 /// A hold in the cluster's shared ledger for a submit in progress: given back when dropped

@@ -12,7 +12,7 @@ use crate::settings::ClusterSettings;
 pub type WebhookQueue = tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>;
 
 /// KV buckets, by purpose (`switchyard_<name>`).
-const BUCKETS: [&str; 8] = [
+const BUCKETS: [&str; 9] = [
     "records",
     "requests",
     "claims",
@@ -21,6 +21,7 @@ const BUCKETS: [&str; 8] = [
     "webhooks",
     "holds",
     "key_months",
+    "in_flight",
 ];
 
 impl Cluster {
@@ -64,8 +65,8 @@ impl Cluster {
             kv.push(ensure_bucket(&js, name, settings.replicas, max_age).await?);
         }
         let tokens = ensure_bucket(&js, "tokens", settings.replicas, retention.ws_tokens).await?;
-        let [records, requests, claims, leases_kv, state, webhooks, holds, key_months] =
-            kv.try_into().expect("eight buckets");
+        let [records, requests, claims, leases_kv, state, webhooks, holds, key_months, in_flight] =
+            kv.try_into().expect("nine buckets");
         let ledger = ensure_stream(
             &js,
             stream::Config {
@@ -98,6 +99,7 @@ impl Cluster {
             ledger,
             holds,
             key_months,
+            in_flight,
             records,
             requests,
             claims,

@@ -17,6 +17,8 @@
 //! - KV `switchyard_tokens`: one-time WebSocket tokens, spent by compare-and-set (see `tokens`).
 //! - `SWITCHYARD_LEDGER` stream and KV `switchyard_holds`, `switchyard_key_months`: project
 //!   balances and keys' monthly spend caps, exact across nodes (see [`ledger`]).
+//! - KV `switchyard_in_flight`: executions in flight per limited key and project (see
+//!   [`in_flight`]).
 //! - KV `switchyard_webhooks` and `switchyard_deliveries`: the webhook outbox and the claim of
 //!   each try (see [`webhooks`]).
 //! - KV `switchyard_state`: the small shared trees — keys, project limits, structures and
@@ -25,6 +27,7 @@
 
 pub mod claims;
 mod connect;
+pub mod in_flight;
 pub mod lease;
 pub mod ledger;
 pub mod log;
@@ -65,6 +68,8 @@ pub struct Cluster {
     holds: jetstream::kv::Store,
     /// Capped keys' spend per month.
     key_months: jetstream::kv::Store,
+    /// Executions in flight per limited key and project (see [`in_flight`]).
+    in_flight: jetstream::kv::Store,
     records: jetstream::kv::Store,
     requests: jetstream::kv::Store,
     claims: jetstream::kv::Store,

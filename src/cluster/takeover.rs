@@ -16,12 +16,13 @@ use crate::domain::{now_ms, Status};
 use crate::store::Store;
 
 /// What an execution's driver needs to append to the shared log.
-#[derive(Clone)]
 pub struct Replica {
     pub cluster: Arc<Cluster>,
     pub lease: Arc<Lease>,
     /// Where the shared log ends: the next append's fence.
     pub position: LogPosition,
+    /// Its place among its key's and project's executions in flight, when they are limited.
+    pub slot: Option<super::in_flight::InFlightSlot>,
 }
 
 impl Cluster {
@@ -131,6 +132,7 @@ impl Cluster {
             cluster: self.clone(),
             lease,
             position,
+            slot: None,
         };
         registry.do_send(StartExecution::new(record, Arc::new(request)).replicated(replica));
         Ok(())

@@ -1045,3 +1045,73 @@ async fn a_keys_monthly_cap_holds_across_nodes() {
         "the cap counts what was spent, not what was held"
     );
 }
+
+#[actix_web::test]
+async fn a_keys_executions_in_flight_are_counted_across_nodes() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // The priced nodes' mock runs ~2 s: submits overlap.
+    let a = Node::start_priced(dir.path(), "a", &nats.url()).await;
+    let b = Node::start_priced(dir.path(), "b", &nats.url()).await;
+    let c = Node::start_priced(dir.path(), "c", &nats.url()).await;
+    let res = a
+        .post("/v1/keys", &json!({"project_id": "busy", "role": "member"}))
+        .await;
+    let key: Value = res.json().await.unwrap();
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    let res = a
+        .client
+        .patch(a.url(&format!("/v1/keys/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"limits": {"concurrent_executions": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let nodes = [&a, &b, &c];
+    let submits = (0..9).map(|i| {
+        let node = nodes[i % 3];
+        async move {
+            node.post_as(
+                secret,
+                "/v1/executions",
+                &chat_body(&format!("busy-{i}"), "hi", "chat-default"),
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(submits).await;
+    let accepted: Vec<_> = answers.iter().filter(|r| r.status() == 202).collect();
+    let limited = answers.iter().filter(|r| r.status() == 429).count();
+    assert_eq!(
+        accepted.len(),
+        2,
+        "the key's two places, wherever submitted"
+    );
+    assert_eq!(limited, 7);
+    let mut ids = Vec::new();
+    for res in answers.into_iter().filter(|r| r.status() == 202) {
+        let v: Value = res.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        c.wait_terminal_as(secret, id).await;
+    }
+    // Their places are given back once they ended.
+    let mut status = 0;
+    for _ in 0..100 {
+        let res = b
+            .post_as(
+                secret,
+                "/v1/executions",
+                &chat_body("busy-after", "hi", "chat-default"),
+            )
+            .await;
+        status = res.status().as_u16();
+        if status == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 202);
+}
