@@ -125,6 +125,8 @@ impl Application {
             Some(cluster) => {
                 let webhooks = (webhook_queue.expect("joined"), webhook_wake.clone());
                 tokio::spawn(cluster.clone().mirror_ledger(store.clone(), ledger.clone()));
+                quota.share_days();
+                tokio::spawn(cluster.clone().share_quotas(quota.clone()));
                 start_cluster(
                     cluster,
                     &store,

@@ -65,6 +65,14 @@ impl Cluster {
             kv.push(ensure_bucket(&js, name, settings.replicas, max_age).await?);
         }
         let tokens = ensure_bucket(&js, "tokens", settings.replicas, retention.ws_tokens).await?;
+        // A day's count matters for that day; two days cover every time zone's clock skew.
+        let quota_days = ensure_bucket(
+            &js,
+            "quota_days",
+            settings.replicas,
+            Duration::from_secs(2 * 86_400),
+        )
+        .await?;
         let [records, requests, claims, leases_kv, state, webhooks, holds, key_months, in_flight] =
             kv.try_into().expect("nine buckets");
         let ledger = ensure_stream(
@@ -100,6 +108,7 @@ impl Cluster {
             holds,
             key_months,
             in_flight,
+            quota_days,
             records,
             requests,
             claims,

@@ -19,6 +19,7 @@
 //!   balances and keys' monthly spend caps, exact across nodes (see [`ledger`]).
 //! - KV `switchyard_in_flight`: executions in flight per limited key and project (see
 //!   [`in_flight`]).
+//! - KV `switchyard_quota_days`: upstream day caps per route, taken in blocks (see `quota`).
 //! - KV `switchyard_webhooks` and `switchyard_deliveries`: the webhook outbox and the claim of
 //!   each try (see [`webhooks`]).
 //! - KV `switchyard_state`: the small shared trees — keys, project limits, structures and
@@ -32,6 +33,7 @@ pub mod lease;
 pub mod ledger;
 pub mod log;
 pub mod mirror;
+mod quota;
 mod records;
 pub mod shared_state;
 pub mod submit;
@@ -70,6 +72,8 @@ pub struct Cluster {
     key_months: jetstream::kv::Store,
     /// Executions in flight per limited key and project (see [`in_flight`]).
     in_flight: jetstream::kv::Store,
+    /// Upstream day counts per route (see `quota`).
+    quota_days: jetstream::kv::Store,
     records: jetstream::kv::Store,
     requests: jetstream::kv::Store,
     claims: jetstream::kv::Store,

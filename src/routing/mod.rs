@@ -204,6 +204,8 @@ pub fn submit_headroom(
         });
         let candidate = match (quota.check(r.key(), now_ms), down) {
             (Ok(()), None) => return Ok(()),
+            // The node is taking more of the day cap: the attempt waits a moment for it.
+            (Err(e), None) if e.reason == quota::Reason::QuotaRefilling => return Ok(()),
             (Err(e), None) => {
                 any_exhausted = true;
                 e

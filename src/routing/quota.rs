@@ -98,6 +98,9 @@ pub enum Reason {
     ProviderTokensExhausted,
     /// The provider answered 429: cooling down.
     ProviderRateLimited,
+    /// In a cluster: this node is taking more of a day cap from the shared count (a moment;
+    /// a submit is not refused for it, an attempt waits).
+    QuotaRefilling,
 }
 
 impl Reason {
@@ -110,6 +113,7 @@ impl Reason {
             Reason::ProviderRequestsExhausted => "provider_requests_exhausted",
             Reason::ProviderTokensExhausted => "provider_tokens_exhausted",
             Reason::ProviderRateLimited => "provider_rate_limited",
+            Reason::QuotaRefilling => "quota_refilling",
         }
     }
 }
@@ -146,11 +150,47 @@ pub struct Charge {
     tokens: u64,
 }
 
+/// In a cluster, the part of a route's day caps this node took from the cluster's shared
+/// count (`cluster::quota`): the day caps hold across nodes because a node starts an attempt
+/// only out of what it took. Minute windows stay per node.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    day: u64,
+    requests: u64,
+    /// Corrections to real usage may take it below zero.
+    tokens: i64,
+    /// The shared count has nothing left today.
+    spent: bool,
+}
+
+/// How long an attempt waits for this node to take more of a day cap.
+const REFILL_WAIT_MS: u64 = 200;
+
+/// What a node takes of a day cap at a time: a sixteenth of it (at least 1), so a node holds
+/// at most that much it may not use.
+fn block(cap: u64) -> u64 {
+    (cap / 16).max(1)
+}
+
+/// A route whose day allowance is low: what to take from the shared count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub provider: String,
+    pub model: String,
+    pub day: u64,
+    pub limits: Limits,
+    /// How much to ask for (0: enough left of that kind).
+    pub requests: u64,
+    pub tokens: u64,
+}
+
 #[derive(Debug, Default)]
 struct RouteQuota {
     limits: Limits,
     minute: Window,
     day: Window,
+    /// `Some` in a cluster, for a route with a day cap.
+    allowance: Option<Allowance>,
     /// The provider's last word on remaining requests and tokens, with their resets.
     reported: Headroom,
     cooldown_until_ms: u64,
@@ -205,13 +245,30 @@ impl RouteQuota {
                 Reason::ProviderRateLimited,
             ),
         ];
-        let all = blocks
-            .into_iter()
-            .filter(|(blocked, _, _)| *blocked)
-            .map(|(_, reason, until_ms)| Exhausted { reason, until_ms })
-            .chain(provider.into_iter().filter_map(|(until, reason)| {
-                until.map(|until_ms| Exhausted { reason, until_ms })
-            }));
+        let day_index = now / DAY_MS;
+        let allowance = self.allowance.and_then(|a| {
+            let empty = a.day != day_index
+                || (l.requests_per_day > 0 && a.requests == 0)
+                || (l.tokens_per_day > 0 && a.tokens <= 0);
+            let (reason, until_ms) = match (
+                a.spent && a.day == day_index,
+                l.requests_per_day > 0 && a.requests == 0,
+            ) {
+                (true, true) => (Reason::QuotaRequestsPerDay, day_end),
+                (true, false) => (Reason::QuotaTokensPerDay, day_end),
+                (false, _) => (Reason::QuotaRefilling, now + REFILL_WAIT_MS),
+            };
+            empty.then_some(Exhausted { reason, until_ms })
+        });
+        let all =
+            blocks
+                .into_iter()
+                .filter(|(blocked, _, _)| *blocked)
+                .map(|(_, reason, until_ms)| Exhausted { reason, until_ms })
+                .chain(provider.into_iter().filter_map(|(until, reason)| {
+                    until.map(|until_ms| Exhausted { reason, until_ms })
+                }))
+                .chain(allowance);
         match all.max_by_key(|e| e.until_ms) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -224,6 +281,10 @@ impl RouteQuota {
         for w in [&mut self.minute, &mut self.day] {
             w.requests += 1;
             w.tokens += tokens;
+        }
+        if let Some(a) = self.allowance.as_mut().filter(|a| a.day == self.day.index) {
+            a.requests = a.requests.saturating_sub(1);
+            a.tokens -= i64::try_from(tokens).unwrap_or(i64::MAX);
         }
         // Until the provider's next answer, what it said shrinks by what we send it.
         let r = &mut self.reported;
@@ -244,6 +305,37 @@ impl RouteQuota {
         };
         correct(&mut self.minute, charge.minute);
         correct(&mut self.day, charge.day);
+        if let Some(a) = self.allowance.as_mut().filter(|a| a.day == charge.day) {
+            let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            a.tokens -= signed(actual) - signed(charge.tokens);
+        }
+    }
+
+    /// What this node should take of the route's day caps now, if anything.
+    fn want(&mut self, now: u64) -> Option<(u64, u64)> {
+        let a = self.allowance.as_mut()?;
+        let today = now / DAY_MS;
+        if a.day != today {
+            *a = Allowance {
+                day: today,
+                ..Allowance::default()
+            };
+        }
+        if a.spent {
+            return None;
+        }
+        let l = &self.limits;
+        // Taken again at half a block left (when a block is one, once it is used).
+        let low = |cap: u64, left: i64| cap > 0 && left < (block(cap) as i64 / 2).max(1);
+        let requests = match low(l.requests_per_day, a.requests as i64) {
+            true => block(l.requests_per_day),
+            false => 0,
+        };
+        let tokens = match low(l.tokens_per_day, a.tokens) {
+            true => block(l.tokens_per_day),
+            false => 0,
+        };
+        (requests > 0 || tokens > 0).then_some((requests, tokens))
     }
 
     fn observe(&mut self, h: &Headroom) {
@@ -460,6 +552,51 @@ impl QuotaBoard {
             .collect()
     }
 
+    /// In a cluster: day caps are taken from the shared count (see [`Allowance`]).
+    pub fn share_days(&self) {
+        for q in self.board().values_mut().flat_map(|m| m.values_mut()) {
+            if q.limits.requests_per_day > 0 || q.limits.tokens_per_day > 0 {
+                q.allowance = Some(Allowance::default());
+            }
+        }
+    }
+
+    /// The routes whose day allowance runs low, with what to take.
+    pub fn wants(&self, now_ms: u64) -> Vec<Want> {
+        let mut board = self.board();
+        let mut out = Vec::new();
+        for (provider, models) in board.iter_mut() {
+            for (model, q) in models.iter_mut() {
+                if let Some((requests, tokens)) = q.want(now_ms) {
+                    out.push(Want {
+                        provider: provider.clone(),
+                        model: model.clone(),
+                        day: now_ms / DAY_MS,
+                        limits: q.limits,
+                        requests,
+                        tokens,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// What this node took of a route's day caps; `spent`: the shared count has no more today.
+    pub fn grant(&self, want: &Want, requests: u64, tokens: u64, spent: bool) {
+        let key = RouteKey {
+            provider: &want.provider,
+            model: &want.model,
+        };
+        self.with(key, |q| {
+            if let Some(a) = q.allowance.as_mut().filter(|a| a.day == want.day) {
+                a.requests += requests;
+                a.tokens += i64::try_from(tokens).unwrap_or(i64::MAX);
+                a.spent |= spent;
+            }
+        });
+    }
+
     /// Every route's day counters when any changed since the last call (for the periodic
     /// save); `None` when nothing changed.
     pub fn take_dirty_days(&self) -> Option<Vec<RouteDay>> {
@@ -512,6 +649,34 @@ mod tests {
             limits: l,
             ..RouteQuota::default()
         }
+    }
+
+    #[test]
+    fn in_a_cluster_attempts_start_only_out_of_what_the_node_took() {
+        let mut q = limited(Limits {
+            requests_per_day: 32,
+            ..Limits::default()
+        });
+        q.allowance = Some(Allowance::default());
+        // Nothing taken yet: a short wait, not a refusal until tomorrow.
+        assert_eq!(q.check(NOW).unwrap_err().reason, Reason::QuotaRefilling);
+        let (requests, _) = q.want(NOW).expect("wants a block");
+        assert_eq!(requests, 2, "a sixteenth of the cap");
+        q.allowance.as_mut().unwrap().requests += requests;
+        assert!(q.check(NOW).is_ok());
+        q.begin(10, NOW);
+        assert!(q.want(NOW).is_none(), "half a block left: enough");
+        q.begin(10, NOW);
+        assert!(q.want(NOW).is_some(), "less than half a block: taken again");
+        assert_eq!(q.check(NOW).unwrap_err().reason, Reason::QuotaRefilling);
+        // The shared count has nothing left: refused until the day rolls over.
+        q.allowance.as_mut().unwrap().spent = true;
+        let e = q.check(NOW).unwrap_err();
+        assert_eq!(e.reason, Reason::QuotaRequestsPerDay);
+        assert_eq!(e.until_ms, (NOW / DAY_MS + 1) * DAY_MS);
+        assert!(q.want(NOW).is_none());
+        // A new day starts empty and wants again.
+        assert!(q.want(NOW + DAY_MS).is_some());
     }
 
     #[test]

@@ -1115,3 +1115,59 @@ async fn a_keys_executions_in_flight_are_counted_across_nodes() {
     }
     assert_eq!(status, 202);
 }
+
+#[actix_web::test]
+async fn a_routes_day_cap_holds_across_nodes() {
+    let Some(nats) = Nats::start() else { return };
+    let fake = FakeOpenAi::start().await.with_words(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let cfg = dir.path().join(format!("{name}.toml"));
+        let toml = node_config(&nats.url(), name, &[&fake]).replace(
+            r#"{ provider = "fake0", model = "up-0" }"#,
+            r#"{ provider = "fake0", model = "up-0", requests_per_day = 4 }"#,
+        );
+        std::fs::write(&cfg, toml).unwrap();
+        let node = Node {
+            server: spawn_process(&cfg, &dir.path().join(name)),
+            client: reqwest::Client::new(),
+        };
+        node.wait_ready().await;
+        nodes.push(node);
+    }
+    // Twelve executions, one after another, round-robin: each node alone would send 4.
+    let mut completed = 0;
+    for i in 0..12 {
+        let node = &nodes[i % 3];
+        let res = node
+            .post(
+                "/v1/executions",
+                &chat_body(&format!("day-{i}"), "Hi", "fake"),
+            )
+            .await;
+        if res.status() != 202 {
+            // The day cap is used up across the cluster: refused at submit, until tomorrow.
+            let msg = assert_error(res, 503, "provider_unavailable").await;
+            assert!(msg.contains("quota_requests_per_day"), "{msg}");
+            continue;
+        }
+        let v: Value = res.json().await.unwrap();
+        let done = node.wait_terminal(v["id"].as_str().unwrap()).await;
+        if done["status"] == "completed" {
+            completed += 1;
+        } else {
+            assert_eq!(done["error"]["code"], "provider_unavailable", "{done}");
+        }
+    }
+    assert!(
+        fake.request_count() <= 4,
+        "never past the day cap: {}",
+        fake.request_count()
+    );
+    assert_eq!(completed, fake.request_count());
+    assert!(
+        completed >= 2,
+        "the cap is used, not just refused: {completed}"
+    );
+}
