@@ -61,7 +61,14 @@ pub async fn get(
     query: web::Query<ProjectQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let project = target(&principal, query.into_inner())?;
-    let secrets = state.webhooks.secrets(&state.store, &project)?;
+    let secrets = match &state.cluster {
+        Some(cluster) => state
+            .webhooks
+            .secrets_in(&state.store, Some(cluster), &project)
+            .await
+            .map_err(ApiError::cluster_unavailable)?,
+        None => state.webhooks.secrets(&state.store, &project)?,
+    };
     // Shown only once durable: a crash cannot replace a secret someone already holds.
     state.durable().await?;
     Ok(HttpResponse::Ok().json(view(&project, &secrets)))

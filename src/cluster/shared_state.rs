@@ -117,6 +117,35 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A project's first webhook signing secrets, agreed across nodes: `fresh` if this node
+    /// creates them first (create-if-absent), else the ones another node created.
+    pub async fn first_webhook_secrets(
+        &self,
+        project: &str,
+        fresh: &crate::store::SigningSecrets,
+    ) -> anyhow::Result<crate::store::SigningSecrets> {
+        use async_nats::jetstream::kv::CreateErrorKind;
+        let entry = format!("webhook_secrets.{}", hex::encode(project));
+        match self
+            .state
+            .create(&entry, serde_json::to_vec(fresh)?.into())
+            .await
+        {
+            Ok(_) => Ok(fresh.clone()),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                let value = self
+                    .state
+                    .get(&entry)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("webhook secrets vanished"))?;
+                Ok(serde_json::from_slice(&value)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// Told of a shared entry that changed on this node: (tree, key, before, after).
 pub type SharedChange = dyn Fn(&str, &[u8], Option<&[u8]>, Option<&[u8]>) + Send + Sync;
 

@@ -202,6 +202,18 @@ impl SigningSecrets {
     }
 }
 
+impl SigningSecrets {
+    /// A project's first secrets: `seed` when given, a random secret without.
+    pub fn first(seed: Option<&str>) -> SigningSecrets {
+        SigningSecrets {
+            current: seed.map(str::to_string).unwrap_or_else(new_secret),
+            created_at_ms: crate::domain::now_ms(),
+            previous: None,
+            previous_expires_at_ms: None,
+        }
+    }
+}
+
 fn new_secret() -> String {
     format!("whsec_{}", crate::domain::ids::random_token(40))
 }
@@ -474,17 +486,10 @@ impl Store {
         seed: Option<&str>,
     ) -> sled::Result<SigningSecrets> {
         let tree = &self.webhooks.secrets;
-        if let Some(bytes) = tree.get(project.as_bytes())? {
-            if let Ok(secrets) = serde_json::from_slice(&bytes) {
-                return Ok(secrets);
-            }
+        if let Some(secrets) = self.stored_webhook_secrets(project)? {
+            return Ok(secrets);
         }
-        let fresh = SigningSecrets {
-            current: seed.map(str::to_string).unwrap_or_else(new_secret),
-            created_at_ms: crate::domain::now_ms(),
-            previous: None,
-            previous_expires_at_ms: None,
-        };
+        let fresh = SigningSecrets::first(seed);
         let bytes = serde_json::to_vec(&fresh).expect("secrets serialize");
         match tree.compare_and_swap(project.as_bytes(), None as Option<&[u8]>, Some(bytes))? {
             Ok(()) => Ok(fresh),
@@ -494,6 +499,30 @@ impl Store {
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or(fresh)),
         }
+    }
+
+    /// The project's signing secrets if it has any yet.
+    pub fn stored_webhook_secrets(&self, project: &str) -> sled::Result<Option<SigningSecrets>> {
+        Ok(self
+            .webhooks
+            .secrets
+            .get(project.as_bytes())?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Keeps the project's first secrets as the cluster agreed on them (not queued again:
+    /// they are shared already).
+    pub fn adopt_webhook_secrets(
+        &self,
+        project: &str,
+        secrets: &SigningSecrets,
+    ) -> sled::Result<()> {
+        let bytes = serde_json::to_vec(secrets).expect("secrets serialize");
+        self.webhooks
+            .secrets
+            .raw()
+            .insert(project.as_bytes(), bytes)?;
+        Ok(())
     }
 
     /// Replaces the project's secret; the old one keeps signing (as a second `v1`) until

@@ -64,6 +64,26 @@ impl Webhooks {
         store.webhook_secrets(project, self.seed_for(project))
     }
 
+    /// [`Webhooks::secrets`], in a cluster created once for all nodes: two nodes signing a
+    /// project's first delivery at the same moment sign with the same secret.
+    pub async fn secrets_in(
+        &self,
+        store: &Store,
+        cluster: Option<&crate::cluster::Cluster>,
+        project: &str,
+    ) -> anyhow::Result<SigningSecrets> {
+        let Some(cluster) = cluster else {
+            return Ok(self.secrets(store, project)?);
+        };
+        if let Some(secrets) = store.stored_webhook_secrets(project)? {
+            return Ok(secrets);
+        }
+        let fresh = SigningSecrets::first(self.seed_for(project));
+        let agreed = cluster.first_webhook_secrets(project, &fresh).await?;
+        store.adopt_webhook_secrets(project, &agreed)?;
+        Ok(agreed)
+    }
+
     pub fn rotate(
         &self,
         store: &Store,

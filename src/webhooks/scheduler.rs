@@ -260,7 +260,12 @@ impl Deliverer {
         if let Err(refused) = egress::check_url(&job.url, &self.webhooks.allow) {
             return Outcome::Refused(refused.0);
         }
-        let secrets = match self.webhooks.secrets(&self.store, &job.project_id) {
+        let cluster = self.cluster.as_deref();
+        let secrets = match self
+            .webhooks
+            .secrets_in(&self.store, cluster, &job.project_id)
+            .await
+        {
             Ok(secrets) => secrets,
             Err(err) => return Outcome::Failed(format!("cannot read the signing secret: {err}")),
         };

@@ -771,6 +771,15 @@ async fn each_webhook_try_is_made_by_exactly_one_node() {
         "no try was made twice: {:?}",
         hits.iter().map(|h| &h.1).collect::<Vec<_>>()
     );
+    // Signed on three nodes with the project's one secret, whichever node created it.
+    let secret: Value = b.get("/v1/webhooks/secret").await.json().await.unwrap();
+    let secret = secret["secret"].as_str().unwrap();
+    for (signature, _, body) in &hits {
+        assert!(
+            crate::webhooks::verify(secret, signature, body),
+            "{signature}"
+        );
+    }
     let mut event_ids: Vec<&str> = hits.iter().map(|h| h.1.as_str()).collect();
     event_ids.sort();
     event_ids.dedup();

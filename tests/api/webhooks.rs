@@ -70,7 +70,7 @@ impl Receiver {
 
 /// Whether any `v1` in `t=<t>,v1=<hex>[,v1=<hex>…]` is `secret`'s signature of `body`, as a
 /// Stripe-style receiver checks it.
-fn verify(secret: &str, signature: &str, body: &str) -> bool {
+pub fn verify(secret: &str, signature: &str, body: &str) -> bool {
     use hmac::{Hmac, Mac};
     let mut parts = signature.split(',');
     let t = parts.next().unwrap().strip_prefix("t=").unwrap();
