@@ -206,18 +206,32 @@ pub(super) async fn accept(
     if let (true, Some(hold)) = (created, shared_hold.as_mut()) {
         hold.kept = true;
     }
-    let token = match ack {
-        Ack::Accepted => Some(issue_ws_token(state, principal, &record).await?),
-        Ack::ByEvents => None,
+    // In a cluster the token and the first event go to NATS side by side.
+    let token = async {
+        match ack {
+            Ack::Accepted => issue_ws_token(state, principal, &record).await.map(Some),
+            Ack::ByEvents => Ok(None),
+        }
     };
+    let first_event = async {
+        match (&state.cluster, &shared, created) {
+            (Some(cluster), Some(Shared::New(_)), true) => {
+                let first = Event::status(1, Status::Pending);
+                Some(cluster.share_first_event(&record.id, first).await)
+            }
+            _ => None,
+        }
+    };
+    let (token, shared_first) = futures_util::join!(token, first_event);
     if created {
         // The `pending` event was written with the record. The execution may start before the
         // submit is durable: it publishes nothing until a commit covers the submit as well.
         state.metrics.events.inc();
         let mut start = StartExecution::new(record.clone(), request).holding(permit);
-        if let (Some(cluster), Some(Shared::New(lease))) = (&state.cluster, shared) {
-            let first = Event::status(1, Status::Pending);
-            match cluster.share_first_event(&record.id, first).await {
+        if let (Some(cluster), Some(Shared::New(lease)), Some(shared_first)) =
+            (&state.cluster, shared, shared_first)
+        {
+            match shared_first {
                 Ok(position) => {
                     start = start.replicated(Replica {
                         cluster: cluster.clone(),
@@ -236,6 +250,9 @@ pub(super) async fn accept(
         }
         state.registry.do_send(start);
     }
+    // After the start: an execution that exists runs even when its token could not be made (a
+    // retry with the same idempotency key gets it and a token).
+    let token = token?;
     if matches!(ack, Ack::Accepted) {
         // Accepting promises the execution survives a crash: wait for the group commit.
         state.durable().await?;

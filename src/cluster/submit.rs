@@ -32,9 +32,12 @@ impl Cluster {
         if let Claim::Existing { id, same_body } = claim {
             return Ok(Shared::Existing { id, same_body });
         }
-        // Request and record before the lease: whoever finds the lease finds both.
-        self.put_request(&record.id, request).await?;
-        self.put_record(record).await?;
+        // Request and record (side by side) before the lease: whoever finds the lease finds
+        // both.
+        futures_util::try_join!(
+            self.put_request(&record.id, request),
+            self.put_record(record)
+        )?;
         Ok(Shared::New(self.lease_new(&record.id).await?))
     }
 
