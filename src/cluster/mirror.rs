@@ -131,7 +131,7 @@ impl Cluster {
     }
 
     async fn mirror_records_once(&self, store: &Store) -> anyhow::Result<()> {
-        let mut watch = self.records.watch_all().await?;
+        let mut watch = self.records.watch_with_history(">").await?;
         while let Some(entry) = watch.next().await {
             let entry = entry?;
             if entry.operation != async_nats::jetstream::kv::Operation::Put {

@@ -85,7 +85,7 @@ impl Cluster {
         if empty {
             self.state_caught_up.store(true, Ordering::Release);
         }
-        let mut watch = self.state.watch_all().await?;
+        let mut watch = self.state.watch_with_history(">").await?;
         while let Some(entry) = watch.next().await {
             let entry = entry?;
             let Some((tree_name, hex_key)) = entry.key.split_once('.') else {

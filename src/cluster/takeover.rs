@@ -6,7 +6,8 @@
 
 use actix::Addr;
 use futures_util::StreamExt;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::lease::LeaseValue;
@@ -26,7 +27,9 @@ pub struct Replica {
 }
 
 impl Cluster {
-    /// Scans for executions to take over, for as long as the node runs.
+    /// Scans for executions to take over, for as long as the node runs. The leases are
+    /// followed through a KV watch (pushed by NATS as they are renewed), so a scan reads
+    /// nothing from the network; only a take is a request.
     pub async fn take_over_loop(
         self: Arc<Self>,
         store: Store,
@@ -34,53 +37,76 @@ impl Cluster {
         takeovers: prometheus::IntCounter,
     ) {
         let started = now_ms();
+        let seen: Arc<Mutex<HashMap<String, SeenLease>>> = Arc::default();
+        tokio::spawn(self.clone().watch_leases(seen.clone()));
         let every = Duration::from_millis((self.settings.lease_ms / 4).max(50));
+        // The first scan soon after start (the watch has delivered the bucket by then): a node
+        // restarted with its id takes its own executions back at once.
+        let mut wait = STARTUP_SCAN.min(every);
         loop {
-            if let Err(err) = self.scan(&store, &registry, started, &takeovers).await {
-                tracing::warn!(error = %err, "lease scan failed");
+            tokio::time::sleep(wait).await;
+            wait = every;
+            let due: Vec<(String, SeenLease)> = {
+                let now = now_ms();
+                let seen = seen.lock().expect("lease view");
+                seen.iter()
+                    .filter(|(id, _)| !self.leases.contains(id))
+                    .filter(|(_, l)| {
+                        // This node's own lease from before it restarted: the old process is gone.
+                        let mine_from_before = l.node == self.node && l.created_ms < started;
+                        mine_from_before || now > l.until_ms
+                    })
+                    .map(|(id, l)| (id.clone(), l.clone()))
+                    .collect()
+            };
+            for (id, lease) in due {
+                let Some(taken) = self.lease_take(&id, lease.revision).await else {
+                    continue;
+                };
+                tracing::info!(execution_id = %id, from = %lease.node, "taking over execution");
+                takeovers.inc();
+                if let Err(err) = self.adopt(&store, &registry, taken.clone()).await {
+                    tracing::error!(execution_id = %id, error = %err, "takeover failed; the lease runs out for another node");
+                    self.lease_release(&taken, false).await;
+                }
             }
-            tokio::time::sleep(every).await;
         }
     }
 
-    async fn scan(
-        self: &Arc<Self>,
-        store: &Store,
-        registry: &Addr<Registry>,
-        started: u64,
-        takeovers: &prometheus::IntCounter,
-    ) -> anyhow::Result<()> {
-        let mut keys = self.leases_kv.keys().await?;
-        let mut candidates = Vec::new();
-        while let Some(key) = keys.next().await {
-            let id = key?;
-            if !self.leases.contains(&id) {
-                candidates.push(id);
+    /// Keeps `seen` equal to the leases bucket, for as long as the node runs.
+    async fn watch_leases(self: Arc<Self>, seen: Arc<Mutex<HashMap<String, SeenLease>>>) {
+        loop {
+            if let Err(err) = self.watch_leases_once(&seen).await {
+                tracing::warn!(error = %err, "lease watch interrupted; resuming");
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
-        for id in candidates {
-            let Some(entry) = self.leases_kv.entry(&id).await? else {
-                continue;
-            };
-            if entry.operation != async_nats::jetstream::kv::Operation::Put {
-                continue;
-            }
-            let Ok(value) = serde_json::from_slice::<LeaseValue>(&entry.value) else {
-                continue;
-            };
-            // This node's own lease from before it restarted: the old process is gone.
-            let mine_from_before = value.node == self.node && entry.created_ms() < started;
-            if !mine_from_before && now_ms() <= value.until_ms {
-                continue;
-            }
-            let Some(lease) = self.lease_take(&id, entry.revision).await else {
-                continue;
-            };
-            tracing::info!(execution_id = %id, from = %value.node, "taking over execution");
-            takeovers.inc();
-            if let Err(err) = self.adopt(store, registry, lease.clone()).await {
-                tracing::error!(execution_id = %id, error = %err, "takeover failed; the lease runs out for another node");
-                self.lease_release(&lease, false).await;
+    }
+
+    async fn watch_leases_once(
+        &self,
+        seen: &Mutex<HashMap<String, SeenLease>>,
+    ) -> anyhow::Result<()> {
+        let mut watch = self.leases_kv.watch_with_history(">").await?;
+        while let Some(entry) = watch.next().await {
+            let entry = entry?;
+            let mut seen = seen.lock().expect("lease view");
+            let value = serde_json::from_slice::<LeaseValue>(&entry.value);
+            match (entry.operation, value) {
+                (async_nats::jetstream::kv::Operation::Put, Ok(value)) => {
+                    seen.insert(
+                        entry.key.clone(),
+                        SeenLease {
+                            node: value.node,
+                            until_ms: value.until_ms,
+                            revision: entry.revision,
+                            created_ms: entry.created_ms(),
+                        },
+                    );
+                }
+                _ => {
+                    seen.remove(&entry.key);
+                }
             }
         }
         Ok(())
@@ -137,6 +163,18 @@ impl Cluster {
         registry.do_send(StartExecution::new(record, Arc::new(request)).replicated(replica));
         Ok(())
     }
+}
+
+/// When the first scan runs after start.
+const STARTUP_SCAN: Duration = Duration::from_millis(300);
+
+/// A lease as the watch last saw it.
+#[derive(Clone)]
+struct SeenLease {
+    node: String,
+    until_ms: u64,
+    revision: u64,
+    created_ms: u64,
 }
 
 trait CreatedMs {

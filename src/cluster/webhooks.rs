@@ -105,7 +105,7 @@ impl Cluster {
         store: &Store,
         wake: &tokio::sync::Notify,
     ) -> anyhow::Result<()> {
-        let mut watch = self.webhooks.watch_all().await?;
+        let mut watch = self.webhooks.watch_with_history(">").await?;
         while let Some(entry) = watch.next().await {
             let entry = entry?;
             if entry.operation != Operation::Put {

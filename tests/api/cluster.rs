@@ -728,6 +728,24 @@ async fn keys_structures_and_responses_made_on_one_node_hold_on_every_node() {
     let done = b.wait_terminal(exec["id"].as_str().unwrap()).await;
     assert!(done["output"]["data"]["title"].is_string(), "{done}");
 
+    // A node started after all this knows the structure and the revoked key, and the
+    // executions run before it came.
+    let late = Node::start(dir.path(), "late", &nats.url(), &[&fake]).await;
+    let res = late
+        .post(
+            "/v1/executions",
+            &json!({"model": "chat-default", "structure": "todo", "idempotency_key": "s2",
+                    "messages": [{"role": "user", "content": "todo"}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 202, "the late node knows the structure");
+    let res = late
+        .post_as(secret, "/v1/executions", &chat_body("k3", "Hi", "fake"))
+        .await;
+    assert_error(res, 401, "unauthorized").await;
+    let before = late.wait_terminal(exec["id"].as_str().unwrap()).await;
+    assert_eq!(before["status"], "completed");
+
     // A Responses API response created on A is retrieved on B.
     let res = a
         .post(
