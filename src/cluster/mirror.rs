@@ -185,7 +185,8 @@ impl Cluster {
     ) -> anyhow::Result<()> {
         let local = store.get_execution(&record.id)?;
         let was_terminal = local.as_ref().is_some_and(|l| l.status.is_terminal());
-        if was_terminal && !record.status.is_terminal() {
+        // A restarted node's mirror brings back every record it already has: nothing to write.
+        if (was_terminal && !record.status.is_terminal()) || local.as_ref() == Some(record) {
             return Ok(());
         }
         store.put_execution(record)?;
