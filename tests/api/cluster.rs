@@ -595,6 +595,26 @@ async fn a_node_cut_off_from_nats_is_fenced_and_the_execution_finishes_elsewhere
     assert_eq!(body["error"]["code"], "internal");
     assert_eq!(body["error"]["retryable"], true);
     assert_eq!(a.readyz().await.0, 503, "not ready while cut off");
+    // The SDK-facing endpoints say the same in their own shapes.
+    let res = a
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "chat-default", "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    let res = a
+        .post(
+            "/v1/messages",
+            &json!({"model": "chat-default", "max_tokens": 16,
+                    "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
 
     seen.extend(sse_b.collect_all().await);
     assert_gapless(&seen, 1);

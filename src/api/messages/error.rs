@@ -65,6 +65,11 @@ impl MessagesError {
 
 impl ResponseError for MessagesError {
     fn status_code(&self) -> StatusCode {
+        // An error with a status of its own (the cluster's shared state unavailable: 503)
+        // keeps it; the SDKs retry either.
+        if let Some(status) = self.0.status {
+            return status;
+        }
         let (_, status) = anthropic_error(self.0.code());
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
