@@ -60,9 +60,13 @@ mod fake_http;
 #[path = "../tests/api/fake_openai.rs"]
 mod fake_openai;
 
+#[path = "support/host.rs"]
+mod host;
+
 use bytes::{Buf, BytesMut};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
+use host::*;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,17 +80,6 @@ const ADMIN_KEY: &str = "bench-admin-key";
 const WORDS: usize = 20;
 const SLOW_WORDS: usize = 200;
 const SLOW_DELAY: Duration = Duration::from_millis(20);
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -202,29 +195,6 @@ mod upstream {
 }
 
 // ---- processes ----
-
-/// Starts `cmd` and waits for the stdout line `ready` followed by its address.
-fn spawn(mut cmd: Command, ready: &str) -> (Child, SocketAddr) {
-    let program = cmd.get_program().to_string_lossy().to_string();
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let stdout = child.stdout.take().expect("stdout");
-    use std::io::BufRead;
-    let mut lines = io::BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("{program} printed no address"))
-            .expect("stdout line");
-        if let Some(a) = line.strip_prefix(ready) {
-            break a.parse().expect("address");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -395,12 +365,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn gateway_binary() -> PathBuf {
-    std::env::var_os("SWITCHYARD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchyard")))
 }
 
 /// The status of a plain blocking GET.
@@ -873,24 +837,6 @@ async fn phase(
 
 // ---- /proc ----
 
-fn clock_ticks() -> f64 {
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / clock_ticks()
-}
-
 /// Busy seconds of the whole machine, all cores (from /proc/stat).
 fn machine_busy_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -902,30 +848,6 @@ fn machine_busy_seconds() -> f64 {
         .collect();
     let busy: u64 = v.iter().take(8).sum::<u64>() - v.get(3).unwrap_or(&0) - v.get(4).unwrap_or(&0);
     busy as f64 / clock_ticks()
-}
-
-/// A `Vm…` line of /proc/PID/status, in MB.
-fn vm_mb(pid: u32, key: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|rest| {
-            rest.trim_start_matches(':')
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 // ---- a cell ----
@@ -952,14 +874,6 @@ struct Figures {
 struct Settings {
     seconds: Duration,
     warmup: Duration,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 fn p50_p99(mut xs: Vec<Duration>) -> Option<(Duration, Duration)> {
@@ -1051,8 +965,11 @@ async fn measure(
         gateway_cpu: (!gateways.is_empty()).then(|| per(gw1 - gw0)).flatten(),
         nats_cpu: nats.and_then(|_| per(nats1 - nats0)),
         others_cores: (others / elapsed.as_secs_f64()).max(0.0),
-        gateway_peak: gateways.iter().map(|&p| vm_mb(p, "VmHWM")).reduce(f64::max),
-        nats_peak: nats.map(|p| vm_mb(p, "VmHWM")),
+        gateway_peak: gateways
+            .iter()
+            .map(|&p| vm_kb(p, "VmHWM") as f64 / 1024.0)
+            .reduce(f64::max),
+        nats_peak: nats.map(|p| vm_kb(p, "VmHWM") as f64 / 1024.0),
     }
 }
 

@@ -69,7 +69,11 @@
 //! - `OVERHEAD_LIMITS` extra `[limits]` lines for the gateway's config, e.g. `store_cache_mb = 16`
 //!   (default: none, the shipped defaults).
 
+#[path = "support/host.rs"]
+mod host;
+
 use bytes::{Buf, BytesMut};
+use host::*;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,10 +91,6 @@ const CONCURRENCY: [usize; 2] = [1, 32];
 
 fn words() -> Vec<String> {
     (0..WORDS).map(|i| format!("w{i:02} ")).collect()
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 // ---- the fake upstream ----
@@ -504,25 +504,6 @@ async fn phase(
 
 // ---- /proc ----
 
-fn clock_ticks() -> f64 {
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // After the command: state is field 3, utime 14, stime 15.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / clock_ticks()
-}
-
 /// Busy seconds of the whole machine, all cores (from /proc/stat).
 fn machine_busy_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -561,22 +542,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// A `Vm…` line of /proc/PID/status, in kB.
-fn vm_kb(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|rest| {
-            rest.trim_start_matches(':')
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 /// The gateway's group-commit flushes so far (`switchyard_store_flush_seconds_count`), read
 /// with a plain blocking HTTP/1.0 GET of `/metrics`.
 fn flush_count(addr: SocketAddr) -> Option<u64> {
@@ -589,13 +554,6 @@ fn flush_count(addr: SocketAddr) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("switchyard_store_flush_seconds_count "))
         .and_then(|n| n.trim().parse().ok())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 /// TCP_NODELAY on the gateway's sockets: (set, total) for the connections it accepted on
@@ -1108,29 +1066,6 @@ async fn prefill(gw: &mut Server, n: usize) {
     );
 }
 
-/// Starts `cmd` and waits for the stdout line `ready` followed by its address.
-fn spawn(mut cmd: Command, ready: &str) -> (Child, SocketAddr) {
-    let program = cmd.get_program().to_string_lossy().to_string();
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let stdout = child.stdout.take().expect("stdout");
-    use std::io::BufRead;
-    let mut lines = io::BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("{program} printed no address"))
-            .expect("stdout line");
-        if let Some(a) = line.strip_prefix(ready) {
-            break a.parse().expect("address");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1173,14 +1108,6 @@ fn request_bytes(addr: SocketAddr, shape: Shape, key: Option<&str>) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 struct Figures {
@@ -1319,13 +1246,6 @@ fn signed_us(gw: Duration, direct: Duration) -> String {
     format!("{sign}{}", us(Duration::from_secs_f64(delta.abs())))
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Sets the `default` project's balance (the admin key's project) with one plain HTTP call.
 fn top_up(addr: SocketAddr, micros: u64) {
     use std::io::{Read, Write};
@@ -1344,12 +1264,6 @@ fn top_up(addr: SocketAddr, micros: u64) {
         answer.starts_with("HTTP/1.1 200"),
         "top-up refused: {answer}"
     );
-}
-
-fn gateway_binary() -> PathBuf {
-    std::env::var_os("SWITCHYARD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchyard")))
 }
 
 fn main() {

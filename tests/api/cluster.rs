@@ -166,8 +166,13 @@ impl Node {
         nats_url: &str,
         fakes: &[&FakeOpenAi],
     ) -> Node {
+        Node::start_toml(dir, node, node_config(nats_url, node, fakes)).await
+    }
+
+    /// A node named `node` on `toml`, its data under `dir/node`, once ready.
+    async fn start_toml(dir: &std::path::Path, node: &str, toml: String) -> Node {
         let cfg = dir.join(format!("{node}.toml"));
-        std::fs::write(&cfg, node_config(nats_url, node, fakes)).unwrap();
+        std::fs::write(&cfg, toml).unwrap();
         let node = Node {
             server: spawn_process(&cfg, &dir.join(node)),
             client: reqwest::Client::new(),
@@ -257,6 +262,14 @@ impl Node {
     }
 }
 
+/// A fake OpenAI upstream answering `words` words, `ms` apart: a stream long enough to cut.
+async fn slow_fake(words: usize, ms: u64) -> FakeOpenAi {
+    FakeOpenAi::start()
+        .await
+        .with_words(words)
+        .with_chunk_delay(Duration::from_millis(ms))
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -321,10 +334,7 @@ fn summary_ws(events: &[Value]) -> Vec<(u64, String, Value)> {
 #[actix_web::test]
 async fn a_dead_nodes_execution_is_taken_over_and_followers_on_other_nodes_see_one_sequence() {
     let Some(nats) = Nats::start() else { return };
-    let fake = FakeOpenAi::start()
-        .await
-        .with_words(120)
-        .with_chunk_delay(Duration::from_millis(15));
+    let fake = slow_fake(120, 15).await;
     let dir = tempfile::tempdir().unwrap();
     let mut a = Node::start(dir.path(), "a", &nats.url(), &[&fake]).await;
     let b = Node::start(dir.path(), "b", &nats.url(), &[&fake]).await;
@@ -568,10 +578,7 @@ async fn a_websocket_token_from_one_node_works_once_on_any_node() {
 #[actix_web::test]
 async fn a_node_cut_off_from_nats_is_fenced_and_the_execution_finishes_elsewhere() {
     let Some(nats) = Nats::start() else { return };
-    let fake = FakeOpenAi::start()
-        .await
-        .with_words(150)
-        .with_chunk_delay(Duration::from_millis(15));
+    let fake = slow_fake(150, 15).await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(nats.port);
     let a = Node::start(dir.path(), "a", &proxy.url(), &[&fake]).await;
@@ -670,6 +677,27 @@ async fn a_node_whose_settings_disagree_with_the_stream_refuses_to_start() {
 }
 
 impl Node {
+    /// A new member key of `project` with `limits`, made through this node; its secret.
+    async fn limited_key(&self, project: &str, limits: Value) -> String {
+        let res = self
+            .post(
+                "/v1/keys",
+                &json!({"project_id": project, "role": "member"}),
+            )
+            .await;
+        let key: Value = res.json().await.unwrap();
+        let res = self
+            .client
+            .patch(self.url(&format!("/v1/keys/{}", key["id"].as_str().unwrap())))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({ "limits": limits }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        key["key"].as_str().unwrap().to_string()
+    }
+
     async fn post_as(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
@@ -684,10 +712,7 @@ impl Node {
 #[actix_web::test]
 async fn keys_structures_and_responses_made_on_one_node_hold_on_every_node() {
     let Some(nats) = Nats::start() else { return };
-    let fake = FakeOpenAi::start()
-        .await
-        .with_words(200)
-        .with_chunk_delay(Duration::from_millis(10));
+    let fake = slow_fake(200, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let a = Node::start(dir.path(), "a", &nats.url(), &[&fake]).await;
     let b = Node::start(dir.path(), "b", &nats.url(), &[&fake]).await;
@@ -831,20 +856,13 @@ impl Node {
     /// Starts a node whose `chat-default` is a slow, priced mock: a `max_tokens: 100` submit
     /// holds 48,000 micros and runs about 2 s.
     async fn start_priced(dir: &std::path::Path, node: &str, nats_url: &str) -> Node {
-        let cfg = dir.join(format!("{node}.toml"));
         let toml = node_config(nats_url, node, &[])
             .replace("mock_chunk_interval_ms = 2", "mock_chunk_interval_ms = 150")
             .replace(
                 r#"routes = [{ provider = "mock", model = "mock-1" }]"#,
                 r#"routes = [{ provider = "mock", model = "mock-1", input_per_mtok = 100.0, output_per_mtok = 400.0 }]"#,
             );
-        std::fs::write(&cfg, toml).unwrap();
-        let node = Node {
-            server: spawn_process(&cfg, &dir.join(node)),
-            client: reqwest::Client::new(),
-        };
-        node.wait_ready().await;
-        node
+        Node::start_toml(dir, node, toml).await
     }
 
     async fn balance(&self) -> Value {
@@ -925,10 +943,7 @@ async fn parallel_submits_on_every_node_never_hold_more_than_the_balance() {
 async fn a_background_response_started_on_one_node_resumes_on_another() {
     use eventsource_stream::Eventsource;
     let Some(nats) = Nats::start() else { return };
-    let fake = FakeOpenAi::start()
-        .await
-        .with_words(60)
-        .with_chunk_delay(Duration::from_millis(10));
+    let fake = slow_fake(60, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let a = Node::start(dir.path(), "a", &nats.url(), &[&fake]).await;
     let b = Node::start(dir.path(), "b", &nats.url(), &[&fake]).await;
@@ -978,26 +993,13 @@ async fn a_background_response_started_on_one_node_resumes_on_another() {
 #[actix_web::test]
 async fn a_node_restarted_with_its_id_takes_its_own_executions_back_at_once() {
     let Some(nats) = Nats::start() else { return };
-    let fake = FakeOpenAi::start()
-        .await
-        .with_words(120)
-        .with_chunk_delay(Duration::from_millis(15));
+    let fake = slow_fake(120, 15).await;
     let dir = tempfile::tempdir().unwrap();
     // Leases far longer than the test: only the restarted node itself may resume its work.
     let start = |node: &'static str| {
-        let cfg = dir.path().join(format!("{node}.toml"));
         let toml = node_config(&nats.url(), node, &[&fake])
             .replace(&format!("lease_ms = {LEASE_MS}"), "lease_ms = 60000");
-        std::fs::write(&cfg, toml).unwrap();
-        let data = dir.path().join(node);
-        async move {
-            let node = Node {
-                server: spawn_process(&cfg, &data),
-                client: reqwest::Client::new(),
-            };
-            node.wait_ready().await;
-            node
-        }
+        Node::start_toml(dir.path(), node, toml)
     };
     let mut a = start("a").await;
     let b = start("b").await;
@@ -1036,24 +1038,11 @@ async fn a_keys_monthly_cap_holds_across_nodes() {
     let a = Node::start_priced(dir.path(), "a", &nats.url()).await;
     let b = Node::start_priced(dir.path(), "b", &nats.url()).await;
     let c = Node::start_priced(dir.path(), "c", &nats.url()).await;
-    let res = a
-        .post(
-            "/v1/keys",
-            &json!({"project_id": "capped", "role": "member"}),
-        )
-        .await;
-    let key: Value = res.json().await.unwrap();
-    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
     // Two holds of 48,000 fit under the cap, a third does not, wherever they are submitted.
-    let res = a
-        .client
-        .patch(a.url(&format!("/v1/keys/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"limits": {"monthly_spend_cap_micros": 100_000}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let secret = a
+        .limited_key("capped", json!({"monthly_spend_cap_micros": 100_000}))
+        .await;
+    let secret = secret.as_str();
     let body = |k: &str| {
         let mut b = chat_body(k, "hi", "chat-default");
         b["params"] = json!({"max_tokens": 100});
@@ -1101,20 +1090,10 @@ async fn a_keys_executions_in_flight_are_counted_across_nodes() {
     let a = Node::start_priced(dir.path(), "a", &nats.url()).await;
     let b = Node::start_priced(dir.path(), "b", &nats.url()).await;
     let c = Node::start_priced(dir.path(), "c", &nats.url()).await;
-    let res = a
-        .post("/v1/keys", &json!({"project_id": "busy", "role": "member"}))
+    let secret = a
+        .limited_key("busy", json!({"concurrent_executions": 2}))
         .await;
-    let key: Value = res.json().await.unwrap();
-    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
-    let res = a
-        .client
-        .patch(a.url(&format!("/v1/keys/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"limits": {"concurrent_executions": 2}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let secret = secret.as_str();
     let nodes = [&a, &b, &c];
     let submits = (0..9).map(|i| {
         let node = nodes[i % 3];
@@ -1170,18 +1149,11 @@ async fn a_routes_day_cap_holds_across_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
-        let cfg = dir.path().join(format!("{name}.toml"));
         let toml = node_config(&nats.url(), name, &[&fake]).replace(
             r#"{ provider = "fake0", model = "up-0" }"#,
             r#"{ provider = "fake0", model = "up-0", requests_per_day = 4 }"#,
         );
-        std::fs::write(&cfg, toml).unwrap();
-        let node = Node {
-            server: spawn_process(&cfg, &dir.path().join(name)),
-            client: reqwest::Client::new(),
-        };
-        node.wait_ready().await;
-        nodes.push(node);
+        nodes.push(Node::start_toml(dir.path(), name, toml).await);
     }
     // Twelve executions, one after another, round-robin: each node alone would send 4.
     let mut completed = 0;
