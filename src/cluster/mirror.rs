@@ -99,9 +99,10 @@ impl Cluster {
                     store.truncate_log(id, last)?;
                 }
                 announce(store, project_feed, id, &batch);
-            } else if store.last_seq(id)? < last {
+            } else if !self.leases.contains(id) && store.last_seq(id)? < last {
                 // This node's own batch that it dropped when it was fenced (appended, but
-                // the acknowledgement never came back).
+                // the acknowledgement never came back). While it drives the execution its log
+                // has the batch already: no read on that path.
                 for event in &batch {
                     store.append_event(id, event)?;
                 }
