@@ -104,40 +104,16 @@ impl Cluster {
         Ok(())
     }
 
-    /// Changes a scope's list with `change` by compare-and-set, again from the new list when
-    /// another node changed it first; `change` answering `false` writes nothing. An entry that
-    /// does not exist is not created by a change that only removes.
+    /// Changes a scope's list with `change` (see `update_json`): `false` writes nothing.
     async fn change_running(
         &self,
         entry: &str,
         mut change: impl FnMut(&mut Vec<Running>) -> bool,
     ) -> anyhow::Result<bool> {
-        use async_nats::jetstream::kv::Operation;
-        loop {
-            let current = self.in_flight.entry(entry).await?;
-            let (mut running, revision) = match &current {
-                Some(e) if e.operation == Operation::Put => (
-                    serde_json::from_slice::<Vec<Running>>(&e.value)?,
-                    Some(e.revision),
-                ),
-                _ => (Vec::new(), None),
-            };
-            let before = running.len();
-            if !change(&mut running) {
-                return Ok(false);
-            }
-            if revision.is_none() && running.is_empty() && before == 0 {
-                return Ok(true);
-            }
-            let value: bytes::Bytes = serde_json::to_vec(&running)?.into();
-            let written = match revision {
-                Some(r) => self.in_flight.update(entry, value, r).await.is_ok(),
-                None => self.in_flight.create(entry, value).await.is_ok(),
-            };
-            if written {
-                return Ok(true);
-            }
-        }
+        let changed = super::update_json(&self.in_flight, entry, |running| {
+            Ok::<bool, std::convert::Infallible>(change(running))
+        });
+        Ok(changed.await?.unwrap_or_else(|never| match never {}))
     }
 }
 

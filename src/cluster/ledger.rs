@@ -200,37 +200,16 @@ impl Cluster {
         Ok(())
     }
 
-    /// Changes a key's month with `change`, by compare-and-set (again from the new value when
-    /// another node changed it first). An `Err` from `change` leaves it unchanged.
+    /// Changes a key's month with `change` (see `update_json`).
     async fn update_key_month<E>(
         &self,
         key_id: &str,
         month: u32,
         mut change: impl FnMut(&mut KeyMonth) -> Result<(), E>,
-    ) -> anyhow::Result<Result<KeyMonth, E>> {
-        use async_nats::jetstream::kv::Operation;
-        let name = key_month_entry(key_id, month);
-        loop {
-            let current = self.key_months.entry(&name).await?;
-            let (mut month_now, revision) = match &current {
-                Some(e) if e.operation == Operation::Put => (
-                    serde_json::from_slice::<KeyMonth>(&e.value)?,
-                    Some(e.revision),
-                ),
-                _ => (KeyMonth::default(), None),
-            };
-            if let Err(refusal) = change(&mut month_now) {
-                return Ok(Err(refusal));
-            }
-            let value: bytes::Bytes = serde_json::to_vec(&month_now)?.into();
-            let written = match revision {
-                Some(r) => self.key_months.update(&name, value, r).await.is_ok(),
-                None => self.key_months.create(&name, value).await.is_ok(),
-            };
-            if written {
-                return Ok(Ok(month_now));
-            }
-        }
+    ) -> anyhow::Result<Result<(), E>> {
+        let entry = key_month_entry(key_id, month);
+        let changed = super::update_json(&self.key_months, &entry, |m| change(m).map(|()| true));
+        Ok(changed.await?.map(|_| ()))
     }
 
     /// A capped key's spend this month and what its open holds reserve.

@@ -150,6 +150,42 @@ async fn follow(
     Ok(consumer.messages().await?)
 }
 
+/// Changes the JSON value under `key` (its default when absent) by compare-and-set, again
+/// from the new value whenever another node changed it first. `change` answers whether to
+/// write; an `Err` from it stops with nothing written. Answers whether it wrote.
+async fn update_json<T, E>(
+    bucket: &jetstream::kv::Store,
+    key: &str,
+    mut change: impl FnMut(&mut T) -> Result<bool, E>,
+) -> anyhow::Result<Result<bool, E>>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Default,
+{
+    use jetstream::kv::Operation;
+    loop {
+        let current = bucket.entry(key).await?;
+        let (mut value, revision) = match &current {
+            Some(e) if e.operation == Operation::Put => {
+                (serde_json::from_slice::<T>(&e.value)?, Some(e.revision))
+            }
+            _ => (T::default(), None),
+        };
+        match change(&mut value) {
+            Err(refused) => return Ok(Err(refused)),
+            Ok(false) => return Ok(Ok(false)),
+            Ok(true) => {}
+        }
+        let bytes: bytes::Bytes = serde_json::to_vec(&value)?.into();
+        let written = match revision {
+            Some(r) => bucket.update(key, bytes, r).await.is_ok(),
+            None => bucket.create(key, bytes).await.is_ok(),
+        };
+        if written {
+            return Ok(Ok(true));
+        }
+    }
+}
+
 /// A delivered message's place in its stream.
 fn stream_seq(message: &jetstream::Message) -> anyhow::Result<u64> {
     Ok(message

@@ -44,7 +44,6 @@ impl Cluster {
     /// Takes up to what `want` asks from the route's shared day count: (requests, tokens,
     /// whether the count has nothing left).
     async fn take_quota(&self, want: &Want) -> anyhow::Result<(u64, u64, bool)> {
-        use async_nats::jetstream::kv::Operation;
         let entry = format!(
             "{}.{}.{}",
             hex::encode(&want.provider),
@@ -52,35 +51,24 @@ impl Cluster {
             want.day
         );
         let l = &want.limits;
-        loop {
-            let current = self.quota_days.entry(&entry).await?;
-            let (mut taken, revision) = match &current {
-                Some(e) if e.operation == Operation::Put => {
-                    (serde_json::from_slice::<Taken>(&e.value)?, Some(e.revision))
-                }
-                _ => (Taken::default(), None),
-            };
-            let share = |cap: u64, used: u64, asked: u64| match cap {
-                0 => 0,
-                cap => asked.min(cap.saturating_sub(used)),
-            };
+        let share = |cap: u64, used: u64, asked: u64| match cap {
+            0 => 0,
+            cap => asked.min(cap.saturating_sub(used)),
+        };
+        let mut took = (0, 0, false);
+        let taken = super::update_json(&self.quota_days, &entry, |taken: &mut Taken| {
             let requests = share(l.requests_per_day, taken.requests, want.requests);
             let tokens = share(l.tokens_per_day, taken.tokens, want.tokens);
             let spent = (l.requests_per_day > 0 && want.requests > 0 && requests == 0)
                 || (l.tokens_per_day > 0 && want.tokens > 0 && tokens == 0);
-            if requests == 0 && tokens == 0 {
-                return Ok((0, 0, spent));
-            }
+            took = (requests, tokens, spent);
             taken.requests += requests;
             taken.tokens += tokens;
-            let value: bytes::Bytes = serde_json::to_vec(&taken)?.into();
-            let written = match revision {
-                Some(r) => self.quota_days.update(&entry, value, r).await.is_ok(),
-                None => self.quota_days.create(&entry, value).await.is_ok(),
-            };
-            if written {
-                return Ok((requests, tokens, spent));
-            }
+            Ok::<bool, std::convert::Infallible>(requests > 0 || tokens > 0)
+        });
+        match taken.await?.unwrap_or_else(|never| match never {}) {
+            true => Ok(took),
+            false => Ok((0, 0, took.2)),
         }
     }
 }
