@@ -59,6 +59,9 @@
 mod fake_http;
 #[path = "../tests/api/fake_openai.rs"]
 mod fake_openai;
+#[path = "../tests/api/nats_server.rs"]
+mod nats_server;
+use nats_server::Nats;
 
 #[path = "support/host.rs"]
 mod host;
@@ -195,60 +198,6 @@ mod upstream {
 }
 
 // ---- processes ----
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-struct Nats {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let dir = tempfile::tempdir().expect("nats temp dir");
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (apt-get install nats-server)");
-        let nats = Nats {
-            child,
-            port,
-            _dir: dir,
-        };
-        for _ in 0..400 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return nats;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("nats-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One gateway process; its config, data dir and log live in `dir`.
 struct Node {
@@ -396,7 +345,7 @@ impl Setup {
         slow: Option<&str>,
     ) -> Setup {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("set-up temp dir");
-        let nats = cluster.then(Nats::start);
+        let nats = cluster.then(Nats::launch);
         let url = nats.as_ref().map(Nats::url);
         let nodes = ["a", "b", "c"][..nodes]
             .iter()

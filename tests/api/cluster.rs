@@ -7,8 +7,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,75 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::fake_openai::FakeOpenAi;
 use crate::helpers::*;
+use crate::nats_server::{free_port, Nats};
 
 /// Short leases keep the tests quick: a dead node's executions move after ~1 s.
 const LEASE_MS: u64 = 1_000;
-
-pub struct Nats {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Nats {
-    /// A fresh JetStream server, or `None` when `nats-server` is not installed (and not
-    /// required).
-    pub fn start() -> Option<Nats> {
-        let found = Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var("SWITCHYARD_REQUIRE_NATS").is_err(),
-                "nats-server is required (apt-get install nats-server)"
-            );
-            eprintln!("skipped: nats-server is not installed");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // From here on, dropping `Nats` stops and reaps the server.
-        let nats = Nats {
-            child,
-            port,
-            _dir: dir,
-        };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(nats);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("nats-server did not start");
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A TCP proxy to NATS that the test can cut (every connection closed, new ones refused) and
 /// restore: a network partition between one node and NATS.

@@ -6,6 +6,7 @@ mod fake_gemini;
 mod fake_http;
 mod fake_openai;
 mod helpers;
+mod nats_server;
 
 mod access;
 mod analytics;
