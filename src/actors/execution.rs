@@ -260,10 +260,7 @@ impl Execution {
         }
         let event = Arc::new(build(self.next_seq));
         self.next_seq += 1;
-        if let Err(err) = self.deps.store.append_event(&self.record.id, &event) {
-            self.deps.store.health.fail(&err);
-            return self.suspend(ctx);
-        }
+        self.deps.store.stage_event(&self.record.id, &event);
         self.deps.metrics.events.inc();
         if self.this_turn.events.is_empty() {
             // Runs once the actor has handled everything that is ready (up to 16 provider

@@ -346,12 +346,13 @@ impl Event {
     }
 
     pub fn decode(seq: u64, stored: &[u8]) -> Option<Event> {
+        Event::decode_shared(seq, Bytes::copy_from_slice(stored))
+    }
+
+    /// [`Event::decode`] of bytes it may keep (a slice of a log value read once).
+    pub fn decode_shared(seq: u64, stored: Bytes) -> Option<Event> {
         let kind = EventKind::from_tag(*stored.first()?)?;
-        Some(Event::from_stored(
-            seq,
-            kind,
-            Bytes::copy_from_slice(stored),
-        ))
+        Some(Event::from_stored(seq, kind, stored))
     }
 }
 

@@ -91,8 +91,12 @@ impl Store {
 
     /// Removes an orphan record, its request, its events and its index entries.
     pub fn remove_orphan(&self, record: &ExecutionRecord) -> sled::Result<()> {
-        for event in self.all_events(&record.id)? {
-            self.events.remove(Self::event_key(&record.id, event.seq))?;
+        for key in self
+            .events
+            .scan_prefix(super::joined(&record.id, &[]))
+            .keys()
+        {
+            self.events.remove(key?)?;
         }
         self.unindex_all(record)?;
         self.requests.remove(record.id.as_bytes())?;

@@ -4,6 +4,9 @@
 //! - 1 (no version key): each record held its whole request and there were no status,
 //!   `unfinished` or `finished` indexes (listings filtered, recovery scanned every record).
 //! - 2: requests in their own tree, written once; the three indexes (see `indexes`).
+//! - 3: an event log value may hold a batch of events (see `events`). Nothing to migrate (a
+//!   single event is still a valid value); the version keeps an older binary, which would
+//!   misread batches, from opening the data dir.
 //!
 //! The migration is idempotent and writes the version last: a crash halfway runs it again on
 //! the next open. It reads the whole history once; every later start reads only `unfinished`.
@@ -12,7 +15,7 @@ use serde_json::Value;
 
 use super::{executions, Store};
 
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 const LAYOUT_KEY: &[u8] = b"layout_version";
 
 impl Store {

@@ -1,7 +1,7 @@
 //! All state, in sled trees behind typed functions; nothing else touches sled.
 //!
 //! Trees: `executions` (id → record, without its request), `requests` (id → the request,
-//! written once), `events` (id ‖ 0 ‖ seq BE → event), `idempotency` (project ‖ 0 ‖ key → id ‖ 0 ‖
+//! written once), `events` (id ‖ 0 ‖ first seq BE → an event or a batch, see `events`), `idempotency` (project ‖ 0 ‖ key → id ‖ 0 ‖
 //! fingerprint), `project_index` (project ‖ 0 ‖ !created BE ‖ id → ()), `status_index`,
 //! `unfinished` and `finished` (see `indexes`), `keys` (key id → key record), `key_hashes`
 //! (sha256(secret) → key id), `project_limits` (project → its limits), `ws_tokens` (sha256(token) → token record), `attempt_log` (id ‖ 0 ‖
@@ -18,6 +18,7 @@ mod cluster;
 mod commit;
 #[cfg(test)]
 mod disk_tests;
+mod event_stage;
 mod events;
 mod executions;
 mod health;
@@ -79,6 +80,8 @@ pub struct Store {
     unfinished: sled::Tree,
     finished: sled::Tree,
     events: sled::Tree,
+    /// Running executions' events on their way to `events` with the next group commit.
+    stage: Arc<event_stage::EventStage>,
     idempotency: sled::Tree,
     project_index: sled::Tree,
     keys: SharedTree,
@@ -131,13 +134,16 @@ impl Store {
         let replication = Arc::<Replication>::default();
         let health = StoreHealth::new(dir, floor_mb);
         health.start_monitor(db.clone());
+        let events = tree("events")?;
+        let stage = Arc::<event_stage::EventStage>::default();
         let store = Store {
             executions: tree("executions")?,
             requests: tree("requests")?,
             status_index: tree("status_index")?,
             unfinished: tree("unfinished")?,
             finished: tree("finished")?,
-            events: tree("events")?,
+            events: events.clone(),
+            stage: stage.clone(),
             idempotency: tree("idempotency")?,
             project_index: tree("project_index")?,
             keys: SharedTree::open(&db, "keys", &replication)?,
@@ -159,6 +165,7 @@ impl Store {
                 db.clone(),
                 std::fs::File::open(dir.join("db").join("db")).ok(),
                 health.clone(),
+                (stage, events),
             ),
             health,
             db,
@@ -167,8 +174,9 @@ impl Store {
         Ok(store)
     }
 
-    /// Makes everything written so far durable (used at shutdown).
+    /// Makes everything written so far durable, staged events included (used at shutdown).
     pub fn flush(&self) -> sled::Result<usize> {
+        self.stage.write(&self.events)?;
         self.db.flush()
     }
 

@@ -1,0 +1,103 @@
+//! Events waiting for the next group commit, one growing batch per execution.
+//!
+//! An execution's events become durable together at the next flush whichever way they reach
+//! sled, so they need not reach it as one B-tree insert each (an insert copies the leaf it
+//! lands in; events were 23 of a request's 43 sled writes). The actor stages each event here
+//! (an append to a buffer under a short lock) and the committer, right before it flushes,
+//! writes each execution's staged events as one log value keyed by the batch's first seq
+//! (see `events.rs` for the value's form).
+//!
+//! Nothing reads the log past the durable seq of a running execution (cursors stop there, see
+//! `cursor.rs`), so events that are staged rather than in sled are invisible to nobody who
+//! could see them before. A crash loses what is staged exactly as it loses sled's unflushed
+//! memory: neither was ever durable, hence never published.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::domain::Event;
+
+#[derive(Default)]
+pub struct EventStage {
+    pending: Mutex<Pending>,
+    /// Held while staged batches go into sled and while a log is truncated, so a truncated
+    /// log never gets back a batch staged before the truncation.
+    writing: Mutex<()>,
+}
+
+#[derive(Default)]
+struct Pending {
+    batches: Vec<StagedBatch>,
+    /// Execution id → its batch in `batches`.
+    open: HashMap<String, usize>,
+}
+
+/// One execution's consecutive staged events, already in the log value's form.
+pub struct StagedBatch {
+    pub id: String,
+    pub first_seq: u64,
+    next_seq: u64,
+    pub value: Vec<u8>,
+}
+
+impl EventStage {
+    /// Stages `event` of execution `id`, behind the events it staged before.
+    pub fn push(&self, id: &str, event: &Event) {
+        let mut pending = self.pending.lock().expect("event stage lock");
+        let Pending { batches, open } = &mut *pending;
+        if let Some(&i) = open.get(id) {
+            let batch = &mut batches[i];
+            if batch.next_seq == event.seq {
+                super::events::push_frame(&mut batch.value, event.encode());
+                batch.next_seq += 1;
+                return;
+            }
+        }
+        // A first event, or one not following the staged ones (an execution restarted its
+        // numbering): a batch of its own.
+        let mut value = super::events::batch_value_with_capacity(512);
+        super::events::push_frame(&mut value, event.encode());
+        open.insert(id.to_owned(), batches.len());
+        batches.push(StagedBatch {
+            id: id.to_owned(),
+            first_seq: event.seq,
+            next_seq: event.seq + 1,
+            value,
+        });
+    }
+
+    /// Writes every staged batch into `events` (memory only: the flush that follows makes them
+    /// durable). Batches of one execution go in the order they were staged.
+    pub fn write(&self, events: &sled::Tree) -> sled::Result<usize> {
+        let _writing = self.exclusive();
+        let batches = std::mem::take(&mut *self.pending.lock().expect("event stage lock"));
+        let n = batches.batches.len();
+        for batch in batches.batches {
+            events.insert(
+                super::Store::event_key(&batch.id, batch.first_seq),
+                batch.value,
+            )?;
+        }
+        Ok(n)
+    }
+
+    /// Excludes [`Self::write`] while held: see [`Self::discard`].
+    pub fn exclusive(&self) -> MutexGuard<'_, ()> {
+        self.writing.lock().expect("event stage lock")
+    }
+
+    /// Drops what execution `id` staged. Called with [`Self::exclusive`] held, so no batch of
+    /// the execution is on its way into sled meanwhile.
+    pub fn discard(&self, id: &str) {
+        let mut pending = self.pending.lock().expect("event stage lock");
+        if pending.open.remove(id).is_none() {
+            return;
+        }
+        pending.batches.retain(|b| b.id != id);
+        let Pending { batches, open } = &mut *pending;
+        open.clear();
+        for (i, b) in batches.iter().enumerate() {
+            open.insert(b.id.clone(), i);
+        }
+    }
+}
