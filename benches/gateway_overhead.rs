@@ -16,6 +16,9 @@
 //! - the floor: what the stack Switchyard is built on costs with nothing of Switchyard's in
 //!   it, each floor a separate process (this bench's binary, re-executed) so it is measured
 //!   exactly like the gateway:
+//!   - `floor: sled` (`support/sled_floor.rs`): sled 0.34 alone, in this process, making one
+//!     request's writes durable at a time (flush + `fdatasync`, like the gateway's commit):
+//!     what the store costs with nothing of Switchyard's around it;
 //!   - `floor: actix-web canned`: an actix-web server set up like the gateway's (default workers,
 //!     TCP_NODELAY) whose `POST /v1/chat/completions` reads the body and answers with the bytes
 //!     the gateway sends (the same `chat.completion` JSON; for a stream the same 22 SSE writes,
@@ -58,8 +61,8 @@
 //!   client limit, an upstream quota and prices configured and a balance set, none of them
 //!   tight enough to refuse: what admission control costs); default `disk,shm`, empty for no
 //!   gateway,
-//! - `OVERHEAD_FLOORS` which floors, `canned`, `proxy` or `canned,proxy` (default; they add
-//!   about 20 s to the run), empty for none,
+//! - `OVERHEAD_FLOORS` which floors, of `sled`, `canned`, `proxy` (default: all three; they add
+//!   about 30 s to the run), empty for none,
 //! - `OVERHEAD_SCENARIOS` which of `ns1`, `ns32`, `s1`, `s32` (default: all; for profiling),
 //! - `OVERHEAD_PROTOCOLS` which client APIs the gateways are measured on: `chat` (default),
 //!   `responses` (OpenAI's Responses API), `messages` (Anthropic's Messages API), comma-separated;
@@ -71,6 +74,8 @@
 
 #[path = "support/host.rs"]
 mod host;
+#[path = "support/sled_floor.rs"]
+mod sled_floor;
 
 use bytes::{Buf, BytesMut};
 use host::*;
@@ -542,18 +547,24 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// The gateway's group-commit flushes so far (`switchyard_store_flush_seconds_count`), read
-/// with a plain blocking HTTP/1.0 GET of `/metrics`.
-fn flush_count(addr: SocketAddr) -> Option<u64> {
+/// The gateway's group-commit flushes so far and the seconds they took
+/// (`switchyard_store_flush_seconds_count` and `_sum`), read with a plain blocking HTTP/1.0
+/// GET of `/metrics`.
+fn flush_totals(addr: SocketAddr) -> Option<(u64, f64)> {
     use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(addr).ok()?;
     sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(sock, "GET /metrics HTTP/1.0\r\nhost: {addr}\r\n\r\n").ok()?;
     let mut text = String::new();
     sock.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("switchyard_store_flush_seconds_count "))
-        .and_then(|n| n.trim().parse().ok())
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    Some((
+        value("switchyard_store_flush_seconds_count ")? as u64,
+        value("switchyard_store_flush_seconds_sum ")?,
+    ))
 }
 
 /// TCP_NODELAY on the gateway's sockets: (set, total) for the connections it accepted on
@@ -1125,6 +1136,8 @@ struct Figures {
     cpu_per_req: Option<Duration>,
     /// Group-commit flushes (sled flush + fdatasync) per request, from the gateway's metrics.
     flushes_per_req: Option<f64>,
+    /// The mean time of those flushes (stage write, sled flush and `fdatasync`).
+    flush_mean: Option<Duration>,
     /// Bytes the server process had written to storage per request (`write_bytes` of
     /// /proc/PID/io: what reaches the block layer, 0 on tmpfs).
     written_per_req: Option<f64>,
@@ -1178,7 +1191,7 @@ async fn measure(
     let data = server.as_ref().and_then(|p| p.data.clone());
     let grown = || data.as_deref().map(dir_bytes);
     let is_gateway = server.as_ref().is_some_and(|p| p.gateway);
-    let flushes = || is_gateway.then(|| flush_count(addr)).flatten();
+    let flushes = || is_gateway.then(|| flush_totals(addr)).flatten();
     let (flushes0, written0, size0) = (flushes(), gw_written(), grown());
     let (busy0, self0, gw0) = (machine_busy_seconds(), cpu_seconds(&self_pid), gw_cpu());
     let (conns, run) = phase(conns, request, shape, settings.seconds, settings.max).await;
@@ -1215,7 +1228,11 @@ async fn measure(
             .as_ref()
             .filter(|_| n > 0)
             .map(|_| Duration::from_secs_f64((gw1 - gw0) / n as f64)),
-        flushes_per_req: per_req(flushes0, flushes1),
+        flushes_per_req: per_req(flushes0.map(|f| f.0), flushes1.map(|f| f.0)),
+        flush_mean: flushes0
+            .zip(flushes1)
+            .filter(|(a, b)| b.0 > a.0)
+            .map(|(a, b)| Duration::from_secs_f64((b.1 - a.1) / (b.0 - a.0) as f64)),
         written_per_req: per_req(written0, written1),
         grown_per_req: per_req(size0, size1),
         peak_mb: server
@@ -1295,7 +1312,7 @@ fn main() {
     );
     println!("gateway binary: {}", bin.display());
 
-    let floors = std::env::var("OVERHEAD_FLOORS").unwrap_or_else(|_| "canned,proxy".into());
+    let floors = std::env::var("OVERHEAD_FLOORS").unwrap_or_else(|_| "sled,canned,proxy".into());
     let protocols: Vec<Protocol> = std::env::var("OVERHEAD_PROTOCOLS")
         .unwrap_or_else(|_| "chat".into())
         .split(',')
@@ -1309,10 +1326,27 @@ fn main() {
     // The floors first, then the gateways: each scenario's rows in that order.
     let mut servers = Vec::new();
     for kind in floors.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        if kind == "sled" {
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            std::fs::create_dir_all(&dir).expect("bench tmp dir");
+            for per_commit in [1, 3] {
+                let f = sled_floor::measure(&dir, settings.seconds, per_commit);
+                println!(
+                    "floor: sled 0.34 alone, {per_commit} request(s)' writes (24 each, 3.7 KB) per flush + fdatasync, one commit at a time, on disk: {} requests in {} commits, commit p50 {} µs, p99 {} µs; per request {} µs CPU and {:.1} KB written",
+                    f.requests,
+                    f.commits,
+                    f.p50.as_micros(),
+                    f.p99.as_micros(),
+                    f.cpu_per_request.as_micros(),
+                    f.written_per_request / 1024.0
+                );
+            }
+            continue;
+        }
         let label = match kind {
             "canned" => "floor: actix-web canned",
             "proxy" => "floor: actix-web + reqwest pass-through",
-            other => panic!("OVERHEAD_FLOORS: unknown floor `{other}` (canned, proxy)"),
+            other => panic!("OVERHEAD_FLOORS: unknown floor `{other}` (sled, canned, proxy)"),
         };
         let server = Server::floor(label, kind, upstream);
         println!("{label}: pid {} on {}", server.pid(), server.addr);
@@ -1413,8 +1447,8 @@ fn main() {
     });
 
     println!();
-    println!("| mode | c | target | requests | req/s | p50 | p99 | first chunk p50 | first chunk p99 | added p50 | added p99 | server CPU/req | flushes/req | written/req | data dir growth/req | server peak memory | other load (cores) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | c | target | requests | req/s | p50 | p99 | first chunk p50 | first chunk p99 | added p50 | added p99 | server CPU/req | flushes/req | flush mean | written/req | data dir growth/req | server peak memory | other load (cores) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (mode, concurrency, figures) in &rows {
         let direct = &figures[0];
         for f in figures {
@@ -1438,7 +1472,7 @@ fn main() {
                 format!("{:.0} ({:.0}%)", f.rps, 100.0 * f.rps / direct.rps)
             };
             println!(
-                "| {mode} | {concurrency} | {} | {}{errors} | {rps} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                "| {mode} | {concurrency} | {} | {}{errors} | {rps} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
                 f.target,
                 f.n,
                 us(f.p50),
@@ -1449,6 +1483,7 @@ fn main() {
                 added(f.p99, direct.p99),
                 opt(f.cpu_per_req),
                 f.flushes_per_req.map_or("—".to_string(), |n| format!("{n:.2}")),
+                opt(f.flush_mean),
                 f.written_per_req.map_or("—".to_string(), kb),
                 f.grown_per_req.map_or("—".to_string(), kb),
                 f.peak_mb.map_or("—".to_string(), |m| format!("{m:.1} MB")),

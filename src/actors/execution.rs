@@ -134,6 +134,8 @@ pub struct Execution {
     /// its durable log when the store is reopened.
     suspended: bool,
     done_waiters: Vec<oneshot::Sender<ExecutionRecord>>,
+    /// The status of the record as the store holds it (the actor is its only writer).
+    stored_status: Status,
     /// The execution's place among its key's executions in flight: dropped as the terminal
     /// status is written, so a client that sees it may submit again at once.
     permit: Option<crate::limits::Permit>,
@@ -168,6 +170,7 @@ impl Execution {
     ) -> Execution {
         let routes = Execution::routes_for(&deps, &record, &record.model, &request);
         let spec = OutputSpec::of(&request.params).ok().flatten();
+        let stored_status = record.status;
         Execution {
             deps,
             record,
@@ -196,6 +199,7 @@ impl Execution {
             finishing: false,
             suspended: false,
             done_waiters: Vec::new(),
+            stored_status,
             permit: None,
             replica: None,
         }
@@ -439,9 +443,16 @@ impl Execution {
 
     /// A failed write poisons the store: the next append sees it and suspends the actor. In a
     /// cluster the record goes to KV too, while this node holds the lease.
-    fn persist(&self) {
-        if let Err(err) = self.deps.store.put_execution(&self.record) {
-            self.deps.store.health.fail(&err);
+    fn persist(&mut self) {
+        let store = &self.deps.store;
+        // In a cluster the mirror may write the record too: read what is stored.
+        let written = match self.replica {
+            None => store.put_execution_over(&self.record, Some(self.stored_status)),
+            Some(_) => store.put_execution(&self.record),
+        };
+        match written {
+            Ok(()) => self.stored_status = self.record.status,
+            Err(err) => store.health.fail(&err),
         }
         if let Some(replica) = self.replica.as_ref().filter(|r| r.lease.valid()) {
             replica.cluster.share_record(&self.record);

@@ -11,10 +11,11 @@
 //! writes nothing is waiting on except their own publication (an execution's `processing`
 //! event), which saves a whole flush (sled's write + the fsync) per request.
 //!
-//! Right before each flush the committer writes the events running executions staged since
-//! the last one, one sled value per execution (see `event_stage.rs`): a ticket taken after
-//! staging is covered by the flush that first reads a `requested` at or past it, and that
-//! flush writes the stage after that read.
+//! Right before each flush the committer writes what writers staged in memory since the last
+//! one ([`Staged`]: running executions' events, one sled value per execution, see
+//! `event_stage.rs`; analytics counts merged per entry): a ticket taken after staging is
+//! covered by the flush that first reads a `requested` at or past it, and that flush writes
+//! the stages after that read.
 //!
 //! A failed flush is final: sled poisons itself on a write error, so every pending and later
 //! ticket fails ([`StoreFailed`]) instead of waiting for a durability that cannot come, and
@@ -29,8 +30,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
-use super::event_stage::EventStage;
 use super::health::StoreHealth;
+
+/// Writes held in memory until the next group commit, which puts them into sled right before
+/// its flush (on the blocking pool, off the writers' threads).
+pub trait Staged: Send + Sync {
+    fn write(&self) -> sled::Result<()>;
+}
 
 /// The longest a deferred ticket waits for another writer's flush before it gets its own.
 pub const DEFER_LIMIT: Duration = Duration::from_millis(5);
@@ -62,12 +68,12 @@ impl GroupCommit {
     /// `log_file`: sled's data file. sled 0.34's flush ends with `sync_file_range` on Linux,
     /// which neither flushes the drive's write cache nor the file's size; an `fdatasync` of the
     /// file after each flush does, so "durable" survives a power failure too.
-    /// `staged`: the stage running executions put their events in, and the log tree they go to.
+    /// `staged`: what writers hold in memory for the next commit (see [`Staged`]).
     pub fn start(
         db: sled::Db,
         log_file: Option<std::fs::File>,
         health: StoreHealth,
-        staged: (Arc<EventStage>, sled::Tree),
+        staged: Vec<Arc<dyn Staged>>,
     ) -> GroupCommit {
         let log_file = log_file.map(Arc::new);
         let inner = Arc::new(Inner {
@@ -139,18 +145,20 @@ async fn commit_loop(
     db: sled::Db,
     log_file: Option<Arc<std::fs::File>>,
     health: StoreHealth,
-    staged: (Arc<EventStage>, sled::Tree),
+    staged: Vec<Arc<dyn Staged>>,
 ) {
     loop {
         inner.pending().await;
         let (db, file, task_inner) = (db.clone(), log_file.clone(), inner.clone());
-        let (stage, events) = staged.clone();
+        let staged = staged.clone();
         let flush = move || -> std::io::Result<(u64, Duration)> {
             // Every write made before this load is in what the flush writes: sled's, and the
             // stage's, written after it.
             let target = task_inner.requested.load(Ordering::Acquire);
             let started = std::time::Instant::now();
-            stage.write(&events).map_err(std::io::Error::other)?;
+            for stage in &staged {
+                stage.write().map_err(std::io::Error::other)?;
+            }
             db.flush().map_err(std::io::Error::other)?;
             if let Some(file) = file {
                 file.sync_data()?;
@@ -202,8 +210,7 @@ mod tests {
     fn committer() -> (tempfile::TempDir, GroupCommit, prometheus::Histogram) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let staged = (Arc::default(), db.open_tree("events").unwrap());
-        let commit = GroupCommit::start(db, None, StoreHealth::new(dir.path(), 0), staged);
+        let commit = GroupCommit::start(db, None, StoreHealth::new(dir.path(), 0), Vec::new());
         let flushes =
             prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("f", "f")).unwrap();
         commit.observe_flushes(flushes.clone());

@@ -17,8 +17,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::domain::Event;
 
-#[derive(Default)]
 pub struct EventStage {
+    /// The log tree the batches go to.
+    events: sled::Tree,
     pending: Mutex<Pending>,
     /// Held while staged batches go into sled and while a log is truncated, so a truncated
     /// log never gets back a batch staged before the truncation.
@@ -41,6 +42,14 @@ pub struct StagedBatch {
 }
 
 impl EventStage {
+    pub fn new(events: sled::Tree) -> EventStage {
+        EventStage {
+            events,
+            pending: Mutex::default(),
+            writing: Mutex::default(),
+        }
+    }
+
     /// Stages `event` of execution `id`, behind the events it staged before.
     pub fn push(&self, id: &str, event: &Event) {
         let mut pending = self.pending.lock().expect("event stage lock");
@@ -66,21 +75,6 @@ impl EventStage {
         });
     }
 
-    /// Writes every staged batch into `events` (memory only: the flush that follows makes them
-    /// durable). Batches of one execution go in the order they were staged.
-    pub fn write(&self, events: &sled::Tree) -> sled::Result<usize> {
-        let _writing = self.exclusive();
-        let batches = std::mem::take(&mut *self.pending.lock().expect("event stage lock"));
-        let n = batches.batches.len();
-        for batch in batches.batches {
-            events.insert(
-                super::Store::event_key(&batch.id, batch.first_seq),
-                batch.value,
-            )?;
-        }
-        Ok(n)
-    }
-
     /// Excludes [`Self::write`] while held: see [`Self::discard`].
     pub fn exclusive(&self) -> MutexGuard<'_, ()> {
         self.writing.lock().expect("event stage lock")
@@ -99,5 +93,19 @@ impl EventStage {
         for (i, b) in batches.iter().enumerate() {
             open.insert(b.id.clone(), i);
         }
+    }
+}
+
+impl super::commit::Staged for EventStage {
+    /// Writes every staged batch into the log (memory only: the flush that follows makes them
+    /// durable). Batches of one execution go in the order they were staged.
+    fn write(&self) -> sled::Result<()> {
+        let _writing = self.exclusive();
+        let batches = std::mem::take(&mut *self.pending.lock().expect("event stage lock"));
+        for batch in batches.batches {
+            let key = super::Store::event_key(&batch.id, batch.first_seq);
+            self.events.insert(key, batch.value)?;
+        }
+        Ok(())
     }
 }

@@ -138,8 +138,22 @@ impl Store {
     /// are written before the record and the old status's entry removed after it (see
     /// `indexes`).
     pub fn put_execution(&self, record: &ExecutionRecord) -> sled::Result<()> {
+        let before = self
+            .executions
+            .get(record.id.as_bytes())?
+            .and_then(|b| status_of(&b));
+        self.put_execution_over(record, before)
+    }
+
+    /// [`Store::put_execution`] for a writer that knows the status of the stored record
+    /// (`None`: there is none): the execution actor, the record's only writer while it runs,
+    /// saves reading and parsing the record back.
+    pub fn put_execution_over(
+        &self,
+        record: &ExecutionRecord,
+        before: Option<Status>,
+    ) -> sled::Result<()> {
         let id = record.id.as_bytes();
-        let before = self.executions.get(id)?.and_then(|b| status_of(&b));
         let moved = before != Some(record.status);
         if moved {
             self.status_index

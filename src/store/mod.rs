@@ -93,6 +93,8 @@ pub struct Store {
     live_logs: Arc<attempt_log::LiveLogs>,
     webhooks: webhooks::WebhookTrees,
     analytics: sled::Tree,
+    /// Finished executions' counts on their way to `analytics` with the next group commit.
+    analytics_stage: Arc<analytics::AnalyticsStage>,
     ledger: sled::Tree,
     key_spend: sled::Tree,
     /// Upstream quota counters per route and UTC day (see `route_days`).
@@ -114,7 +116,7 @@ impl Store {
     /// Opens (or creates) the store under `dir`. Must run inside a tokio runtime: the group
     /// committer is a task on it.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
-        Store::open_with(dir, 16 * 1024 * 1024, 0)
+        Store::open_with(dir, 8 * 1024 * 1024, 0)
     }
 
     /// [`Store::open`] with a page cache of `cache_bytes` (`limits.store_cache_mb`) and a
@@ -135,7 +137,9 @@ impl Store {
         let health = StoreHealth::new(dir, floor_mb);
         health.start_monitor(db.clone());
         let events = tree("events")?;
-        let stage = Arc::<event_stage::EventStage>::default();
+        let stage = Arc::new(event_stage::EventStage::new(events.clone()));
+        let analytics = tree("analytics")?;
+        let analytics_stage = Arc::new(analytics::AnalyticsStage::new(analytics.clone()));
         let store = Store {
             executions: tree("executions")?,
             requests: tree("requests")?,
@@ -153,7 +157,8 @@ impl Store {
             attempt_log: tree("attempt_log")?,
             live_logs: Arc::default(),
             webhooks: webhooks::WebhookTrees::open(&db, &replication)?,
-            analytics: tree("analytics")?,
+            analytics,
+            analytics_stage: analytics_stage.clone(),
             ledger: tree("ledger")?,
             key_spend: tree("key_spend")?,
             route_days: tree("route_days")?,
@@ -165,7 +170,7 @@ impl Store {
                 db.clone(),
                 std::fs::File::open(dir.join("db").join("db")).ok(),
                 health.clone(),
-                (stage, events),
+                vec![stage, analytics_stage],
             ),
             health,
             db,
@@ -176,7 +181,9 @@ impl Store {
 
     /// Makes everything written so far durable, staged events included (used at shutdown).
     pub fn flush(&self) -> sled::Result<usize> {
-        self.stage.write(&self.events)?;
+        use commit::Staged;
+        self.stage.write()?;
+        self.analytics_stage.write()?;
         self.db.flush()
     }
 

@@ -307,6 +307,8 @@ mod tests {
                 store.count_in_analytics(&rec);
             }
         }
+        // Counts go into the tree with the next group commit.
+        store.commit.sync().await.unwrap();
         // 2 projects × 2 dimensions × 3 minutes.
         assert_eq!(store.analytics.len(), 12);
         let swept = store.sweep_analytics(300, 100).unwrap();

@@ -34,19 +34,25 @@ impl WriteCounter {
         )
     }
 
-    /// Writes since the last call, by tree (trees with none left out).
-    fn take(&mut self) -> BTreeMap<String, usize> {
+    /// Writes since the last call, by tree (trees with none left out), and the bytes of the
+    /// keys and values they wrote (what a request stores before sled's own overhead).
+    fn take(&mut self) -> (BTreeMap<String, usize>, usize) {
         let mut out = BTreeMap::new();
+        let mut bytes = 0;
         for (name, sub) in &mut self.0 {
             let mut n = 0;
-            while sub.next_timeout(Duration::from_millis(1)).is_ok() {
+            while let Ok(event) = sub.next_timeout(Duration::from_millis(1)) {
                 n += 1;
+                bytes += match event {
+                    sled::Event::Insert { key, value } => key.len() + value.len(),
+                    sled::Event::Remove { key } => key.len(),
+                };
             }
             if n > 0 {
                 out.insert(name.clone(), n);
             }
         }
-        out
+        (out, bytes)
     }
 }
 
@@ -171,15 +177,23 @@ async fn a_store_grown_to_100k_executions_answers_a_submit_with_the_same_writes(
     assert_eq!(grown.executions.len(), GROWN as usize);
 
     let mut counts = Vec::new();
+    let mut bytes = Vec::new();
     for store in [&empty, &grown] {
         // The first request opens analytics' minute; the second is the steady state.
         one_request(store, "exec_new000000000001").await;
         let mut counter = WriteCounter::watch(store);
         one_request(store, "exec_new000000000002").await;
-        counts.push(counter.take());
+        let (count, written) = counter.take();
+        counts.push(count);
+        bytes.push(written);
     }
     let total = |c: &BTreeMap<String, usize>| c.values().sum::<usize>();
-    println!("writes per request: {} {:?}", total(&counts[0]), counts[0]);
+    println!(
+        "writes per request: {} {:?}; {} bytes of keys and values",
+        total(&counts[0]),
+        counts[0],
+        bytes[0]
+    );
     assert_eq!(counts[0], counts[1], "empty store vs 100,000 executions");
     assert!(total(&counts[0]) > 0);
     // The log: the first event, then one value per commit.
