@@ -9,6 +9,21 @@ use std::time::Duration;
 use switchyard::settings::{Settings, StructuredMode};
 use switchyard::startup::{Application, Exit};
 
+/// jemalloc instead of glibc's malloc: the request path allocates and frees from many threads
+/// (HTTP workers, the execution arbiter, the blocking pool, sled's IO threads), and glibc's
+/// arenas spent 15 % of the gateway's CPU in malloc/free and consolidation (issue 16).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its first allocation; `_RJEM_MALLOC_CONF` in the environment
+/// overrides them. One arena (two cores, and sled's threads would each take one), unused pages
+/// returned after 250 ms rather than 10 s, no lazily purged pages kept, and thread caches for
+/// sizes up to 4 KiB: together they keep peak memory under load below glibc's instead of ~40 %
+/// above it, for most of the CPU jemalloc saves (README "The write path").
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: &[u8; 62] =
+    b"narenas:1,dirty_decay_ms:250,muzzy_decay_ms:0,tcache_max:4096\0";
+
 const ENVIRONMENT: &str = "\
 Environment:
   SWITCHYARD_CONFIG      the config file (as --config)
