@@ -165,7 +165,7 @@ impl Harness {
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
         let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
         for i in 0..subscribers {
-            let cursor = Cursor::new(store.clone(), id.clone(), 0, Some(live.subscribe()));
+            let cursor = Cursor::new(store.event_log(), id.clone(), 0, Some(live.subscribe()));
             let (ready, seen) = (ready_tx.clone(), seen_tx.clone());
             self.workers[i % WORKERS].spawn(async move {
                 let _ = seen.send(follow(cursor, ready).await);

@@ -8,13 +8,14 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::actors::live::Subscription;
 use crate::domain::{EventKind, SharedEvent};
-use crate::store::Store;
+use crate::store::EventLog;
 
 /// Events read from the log per batch.
 const LOG_BATCH: usize = 256;
 
 pub struct Cursor {
-    store: Store,
+    /// The log alone: a cursor per subscriber, so not a whole `Store`.
+    log: EventLog,
     id: String,
     last: u64,
     live: Option<Subscription>,
@@ -28,9 +29,9 @@ pub struct Cursor {
 impl Cursor {
     /// `live` must be subscribed before the cursor first reads the log: an event published
     /// after that is in the feed, one published before is already in the log.
-    pub fn new(store: Store, id: String, after: u64, live: Option<Subscription>) -> Cursor {
+    pub fn new(log: EventLog, id: String, after: u64, live: Option<Subscription>) -> Cursor {
         Cursor {
-            store,
+            log,
             id,
             last: after,
             live,
@@ -67,7 +68,7 @@ impl Cursor {
                 // While the execution runs, its log may hold events not yet durable: read only
                 // up to the durable seq (the rest arrives live). A finished log is all durable.
                 let durable = self.live.as_ref().map_or(u64::MAX, |l| l.durable_seq());
-                match self.store.events_after(&self.id, self.last, LOG_BATCH) {
+                match self.log.events_after(&self.id, self.last, LOG_BATCH) {
                     Ok(batch) => {
                         let before = self.backlog.len();
                         self.backlog

@@ -255,7 +255,7 @@ pub async fn create(
         created: record.created_at_ms / 1000,
         model: record.model.clone(),
     };
-    let cursor = Cursor::new(state.store.clone(), record.id.clone(), 0, live);
+    let cursor = Cursor::new(state.store.event_log(), record.id.clone(), 0, live);
     let mut res = HttpResponse::Ok();
     res.insert_header(("x-switchyard-execution-id", record.id.clone()));
     if streaming {

@@ -62,7 +62,7 @@ pub async fn stream(
         .send(Subscribe(record.id.clone()))
         .await
         .map_err(ApiError::internal)?;
-    let cursor = Cursor::new(state.store.clone(), record.id, after, live);
+    let cursor = Cursor::new(state.store.event_log(), record.id, after, live);
     let keepalive = Duration::from_millis(state.settings.limits.sse_keepalive_ms);
     let revoked = principal.revocation(&state);
     let gauge = SubscriberGauge::open(state.metrics.sse_subscribers.clone());

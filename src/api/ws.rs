@@ -355,11 +355,11 @@ impl WsSession {
         after: u64,
     ) -> impl Stream<Item = ChannelItem> + 'static {
         let registry = self.state.registry.clone();
-        let store = self.state.store.clone();
+        let log = self.state.store.event_log();
         let start = async move {
             // Subscribe before the cursor reads the log, so nothing falls between the two.
             let live = registry.send(Subscribe(id.clone())).await.ok().flatten();
-            (Cursor::new(store, id, after, live), channel, Vec::new())
+            (Cursor::new(log, id, after, live), channel, Vec::new())
         };
         stream::once(start).flat_map(|state| {
             stream::unfold(Some(state), |state| async move {

@@ -94,28 +94,11 @@ impl Store {
         self.stage.push(id, event);
     }
 
-    /// The events of the value at `key`, with their seqs.
-    fn decode_value(id: &str, key: &[u8], value: &[u8]) -> Vec<Event> {
-        let first = key_seq(key);
-        let value = Bytes::copy_from_slice(value);
-        let mut out = Vec::new();
-        for (seq, stored) in (first..).zip(frames(&value)) {
-            match Event::decode_shared(seq, stored) {
-                Some(ev) => out.push(ev),
-                None => tracing::error!(execution_id = %id, seq, "undecodable event in log"),
-            }
+    /// A handle on the event log alone (see [`EventLog`]).
+    pub fn event_log(&self) -> EventLog {
+        EventLog {
+            events: self.events.clone(),
         }
-        out
-    }
-
-    /// The key of the value holding `seq`'s event, if the log has one at or before it.
-    fn value_holding(&self, id: &str, seq: u64) -> sled::Result<Option<sled::IVec>> {
-        let range = Self::event_key(id, 0)..=Self::event_key(id, seq);
-        self.events
-            .range(range)
-            .next_back()
-            .map(|item| item.map(|(key, _)| key))
-            .transpose()
     }
 
     /// Up to `limit` events with seq > `after`, in order.
@@ -125,28 +108,7 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> sled::Result<Vec<SharedEvent>> {
-        let from = after.saturating_add(1);
-        let start = match self.value_holding(id, from)? {
-            Some(key) => key.to_vec(),
-            None => Self::event_key(id, from),
-        };
-        let end = Self::event_key(id, u64::MAX);
-        let mut out = Vec::new();
-        for item in self.events.range(start..=end) {
-            let (key, value) = item?;
-            for ev in Self::decode_value(id, &key, &value) {
-                if out.len() == limit {
-                    return Ok(out);
-                }
-                if ev.seq >= from {
-                    out.push(Arc::new(ev));
-                }
-            }
-            if out.len() == limit {
-                break;
-            }
-        }
-        Ok(out)
+        self.event_log().events_after(id, after, limit)
     }
 
     /// Every event of the execution, in order.
@@ -197,7 +159,7 @@ impl Store {
         Ok(match self.events.range(range).next_back() {
             Some(item) => {
                 let (key, value) = item?;
-                Self::decode_value(id, &key, &value).pop()
+                EventLog::decode_value(id, &key, &value).pop()
             }
             None => None,
         })
@@ -216,7 +178,7 @@ impl Store {
         let _writing = self.stage.exclusive();
         self.stage.discard(id);
         let from = seq.saturating_add(1);
-        let start = match self.value_holding(id, from)? {
+        let start = match self.event_log().value_holding(id, from)? {
             Some(key) => key.to_vec(),
             None => Self::event_key(id, from),
         };
@@ -229,7 +191,7 @@ impl Store {
             }
             // A batch reaching past `seq`: keep its events up to it.
             let mut kept = batch_value_with_capacity(value.len());
-            for ev in Self::decode_value(id, &key, &value) {
+            for ev in EventLog::decode_value(id, &key, &value) {
                 if ev.seq <= seq {
                     push_frame(&mut kept, ev.encode());
                 }
@@ -242,6 +204,70 @@ impl Store {
     /// The highest seq in the log (0 when empty).
     pub fn last_seq(&self, id: &str) -> sled::Result<u64> {
         Ok(self.last_event(id)?.map_or(0, |ev| ev.seq))
+    }
+}
+
+/// The event log alone, for what holds one per reader (a cursor per subscriber): one tree
+/// handle instead of a whole [`Store`] (440 bytes).
+#[derive(Clone)]
+pub struct EventLog {
+    events: sled::Tree,
+}
+
+impl EventLog {
+    /// The events of the value at `key`, with their seqs.
+    fn decode_value(id: &str, key: &[u8], value: &[u8]) -> Vec<Event> {
+        let first = key_seq(key);
+        let value = Bytes::copy_from_slice(value);
+        let mut out = Vec::new();
+        for (seq, stored) in (first..).zip(frames(&value)) {
+            match Event::decode_shared(seq, stored) {
+                Some(ev) => out.push(ev),
+                None => tracing::error!(execution_id = %id, seq, "undecodable event in log"),
+            }
+        }
+        out
+    }
+
+    /// The key of the value holding `seq`'s event, if the log has one at or before it.
+    fn value_holding(&self, id: &str, seq: u64) -> sled::Result<Option<sled::IVec>> {
+        let range = Store::event_key(id, 0)..=Store::event_key(id, seq);
+        self.events
+            .range(range)
+            .next_back()
+            .map(|item| item.map(|(key, _)| key))
+            .transpose()
+    }
+
+    /// Up to `limit` events with seq > `after`, in order.
+    pub fn events_after(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> sled::Result<Vec<SharedEvent>> {
+        let from = after.saturating_add(1);
+        let start = match self.value_holding(id, from)? {
+            Some(key) => key.to_vec(),
+            None => Store::event_key(id, from),
+        };
+        let end = Store::event_key(id, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.events.range(start..=end) {
+            let (key, value) = item?;
+            for ev in EventLog::decode_value(id, &key, &value) {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                if ev.seq >= from {
+                    out.push(Arc::new(ev));
+                }
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -359,7 +385,7 @@ mod tests {
         push_frame(&mut value, Event::chunk(1, "a").encode());
         push_frame(&mut value, Event::chunk(2, "b").encode());
         value.truncate(value.len() - 3);
-        let events = Store::decode_value("exec_a", &Store::event_key("exec_a", 7), &value);
+        let events = EventLog::decode_value("exec_a", &Store::event_key("exec_a", 7), &value);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].seq, 7);
         assert_eq!(events[0].chunk_delta().as_deref(), Some("a"));

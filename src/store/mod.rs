@@ -40,6 +40,7 @@ pub use analytics::{Aggregate, Dimension, Histogram, Series, MINUTE};
 pub use attempt_log::{redacted_headers, AttemptLog, LogEntry};
 pub use catalog::{CatalogEntry, CatalogKind};
 pub use commit::{GroupCommit, StoreFailed};
+pub use events::EventLog;
 #[cfg(test)]
 pub(crate) use executions::tests as tests_support;
 pub use executions::{ListPage, SubmitOutcome};

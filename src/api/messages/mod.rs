@@ -77,7 +77,7 @@ pub async fn create(
         .map_err(ApiError::internal)?;
     let guard = DisconnectGuard::new(&state, &record.id);
     let id = format!("msg_{}", record.id.trim_start_matches("exec_"));
-    let cursor = Cursor::new(state.store.clone(), record.id.clone(), 0, live);
+    let cursor = Cursor::new(state.store.event_log(), record.id.clone(), 0, live);
     let mut res = HttpResponse::Ok();
     res.insert_header(("x-switchyard-execution-id", record.id.clone()));
     if streaming {

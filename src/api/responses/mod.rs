@@ -155,7 +155,7 @@ async fn follow(
         .send(Subscribe(record.id.clone()))
         .await
         .map_err(ApiError::internal)?;
-    let cursor = Cursor::new(state.store.clone(), record.id.clone(), 0, live);
+    let cursor = Cursor::new(state.store.event_log(), record.id.clone(), 0, live);
     let body = stream::body(cursor, translation(state, record)?, after, keepalive(state));
     Ok(futures_util::StreamExt::take_until(body, revoked.fired()))
 }
@@ -227,7 +227,7 @@ async fn until_finished(
         .send(Subscribe(record.id.clone()))
         .await
         .map_err(ApiError::internal)?;
-    let mut cursor = Cursor::new(state.store.clone(), record.id.clone(), 0, live);
+    let mut cursor = Cursor::new(state.store.event_log(), record.id.clone(), 0, live);
     let mut t = translation(state, record)?;
     while let Some(event) = cursor.next().await {
         t.apply(&event);
