@@ -101,19 +101,9 @@ impl Store {
         }
     }
 
-    /// Up to `limit` events with seq > `after`, in order.
-    pub fn events_after(
-        &self,
-        id: &str,
-        after: u64,
-        limit: usize,
-    ) -> sled::Result<Vec<SharedEvent>> {
-        self.event_log().events_after(id, after, limit)
-    }
-
     /// Every event of the execution, in order.
     pub fn all_events(&self, id: &str) -> sled::Result<Vec<SharedEvent>> {
-        self.events_after(id, 0, usize::MAX)
+        self.event_log().events_after(id, 0, usize::MAX)
     }
 
     /// What an execution's log has answered so far, in one pass: the text of the answer in
@@ -313,7 +303,10 @@ mod tests {
             (1..=9).collect::<Vec<_>>()
         );
         for after in 0..=9 {
-            let got = store.events_after("exec_a", after, usize::MAX).unwrap();
+            let got = store
+                .event_log()
+                .events_after("exec_a", after, usize::MAX)
+                .unwrap();
             assert_eq!(
                 seqs(&got),
                 (after + 1..=9).collect::<Vec<_>>(),
@@ -321,9 +314,12 @@ mod tests {
             );
         }
         // A limit stops inside a batch.
-        assert_eq!(seqs(&store.events_after("exec_a", 2, 2).unwrap()), [3, 4]);
         assert_eq!(
-            seqs(&store.events_after("exec_a", 2, 3).unwrap()),
+            seqs(&store.event_log().events_after("exec_a", 2, 2).unwrap()),
+            [3, 4]
+        );
+        assert_eq!(
+            seqs(&store.event_log().events_after("exec_a", 2, 3).unwrap()),
             [3, 4, 5]
         );
         assert_eq!(store.last_seq("exec_a").unwrap(), 9);
