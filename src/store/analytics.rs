@@ -303,6 +303,12 @@ impl AnalyticsStage {
             pending: Default::default(),
         }
     }
+
+    /// Adds `add` to what the next commit merges into entry `key`.
+    fn add(&self, key: Vec<u8>, add: &Aggregate) {
+        let mut pending = self.pending.lock().expect("analytics stage lock");
+        pending.entry(key).or_default().merge(add);
+    }
 }
 
 impl super::commit::Staged for AnalyticsStage {
@@ -327,16 +333,9 @@ impl Store {
     pub fn count_in_analytics(&self, record: &ExecutionRecord) {
         let ended_ms = record.completed_at_ms.unwrap_or(record.created_at_ms);
         let minute = ended_ms / 1000 / MINUTE * MINUTE;
-        {
-            let mut staged = self
-                .analytics_stage
-                .pending
-                .lock()
-                .expect("analytics stage lock");
-            for (dimension, group, add) in contributions(record) {
-                let key = entry_key(&record.project_id, dimension, minute, &group);
-                staged.entry(key).or_default().merge(&add);
-            }
+        for (dimension, group, add) in contributions(record) {
+            let key = entry_key(&record.project_id, dimension, minute, &group);
+            self.analytics_stage.add(key, &add);
         }
         // A commit comes within the deferral limit even if the writer takes no ticket of its
         // own (the cluster mirror); the execution actor's terminal event takes one anyway.

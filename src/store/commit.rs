@@ -55,6 +55,8 @@ struct Inner {
     urgent: AtomicU64,
     wake: Notify,
     durable: watch::Sender<u64>,
+    /// What writers hold in memory for the next commit (see [`Staged`]).
+    staged: Vec<Arc<dyn Staged>>,
     /// Set once a flush failed: nothing written to this store becomes durable any more.
     failed: AtomicBool,
 }
@@ -82,11 +84,18 @@ impl GroupCommit {
             urgent: AtomicU64::new(0),
             wake: Notify::new(),
             durable: watch::Sender::new(0),
+            staged,
             failed: AtomicBool::new(false),
         });
         // The task lives as long as the runtime it runs on (the server's actix system).
-        tokio::spawn(commit_loop(inner.clone(), db, log_file, health, staged));
+        tokio::spawn(commit_loop(inner.clone(), db, log_file, health));
         GroupCommit { inner }
+    }
+
+    /// Puts everything staged into sled (memory only; a flush makes it durable): what each
+    /// commit does before its flush, and what a shutdown's last flush needs first.
+    pub fn write_staged(&self) -> sled::Result<()> {
+        self.inner.write_staged()
     }
 
     pub fn observe_flushes(&self, histogram: prometheus::Histogram) {
@@ -145,20 +154,16 @@ async fn commit_loop(
     db: sled::Db,
     log_file: Option<Arc<std::fs::File>>,
     health: StoreHealth,
-    staged: Vec<Arc<dyn Staged>>,
 ) {
     loop {
         inner.pending().await;
         let (db, file, task_inner) = (db.clone(), log_file.clone(), inner.clone());
-        let staged = staged.clone();
         let flush = move || -> std::io::Result<(u64, Duration)> {
             // Every write made before this load is in what the flush writes: sled's, and the
             // stage's, written after it.
             let target = task_inner.requested.load(Ordering::Acquire);
             let started = std::time::Instant::now();
-            for stage in &staged {
-                stage.write().map_err(std::io::Error::other)?;
-            }
+            task_inner.write_staged().map_err(std::io::Error::other)?;
             db.flush().map_err(std::io::Error::other)?;
             if let Some(file) = file {
                 file.sync_data()?;
@@ -185,6 +190,10 @@ async fn commit_loop(
 }
 
 impl Inner {
+    fn write_staged(&self) -> sled::Result<()> {
+        self.staged.iter().try_for_each(|stage| stage.write())
+    }
+
     /// Resolves when a flush is due: an urgent ticket is pending, or a deferred one has waited
     /// [`DEFER_LIMIT`].
     async fn pending(&self) {

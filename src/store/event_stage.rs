@@ -20,25 +20,30 @@ use crate::domain::Event;
 pub struct EventStage {
     /// The log tree the batches go to.
     events: sled::Tree,
-    pending: Mutex<Pending>,
+    /// Execution id → its staged batches, in order (one, unless its numbering restarted).
+    pending: Mutex<HashMap<String, Vec<StagedBatch>>>,
     /// Held while staged batches go into sled and while a log is truncated, so a truncated
     /// log never gets back a batch staged before the truncation.
     writing: Mutex<()>,
 }
 
-#[derive(Default)]
-struct Pending {
-    batches: Vec<StagedBatch>,
-    /// Execution id → its batch in `batches`.
-    open: HashMap<String, usize>,
+/// Consecutive staged events of one execution, already in the log value's form.
+struct StagedBatch {
+    first_seq: u64,
+    next_seq: u64,
+    value: Vec<u8>,
 }
 
-/// One execution's consecutive staged events, already in the log value's form.
-pub struct StagedBatch {
-    pub id: String,
-    pub first_seq: u64,
-    next_seq: u64,
-    pub value: Vec<u8>,
+impl StagedBatch {
+    fn starting_with(event: &Event) -> StagedBatch {
+        let mut value = super::events::batch_value_with_capacity(512);
+        super::events::push_frame(&mut value, event.encode());
+        StagedBatch {
+            first_seq: event.seq,
+            next_seq: event.seq + 1,
+            value,
+        }
+    }
 }
 
 impl EventStage {
@@ -53,26 +58,19 @@ impl EventStage {
     /// Stages `event` of execution `id`, behind the events it staged before.
     pub fn push(&self, id: &str, event: &Event) {
         let mut pending = self.pending.lock().expect("event stage lock");
-        let Pending { batches, open } = &mut *pending;
-        if let Some(&i) = open.get(id) {
-            let batch = &mut batches[i];
-            if batch.next_seq == event.seq {
+        let Some(batches) = pending.get_mut(id) else {
+            pending.insert(id.to_owned(), vec![StagedBatch::starting_with(event)]);
+            return;
+        };
+        match batches.last_mut() {
+            Some(batch) if batch.next_seq == event.seq => {
                 super::events::push_frame(&mut batch.value, event.encode());
                 batch.next_seq += 1;
-                return;
             }
+            // Not following the staged events (the execution restarted its numbering): a
+            // batch of its own.
+            _ => batches.push(StagedBatch::starting_with(event)),
         }
-        // A first event, or one not following the staged ones (an execution restarted its
-        // numbering): a batch of its own.
-        let mut value = super::events::batch_value_with_capacity(512);
-        super::events::push_frame(&mut value, event.encode());
-        open.insert(id.to_owned(), batches.len());
-        batches.push(StagedBatch {
-            id: id.to_owned(),
-            first_seq: event.seq,
-            next_seq: event.seq + 1,
-            value,
-        });
     }
 
     /// Excludes [`Self::write`] while held: see [`Self::discard`].
@@ -83,16 +81,7 @@ impl EventStage {
     /// Drops what execution `id` staged. Called with [`Self::exclusive`] held, so no batch of
     /// the execution is on its way into sled meanwhile.
     pub fn discard(&self, id: &str) {
-        let mut pending = self.pending.lock().expect("event stage lock");
-        if pending.open.remove(id).is_none() {
-            return;
-        }
-        pending.batches.retain(|b| b.id != id);
-        let Pending { batches, open } = &mut *pending;
-        open.clear();
-        for (i, b) in batches.iter().enumerate() {
-            open.insert(b.id.clone(), i);
-        }
+        self.pending.lock().expect("event stage lock").remove(id);
     }
 }
 
@@ -101,10 +90,12 @@ impl super::commit::Staged for EventStage {
     /// durable). Batches of one execution go in the order they were staged.
     fn write(&self) -> sled::Result<()> {
         let _writing = self.exclusive();
-        let batches = std::mem::take(&mut *self.pending.lock().expect("event stage lock"));
-        for batch in batches.batches {
-            let key = super::Store::event_key(&batch.id, batch.first_seq);
-            self.events.insert(key, batch.value)?;
+        let pending = std::mem::take(&mut *self.pending.lock().expect("event stage lock"));
+        for (id, batches) in pending {
+            for batch in batches {
+                let key = super::Store::event_key(&id, batch.first_seq);
+                self.events.insert(key, batch.value)?;
+            }
         }
         Ok(())
     }

@@ -45,29 +45,21 @@ pub(super) fn push_frame(value: &mut Vec<u8>, stored: &[u8]) {
 
 /// The storage forms a log value holds, in seq order (a corrupt batch ends early; the caller
 /// reports it).
-fn frames(value: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
-    let single = value.first() != Some(&BATCH);
+fn frames(value: &Bytes) -> Vec<Bytes> {
+    if value.first() != Some(&BATCH) {
+        return vec![value.clone()];
+    }
+    let mut frames = Vec::new();
     let mut at = 1;
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
-            return None;
+    while let Some(len) = value.get(at..at + 4) {
+        let end = at + 4 + u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        if end > value.len() {
+            break;
         }
-        if single {
-            done = true;
-            return Some(value.clone());
-        }
-        let len = value.get(at..at + 4)?;
-        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-        let frame = value
-            .get(at + 4..at + 4 + len)
-            .map(|_| value.slice(at + 4..at + 4 + len));
-        at += 4 + len;
-        if frame.is_none() {
-            done = true;
-        }
-        frame
-    })
+        frames.push(value.slice(at + 4..end));
+        at = end;
+    }
+    frames
 }
 
 fn key_seq(key: &[u8]) -> u64 {
@@ -168,10 +160,7 @@ impl Store {
         let _writing = self.stage.exclusive();
         self.stage.discard(id);
         let from = seq.saturating_add(1);
-        let start = match self.event_log().value_holding(id, from)? {
-            Some(key) => key.to_vec(),
-            None => Self::event_key(id, from),
-        };
+        let start = self.event_log().start_key(id, from)?;
         let end = Self::event_key(id, u64::MAX);
         for item in self.events.range(start..=end) {
             let (key, value) = item?;
@@ -219,14 +208,14 @@ impl EventLog {
         out
     }
 
-    /// The key of the value holding `seq`'s event, if the log has one at or before it.
-    fn value_holding(&self, id: &str, seq: u64) -> sled::Result<Option<sled::IVec>> {
+    /// Where a read from `seq` starts: the value holding `seq`'s event, which may start
+    /// before it (a batch), or `seq`'s own key when the log has nothing at or before it.
+    fn start_key(&self, id: &str, seq: u64) -> sled::Result<Vec<u8>> {
         let range = Store::event_key(id, 0)..=Store::event_key(id, seq);
-        self.events
-            .range(range)
-            .next_back()
-            .map(|item| item.map(|(key, _)| key))
-            .transpose()
+        Ok(match self.events.range(range).next_back() {
+            Some(item) => item?.0.to_vec(),
+            None => Store::event_key(id, seq),
+        })
     }
 
     /// Up to `limit` events with seq > `after`, in order.
@@ -237,23 +226,15 @@ impl EventLog {
         limit: usize,
     ) -> sled::Result<Vec<SharedEvent>> {
         let from = after.saturating_add(1);
-        let start = match self.value_holding(id, from)? {
-            Some(key) => key.to_vec(),
-            None => Store::event_key(id, from),
-        };
+        let start = self.start_key(id, from)?;
         let end = Store::event_key(id, u64::MAX);
         let mut out = Vec::new();
         for item in self.events.range(start..=end) {
             let (key, value) = item?;
-            for ev in EventLog::decode_value(id, &key, &value) {
-                if out.len() == limit {
-                    return Ok(out);
-                }
-                if ev.seq >= from {
-                    out.push(Arc::new(ev));
-                }
-            }
-            if out.len() == limit {
+            let events = EventLog::decode_value(id, &key, &value);
+            out.extend(events.into_iter().filter(|e| e.seq >= from).map(Arc::new));
+            if out.len() >= limit {
+                out.truncate(limit);
                 break;
             }
         }

@@ -182,9 +182,7 @@ impl Store {
 
     /// Makes everything written so far durable, staged events included (used at shutdown).
     pub fn flush(&self) -> sled::Result<usize> {
-        use commit::Staged;
-        self.stage.write()?;
-        self.analytics_stage.write()?;
+        self.commit.write_staged()?;
         self.db.flush()
     }
 
