@@ -799,6 +799,33 @@ impl Node {
         Node::start_toml(dir, node, toml).await
     }
 
+    /// Priced nodes `a`, `b` and `c` (see [`Node::start_priced`]) on one NATS.
+    async fn priced_trio(dir: &std::path::Path, nats_url: &str) -> [Node; 3] {
+        [
+            Node::start_priced(dir, "a", nats_url).await,
+            Node::start_priced(dir, "b", nats_url).await,
+            Node::start_priced(dir, "c", nats_url).await,
+        ]
+    }
+
+    /// Submits `body` as `secret` until it is accepted (a place or an allowance is given back
+    /// just after an execution ends), up to 100 times 25 ms; the last status.
+    async fn submit_until_accepted(&self, secret: &str, body: &Value) -> u16 {
+        let mut status = 0;
+        for _ in 0..100 {
+            status = self
+                .post_as(secret, "/v1/executions", body)
+                .await
+                .status()
+                .as_u16();
+            if status == 202 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        status
+    }
+
     async fn balance(&self) -> Value {
         self.get("/v1/balance").await.json().await.unwrap()
     }
@@ -808,11 +835,7 @@ impl Node {
 async fn parallel_submits_on_every_node_never_hold_more_than_the_balance() {
     let Some(nats) = Nats::start() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let nodes = [
-        Node::start_priced(dir.path(), "a", &nats.url()).await,
-        Node::start_priced(dir.path(), "b", &nats.url()).await,
-        Node::start_priced(dir.path(), "c", &nats.url()).await,
-    ];
+    let nodes = Node::priced_trio(dir.path(), &nats.url()).await;
     // Covers exactly 10 holds of 48,000.
     let res = nodes[0]
         .post(
@@ -969,9 +992,7 @@ async fn a_node_restarted_with_its_id_takes_its_own_executions_back_at_once() {
 async fn a_keys_monthly_cap_holds_across_nodes() {
     let Some(nats) = Nats::start() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let a = Node::start_priced(dir.path(), "a", &nats.url()).await;
-    let b = Node::start_priced(dir.path(), "b", &nats.url()).await;
-    let c = Node::start_priced(dir.path(), "c", &nats.url()).await;
+    let [a, b, c] = Node::priced_trio(dir.path(), &nats.url()).await;
     // Two holds of 48,000 fit under the cap, a third does not, wherever they are submitted.
     let secret = a
         .limited_key("capped", json!({"monthly_spend_cap_micros": 100_000}))
@@ -1000,16 +1021,8 @@ async fn a_keys_monthly_cap_holds_across_nodes() {
         spent += done["cost"]["settled_micros"].as_u64().unwrap();
     }
     assert!(spent < 100_000 - 48_000, "room for one more hold: {spent}");
-    let mut fourth = 0;
-    for _ in 0..100 {
-        let res = c.post_as(secret, "/v1/executions", &body("cap-4")).await;
-        fourth = res.status().as_u16();
-        if fourth == 202 {
-            break;
-        }
-        // The holds are closed just after the executions end.
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    // The holds are closed just after the executions end.
+    let fourth = c.submit_until_accepted(secret, &body("cap-4")).await;
     assert_eq!(
         fourth, 202,
         "the cap counts what was spent, not what was held"
@@ -1021,9 +1034,7 @@ async fn a_keys_executions_in_flight_are_counted_across_nodes() {
     let Some(nats) = Nats::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     // The priced nodes' mock runs ~2 s: submits overlap.
-    let a = Node::start_priced(dir.path(), "a", &nats.url()).await;
-    let b = Node::start_priced(dir.path(), "b", &nats.url()).await;
-    let c = Node::start_priced(dir.path(), "c", &nats.url()).await;
+    let [a, b, c] = Node::priced_trio(dir.path(), &nats.url()).await;
     let secret = a
         .limited_key("busy", json!({"concurrent_executions": 2}))
         .await;
@@ -1058,22 +1069,8 @@ async fn a_keys_executions_in_flight_are_counted_across_nodes() {
         c.wait_terminal_as(secret, id).await;
     }
     // Their places are given back once they ended.
-    let mut status = 0;
-    for _ in 0..100 {
-        let res = b
-            .post_as(
-                secret,
-                "/v1/executions",
-                &chat_body("busy-after", "hi", "chat-default"),
-            )
-            .await;
-        status = res.status().as_u16();
-        if status == 202 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(status, 202);
+    let after = chat_body("busy-after", "hi", "chat-default");
+    assert_eq!(b.submit_until_accepted(secret, &after).await, 202);
 }
 
 #[actix_web::test]
