@@ -130,7 +130,7 @@ impl Harness {
                 webhook_wake: Arc::default(),
                 cluster: None,
             });
-            let registry = Registry::new(deps.clone()).start();
+            let registry = Registry::start(deps.clone()).0;
             (deps, registry)
         });
         let workers = (0..WORKERS).map(|_| Arbiter::new()).collect();

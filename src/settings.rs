@@ -117,7 +117,7 @@ impl Default for Limits {
             body_min_bytes_per_sec: 1_024,
             body_rate_grace_ms: 5_000,
             ip_max_connections: 256,
-            store_cache_mb: 8,
+            store_cache_mb: 4,
             min_free_disk_mb: 256,
             ip_requests_per_minute: 0,
             key_requests_per_minute: 0,

@@ -1,7 +1,6 @@
 //! Assembly: open the store, bootstrap the admin key, start the singleton actors, recover
 //! unfinished executions, bind (port 0 works) and serve.
 
-use actix::Actor;
 use actix_web::{dev::Server, web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -104,7 +103,7 @@ impl Application {
                 crate::ledger::recovery_window(settings.limits.max_execution_ms),
             )?,
         });
-        let registry = Registry::new(Arc::new(ExecutionDeps {
+        let (registry, launcher) = Registry::start(Arc::new(ExecutionDeps {
             store: store.clone(),
             settings: settings.clone(),
             providers: providers.clone(),
@@ -115,8 +114,7 @@ impl Application {
             webhook_wake: webhook_wake.clone(),
             ledger: ledger.clone(),
             cluster: cluster.clone(),
-        }))
-        .start();
+        }));
 
         let revocations = Arc::<crate::revocation::Revocations>::default();
         let recovered = match &cluster {
@@ -180,6 +178,7 @@ impl Application {
             health,
             quota: quota.clone(),
             registry,
+            launcher,
             metrics,
             project_feed,
             revocations,

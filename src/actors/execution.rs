@@ -251,6 +251,17 @@ impl Execution {
         self.append(ctx, build);
     }
 
+    /// Progress (a chunk, a thinking fragment): urgent while a reader follows the execution
+    /// live; otherwise it rides on the next commit anyone asks for — the terminal event's, for
+    /// a non-stream answer — or on the one the committer runs `DEFER_LIMIT` (5 ms) later.
+    fn emit_progress(&mut self, ctx: &mut Context<Self>, build: impl FnOnce(u64) -> Event) {
+        if self.live.has_followers() {
+            self.emit(ctx, build)
+        } else {
+            self.emit_deferred(ctx, build)
+        }
+    }
+
     /// [`Self::emit`] for an event nobody waits on (`processing`): unless the same turn emits
     /// another event, it rides on the next group commit anyone asks for (usually the first
     /// chunk's) instead of costing one of its own.
@@ -466,6 +477,7 @@ impl Execution {
         let Some(strategy) = self.admit_route(ctx, strategy) else {
             return;
         };
+        self.claim_breaker();
         let route = self.routes[self.route_index].clone();
         let strategy = match strategy {
             None if !self.emitted.is_empty() => Some(route.provider.settings.continuation()),
@@ -495,9 +507,6 @@ impl Execution {
             self.record.attempts.len() as u32,
             self.request.clone(),
         );
-        self.deps
-            .health
-            .begin(route.key(), tokio::time::Instant::now());
         let chars = request.messages.iter().map(|m| m.content.len()).sum();
         let estimate = crate::limits::estimate_tokens(chars, request.params.max_tokens);
         let charge = self.deps.quota.begin(route.key(), estimate, now_ms());
@@ -545,6 +554,29 @@ impl Execution {
         });
         self.persist();
         tracing::debug!(execution_id = %self.record.id, provider = %self.routes[self.route_index].provider.name(), attempt = id, "attempt started");
+    }
+
+    /// Counts the try against its route's breaker. The route was picked a moment ago, but
+    /// executions run on several threads: another one may have taken a half-open route's one
+    /// probe since. A first try then goes to the next route that admits one (or, all open, to
+    /// the one `pick_route` falls back to); a later try stays on the route its `failover`
+    /// event already named, as a second probe.
+    fn claim_breaker(&mut self) {
+        let (deps, now) = (&self.deps, tokio::time::Instant::now());
+        if deps
+            .health
+            .begin_admitted(self.routes[self.route_index].key(), now)
+        {
+            return;
+        }
+        if self.record.attempts.is_empty() {
+            let (health, quota) = (&deps.health, &deps.quota);
+            let from = self.route_index;
+            if let Ok(i) = routing::pick_route(&self.routes, from, health, quota, now, now_ms()) {
+                self.route_index = i;
+            }
+        }
+        deps.health.begin(self.routes[self.route_index].key(), now);
     }
 
     /// A route out of upstream quota is never tried before its reset: the try moves to the
@@ -703,7 +735,7 @@ impl Execution {
         }
         self.thinking.push(&fragment);
         let event = Event::thinking(self.next_seq, &fragment);
-        self.emit(ctx, |_| event);
+        self.emit_progress(ctx, |_| event);
     }
 
     /// Once the continuation's head is settled: records how it joined (the debug log, the
@@ -791,7 +823,7 @@ impl Execution {
             Some(step) => Event::step_chunk(self.next_seq, &text, step),
             None => Event::chunk(self.next_seq, &text),
         };
-        self.emit(ctx, |_| event);
+        self.emit_progress(ctx, |_| event);
         self.emitted.push_str(&text);
     }
 
@@ -1413,12 +1445,14 @@ impl Actor for Execution {
                     }
                     return self.begin_step(ctx);
                 }
-                let route = &self.routes[self.route_index];
-                let (provider, model) = (route.provider.name().to_string(), route.model.clone());
                 self.start_attempt(ctx, None);
                 // After the attempt's record write, so this event's commit covers that too
-                // (none when no route had quota before the deadline: the execution failed).
+                // (none when no route had quota before the deadline: the execution failed),
+                // and naming the route the attempt went to (quota or a taken probe can move it).
                 if !self.finishing {
+                    let route = &self.routes[self.route_index];
+                    let (provider, model) =
+                        (route.provider.name().to_string(), route.model.clone());
                     self.emit_deferred(ctx, |seq| Event::processing(seq, &provider, &model));
                 }
             }

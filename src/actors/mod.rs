@@ -5,4 +5,6 @@ pub mod live;
 pub mod registry;
 
 pub use execution::Execution;
-pub use registry::{CancelExecution, LiveExecutions, Registry, StartExecution, Subscribe};
+pub use registry::{
+    CancelExecution, Launcher, LiveExecutions, Registry, StartExecution, Subscribe,
+};

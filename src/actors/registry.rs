@@ -1,5 +1,7 @@
-//! The registry: execution id → its live actor and event fan-out. It starts executions,
-//! hands out live subscriptions, forwards cancels, and forgets an execution when it stops.
+//! The registry: execution id → its live actor and event fan-out. It starts recovered and
+//! taken-over executions, registers the fresh ones the [`Launcher`] starts where they were
+//! accepted, hands out live subscriptions, forwards cancels, and forgets an execution when it
+//! stops.
 
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -22,12 +24,76 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(deps: Arc<ExecutionDeps>) -> Registry {
-        Registry {
-            deps,
+    /// Starts the registry on the current arbiter, with the launcher that starts fresh
+    /// executions on whichever thread accepts them.
+    pub fn start(deps: Arc<ExecutionDeps>) -> (Addr<Registry>, Launcher) {
+        let registry = Registry {
+            deps: deps.clone(),
             live: HashMap::new(),
         }
+        .start();
+        let launcher = Launcher {
+            registry: registry.clone(),
+            deps,
+        };
+        (registry, launcher)
     }
+
+    fn insert(&mut self, id: String, live: Live) {
+        self.live.insert(id, live);
+        self.deps
+            .metrics
+            .active_executions
+            .set(self.live.len() as i64);
+    }
+}
+
+/// Starts fresh executions on the calling thread: the HTTP worker that accepted one then also
+/// runs its actor, its provider stream and the submitter's reader, instead of every request
+/// crossing to the registry's thread and back (issue 16: the hand-offs were the largest part
+/// of what Switchyard added at concurrency 1, and one thread ran every execution).
+#[derive(Clone)]
+pub struct Launcher {
+    registry: Addr<Registry>,
+    deps: Arc<ExecutionDeps>,
+}
+
+impl Launcher {
+    /// Starts a just-created execution here and returns a subscription to its feed. Only for
+    /// a fresh id, which nothing else can be running: recovery and takeovers, which can race,
+    /// go through the registry ([`StartExecution`]), which checks.
+    pub fn start_new(&self, start: StartExecution) -> Subscription {
+        let id = start.record.id.clone();
+        let live = launch(&self.deps, start, self.registry.clone());
+        let subscription = live.feed.subscribe();
+        // Sent before the actor first runs, so it reaches the registry before the actor's
+        // `Deregister`; and before the submit is answered, so before any reader's `Subscribe`.
+        self.registry.do_send(Register(id, live));
+        subscription
+    }
+}
+
+/// Creates the execution's feed and starts its actor on the current arbiter.
+fn launch(deps: &Arc<ExecutionDeps>, msg: StartExecution, registry: Addr<Registry>) -> Live {
+    // A new execution's first event may not be durable yet (see `accept`): readers wait for
+    // its publication. A recovered one's log is durable as far as it goes.
+    let durable = match msg.record.status {
+        Status::Pending => 0,
+        _ => deps.store.last_seq(&msg.record.id).unwrap_or(0),
+    };
+    let feed = LiveFeed::new(durable);
+    let execution = Execution::new(
+        msg.record,
+        msg.request,
+        deps.clone(),
+        feed.clone(),
+        registry,
+    );
+    let addr = execution
+        .holding(msg.permit)
+        .replicating(msg.replica)
+        .start();
+    Live { addr, feed }
 }
 
 impl Actor for Registry {
@@ -86,6 +152,11 @@ pub struct LiveExecutions;
 #[rtype(result = "()")]
 pub(super) struct Deregister(pub String);
 
+/// An execution the [`Launcher`] started on another thread.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Register(String, Live);
+
 impl Handler<StartExecution> for Registry {
     type Result = ();
 
@@ -94,29 +165,16 @@ impl Handler<StartExecution> for Registry {
         if self.live.contains_key(&id) {
             return;
         }
-        // A new execution's first event may not be durable yet (see `accept`): readers wait
-        // for its publication. A recovered one's log is durable as far as it goes.
-        let durable = match msg.record.status {
-            Status::Pending => 0,
-            _ => self.deps.store.last_seq(&id).unwrap_or(0),
-        };
-        let feed = LiveFeed::new(durable);
-        let execution = Execution::new(
-            msg.record,
-            msg.request,
-            self.deps.clone(),
-            feed.clone(),
-            ctx.address(),
-        );
-        let addr = execution
-            .holding(msg.permit)
-            .replicating(msg.replica)
-            .start();
-        self.live.insert(id, Live { addr, feed });
-        self.deps
-            .metrics
-            .active_executions
-            .set(self.live.len() as i64);
+        let live = launch(&self.deps, msg, ctx.address());
+        self.insert(id, live);
+    }
+}
+
+impl Handler<Register> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, Register(id, live): Register, _: &mut Context<Self>) {
+        self.insert(id, live);
     }
 }
 

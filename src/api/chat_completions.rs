@@ -10,11 +10,10 @@ use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::time::Duration;
 
-use super::executions::{accept, Ack};
+use super::executions::{accept, live_feed, Ack, Reading};
 use super::finished::Finished;
 use super::following::{blame_store, until_done, DisconnectGuard, Step};
 use super::{body::read_json, openai_error::OpenAiError, AppState, Principal};
-use crate::actors::Subscribe;
 use crate::cursor::Cursor;
 use crate::domain::request::Stop;
 use crate::domain::tools::{Tool, ToolChoice};
@@ -241,14 +240,15 @@ pub async fn create(
     let key = super::following::idempotency_key(&req, "chatcmpl");
     let (body, streaming, include_usage) = request.into_submit(key)?;
     let json_answer = body.params.response_format.is_some();
-    let (record, _, _) = accept(&state, &req, &principal, &body, Ack::ByEvents)
+    let accepted = accept(&state, &req, &principal, &body, Ack::ByEvents)
         .await
         .map_err(own_field_names)?;
-    let live = state
-        .registry
-        .send(Subscribe(record.id.clone()))
-        .await
-        .map_err(ApiError::internal)?;
+    let record = accepted.record;
+    let reading = match streaming {
+        true => Reading::Follows,
+        false => Reading::Outcome,
+    };
+    let live = live_feed(&state, &record.id, accepted.live, reading).await?;
     let guard = DisconnectGuard::new(&state, &record.id);
     let shape = Shape {
         id: format!("chatcmpl-{}", record.id.trim_start_matches("exec_")),

@@ -5,7 +5,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{body::read_json, AppState, Principal};
-use crate::actors::{CancelExecution, StartExecution};
+use crate::actors::live::Subscription;
+use crate::actors::{CancelExecution, StartExecution, Subscribe};
 use crate::cluster::in_flight::InFlightSlot;
 use crate::cluster::submit::Shared;
 use crate::cluster::takeover::Replica;
@@ -21,7 +22,12 @@ pub async fn submit(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body: SubmitBody = read_json(&req, payload, state.settings.limits.max_body_bytes).await?;
-    let (record, created, token) = accept(&state, &req, &principal, &body, Ack::Accepted).await?;
+    let Accepted {
+        record,
+        created,
+        token,
+        ..
+    } = accept(&state, &req, &principal, &body, Ack::Accepted).await?;
     let token = token.unwrap_or_default();
     let status = if created {
         actix_web::http::StatusCode::ACCEPTED
@@ -44,8 +50,8 @@ pub(super) enum Ack {
     ByEvents,
 }
 
-/// Validates and persists a submit and starts it: `(record, true, _)` for a new execution,
-/// `(original, false, _)` for a retry with the same idempotency key and body; with a fresh
+/// Validates and persists a submit and starts it: `created` for a new execution, the original
+/// for a retry with the same idempotency key and body; with a fresh
 /// WebSocket token for [`Ack::Accepted`] (made durable by the same group commit).
 pub(super) async fn accept(
     state: &AppState,
@@ -53,7 +59,7 @@ pub(super) async fn accept(
     principal: &Principal,
     body: &SubmitBody,
     ack: Ack,
-) -> Result<(ExecutionRecord, bool, Option<String>), ApiError> {
+) -> Result<Accepted, ApiError> {
     body.validate()?;
     let resolved = super::design::resolve(state, principal, body)?;
     if let Some(url) = &resolved.webhook_url {
@@ -223,6 +229,7 @@ pub(super) async fn accept(
         }
     };
     let (token, shared_first) = futures_util::join!(token, first_event);
+    let mut live = None;
     if created {
         // The `pending` event was written with the record. The execution may start before the
         // submit is durable: it publishes nothing until a commit covers the submit as well.
@@ -248,7 +255,7 @@ pub(super) async fn accept(
                 }
             }
         }
-        state.registry.do_send(start);
+        live = Some(state.launcher.start_new(start));
     }
     // After the start: an execution that exists runs even when its token could not be made (a
     // retry with the same idempotency key gets it and a token).
@@ -257,7 +264,54 @@ pub(super) async fn accept(
         // Accepting promises the execution survives a crash: wait for the group commit.
         state.durable().await?;
     }
-    Ok((record, created, token))
+    Ok(Accepted {
+        record,
+        created,
+        token,
+        live,
+    })
+}
+
+/// What [`accept`] did.
+pub(super) struct Accepted {
+    pub record: ExecutionRecord,
+    /// A new execution, not a retry of one with the same idempotency key and body.
+    pub created: bool,
+    /// A fresh WebSocket token ([`Ack::Accepted`]).
+    pub token: Option<String>,
+    /// The new execution's feed, subscribed before it started; `None` for a retry.
+    pub live: Option<Subscription>,
+}
+
+/// How a reader shows an execution.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reading {
+    /// Each event as it comes (a stream).
+    Follows,
+    /// Only the outcome (a non-stream answer): see [`Subscription::for_outcome`].
+    Outcome,
+}
+
+/// The execution's live feed: `started` (subscribed when this request started it), else the
+/// registry's; `None` when it is not running.
+pub(super) async fn live_feed(
+    state: &AppState,
+    id: &str,
+    started: Option<Subscription>,
+    reading: Reading,
+) -> Result<Option<Subscription>, ApiError> {
+    let live = match started {
+        Some(live) => Some(live),
+        None => state
+            .registry
+            .send(Subscribe(id.to_owned()))
+            .await
+            .map_err(ApiError::internal)?,
+    };
+    Ok(match reading {
+        Reading::Follows => live,
+        Reading::Outcome => live.map(Subscription::for_outcome),
+    })
 }
 
 /// The 429 for a submit whose key or project has as many executions in flight as it may,

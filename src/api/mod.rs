@@ -60,6 +60,8 @@ pub struct AppState {
     /// Upstream quotas per route (admission, routing status, headroom gauges).
     pub quota: Arc<crate::routing::QuotaBoard>,
     pub registry: Addr<Registry>,
+    /// Starts fresh executions on the worker that accepted them.
+    pub launcher: crate::actors::Launcher,
     pub metrics: Arc<Metrics>,
     pub project_feed: Arc<ProjectFeed>,
     /// Tells open streams that their key was revoked or rotated.

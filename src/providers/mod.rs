@@ -6,6 +6,7 @@ mod attempt;
 mod error;
 mod gemini;
 mod headroom;
+mod http;
 mod mock;
 mod openai;
 mod sse;
@@ -140,7 +141,7 @@ impl Provider {
     }
 }
 
-/// Every configured provider by name, sharing one HTTP client (one connection pool).
+/// Every configured provider by name, sharing the HTTP clients (one connection pool per thread).
 pub struct Providers {
     by_name: HashMap<String, Arc<Provider>>,
     /// The built-in answerers of testing-mode executions: a primary and a fallback (never in
@@ -156,12 +157,7 @@ impl Providers {
             .map(|p| p.connect_timeout())
             .max()
             .unwrap_or_default();
-        let http = reqwest::Client::builder()
-            // Without it a kept-alive request can wait ~40 ms on a delayed ACK.
-            .tcp_nodelay(true)
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .build()?;
+        let http = http::Http::new(connect_timeout)?;
         let by_name = settings
             .providers
             .iter()

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use super::http::Http;
 use super::sse::{self, Parsed};
 use super::structured;
 use super::{Delta, Embeddings, ProviderError, ProviderStream, StreamItem, UpstreamRequest};
@@ -14,11 +15,11 @@ pub struct OpenAi {
     url: String,
     embeddings_url: String,
     api_key: Option<String>,
-    http: reqwest::Client,
+    http: Http,
 }
 
 impl OpenAi {
-    pub fn new(settings: &ProviderSettings, http: reqwest::Client) -> OpenAi {
+    pub fn new(settings: &ProviderSettings, http: Http) -> OpenAi {
         let base = settings.base_url.as_deref().unwrap_or_default();
         OpenAi {
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
@@ -34,11 +35,12 @@ impl OpenAi {
         log: &AttemptLog,
     ) -> Result<ProviderStream, ProviderError> {
         let body = request_body(req);
-        let mut builder = self.http.post(&self.url);
+        let http = self.http.client();
+        let mut builder = http.post(&self.url);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        let resp = sse::send(&self.http, builder, &body, log, ProviderError::from_status).await?;
+        let resp = sse::send(&http, builder, &body, log, ProviderError::from_status).await?;
         Ok(sse::parse_response(resp, log.clone(), |ev| {
             parse_data(&ev.data)
         }))
@@ -58,12 +60,13 @@ impl OpenAi {
         if let Some(d) = dimensions {
             body["dimensions"] = d.into();
         }
-        let mut builder = self.http.post(&self.embeddings_url);
+        let http = self.http.client();
+        let mut builder = http.post(&self.embeddings_url);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
         let log = AttemptLog::disabled();
-        let resp = sse::send(&self.http, builder, &body, &log, ProviderError::from_status).await?;
+        let resp = sse::send(&http, builder, &body, &log, ProviderError::from_status).await?;
         let headroom = super::Headroom::from_headers(resp.headers(), crate::domain::now_ms());
         #[derive(Deserialize)]
         struct Item {

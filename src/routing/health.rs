@@ -320,6 +320,21 @@ impl HealthBoard {
 
     pub fn begin(&self, key: RouteKey<'_>, now: Instant) {
         let mut board = self.board();
+        Self::begin_on(&mut board, key, now);
+    }
+
+    /// [`Self::begin`] if the route's breaker admits an attempt, checked under the same lock:
+    /// of two executions starting on different threads, only one gets a half-open probe.
+    pub fn begin_admitted(&self, key: RouteKey<'_>, now: Instant) -> bool {
+        let mut board = self.board();
+        let admitted = board.route(key).is_none_or(|h| h.admits(now));
+        if admitted {
+            Self::begin_on(&mut board, key, now);
+        }
+        admitted
+    }
+
+    fn begin_on(board: &mut Board, key: RouteKey<'_>, now: Instant) {
         if let Some(h) = board.route(key) {
             h.begin(now);
         }
@@ -472,6 +487,36 @@ mod tests {
     fn board(providers: &str, routes: &str) -> HealthBoard {
         let toml = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"x\"\n{providers}\n{routes}");
         HealthBoard::new(&Settings::parse(&toml).unwrap())
+    }
+
+    /// Executions start on several threads: of two racing for a half-open route, exactly one
+    /// gets the probe, however the threads interleave.
+    #[tokio::test(start_paused = true)]
+    async fn only_one_of_many_threads_claims_a_half_open_probe() {
+        let b = std::sync::Arc::new(board(
+            "[[providers]]\nname = \"p\"\nkind = \"mock\"\nbreaker_failures = 1\nbreaker_cooldown_ms = 1000",
+            "[[models]]\nslug = \"a\"\nroutes = [{ provider = \"p\", model = \"m\" }]",
+        ));
+        let key = RouteKey {
+            provider: "p",
+            model: "m",
+        };
+        b.begin(key, Instant::now());
+        b.end(key, Instant::now(), Outcome::Failure, false);
+        assert!(!b.begin_admitted(key, Instant::now()), "open");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let claims: Vec<bool> = (0..8)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || b.begin_admitted(key, now))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(claims.iter().filter(|&&c| c).count(), 1, "{claims:?}");
+        assert_eq!(b.in_flight(key), 1);
     }
 
     #[tokio::test(start_paused = true)]

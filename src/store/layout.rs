@@ -110,8 +110,7 @@ mod tests {
 
     fn old_data_dir(write: impl FnOnce(&sled::Db)) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        // No flusher thread: it could still hold the directory's lock right after the drop,
-        // and the store opened next would fail on the lock instead of on what is tested.
+        // No flusher thread: it could still hold the directory's lock right after the drop.
         let db = sled::Config::new()
             .path(dir.path().join("db"))
             .flush_every_ms(None)
@@ -120,7 +119,24 @@ mod tests {
         write(&db);
         db.flush().unwrap();
         drop(db);
+        wait_for_unlock(&dir.path().join("db").join("db"));
         dir
+    }
+
+    /// sled's IO pool may still hold the file (and its lock) for a moment after the last
+    /// handle is dropped: the store opened next would fail on the lock instead of on what is
+    /// tested.
+    fn wait_for_unlock(file: &std::path::Path) {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(file).unwrap();
+        for _ in 0..5_000 {
+            // SAFETY: flock on a descriptor we own; the lock goes with the file's close.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("sled still holds the lock on the test data dir");
     }
 
     #[tokio::test]

@@ -117,7 +117,7 @@ impl Store {
     /// Opens (or creates) the store under `dir`. Must run inside a tokio runtime: the group
     /// committer is a task on it.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
-        Store::open_with(dir, 8 * 1024 * 1024, 0)
+        Store::open_with(dir, 4 * 1024 * 1024, 0)
     }
 
     /// [`Store::open`] with a page cache of `cache_bytes` (`limits.store_cache_mb`) and a

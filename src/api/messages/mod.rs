@@ -22,10 +22,9 @@ use self::error::MessagesError;
 use self::reply::Outcome;
 use self::request::{estimate_input_tokens, CountRequest, MessagesRequest};
 use self::stream::StreamState;
-use super::executions::{accept, Ack};
+use super::executions::{accept, live_feed, Ack, Reading};
 use super::following::{blame_store, until_done, DisconnectGuard};
 use super::{body::read_json, AppState, Principal};
-use crate::actors::Subscribe;
 use crate::cursor::Cursor;
 use crate::error::{ApiError, ErrorCode};
 
@@ -67,14 +66,15 @@ pub async fn create(
     let key = crate::api::following::idempotency_key(&req, "msg");
     let streaming = request.stream;
     let (body, conversation) = request.into_submit(key)?;
-    let (record, _, _) = accept(&state, &req, &principal, &body, Ack::ByEvents)
+    let accepted = accept(&state, &req, &principal, &body, Ack::ByEvents)
         .await
         .map_err(|err| conversation.own_field_names(err))?;
-    let live = state
-        .registry
-        .send(Subscribe(record.id.clone()))
-        .await
-        .map_err(ApiError::internal)?;
+    let record = accepted.record;
+    let reading = match streaming {
+        true => Reading::Follows,
+        false => Reading::Outcome,
+    };
+    let live = live_feed(&state, &record.id, accepted.live, reading).await?;
     let guard = DisconnectGuard::new(&state, &record.id);
     let id = format!("msg_{}", record.id.trim_start_matches("exec_"));
     let cursor = Cursor::new(state.store.event_log(), record.id.clone(), 0, live);

@@ -19,9 +19,10 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::executions::{accept, Ack};
+use super::executions::{accept, live_feed, Ack, Reading};
 use super::{body::read_json, openai_error::OpenAiError, AppState, Principal};
-use crate::actors::{CancelExecution, Subscribe};
+use crate::actors::live::Subscription;
+use crate::actors::CancelExecution;
 use crate::cursor::Cursor;
 use crate::domain::{ExecutionRecord, Message, Role};
 use crate::error::{ApiError, ErrorCode};
@@ -143,6 +144,7 @@ async fn follow(
     state: &AppState,
     principal: &Principal,
     record: &ExecutionRecord,
+    started: Option<Subscription>,
     after: Option<u64>,
 ) -> Result<
     impl futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>>,
@@ -150,11 +152,7 @@ async fn follow(
 > {
     let revoked = principal.revocation(state);
     // Subscribe before the cursor reads the log, so nothing falls between the two.
-    let live = state
-        .registry
-        .send(Subscribe(record.id.clone()))
-        .await
-        .map_err(ApiError::internal)?;
+    let live = live_feed(state, &record.id, started, Reading::Follows).await?;
     let cursor = Cursor::new(state.store.event_log(), record.id.clone(), 0, live);
     let body = stream::body(cursor, translation(state, record)?, after, keepalive(state));
     Ok(futures_util::StreamExt::take_until(body, revoked.fired()))
@@ -179,9 +177,10 @@ pub async fn create(
         .into_submit(prior, key)
         .map_err(request::own_field_names)?;
     let background = meta.background;
-    let (record, created, _) = accept(&state, &req, &principal, &body, Ack::ByEvents)
+    let accepted = accept(&state, &req, &principal, &body, Ack::ByEvents)
         .await
         .map_err(request::own_field_names)?;
+    let (record, created, started) = (accepted.record, accepted.created, accepted.live);
     if created {
         meta.save(&state.store, &record.id)?;
     }
@@ -193,14 +192,14 @@ pub async fn create(
     let mut res = HttpResponse::Ok();
     res.insert_header(("x-switchyard-execution-id", record.id.clone()));
     if streaming {
-        let body = follow(&state, &principal, &record, None).await?;
+        let body = follow(&state, &principal, &record, started, None).await?;
         return Ok(sse(&mut res).streaming(body));
     }
     if background {
         let t = translation(&state, &record)?;
         return Ok(res.json(t.response()));
     }
-    let t = until_finished(&state, &record).await?;
+    let t = until_finished(&state, &record, started).await?;
     match t.status() {
         "completed" | "incomplete" => Ok(res.json(t.response())),
         // The SDKs raise it; the failed response stays readable with `GET`.
@@ -221,12 +220,9 @@ fn why_not(state: &AppState, record: &ExecutionRecord, status: &str) -> ApiError
 async fn until_finished(
     state: &AppState,
     record: &ExecutionRecord,
+    started: Option<Subscription>,
 ) -> Result<Translation, ApiError> {
-    let live = state
-        .registry
-        .send(Subscribe(record.id.clone()))
-        .await
-        .map_err(ApiError::internal)?;
+    let live = live_feed(state, &record.id, started, Reading::Outcome).await?;
     let mut cursor = Cursor::new(state.store.event_log(), record.id.clone(), 0, live);
     let mut t = translation(state, record)?;
     while let Some(event) = cursor.next().await {
@@ -305,7 +301,7 @@ pub async fn retrieve(
             .into());
         }
     }
-    let body = follow(&state, &principal, &record, after).await?;
+    let body = follow(&state, &principal, &record, None, after).await?;
     Ok(sse(&mut HttpResponse::Ok()).streaming(body))
 }
 

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 
+use super::http::Http;
 use super::sse;
 use super::{ProviderError, ProviderStream, UpstreamRequest};
 use crate::error::ErrorCode;
@@ -23,11 +24,11 @@ pub const API_VERSION: &str = "2023-06-01";
 pub struct Anthropic {
     url: String,
     api_key: Option<String>,
-    http: reqwest::Client,
+    http: Http,
 }
 
 impl Anthropic {
-    pub fn new(settings: &ProviderSettings, http: reqwest::Client) -> Anthropic {
+    pub fn new(settings: &ProviderSettings, http: Http) -> Anthropic {
         let base = settings.base_url.as_deref().unwrap_or_default();
         Anthropic {
             url: format!("{}/messages", base.trim_end_matches('/')),
@@ -42,14 +43,14 @@ impl Anthropic {
         log: &AttemptLog,
     ) -> Result<ProviderStream, ProviderError> {
         let prepared = request_body(req);
-        let mut builder = self
-            .http
+        let http = self.http.client();
+        let mut builder = http
             .post(&self.url)
             .header("anthropic-version", API_VERSION);
         if let Some(key) = &self.api_key {
             builder = builder.header("x-api-key", key);
         }
-        let resp = sse::send(&self.http, builder, &prepared.body, log, classify_status).await?;
+        let resp = sse::send(&http, builder, &prepared.body, log, classify_status).await?;
         let mut parser = EventParser::new(prepared.trimmed_prefill, prepared.output_tool);
         Ok(sse::parse_response(resp, log.clone(), move |ev| {
             parser.parse(&ev.data)

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
 
+use super::http::Http;
 use super::sse;
 use super::{ProviderError, ProviderStream, UpstreamRequest};
 use crate::error::ErrorCode;
@@ -22,11 +23,11 @@ use stream::ChunkParser;
 pub struct Gemini {
     base: String,
     api_key: Option<String>,
-    http: reqwest::Client,
+    http: Http,
 }
 
 impl Gemini {
-    pub fn new(settings: &ProviderSettings, http: reqwest::Client) -> Gemini {
+    pub fn new(settings: &ProviderSettings, http: Http) -> Gemini {
         let base = settings.base_url.as_deref().unwrap_or_default();
         Gemini {
             base: base.trim_end_matches('/').to_string(),
@@ -50,11 +51,12 @@ impl Gemini {
         log: &AttemptLog,
     ) -> Result<ProviderStream, ProviderError> {
         let body = request_body(req);
-        let mut builder = self.http.post(self.url(&req.model));
+        let http = self.http.client();
+        let mut builder = http.post(self.url(&req.model));
         if let Some(key) = &self.api_key {
             builder = builder.header("x-goog-api-key", key);
         }
-        let resp = sse::send(&self.http, builder, &body, log, classify_status).await?;
+        let resp = sse::send(&http, builder, &body, log, classify_status).await?;
         let mut parser = ChunkParser::default();
         Ok(sse::parse_response(resp, log.clone(), move |ev| {
             parser.parse(&ev.data)
