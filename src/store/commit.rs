@@ -1,9 +1,9 @@
 //! Group commit: many writers, one fsync.
 //!
 //! A writer inserts into sled (memory only), takes a ticket, and waits until the durable
-//! watermark reaches it. One thread flushes in a loop: it reads the newest ticket, runs one
-//! `flush` (write + fsync), and then publishes that ticket as durable, so every write made
-//! before the ticket was taken is on disk. Under load one fsync covers
+//! watermark reaches it. One task flushes in a loop: it reads the newest ticket, runs one
+//! `flush` (write + fsync) on the blocking pool, and then publishes that ticket as durable, so
+//! every write made before the ticket was taken is on disk. Under load one fsync covers
 //! thousands of events; when idle a lone write waits for exactly one fsync.
 //!
 //! A *deferred* ticket asks for no flush of its own: it rides on the next flush another writer
@@ -26,15 +26,14 @@
 //! twice) and raise submit p99.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::thread::Thread;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
 
 use super::health::StoreHealth;
 
 /// Writes held in memory until the next group commit, which puts them into sled right before
-/// its flush (on the commit thread, off the writers' threads).
+/// its flush (on the blocking pool, off the writers' threads).
 pub trait Staged: Send + Sync {
     fn write(&self) -> sled::Result<()>;
 }
@@ -48,18 +47,13 @@ pub struct GroupCommit {
 }
 
 struct Inner {
-    db: sled::Db,
-    /// sled's data file, `fdatasync`ed after each flush (see [`GroupCommit::start`]).
-    log_file: Option<std::fs::File>,
-    health: StoreHealth,
     /// Flush latencies go here once the metrics exist.
-    flush_seconds: OnceLock<prometheus::Histogram>,
+    flush_seconds: std::sync::OnceLock<prometheus::Histogram>,
     /// The newest ticket, deferred or not.
     requested: AtomicU64,
     /// The newest ticket whose writer wants a flush now.
     urgent: AtomicU64,
-    /// The committer thread: writers unpark it.
-    committer: OnceLock<Thread>,
+    wake: Notify,
     durable: watch::Sender<u64>,
     /// What writers hold in memory for the next commit (see [`Staged`]).
     staged: Vec<Arc<dyn Staged>>,
@@ -77,36 +71,24 @@ impl GroupCommit {
     /// which neither flushes the drive's write cache nor the file's size; an `fdatasync` of the
     /// file after each flush does, so "durable" survives a power failure too.
     /// `staged`: what writers hold in memory for the next commit (see [`Staged`]).
-    ///
-    /// The commits run on a thread of their own, which a writer wakes directly and which
-    /// wakes the waiters itself: at concurrency 1 that is one hand-off each way, where a task
-    /// on the runtime handing each flush to the blocking pool was two (issue 16). The thread
-    /// ends once every handle is dropped, closing its clone of the database with them.
     pub fn start(
         db: sled::Db,
         log_file: Option<std::fs::File>,
         health: StoreHealth,
         staged: Vec<Arc<dyn Staged>>,
     ) -> GroupCommit {
+        let log_file = log_file.map(Arc::new);
         let inner = Arc::new(Inner {
-            db,
-            log_file,
-            health,
-            flush_seconds: OnceLock::new(),
+            flush_seconds: std::sync::OnceLock::new(),
             requested: AtomicU64::new(0),
             urgent: AtomicU64::new(0),
-            committer: OnceLock::new(),
+            wake: Notify::new(),
             durable: watch::Sender::new(0),
             staged,
             failed: AtomicBool::new(false),
         });
-        let weak = Arc::downgrade(&inner);
-        let thread = std::thread::Builder::new()
-            .name("store-commit".into())
-            .spawn(move || commit_loop(weak))
-            .expect("cannot start the store's commit thread");
-        // Before any writer has a handle: none can miss the thread.
-        let _ = inner.committer.set(thread.thread().clone());
+        // The task lives as long as the runtime it runs on (the server's actix system).
+        tokio::spawn(commit_loop(inner.clone(), db, log_file, health));
         GroupCommit { inner }
     }
 
@@ -124,7 +106,7 @@ impl GroupCommit {
     pub fn ticket(&self) -> u64 {
         let t = self.inner.requested.fetch_add(1, Ordering::AcqRel) + 1;
         self.inner.urgent.fetch_max(t, Ordering::AcqRel);
-        self.inner.wake();
+        self.inner.wake.notify_one();
         t
     }
 
@@ -135,7 +117,7 @@ impl GroupCommit {
         // The committer idles only when nothing is pending: only the first pending ticket has
         // to wake it (it re-reads `requested` after every flush).
         if t - 1 <= *self.inner.durable.borrow() {
-            self.inner.wake();
+            self.inner.wake.notify_one();
         }
         t
     }
@@ -166,111 +148,67 @@ impl GroupCommit {
     }
 }
 
-/// What the committer does next.
-enum Due {
-    /// An urgent ticket is pending, or deferred ones have waited long enough.
-    Now,
-    /// Only deferred tickets are pending: give an urgent one the chance to take them along.
-    Deferred,
-    Idle,
-}
-
-/// Commits whenever a ticket is pending, until every handle is dropped or a flush fails.
-fn commit_loop(weak: Weak<Inner>) {
-    // Since when only deferred tickets have been pending.
-    let mut deferred_since: Option<Instant> = None;
+/// Flushes whenever a ticket is pending, until the runtime stops or a flush fails.
+async fn commit_loop(
+    inner: Arc<Inner>,
+    db: sled::Db,
+    log_file: Option<Arc<std::fs::File>>,
+    health: StoreHealth,
+) {
     loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let due = match inner.due() {
-            Due::Deferred => {
-                let since = *deferred_since.get_or_insert_with(Instant::now);
-                match DEFER_LIMIT.checked_sub(since.elapsed()) {
-                    Some(left) if !left.is_zero() => {
-                        drop(inner);
-                        std::thread::park_timeout(left);
-                        continue;
-                    }
-                    _ => Due::Now,
-                }
+        inner.pending().await;
+        let (db, file, task_inner) = (db.clone(), log_file.clone(), inner.clone());
+        let flush = move || -> std::io::Result<(u64, Duration)> {
+            // Every write made before this load is in what the flush writes: sled's, and the
+            // stage's, written after it.
+            let target = task_inner.requested.load(Ordering::Acquire);
+            let started = std::time::Instant::now();
+            task_inner.write_staged().map_err(std::io::Error::other)?;
+            db.flush().map_err(std::io::Error::other)?;
+            if let Some(file) = file {
+                file.sync_data()?;
             }
-            due => due,
+            Ok((target, started.elapsed()))
         };
-        match due {
-            Due::Now => {
-                deferred_since = None;
-                if inner.commit().is_err() {
-                    return;
+        match tokio::task::spawn_blocking(flush).await {
+            Ok(Ok((target, took))) => {
+                if let Some(h) = inner.flush_seconds.get() {
+                    h.observe(took.as_secs_f64());
                 }
+                inner.durable.send_replace(target);
             }
-            // A dropped handle's `Inner::drop` unparks: the next upgrade fails.
-            _ => {
-                drop(inner);
-                std::thread::park();
+            Ok(Err(err)) => {
+                health.fail(&err);
+                inner.failed.store(true, Ordering::Release);
+                // Wakes every waiter to see the failure.
+                inner.durable.send_modify(|_| {});
+                return;
             }
+            Err(_) => return,
         }
     }
 }
 
 impl Inner {
-    fn wake(&self) {
-        if let Some(thread) = self.committer.get() {
-            thread.unpark();
-        }
-    }
-
     fn write_staged(&self) -> sled::Result<()> {
         self.staged.iter().try_for_each(|stage| stage.write())
     }
 
-    fn due(&self) -> Due {
-        let durable = *self.durable.borrow();
-        if self.requested.load(Ordering::Acquire) <= durable {
-            Due::Idle
-        } else if self.urgent.load(Ordering::Acquire) <= durable {
-            Due::Deferred
-        } else {
-            Due::Now
-        }
-    }
-
-    /// One group commit: the stages, sled's flush, the `fdatasync`; then publishes the newest
-    /// ticket taken before it as durable. A failure is final (see the module's doc).
-    fn commit(&self) -> std::io::Result<()> {
-        // Every write made before this load is in what the flush writes: sled's, and the
-        // stage's, written after it.
-        let target = self.requested.load(Ordering::Acquire);
-        let started = Instant::now();
-        let flushed = self
-            .write_staged()
-            .and_then(|()| self.db.flush().map(drop))
-            .map_err(std::io::Error::other)
-            .and_then(|()| match &self.log_file {
-                Some(file) => file.sync_data(),
-                None => Ok(()),
-            });
-        match flushed {
-            Ok(()) => {
-                if let Some(h) = self.flush_seconds.get() {
-                    h.observe(started.elapsed().as_secs_f64());
-                }
-                self.durable.send_replace(target);
-                Ok(())
+    /// Resolves when a flush is due: an urgent ticket is pending, or a deferred one has waited
+    /// [`DEFER_LIMIT`].
+    async fn pending(&self) {
+        loop {
+            let durable = *self.durable.borrow();
+            if self.requested.load(Ordering::Acquire) <= durable {
+                self.wake.notified().await;
+                continue;
             }
-            Err(err) => {
-                self.health.fail(&err);
-                self.failed.store(true, Ordering::Release);
-                // Wakes every waiter to see the failure.
-                self.durable.send_modify(|_| {});
-                Err(err)
+            if self.urgent.load(Ordering::Acquire) <= durable {
+                // Only deferred tickets: give an urgent one the chance to take them along.
+                let _ = tokio::time::timeout(DEFER_LIMIT, self.wake.notified()).await;
             }
+            return;
         }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Lets the committer see that it is no longer needed.
-        self.wake();
     }
 }
 
