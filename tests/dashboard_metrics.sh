@@ -36,6 +36,9 @@ mock_chunk_interval_ms = 5
 slug = "chat-default"
 routes = [{ provider = "down", model = "gpt-x" }, { provider = "mock", model = "mock-1" }]
 TOML
+# Created before the server starts: the background job opens it only once it runs, and the
+# loop below may read it first.
+: >"$work/out"
 SWITCHYARD_ADMIN_KEY=ci-admin RUST_LOG=error "$bin" --config "$work/config.toml" >"$work/out" 2>&1 &
 pid=$!
 addr=
