@@ -41,18 +41,20 @@ impl Subscription {
     /// once for it — the chunks ride on the terminal event's commit instead of costing
     /// commits of their own (issue 16).
     pub fn for_outcome(mut self) -> Subscription {
+        self.unfollow();
+        self
+    }
+
+    fn unfollow(&mut self) {
         if let Some(followers) = self.follower.take() {
             followers.fetch_sub(1, Ordering::AcqRel);
         }
-        self
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some(followers) = self.follower.take() {
-            followers.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.unfollow();
     }
 }
 

@@ -244,11 +244,7 @@ pub async fn create(
         .await
         .map_err(own_field_names)?;
     let record = accepted.record;
-    let reading = match streaming {
-        true => Reading::Follows,
-        false => Reading::Outcome,
-    };
-    let live = live_feed(&state, &record.id, accepted.live, reading).await?;
+    let live = live_feed(&state, &record.id, accepted.live, Reading::of(streaming)).await?;
     let guard = DisconnectGuard::new(&state, &record.id);
     let shape = Shape {
         id: format!("chatcmpl-{}", record.id.trim_start_matches("exec_")),

@@ -292,6 +292,16 @@ pub(super) enum Reading {
     Outcome,
 }
 
+impl Reading {
+    /// A client asking for a stream follows; one asking for the whole answer reads the outcome.
+    pub(super) fn of(streaming: bool) -> Reading {
+        match streaming {
+            true => Reading::Follows,
+            false => Reading::Outcome,
+        }
+    }
+}
+
 /// The execution's live feed: `started` (subscribed when this request started it), else the
 /// registry's; `None` when it is not running.
 pub(super) async fn live_feed(

@@ -70,11 +70,7 @@ pub async fn create(
         .await
         .map_err(|err| conversation.own_field_names(err))?;
     let record = accepted.record;
-    let reading = match streaming {
-        true => Reading::Follows,
-        false => Reading::Outcome,
-    };
-    let live = live_feed(&state, &record.id, accepted.live, reading).await?;
+    let live = live_feed(&state, &record.id, accepted.live, Reading::of(streaming)).await?;
     let guard = DisconnectGuard::new(&state, &record.id);
     let id = format!("msg_{}", record.id.trim_start_matches("exec_"));
     let cursor = Cursor::new(state.store.event_log(), record.id.clone(), 0, live);
