@@ -14,7 +14,7 @@
 //! Run: `cargo bench --bench event_path -- --quick` (a full run takes minutes at N = 1000).
 //! The temp store follows `TMPDIR`: `TMPDIR=/dev/shm` takes the disk out of the measurement.
 
-use actix::{Actor, Addr, Arbiter, System, SystemRunner};
+use actix::{Actor, Arbiter, System, SystemRunner};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use switchyard::actors::execution::ExecutionDeps;
+use switchyard::actors::registry::LiveTable;
 use switchyard::actors::{Execution, Registry};
 use switchyard::channels::{channel_id_for, ProjectFeed};
 use switchyard::cursor::Cursor;
@@ -88,7 +89,8 @@ struct Run {
 struct Harness {
     system: SystemRunner,
     deps: Arc<ExecutionDeps>,
-    registry: Addr<Registry>,
+    /// Where a bench-started execution leaves the registry's table as it stops.
+    table: LiveTable,
     workers: Vec<Arbiter>,
     /// Every group-commit flush (write + fsync), observed by the store itself.
     flushes: prometheus::Histogram,
@@ -106,7 +108,7 @@ impl Harness {
             "Group-commit flushes during the bench.",
         ))
         .expect("valid histogram");
-        let (deps, registry) = system.block_on(async {
+        let (deps, table) = system.block_on(async {
             // The group committer is a task on this system's runtime.
             let store = Store::open(&settings.data_dir).expect("store opens");
             store.commit.observe_flushes(flushes.clone());
@@ -130,14 +132,14 @@ impl Harness {
                 webhook_wake: Arc::default(),
                 cluster: None,
             });
-            let registry = Registry::start(deps.clone()).0;
-            (deps, registry)
+            let table = Registry::start(deps.clone()).1.table();
+            (deps, table)
         });
         let workers = (0..WORKERS).map(|_| Arbiter::new()).collect();
         Harness {
             system,
             deps,
-            registry,
+            table,
             workers,
             flushes,
             _dir: dir,
@@ -187,7 +189,7 @@ impl Harness {
             Arc::new(request),
             self.deps.clone(),
             live,
-            self.registry.clone(),
+            self.table.clone(),
         )
         .start();
         let mut last_done = started;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::live::LiveFeed;
-use super::registry::{Deregister, Registry};
+use super::registry::LiveTable;
 use crate::cluster::takeover::Replica;
 use crate::cluster::{AppendError, LogPosition};
 use crate::domain::{
@@ -109,7 +109,8 @@ pub struct Execution {
     repairs_on_route: u32,
     routes: Vec<Route>,
     live: LiveFeed,
-    registry: Addr<Registry>,
+    /// The running executions: this one leaves it as it stops.
+    table: LiveTable,
     next_seq: u64,
     /// Everything emitted as chunks so far: the base of any continuation.
     emitted: String,
@@ -166,7 +167,7 @@ impl Execution {
         request: Arc<ChatRequest>,
         deps: Arc<ExecutionDeps>,
         live: LiveFeed,
-        registry: Addr<Registry>,
+        table: LiveTable,
     ) -> Execution {
         let routes = Execution::routes_for(&deps, &record, &record.model, &request);
         let spec = OutputSpec::of(&request.params).ok().flatten();
@@ -181,7 +182,7 @@ impl Execution {
             repairs_on_route: 0,
             routes,
             live,
-            registry,
+            table,
             next_seq: 1,
             emitted: String::new(),
             thinking: ThinkingAssembly::default(),
@@ -1514,7 +1515,7 @@ impl Actor for Execution {
                 .health
                 .end(key, tokio::time::Instant::now(), Outcome::Neutral, false);
         }
-        self.registry.do_send(Deregister(self.record.id.clone()));
+        self.table.leave(&self.record.id);
     }
 }
 

@@ -1,11 +1,12 @@
 //! The registry: execution id → its live actor and event fan-out. It starts recovered and
-//! taken-over executions, registers the fresh ones the [`Launcher`] starts where they were
-//! accepted, hands out live subscriptions, forwards cancels, and forgets an execution when it
-//! stops.
+//! taken-over executions, hands out live subscriptions and forwards cancels. The table itself
+//! ([`LiveTable`]) is shared: the [`Launcher`] enters the fresh executions it starts where they
+//! were accepted, and an execution takes itself out when it stops, both without a message to
+//! the registry's thread.
 
 use actix::prelude::*;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::execution::{Cancel, Execution, ExecutionDeps};
 use super::live::{LiveFeed, Subscription};
@@ -18,33 +19,76 @@ struct Live {
     feed: LiveFeed,
 }
 
+/// The running executions, shared by the threads that start and stop them. Entering and
+/// leaving it were two messages to the registry's thread per execution (two thread wake-ups
+/// of a request's cost at concurrency 1, issue 16); a lock held for a map operation is less.
+#[derive(Clone)]
+pub struct LiveTable {
+    live: Arc<Mutex<HashMap<String, Live>>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl LiveTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters `id` unless it runs already; `launch` starts it (under the lock, so two racing
+    /// starts of one id cannot both run).
+    fn enter(&self, id: String, launch: impl FnOnce() -> Live) -> Option<LiveFeed> {
+        let mut live = self.lock();
+        if live.contains_key(&id) {
+            return None;
+        }
+        let entry = launch();
+        let feed = entry.feed.clone();
+        live.insert(id, entry);
+        self.metrics.active_executions.set(live.len() as i64);
+        Some(feed)
+    }
+
+    /// Called by the execution as it stops. Dropping the table's feed (the execution drops the
+    /// other) ends every live subscription; readers finish from the log.
+    pub(super) fn leave(&self, id: &str) {
+        let gone = {
+            let mut live = self.lock();
+            let gone = live.remove(id);
+            self.metrics.active_executions.set(live.len() as i64);
+            gone
+        };
+        drop(gone);
+    }
+
+    fn get(&self, id: &str) -> Option<(Addr<Execution>, LiveFeed)> {
+        self.lock()
+            .get(id)
+            .map(|l| (l.addr.clone(), l.feed.clone()))
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 pub struct Registry {
     deps: Arc<ExecutionDeps>,
-    live: HashMap<String, Live>,
+    table: LiveTable,
 }
 
 impl Registry {
     /// Starts the registry on the current arbiter, with the launcher that starts fresh
     /// executions on whichever thread accepts them.
     pub fn start(deps: Arc<ExecutionDeps>) -> (Addr<Registry>, Launcher) {
+        let table = LiveTable {
+            live: Arc::default(),
+            metrics: deps.metrics.clone(),
+        };
         let registry = Registry {
             deps: deps.clone(),
-            live: HashMap::new(),
+            table: table.clone(),
         }
         .start();
-        let launcher = Launcher {
-            registry: registry.clone(),
-            deps,
-        };
-        (registry, launcher)
-    }
-
-    fn insert(&mut self, id: String, live: Live) {
-        self.live.insert(id, live);
-        self.deps
-            .metrics
-            .active_executions
-            .set(self.live.len() as i64);
+        (registry, Launcher { table, deps })
     }
 }
 
@@ -54,27 +98,31 @@ impl Registry {
 /// of what Switchyard added at concurrency 1, and one thread ran every execution).
 #[derive(Clone)]
 pub struct Launcher {
-    registry: Addr<Registry>,
+    table: LiveTable,
     deps: Arc<ExecutionDeps>,
 }
 
 impl Launcher {
+    /// The table executions leave as they stop (for starting one by hand, as a bench does).
+    pub fn table(&self) -> LiveTable {
+        self.table.clone()
+    }
+
     /// Starts a just-created execution here and returns a subscription to its feed. Only for
-    /// a fresh id, which nothing else can be running: recovery and takeovers, which can race,
-    /// go through the registry ([`StartExecution`]), which checks.
+    /// a fresh id: its entry is in the table before the submit is answered, so before any
+    /// reader's `Subscribe`.
     pub fn start_new(&self, start: StartExecution) -> Subscription {
         let id = start.record.id.clone();
-        let live = launch(&self.deps, start, self.registry.clone());
-        let subscription = live.feed.subscribe();
-        // Sent before the actor first runs, so it reaches the registry before the actor's
-        // `Deregister`; and before the submit is answered, so before any reader's `Subscribe`.
-        self.registry.do_send(Register(id, live));
-        subscription
+        let feed = self
+            .table
+            .enter(id, || launch(&self.deps, start, self.table.clone()))
+            .expect("a fresh execution id is not running");
+        feed.subscribe()
     }
 }
 
 /// Creates the execution's feed and starts its actor on the current arbiter.
-fn launch(deps: &Arc<ExecutionDeps>, msg: StartExecution, registry: Addr<Registry>) -> Live {
+fn launch(deps: &Arc<ExecutionDeps>, msg: StartExecution, table: LiveTable) -> Live {
     // A new execution's first event may not be durable yet (see `accept`): readers wait for
     // its publication. A recovered one's log is durable as far as it goes.
     let durable = match msg.record.status {
@@ -82,13 +130,7 @@ fn launch(deps: &Arc<ExecutionDeps>, msg: StartExecution, registry: Addr<Registr
         _ => deps.store.last_seq(&msg.record.id).unwrap_or(0),
     };
     let feed = LiveFeed::new(durable);
-    let execution = Execution::new(
-        msg.record,
-        msg.request,
-        deps.clone(),
-        feed.clone(),
-        registry,
-    );
+    let execution = Execution::new(msg.record, msg.request, deps.clone(), feed.clone(), table);
     let addr = execution
         .holding(msg.permit)
         .replicating(msg.replica)
@@ -148,33 +190,14 @@ pub struct CancelExecution(pub String);
 #[rtype(result = "usize")]
 pub struct LiveExecutions;
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct Deregister(pub String);
-
-/// An execution the [`Launcher`] started on another thread.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Register(String, Live);
-
 impl Handler<StartExecution> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: StartExecution, ctx: &mut Context<Self>) {
+    /// Recovered and taken-over executions, which can race: the table refuses a second start.
+    fn handle(&mut self, msg: StartExecution, _: &mut Context<Self>) {
         let id = msg.record.id.clone();
-        if self.live.contains_key(&id) {
-            return;
-        }
-        let live = launch(&self.deps, msg, ctx.address());
-        self.insert(id, live);
-    }
-}
-
-impl Handler<Register> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, Register(id, live): Register, _: &mut Context<Self>) {
-        self.insert(id, live);
+        let (deps, table) = (&self.deps, &self.table);
+        table.enter(id, || launch(deps, msg, table.clone()));
     }
 }
 
@@ -182,8 +205,8 @@ impl Handler<Subscribe> for Registry {
     type Result = Option<Subscription>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
-        if let Some(live) = self.live.get(&msg.0) {
-            return Some(live.feed.subscribe());
+        if let Some((_, feed)) = self.table.get(&msg.0) {
+            return Some(feed.subscribe());
         }
         let cluster = self.deps.cluster.as_ref()?;
         let store = &self.deps.store;
@@ -196,7 +219,7 @@ impl Handler<CancelExecution> for Registry {
     type Result = ResponseFuture<Result<ExecutionRecord, ApiError>>;
 
     fn handle(&mut self, msg: CancelExecution, _: &mut Context<Self>) -> Self::Result {
-        let addr = self.live.get(&msg.0).map(|l| l.addr.clone());
+        let addr = self.table.get(&msg.0).map(|(addr, _)| addr);
         Box::pin(async move {
             let finished = || ApiError::new(ErrorCode::Conflict, "execution already finished");
             match addr {
@@ -211,19 +234,6 @@ impl Handler<LiveExecutions> for Registry {
     type Result = usize;
 
     fn handle(&mut self, _: LiveExecutions, _: &mut Context<Self>) -> usize {
-        self.live.len()
-    }
-}
-
-impl Handler<Deregister> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deregister, _: &mut Context<Self>) {
-        // Dropping the last sender ends every live subscription; readers finish from the log.
-        self.live.remove(&msg.0);
-        self.deps
-            .metrics
-            .active_executions
-            .set(self.live.len() as i64);
+        self.table.len()
     }
 }
