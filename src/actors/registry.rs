@@ -113,11 +113,13 @@ impl Launcher {
     /// reader's `Subscribe`.
     pub fn start_new(&self, start: StartExecution) -> Subscription {
         let id = start.record.id.clone();
-        let feed = self
+        let entered = self
             .table
-            .enter(id, || launch(&self.deps, start, self.table.clone()))
-            .expect("a fresh execution id is not running");
-        feed.subscribe()
+            .enter(id.clone(), || launch(&self.deps, start, self.table.clone()));
+        // A fresh id cannot be running already; were it, its reader follows the one that runs
+        // (or, had that one just stopped, gets a closed feed and reads the finished log).
+        let feed = entered.or_else(|| self.table.get(&id).map(|(_, feed)| feed));
+        feed.map_or_else(|| LiveFeed::new(0).subscribe(), |feed| feed.subscribe())
     }
 }
 
