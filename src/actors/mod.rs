@@ -5,6 +5,4 @@ pub mod live;
 pub mod registry;
 
 pub use execution::Execution;
-pub use registry::{
-    CancelExecution, Launcher, LiveExecutions, Registry, StartExecution, Subscribe,
-};
+pub use registry::{CancelExecution, Launcher, Registry, StartExecution, Subscribe};

@@ -64,10 +64,6 @@ impl LiveTable {
             .get(id)
             .map(|l| (l.addr.clone(), l.feed.clone()))
     }
-
-    fn len(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 pub struct Registry {
@@ -188,10 +184,6 @@ pub struct Subscribe(pub String);
 #[rtype(result = "Result<ExecutionRecord, ApiError>")]
 pub struct CancelExecution(pub String);
 
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct LiveExecutions;
-
 impl Handler<StartExecution> for Registry {
     type Result = ();
 
@@ -229,13 +221,5 @@ impl Handler<CancelExecution> for Registry {
                 None => Err(finished()),
             }
         })
-    }
-}
-
-impl Handler<LiveExecutions> for Registry {
-    type Result = usize;
-
-    fn handle(&mut self, _: LiveExecutions, _: &mut Context<Self>) -> usize {
-        self.table.len()
     }
 }

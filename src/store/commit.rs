@@ -158,15 +158,13 @@ impl GroupCommit {
         let inner = self.inner.clone();
         async move {
             let failed = || inner.failed.load(Ordering::Acquire);
-            let reached = match rx.wait_for(|d| *d >= ticket || failed()).await {
-                Ok(d) if *d >= ticket => Some(Ok(*d)),
-                Ok(_) => Some(Err(StoreFailed)),
-                // The store is gone (shutdown): nothing will become durable any more.
-                Err(_) => None,
-            };
+            // Copied out of the watch's guard, which may not be held across the await below.
+            let reached = rx.wait_for(|d| *d >= ticket || failed()).await.map(|d| *d);
             match reached {
-                Some(outcome) => outcome,
-                None => std::future::pending().await,
+                Ok(d) if d >= ticket => Ok(d),
+                Ok(_) => Err(StoreFailed),
+                // The store is gone (shutdown): nothing will become durable any more.
+                Err(_) => std::future::pending().await,
             }
         }
     }
@@ -188,12 +186,11 @@ async fn deferred_timer(inner: std::sync::Weak<Inner>, wake: Arc<Notify>) {
         };
         let pending = strong.requested.load(Ordering::Acquire) > *strong.durable.borrow();
         drop(strong);
-        if pending {
-            tokio::time::sleep(DEFER_LIMIT).await;
-        } else {
+        if !pending {
             notified.await;
             continue;
         }
+        tokio::time::sleep(DEFER_LIMIT).await;
         let Some(strong) = inner.upgrade() else {
             return;
         };

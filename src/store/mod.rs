@@ -114,10 +114,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store under `dir`. Must run inside a tokio runtime: the group
-    /// committer is a task on it.
+    /// Opens (or creates) the store under `dir` with the default page cache. Must run inside a
+    /// tokio runtime: group commits flush on its blocking pool.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
-        Store::open_with(dir, 4 * 1024 * 1024, 0)
+        let cache_mb = crate::settings::Limits::default().store_cache_mb;
+        Store::open_with(dir, cache_mb * 1024 * 1024, 0)
     }
 
     /// [`Store::open`] with a page cache of `cache_bytes` (`limits.store_cache_mb`) and a
