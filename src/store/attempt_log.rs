@@ -4,8 +4,10 @@
 //! Entries are collected in memory per attempt and written to sled in batches: one insert when
 //! the attempt ends, and one whenever [`BATCH_BYTES`] have collected in between, instead of one
 //! insert per raw chunk. Readers see the batches in sled plus the part still in memory, so a
-//! running attempt shows everything it recorded. A crash loses the part still in memory: the
-//! debug record is diagnostic, not acknowledged data.
+//! running attempt shows everything it recorded. The last batch is written right after the
+//! actor has asked for the commit that ends the attempt, so it rides on the flush after that
+//! one, within `DEFER_LIMIT` (5 ms). A crash loses the part still in memory and a last batch
+//! not yet flushed: the debug record is diagnostic, not acknowledged data.
 //!
 //! Keys: `execution id ‖ 0 ‖ attempt (u32 BE) ‖ first entry (u32 BE)` → a JSON array of
 //! entries (a JSON object: one entry, as written before batching), so one execution's record is
@@ -230,7 +232,13 @@ impl AttemptLog {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some((store, batch)) = &self.target {
-            batch.write_out(store, &mut batch.lock());
+            if batch.write_out(store, &mut batch.lock()) {
+                // The attempt's last batch may follow its execution's terminal commit, after
+                // which nothing else of the execution asks for one: a deferred ticket makes it
+                // durable within `DEFER_LIMIT` anyway, without a flush of its own when others
+                // run.
+                store.commit.deferred_ticket();
+            }
             store.live_logs.remove(batch);
         }
     }
@@ -241,10 +249,11 @@ impl Batch {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One sled insert for every collected entry (memory only until the next group commit).
-    fn write_out(&self, store: &Store, pending: &mut Pending) {
+    /// One sled insert for every collected entry (memory only until the next group commit):
+    /// whether there was any.
+    fn write_out(&self, store: &Store, pending: &mut Pending) -> bool {
         if pending.count == 0 {
-            return;
+            return false;
         }
         let mut json = Vec::with_capacity(pending.json.len() + 2);
         json.push(b'[');
@@ -258,6 +267,7 @@ impl Batch {
         pending.first += pending.count;
         pending.count = 0;
         pending.json.clear();
+        true
     }
 }
 
@@ -404,6 +414,25 @@ mod tests {
             .into_iter()
             .map(|(a, e)| (a, e["data"].as_str().unwrap_or_default().to_string()))
             .collect()
+    }
+
+    /// The last batch is written after the execution's terminal commit was asked for: with no
+    /// other writer afterwards, its own deferred ticket still makes it durable.
+    #[tokio::test]
+    async fn the_last_batch_becomes_durable_without_another_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let durable = store.commit.sync().await.unwrap();
+        let log = AttemptLog::new(store.clone(), "exec_l", 0, Arc::new(request()));
+        log.record(LogEntry::Chunk { data: "last" });
+        drop(log);
+        // Resolves only once a flush covers the ticket the drop took: nothing else asks for one.
+        let wait = store.commit.wait(durable + 1);
+        tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+            .await
+            .expect("the deferred flush ran")
+            .unwrap();
+        assert_eq!(chunks(&store, "exec_l"), vec![(0, "last".to_string())]);
     }
 
     #[tokio::test]

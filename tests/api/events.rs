@@ -137,3 +137,46 @@ async fn an_idle_stream_gets_keep_alive_comments() {
     assert!(text.contains(": keep-alive\n\n"), "{text}");
     assert!(text.contains("event: done"));
 }
+
+/// A new execution's `processing` record and event are written after its first request has
+/// gone out (issue 16). A provider that answers within the same scheduler pass (the mock, with
+/// no pacing) delivers its first events before that deferred turn: they must still follow
+/// `processing`, in the log and in the record, and the answer must be whole.
+#[actix_web::test]
+async fn processing_comes_second_even_when_the_provider_answers_at_once() {
+    let toml = config(&[]).replace("mock_chunk_interval_ms = 2", "mock_chunk_interval_ms = 0");
+    let app = spawn_app_with(&toml, |_| {}).await;
+    for n in 0..20 {
+        let sub = app
+            .submit(
+                ADMIN_KEY,
+                &chat_body(&format!("at-once-{n}"), "Hi", "chat-default"),
+            )
+            .await;
+        let id = sub["id"].as_str().unwrap();
+        let events = app.sse_all(ADMIN_KEY, id, None).await;
+        assert_gapless(&events, 1);
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| match e.event.as_str() {
+                "status" => format!("status:{}", e.data["status"].as_str().unwrap()),
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            kinds[..2],
+            ["status:pending", "status:processing"],
+            "{kinds:?}"
+        );
+        assert!(
+            kinds[2..kinds.len() - 1].iter().all(|k| k == "chunk"),
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.last().unwrap(), "done");
+        let exec = app.wait_terminal(ADMIN_KEY, id).await;
+        assert_eq!(exec["status"], "completed");
+        assert_eq!(exec["output"]["text"], chunk_text(&events));
+        assert_eq!(exec["attempts"].as_array().unwrap().len(), 1, "{exec}");
+        assert!(exec["started_at"].is_string(), "{exec}");
+    }
+}
