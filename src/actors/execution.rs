@@ -580,9 +580,10 @@ impl Execution {
     /// `pending` record has only its `pending` event, which recovery relies on). This takes
     /// ~36 µs of the worker's time off the path to the provider at concurrency 1 (issue 16).
     fn record_start(&mut self, ctx: &mut Context<Self>) {
-        if std::mem::replace(&mut self.start_recorded, true) {
+        if self.start_recorded {
             return;
         }
+        self.start_recorded = true;
         self.persist();
         self.announce_processing(ctx);
     }
@@ -755,8 +756,17 @@ impl Execution {
         // concurrency 1, issue 16). It becomes durable with the next flush, within
         // `DEFER_LIMIT` (see `AttemptLog`).
         let log = running.log;
+        Self::next_pass(ctx, move |_, _| drop(log));
+    }
+
+    /// Runs `then` once the runtime has run the tasks that are ready (an attempt's request,
+    /// a flush this turn asked for): for work nothing waits on, off the path of what does.
+    fn next_pass(
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
         let yielded = fut::wrap_future(tokio::task::yield_now());
-        ctx.spawn(yielded.map(move |(), _: &mut Self, _| drop(log)));
+        ctx.spawn(yielded.map(move |(), act: &mut Self, ctx| then(act, ctx)));
     }
 
     fn on_text(&mut self, ctx: &mut Context<Self>, text: String) {
@@ -1499,8 +1509,7 @@ impl Actor for Execution {
                     // The request goes out first (the attempt's task runs before the actor's
                     // next turn); the record and the event follow while upstream answers.
                     self.start_recorded = false;
-                    let yielded = fut::wrap_future(tokio::task::yield_now());
-                    ctx.spawn(yielded.map(|(), act: &mut Self, ctx| act.record_start(ctx)));
+                    Self::next_pass(ctx, Self::record_start);
                 } else {
                     // Waiting for quota (the record says `processing` once an attempt goes
                     // out) or failed.

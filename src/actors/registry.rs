@@ -56,6 +56,7 @@ impl LiveTable {
             self.metrics.active_executions.set(live.len() as i64);
             gone
         };
+        // Outside the lock: ending the subscriptions wakes their readers.
         drop(gone);
     }
 

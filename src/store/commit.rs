@@ -16,8 +16,8 @@
 //! A *deferred* ticket asks for no flush of its own: it rides on the next flush another writer
 //! asks for, or on one [`DEFER_LIMIT`] later if nobody does (a timer task, woken by the first
 //! deferred ticket while nothing is pending). It is for writes nothing is waiting on except
-//! their own publication (an execution's `processing` event), which saves a whole flush
-//! (sled's write + the fsync) per request.
+//! their own publication (an execution's `processing` event, an attempt's last debug-log
+//! batch), which saves a whole flush (sled's write + the fsync) per request.
 //!
 //! Right before each flush the flusher writes what writers staged in memory since the last one
 //! ([`Staged`]: running executions' events, one sled value per execution, see
