@@ -292,12 +292,12 @@ pub type Series = BTreeMap<u64, Aggregate>;
 /// read and written once per commit instead of once per execution. Written right before the
 /// flush, so a count is durable exactly when the terminal event it goes with is.
 pub struct AnalyticsStage {
-    analytics: super::tree::Tree,
+    analytics: sled::Tree,
     pending: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Aggregate>>,
 }
 
 impl AnalyticsStage {
-    pub fn new(analytics: super::tree::Tree) -> AnalyticsStage {
+    pub fn new(analytics: sled::Tree) -> AnalyticsStage {
         AnalyticsStage {
             analytics,
             pending: Default::default(),

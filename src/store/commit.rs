@@ -1,10 +1,8 @@
 //! Group commit: many writers, one fsync.
 //!
-//! A writer inserts into sled (memory only; the write is also appended to the commit log's
-//! pending frames, see `wal.rs`), takes a ticket, and waits until the durable watermark reaches
-//! it. A flush reads the newest ticket, writes the commit log's pending group and `fdatasync`s
-//! it, and then publishes that ticket as durable, so every write made before the ticket was
-//! taken is on disk. Under
+//! A writer inserts into sled (memory only), takes a ticket, and waits until the durable
+//! watermark reaches it. A flush reads the newest ticket, writes and fsyncs, and then publishes
+//! that ticket as durable, so every write made before the ticket was taken is on disk. Under
 //! load one fsync covers thousands of events; when idle a lone write waits for exactly one
 //! fsync.
 //!
@@ -19,7 +17,7 @@
 //! asks for, or on one [`DEFER_LIMIT`] later if nobody does (a timer task, woken by the first
 //! deferred ticket while nothing is pending). It is for writes nothing is waiting on except
 //! their own publication (an execution's `processing` event, an attempt's last debug-log
-//! batch), which saves a whole flush (the log's write + the fsync) per request.
+//! batch), which saves a whole flush (sled's write + the fsync) per request.
 //!
 //! Right before each flush the flusher writes what writers staged in memory since the last one
 //! ([`Staged`]: running executions' events, one sled value per execution, see
@@ -27,7 +25,7 @@
 //! covered by the flush that first reads a `requested` at or past it, and that flush writes
 //! the stages after that read.
 //!
-//! A failed flush is final (a log that failed mid-write cannot be appended to safely), so every pending and later
+//! A failed flush is final: sled poisons itself on a write error, so every pending and later
 //! ticket fails ([`StoreFailed`]) instead of waiting for a durability that cannot come, and
 //! the failure is reported to [`StoreHealth`], which decides when the store is reopened.
 //!
@@ -41,7 +39,6 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use super::health::StoreHealth;
-use super::wal::CommitLog;
 
 /// Writes held in memory until the next group commit, which puts them into sled right before
 /// its flush (on the blocking pool, off the writers' threads).
@@ -58,7 +55,9 @@ pub struct GroupCommit {
 }
 
 struct Inner {
-    log: Arc<CommitLog>,
+    db: sled::Db,
+    /// sled's data file, `fdatasync`ed after each flush (see [`GroupCommit::start`]).
+    log_file: Option<std::fs::File>,
     health: StoreHealth,
     /// Where flushers run: the blocking pool of the runtime the store was opened on.
     runtime: tokio::runtime::Handle,
@@ -86,16 +85,20 @@ struct Inner {
 pub struct StoreFailed;
 
 impl GroupCommit {
-    /// `log`: where a flush makes writes durable. `staged`: what writers hold in memory for the
-    /// next commit (see [`Staged`]). Must be called on a tokio runtime: flushes run on its
-    /// blocking pool.
+    /// `log_file`: sled's data file. sled 0.34's flush ends with `sync_file_range` on Linux,
+    /// which neither flushes the drive's write cache nor the file's size; an `fdatasync` of the
+    /// file after each flush does, so "durable" survives a power failure too.
+    /// `staged`: what writers hold in memory for the next commit (see [`Staged`]).
+    /// Must be called on a tokio runtime: flushes run on its blocking pool.
     pub fn start(
-        log: Arc<CommitLog>,
+        db: sled::Db,
+        log_file: Option<std::fs::File>,
         health: StoreHealth,
         staged: Vec<Arc<dyn Staged>>,
     ) -> GroupCommit {
         let inner = Arc::new(Inner {
-            log,
+            db,
+            log_file,
             health,
             runtime: tokio::runtime::Handle::current(),
             flush_seconds: std::sync::OnceLock::new(),
@@ -116,7 +119,7 @@ impl GroupCommit {
         GroupCommit { inner }
     }
 
-    /// Puts everything staged into sled and the log (memory only; a flush makes it durable): what each
+    /// Puts everything staged into sled (memory only; a flush makes it durable): what each
     /// commit does before its flush, and what a shutdown's last flush needs first.
     pub fn write_staged(&self) -> sled::Result<()> {
         self.inner.write_staged()
@@ -228,8 +231,8 @@ impl Inner {
     /// Flushes until no urgent ticket is left; the caller set `flushing`.
     fn flush_while_urgent(&self) {
         loop {
-            // Every write made before this load is in what the flush writes: the log's pending
-            // frames, and the stage's, written after it.
+            // Every write made before this load is in what the flush writes: sled's, and the
+            // stage's, written after it.
             let target = self.requested.load(Ordering::Acquire);
             let started = std::time::Instant::now();
             if let Err(err) = self.flush() {
@@ -265,7 +268,11 @@ impl Inner {
 
     fn flush(&self) -> std::io::Result<()> {
         self.write_staged().map_err(std::io::Error::other)?;
-        self.log.commit()
+        self.db.flush().map_err(std::io::Error::other)?;
+        if let Some(file) = &self.log_file {
+            file.sync_data()?;
+        }
+        Ok(())
     }
 }
 
@@ -273,19 +280,10 @@ impl Inner {
 mod tests {
     use super::*;
 
-    /// A commit log of its own for the committer under test.
-    fn log(dir: &tempfile::TempDir) -> Arc<CommitLog> {
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
-        let (log, _) = CommitLog::open(&dir.path().join("wal"), &db, None).unwrap();
-        log
-    }
-
     fn committer() -> (tempfile::TempDir, GroupCommit, prometheus::Histogram) {
         let dir = tempfile::tempdir().unwrap();
-        let commit = GroupCommit::start(log(&dir), StoreHealth::new(dir.path(), 0), Vec::new());
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let commit = GroupCommit::start(db, None, StoreHealth::new(dir.path(), 0), Vec::new());
         let flushes =
             prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("f", "f")).unwrap();
         commit.observe_flushes(flushes.clone());
@@ -348,6 +346,7 @@ mod tests {
     #[tokio::test]
     async fn a_deferred_ticket_taken_during_a_flush_still_becomes_durable() {
         let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
         let (started_tx, started) = std::sync::mpsc::channel();
         let (go, go_rx) = std::sync::mpsc::channel();
         let gate = Arc::new(Gate {
@@ -355,7 +354,7 @@ mod tests {
             go: std::sync::Mutex::new(go_rx),
         });
         let health = StoreHealth::new(dir.path(), 0);
-        let commit = GroupCommit::start(log(&dir), health, vec![gate]);
+        let commit = GroupCommit::start(db, None, health, vec![gate]);
         // Lets the timer task see nothing pending and park.
         tokio::task::yield_now().await;
         let urgent = commit.ticket();

@@ -19,7 +19,7 @@ use crate::domain::Event;
 
 pub struct EventStage {
     /// The log tree the batches go to.
-    events: super::tree::Tree,
+    events: sled::Tree,
     /// Execution id → its staged batches, in order (one, unless its numbering restarted).
     pending: Mutex<HashMap<String, Vec<StagedBatch>>>,
     /// Held while staged batches go into sled and while a log is truncated, so a truncated
@@ -47,7 +47,7 @@ impl StagedBatch {
 }
 
 impl EventStage {
-    pub fn new(events: super::tree::Tree) -> EventStage {
+    pub fn new(events: sled::Tree) -> EventStage {
         EventStage {
             events,
             pending: Mutex::default(),

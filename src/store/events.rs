@@ -190,7 +190,7 @@ impl Store {
 /// handle instead of a whole [`Store`] (440 bytes).
 #[derive(Clone)]
 pub struct EventLog {
-    events: super::tree::Tree,
+    events: sled::Tree,
 }
 
 impl EventLog {

@@ -7,9 +7,6 @@
 //! - 3: an event log value may hold a batch of events (see `events`). Nothing to migrate (a
 //!   single event is still a valid value); the version keeps an older binary, which would
 //!   misread batches, from opening the data dir.
-//! - 4: acknowledged writes may be only in the commit log (`wal/`, see `wal`) until sled
-//!   persists them. Nothing to migrate; the version keeps an older binary, which would open
-//!   sled without replaying the log, from losing them.
 //!
 //! The migration is idempotent and writes the version last: a crash halfway runs it again on
 //! the next open. It reads the whole history once; every later start reads only `unfinished`.
@@ -18,7 +15,7 @@ use serde_json::Value;
 
 use super::{executions, Store};
 
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 3;
 const LAYOUT_KEY: &[u8] = b"layout_version";
 
 impl Store {

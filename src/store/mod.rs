@@ -32,8 +32,6 @@ mod retention;
 mod route_days;
 mod shared;
 mod tokens;
-mod tree;
-mod wal;
 mod webhooks;
 #[cfg(test)]
 mod write_count_tests;
@@ -55,7 +53,6 @@ pub use retention::Swept;
 pub use route_days::RouteDay;
 pub use shared::{Replication, SharedTree, SharedWrite};
 pub use tokens::WsTokenRecord;
-pub use tree::Tree;
 pub use webhooks::{DeliveryStatus, DueEntry, SigningSecrets, WebhookJob};
 
 use std::path::Path;
@@ -73,51 +70,43 @@ use std::sync::Arc;
 /// (measured: 0.6 % of a core, 50 µs). README "Storage and retention" has the figures.
 pub const SLED_FLUSH_EVERY_MS: u64 = 10;
 
-/// sled's data file, `fdatasync`ed where sled's own flush stops at `sync_file_range` (which
-/// neither flushes the drive's write cache nor the file's size).
-fn sled_data_file(dir: &Path) -> Option<std::fs::File> {
-    std::fs::File::open(dir.join("db").join("db")).ok()
-}
-
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    executions: Tree,
+    executions: sled::Tree,
     /// Each execution's request, apart from its record: written once at submit, never
     /// rewritten when the record is.
-    requests: Tree,
-    status_index: Tree,
-    unfinished: Tree,
-    finished: Tree,
-    events: Tree,
+    requests: sled::Tree,
+    status_index: sled::Tree,
+    unfinished: sled::Tree,
+    finished: sled::Tree,
+    events: sled::Tree,
     /// Running executions' events on their way to `events` with the next group commit.
     stage: Arc<event_stage::EventStage>,
-    idempotency: Tree,
-    project_index: Tree,
+    idempotency: sled::Tree,
+    project_index: sled::Tree,
     keys: SharedTree,
     key_hashes: SharedTree,
     project_limits: SharedTree,
-    ws_tokens: Tree,
-    attempt_log: Tree,
+    ws_tokens: sled::Tree,
+    attempt_log: sled::Tree,
     /// Debug entries of running attempts not yet written to `attempt_log`.
     live_logs: Arc<attempt_log::LiveLogs>,
     webhooks: webhooks::WebhookTrees,
-    analytics: Tree,
+    analytics: sled::Tree,
     /// Finished executions' counts on their way to `analytics` with the next group commit.
     analytics_stage: Arc<analytics::AnalyticsStage>,
-    ledger: Tree,
-    key_spend: Tree,
+    ledger: sled::Tree,
+    key_spend: sled::Tree,
     /// Upstream quota counters per route and UTC day (see `route_days`).
-    route_days: Tree,
+    route_days: sled::Tree,
     /// The Responses API's side of an execution (see `responses`).
     responses: SharedTree,
     /// Named, versioned structures and workflows (see `catalog`).
     catalog: SharedTree,
-    meta: Tree,
+    meta: sled::Tree,
     /// Where writes to the shared trees go in a cluster (see `shared`).
     pub replication: Arc<Replication>,
-    /// Where every write is logged until sled persists it (see `wal`).
-    log: Arc<wal::CommitLog>,
     /// Durability barrier shared by every writer: see [`GroupCommit`].
     pub commit: GroupCommit,
     /// Whether writes can succeed (no failure, free space above the floor).
@@ -145,20 +134,7 @@ impl Store {
             .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open store in {}: {e}", dir.display()))?;
-        // Before any tree is read: what sled had not persisted at a crash comes back first.
-        let (log, replayed) = wal::CommitLog::open(&dir.join("wal"), &db, sled_data_file(dir))
-            .map_err(|e| {
-                anyhow::anyhow!("cannot replay the commit log in {}: {e}", dir.display())
-            })?;
-        if replayed.writes > 0 {
-            tracing::info!(
-                groups = replayed.groups,
-                writes = replayed.writes,
-                "commit log replayed"
-            );
-        }
-        let trees = tree::Opener { db: &db, log: &log };
-        let tree = |name: &str| trees.tree(name);
+        let tree = |name: &str| db.open_tree(name);
         let replication = Arc::<Replication>::default();
         let health = StoreHealth::new(dir, floor_mb);
         health.start_monitor(db.clone());
@@ -176,24 +152,28 @@ impl Store {
             stage: stage.clone(),
             idempotency: tree("idempotency")?,
             project_index: tree("project_index")?,
-            keys: SharedTree::open(&trees, "keys", &replication)?,
-            key_hashes: SharedTree::open(&trees, "key_hashes", &replication)?,
-            project_limits: SharedTree::open(&trees, "project_limits", &replication)?,
+            keys: SharedTree::open(&db, "keys", &replication)?,
+            key_hashes: SharedTree::open(&db, "key_hashes", &replication)?,
+            project_limits: SharedTree::open(&db, "project_limits", &replication)?,
             ws_tokens: tree("ws_tokens")?,
             attempt_log: tree("attempt_log")?,
             live_logs: Arc::default(),
-            webhooks: webhooks::WebhookTrees::open(&trees, &replication)?,
+            webhooks: webhooks::WebhookTrees::open(&db, &replication)?,
             analytics,
             analytics_stage: analytics_stage.clone(),
             ledger: tree("ledger")?,
             key_spend: tree("key_spend")?,
             route_days: tree("route_days")?,
-            responses: SharedTree::open(&trees, "responses", &replication)?,
-            catalog: SharedTree::open(&trees, "catalog", &replication)?,
+            responses: SharedTree::open(&db, "responses", &replication)?,
+            catalog: SharedTree::open(&db, "catalog", &replication)?,
             meta: tree("meta")?,
             replication,
-            commit: GroupCommit::start(log.clone(), health.clone(), vec![stage, analytics_stage]),
-            log,
+            commit: GroupCommit::start(
+                db.clone(),
+                std::fs::File::open(dir.join("db").join("db")).ok(),
+                health.clone(),
+                vec![stage, analytics_stage],
+            ),
             health,
             db,
         };
@@ -207,9 +187,9 @@ impl Store {
         self.db.flush()
     }
 
-    /// Bytes on disk (sled's files and the commit log), for readiness and metrics.
+    /// Bytes on disk, for readiness and metrics.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0) + self.log.size_on_disk()
+        self.db.size_on_disk().unwrap_or(0)
     }
 
     /// The trees a cluster shares, by name.

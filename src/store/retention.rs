@@ -160,7 +160,7 @@ impl Store {
 }
 
 /// Removes every key starting with `prefix`; returns how many.
-fn remove_prefix(tree: &super::tree::Tree, prefix: &[u8]) -> sled::Result<usize> {
+fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> sled::Result<usize> {
     let mut n = 0;
     for item in tree.scan_prefix(prefix).keys() {
         tree.remove(item?)?;

@@ -27,7 +27,7 @@ struct Counts {
 impl Store {
     /// Replaces the saved counters of these routes in one batch.
     pub fn save_route_days(&self, days: &[RouteDay]) -> sled::Result<()> {
-        let mut batch = super::tree::Batch::default();
+        let mut batch = sled::Batch::default();
         for d in days {
             let counts = Counts {
                 day: d.day,

@@ -50,31 +50,31 @@ impl Replication {
     }
 }
 
-/// A store tree whose writes are also queued for the cluster. Reads go straight to the tree.
+/// A sled tree whose writes are also queued for the cluster. Reads go straight to the tree.
 #[derive(Clone)]
 pub struct SharedTree {
     name: &'static str,
-    tree: super::tree::Tree,
+    tree: sled::Tree,
     replication: Arc<Replication>,
 }
 
 impl std::ops::Deref for SharedTree {
-    type Target = super::tree::Tree;
+    type Target = sled::Tree;
 
-    fn deref(&self) -> &super::tree::Tree {
+    fn deref(&self) -> &sled::Tree {
         &self.tree
     }
 }
 
 impl SharedTree {
     pub fn open(
-        trees: &super::tree::Opener,
+        db: &sled::Db,
         name: &'static str,
         replication: &Arc<Replication>,
     ) -> sled::Result<SharedTree> {
         Ok(SharedTree {
             name,
-            tree: trees.tree(name)?,
+            tree: db.open_tree(name)?,
             replication: replication.clone(),
         })
     }
@@ -84,7 +84,7 @@ impl SharedTree {
     }
 
     /// The tree without the queue: for writes that came from another node.
-    pub fn raw(&self) -> &super::tree::Tree {
+    pub fn raw(&self) -> &sled::Tree {
         &self.tree
     }
 

@@ -18,25 +18,25 @@ use super::{joined, Store};
 
 #[derive(Clone)]
 pub struct WebhookTrees {
-    jobs: super::tree::Tree,
-    due: super::tree::Tree,
-    by_project: super::tree::Tree,
-    expiry: super::tree::Tree,
+    jobs: sled::Tree,
+    due: sled::Tree,
+    by_project: sled::Tree,
+    expiry: sled::Tree,
     /// Shared in a cluster: every node signs with the same secrets.
     pub(super) secrets: super::SharedTree,
 }
 
 impl WebhookTrees {
     pub fn open(
-        trees: &super::tree::Opener,
+        db: &sled::Db,
         replication: &std::sync::Arc<super::Replication>,
     ) -> sled::Result<WebhookTrees> {
         Ok(WebhookTrees {
-            jobs: trees.tree("webhooks")?,
-            due: trees.tree("webhook_due")?,
-            by_project: trees.tree("webhook_by_project")?,
-            expiry: trees.tree("webhook_expiry")?,
-            secrets: super::SharedTree::open(trees, "webhook_secrets", replication)?,
+            jobs: db.open_tree("webhooks")?,
+            due: db.open_tree("webhook_due")?,
+            by_project: db.open_tree("webhook_by_project")?,
+            expiry: db.open_tree("webhook_expiry")?,
+            secrets: super::SharedTree::open(db, "webhook_secrets", replication)?,
         })
     }
 }
