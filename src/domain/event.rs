@@ -88,7 +88,20 @@ impl Event {
     /// Builds an event whose data is `payload` serialized to JSON, written once, right after
     /// its tag byte.
     pub fn from_payload(seq: u64, kind: EventKind, payload: &impl Serialize) -> Event {
-        let mut stored = vec![kind.tag()];
+        Event::from_payload_sized(seq, kind, payload, 0)
+    }
+
+    /// [`Event::from_payload`] into a buffer sized for `text` bytes of strings in the payload
+    /// (plus its field names and numbers), so that serializing it does not grow the buffer
+    /// from empty: that was four reallocations and copies per chunk event.
+    fn from_payload_sized(
+        seq: u64,
+        kind: EventKind,
+        payload: &impl Serialize,
+        text: usize,
+    ) -> Event {
+        let mut stored = Vec::with_capacity(64 + text);
+        stored.push(kind.tag());
         serde_json::to_writer(&mut stored, payload).expect("event payloads serialize");
         Event::from_stored(seq, kind, Bytes::from(stored))
     }
@@ -130,7 +143,7 @@ impl Event {
             seq: u64,
             delta: &'a str,
         }
-        Event::from_payload(seq, EventKind::Chunk, &Payload { seq, delta })
+        Event::from_payload_sized(seq, EventKind::Chunk, &Payload { seq, delta }, delta.len())
     }
 
     /// A chunk of a workflow step's answer: says which step it belongs to.

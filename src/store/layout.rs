@@ -7,6 +7,9 @@
 //! - 3: an event log value may hold a batch of events (see `events`). Nothing to migrate (a
 //!   single event is still a valid value); the version keeps an older binary, which would
 //!   misread batches, from opening the data dir.
+//! - 4: analytics entries in a binary form (see `analytics`). Nothing to migrate (JSON entries
+//!   still read, and are rewritten in the new form when next counted into); the version keeps
+//!   an older binary, which would count them from zero, from opening the data dir.
 //!
 //! The migration is idempotent and writes the version last: a crash halfway runs it again on
 //! the next open. It reads the whole history once; every later start reads only `unfinished`.
@@ -15,7 +18,7 @@ use serde_json::Value;
 
 use super::{executions, Store};
 
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 const LAYOUT_KEY: &[u8] = b"layout_version";
 
 impl Store {
