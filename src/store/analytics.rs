@@ -2,8 +2,9 @@
 //! `GET /v1/analytics` reads a few hundred small entries instead of scanning the event log.
 //!
 //! Tree `analytics`: `project ‖ 0 ‖ dimension ‖ minute start (u64 BE seconds) ‖ group key` →
-//! an [`Aggregate`] (a compact binary form, see [`Aggregate::encode`]; JSON before layout 4). The minute precedes the group key so that one time range of one
-//! dimension is one contiguous scan. Only minutes are stored: an hour is folded from its
+//! an [`Aggregate`] (a compact binary form, see [`Aggregate::encode`]; JSON before layout 4).
+//! The minute precedes the group key so that one time range of one dimension is one contiguous
+//! scan. Only minutes are stored: an hour is folded from its
 //! minutes at query time, which keeps the write path at one entry per dimension per execution
 //! (most of a dashboard's queries span an hour or a day: at most 1,440 minutes per group).
 
@@ -261,12 +262,17 @@ mod binary {
         out.push(n as u8);
     }
 
+    /// A varint, or `None` when the input ends first or it does not fit in 64 bits.
     fn take(input: &mut &[u8]) -> Option<u64> {
         let mut n = 0u64;
         for shift in (0..64).step_by(7) {
             let (&byte, rest) = input.split_first()?;
             *input = rest;
-            n |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return None;
+            }
+            n |= bits << shift;
             if byte < 0x80 {
                 return Some(n);
             }
@@ -597,7 +603,8 @@ mod tests {
         let mut agg = Aggregate {
             requests: 3,
             failovers: 1,
-            prompt_tokens: u64::MAX,
+            // Ten varint bytes, and still room to merge twice.
+            prompt_tokens: u64::MAX / 4,
             completion_tokens: 127,
             spend_micros: 128,
             ..Aggregate::default()
@@ -645,24 +652,20 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(Aggregate::decode(&longer), Aggregate::default());
-        assert_eq!(
-            Aggregate::decode(&[
-                BINARY_FORM,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0x01
-            ]),
-            Aggregate::default()
-        );
         assert_eq!(Aggregate::decode(b"not json"), Aggregate::default());
+        // Varints that never end, or end past 64 bits.
+        for tail in [vec![0xff; 12], [vec![0xff; 9], vec![0x02]].concat()] {
+            let wide = [vec![BINARY_FORM], tail].concat();
+            assert_eq!(Aggregate::decode(&wide), Aggregate::default());
+        }
+        // While 64 bits exactly read back.
+        let max = Aggregate {
+            requests: u64::MAX,
+            ..Aggregate::default()
+        };
+        let bytes = max.encode();
+        assert_eq!(bytes[1..11], [[0xff; 9].as_slice(), &[0x01]].concat());
+        assert_eq!(Aggregate::decode(&bytes), max);
     }
 
     #[test]
