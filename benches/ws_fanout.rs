@@ -340,7 +340,12 @@ ip_max_connections = 0
 
 async fn drive(s: &Scenario, server: &Server, upstream: &Upstream) -> anyhow::Result<Report> {
     // Submit: the execution starts, the upstream answers with headers and holds the first chunk.
-    let http = reqwest::Client::new();
+    // A fresh connection per request: the few REST calls here are seconds apart, and a pooled
+    // connection the server closes as idle just as it is reused fails the scrape (seen with
+    // the server under callgrind, `benches/ws_instructions.sh`).
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let res = http
         .post(format!("{}/v1/executions", server.address))
         .bearer_auth(ADMIN_KEY)
