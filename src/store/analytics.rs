@@ -4,9 +4,9 @@
 //! Tree `analytics`: `project ‖ 0 ‖ dimension ‖ minute start (u64 BE seconds) ‖ group key` →
 //! an [`Aggregate`] (a compact binary form, see [`Aggregate::encode`]; JSON before layout 4).
 //! The minute precedes the group key so that one time range of one dimension is one contiguous
-//! scan. Only minutes are stored: an hour is folded from its
-//! minutes at query time, which keeps the write path at one entry per dimension per execution
-//! (most of a dashboard's queries span an hour or a day: at most 1,440 minutes per group).
+//! scan. Only minutes are stored: an hour is folded from its minutes at query time, which keeps
+//! the write path at one entry per dimension per execution (most of a dashboard's queries span
+//! an hour or a day: at most 1,440 minutes per group).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
